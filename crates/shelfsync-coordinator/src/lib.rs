@@ -1,1 +1,119 @@
-//! placeholder
+//! shelfsync's coordinator: the chain's single authority for every item.
+//!
+//! Read in this order: [`config`] (what it is told), [`ledger`] (what it
+//! keeps), [`pipeline`] (how a write is decided and made durable),
+//! [`service`] (what it answers), [`server`] and [`http`] (how it listens),
+//! and [`run`], which wires them together.
+
+pub mod clock;
+pub mod config;
+pub mod gc;
+pub mod http;
+pub mod ledger;
+pub mod metrics;
+pub mod pipeline;
+pub mod server;
+pub mod service;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+pub use config::Config;
+
+use crate::ledger::{Ledger, SledLedger};
+use crate::metrics::Metrics;
+use crate::pipeline::{Pipeline, PipelineConfig};
+use crate::service::Service;
+
+/// A coordinator that has bound its sockets and opened its ledger.
+pub struct Coordinator {
+    /// The QUIC address actually bound (useful with port 0).
+    pub quic_addr: SocketAddr,
+    /// The HTTP address actually bound.
+    pub http_addr: SocketAddr,
+    endpoint: quinn::Endpoint,
+    http: tokio::net::TcpListener,
+    service: Arc<Service>,
+    ledger: Arc<dyn Ledger>,
+    config: Config,
+}
+
+impl Coordinator {
+    /// Opens the ledger, starts the pipeline and binds both listeners.
+    pub async fn bind(config: Config) -> anyhow::Result<Self> {
+        let ledger: Arc<dyn Ledger> = Arc::new(SledLedger::open(&config.data_dir)?);
+        tracing::info!(data_dir = %config.data_dir.display(), head = ledger.head()?, "ledger opened");
+        let metrics = Arc::new(Metrics::new());
+        let pipeline = Pipeline::start(
+            ledger.clone(),
+            PipelineConfig {
+                idempotency_ttl: config.idempotency_ttl,
+            },
+            metrics.clone(),
+        )?;
+        let service = Arc::new(Service::new(
+            ledger.clone(),
+            pipeline,
+            metrics,
+            config.stores.clone(),
+        )?);
+        let server_config = shelfsync_proto::tls::server_config(&config.tls)?;
+        let endpoint = quinn::Endpoint::server(server_config, config.listen)
+            .map_err(|e| anyhow::anyhow!("cannot listen on {} (QUIC): {e}", config.listen))?;
+        let http = tokio::net::TcpListener::bind(config.http_listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {} (HTTP): {e}", config.http_listen))?;
+        Ok(Coordinator {
+            quic_addr: endpoint.local_addr()?,
+            http_addr: http.local_addr()?,
+            endpoint,
+            http,
+            service,
+            ledger,
+            config,
+        })
+    }
+
+    /// Serves until `shutdown` resolves, then flushes the ledger.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let stopped = move || {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            }
+        };
+        tracing::info!(quic = %self.quic_addr, http = %self.http_addr, stores = self.config.stores.len(), "coordinator serving");
+        let gc = tokio::spawn(gc::run(
+            self.ledger.clone(),
+            gc::GcConfig::from(&self.config),
+            stopped(),
+        ));
+        let http = tokio::spawn(http::serve(self.http, self.service.clone(), stopped()));
+        let quic = tokio::spawn(server::serve(self.endpoint, self.service, stopped()));
+        shutdown.await;
+        tracing::info!("shutting down");
+        let _ = stop_tx.send(true);
+        let _ = quic.await;
+        let _ = http.await;
+        let _ = gc.await;
+        let ledger = self.ledger.clone();
+        tokio::task::spawn_blocking(move || ledger.flush()).await??;
+        tracing::info!("ledger flushed; bye");
+        Ok(())
+    }
+}
+
+/// Binds and serves `config` until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    Coordinator::bind(config).await?.run(shutdown).await
+}

@@ -1,0 +1,205 @@
+//! The coordinator's configuration file.
+//!
+//! One TOML file, parsed strictly: an unknown key is an error, so a typo
+//! never silently falls back to a default. Defaults live in named functions.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use shelfsync_proto::TlsFiles;
+
+/// Everything the coordinator reads at start.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// QUIC address for agents and `shelfctl` (ALPN `shelfsync/1`).
+    pub listen: SocketAddr,
+    /// HTTP address for `/healthz`, `/readyz` and `/metrics`.
+    pub http_listen: SocketAddr,
+    /// Directory of the ledger.
+    pub data_dir: PathBuf,
+    /// The chain's CA and the coordinator's certificate.
+    pub tls: TlsFiles,
+    /// The store registry: only these store ids (and `admin`) may connect.
+    #[serde(default)]
+    pub stores: Vec<StoreConfig>,
+    /// How many change-log entries to keep; older ones are compacted away
+    /// and replicas behind them bootstrap from a snapshot.
+    #[serde(default = "default_retain_changes")]
+    pub retain_changes: u64,
+    /// How long an idempotency record is kept.
+    #[serde(default = "default_idempotency_ttl", with = "humantime_serde")]
+    pub idempotency_ttl: Duration,
+    /// How often expired idempotency records and old changes are collected.
+    #[serde(default = "default_gc_interval", with = "humantime_serde")]
+    pub gc_interval: Duration,
+    /// Log format: `text` or `json`.
+    #[serde(default)]
+    pub log_format: LogFormat,
+}
+
+/// One registered store.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Store id; must equal the CN of the store's client certificate.
+    pub id: String,
+    /// Display name.
+    #[serde(default)]
+    pub name: String,
+    /// Expected sync interval; status flags the store stale past 3x this.
+    #[serde(default = "default_sync_interval", with = "humantime_serde")]
+    pub sync_interval: Duration,
+    /// Locations this store may write.
+    #[serde(default)]
+    pub writable: Vec<String>,
+    /// Locations this store may replicate and read.
+    #[serde(default)]
+    pub readable: Vec<String>,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+fn default_retain_changes() -> u64 {
+    1_000_000
+}
+
+fn default_idempotency_ttl() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+
+fn default_gc_interval() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_sync_interval() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this config.
+    #[error("invalid config {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: toml::de::Error,
+    },
+    /// The values break a rule.
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads and checks a config file. Relative paths in it are taken as
+    /// relative to the current directory, as a shell would.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let config: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks store ids and locations against the id rules.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut seen = std::collections::HashSet::new();
+        for store in &self.stores {
+            shelfsync_core::item::validate_id("store id", &store.id)
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+            if store.id == shelfsync_proto::ADMIN_IDENTITY {
+                return Err(ConfigError::Invalid(
+                    "`admin` is reserved for the admin certificate".into(),
+                ));
+            }
+            if !seen.insert(store.id.as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "store {} is registered twice",
+                    store.id
+                )));
+            }
+            for location in store.writable.iter().chain(&store.readable) {
+                shelfsync_core::item::validate_id("location", location)
+                    .map_err(|e| ConfigError::Invalid(format!("store {}: {e}", store.id)))?;
+            }
+        }
+        if self.retain_changes == 0 {
+            return Err(ConfigError::Invalid(
+                "retain_changes must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+        listen = "127.0.0.1:7400"
+        http_listen = "127.0.0.1:7480"
+        data_dir = "data/coordinator"
+        [tls]
+        ca_cert = "certs/ca.pem"
+        cert = "certs/coordinator.pem"
+        key = "certs/coordinator.key"
+        [[stores]]
+        id = "store-1"
+        name = "Store 1 Downtown"
+        sync_interval = "5s"
+        writable = ["store-1", "online"]
+        readable = ["store-1", "online"]
+    "#;
+
+    #[test]
+    fn parses_the_spec_example_with_defaults() {
+        let config: Config = toml::from_str(EXAMPLE).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.stores[0].sync_interval, Duration::from_secs(5));
+        assert_eq!(config.idempotency_ttl, Duration::from_secs(86400));
+        assert_eq!(config.retain_changes, 1_000_000);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let text = format!("{EXAMPLE}\nfoo = 1\n");
+        assert!(toml::from_str::<Config>(&text).is_err());
+    }
+
+    #[test]
+    fn duplicate_and_reserved_store_ids_are_refused() {
+        let mut config: Config = toml::from_str(EXAMPLE).unwrap();
+        config.stores.push(config.stores[0].clone());
+        assert!(config.validate().is_err());
+        config.stores.truncate(1);
+        config.stores[0].id = "admin".into();
+        assert!(config.validate().is_err());
+    }
+}

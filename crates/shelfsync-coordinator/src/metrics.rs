@@ -1,0 +1,203 @@
+//! The coordinator's metrics, in Prometheus text format on `/metrics`, and
+//! the per-store counts of recent conflicts and rejections that `shelfctl
+//! status` shows.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::clock::now_ms;
+
+/// Labels of the write counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WriteLabels {
+    op: String,
+    outcome: String,
+}
+
+/// Labels of the per-store conflict counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StoreLabels {
+    store: String,
+}
+
+/// Length of one bucket of the recent-activity window.
+const BUCKET_MS: u64 = 60_000;
+/// Buckets in the window: five minutes.
+const BUCKETS: u64 = 5;
+
+/// All coordinator metrics.
+pub struct Metrics {
+    registry: Registry,
+    writes: Family<WriteLabels, Counter>,
+    conflicts: Family<StoreLabels, Counter>,
+    key_wait: Histogram,
+    group_size: Histogram,
+    flush: Histogram,
+    connected: Gauge,
+    head: Gauge,
+    recent: Mutex<HashMap<String, Vec<(u64, u64, u64)>>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("shelfsync");
+        let writes = Family::<WriteLabels, Counter>::default();
+        let conflicts = Family::<StoreLabels, Counter>::default();
+        let key_wait = Histogram::new(exponential_buckets(0.000_01, 4.0, 10));
+        let group_size = Histogram::new(exponential_buckets(1.0, 2.0, 13));
+        let flush = Histogram::new(exponential_buckets(0.000_05, 2.5, 12));
+        let connected = Gauge::default();
+        let head = Gauge::default();
+        registry.register(
+            "writes",
+            "Writes decided, by op and outcome",
+            writes.clone(),
+        );
+        registry.register(
+            "version_conflicts",
+            "Writes refused for a version mismatch, by store",
+            conflicts.clone(),
+        );
+        registry.register(
+            "key_wait_seconds",
+            "Time a write waited for its key (queued before the sequencer decided it)",
+            key_wait.clone(),
+        );
+        registry.register(
+            "commit_group_size",
+            "Jobs decided per group commit",
+            group_size.clone(),
+        );
+        registry.register(
+            "flush_seconds",
+            "Duration of one ledger flush (fsync)",
+            flush.clone(),
+        );
+        registry.register(
+            "connected_stores",
+            "Store connections open",
+            connected.clone(),
+        );
+        registry.register(
+            "head_sequence",
+            "Durable head of the change log",
+            head.clone(),
+        );
+        Metrics {
+            registry,
+            writes,
+            conflicts,
+            key_wait,
+            group_size,
+            flush,
+            connected,
+            head,
+            recent: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Renders the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    pub(crate) fn count_write(&self, op: &str, outcome: &str) {
+        self.writes
+            .get_or_create(&WriteLabels {
+                op: op.to_string(),
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+
+    pub(crate) fn count_conflict(&self, store: &str) {
+        self.conflicts
+            .get_or_create(&StoreLabels {
+                store: store.to_string(),
+            })
+            .inc();
+        self.bump_recent(store, true);
+    }
+
+    pub(crate) fn count_rejection(&self, store: &str) {
+        self.bump_recent(store, false);
+    }
+
+    pub(crate) fn observe_key_wait(&self, wait: Duration) {
+        self.key_wait.observe(wait.as_secs_f64());
+    }
+
+    pub(crate) fn observe_group(&self, jobs: usize, _writes: usize) {
+        self.group_size.observe(jobs as f64);
+    }
+
+    pub(crate) fn observe_flush(&self, took: Duration) {
+        self.flush.observe(took.as_secs_f64());
+    }
+
+    pub(crate) fn set_head(&self, head: u64) {
+        self.head.set(i64::try_from(head).unwrap_or(i64::MAX));
+    }
+
+    pub(crate) fn connection_opened(&self) {
+        self.connected.inc();
+    }
+
+    pub(crate) fn connection_closed(&self) {
+        self.connected.dec();
+    }
+
+    fn bump_recent(&self, store: &str, conflict: bool) {
+        let bucket = now_ms() / BUCKET_MS;
+        let Ok(mut recent) = self.recent.lock() else {
+            return;
+        };
+        let buckets = recent.entry(store.to_string()).or_default();
+        buckets.retain(|(b, _, _)| b + BUCKETS > bucket);
+        match buckets.last_mut() {
+            Some((b, c, r)) if *b == bucket => {
+                *if conflict { c } else { r } += 1;
+            }
+            _ => buckets.push((bucket, u64::from(conflict), u64::from(!conflict))),
+        }
+    }
+
+    /// Conflicts and other rejections of a store's writes in the last five minutes.
+    pub fn recent(&self, store: &str) -> (u64, u64) {
+        let bucket = now_ms() / BUCKET_MS;
+        let Ok(recent) = self.recent.lock() else {
+            return (0, 0);
+        };
+        recent.get(store).map_or((0, 0), |buckets| {
+            buckets
+                .iter()
+                .filter(|(b, _, _)| b + BUCKETS > bucket)
+                .fold((0, 0), |(c, r), (_, bc, br)| (c + bc, r + br))
+        })
+    }
+}

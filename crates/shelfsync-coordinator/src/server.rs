@@ -1,0 +1,156 @@
+//! The QUIC side of the coordinator: accept connections, identify the peer
+//! from its certificate, require a hello, then serve one request per stream.
+//!
+//! Every stream is served on its own task, so a slow snapshot page never
+//! holds up a write on the same connection. The server stops accepting when
+//! the shutdown future resolves and closes open connections.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shelfsync_proto::codec::{read_frame, write_frame};
+use shelfsync_proto::{ErrorCode, ProtoError, Request, Response, WireError, tls};
+
+use crate::service::{Peer, Service};
+
+/// How long a peer has to send its hello after the handshake.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Application close code for a refused peer.
+const CLOSE_REFUSED: u32 = 1;
+
+/// Serves connections on `endpoint` until `shutdown` resolves.
+pub async fn serve(
+    endpoint: quinn::Endpoint,
+    service: Arc<Service>,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        let incoming = tokio::select! {
+            incoming = endpoint.accept() => incoming,
+            () = &mut shutdown => break,
+        };
+        let Some(incoming) = incoming else { break };
+        let service = service.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            match incoming.await {
+                Ok(conn) => serve_connection(conn, service).await,
+                Err(err) => tracing::info!(%remote, error = %err, "handshake failed"),
+            }
+        });
+    }
+    endpoint.close(0u32.into(), b"shutting down");
+}
+
+async fn serve_connection(conn: quinn::Connection, service: Arc<Service>) {
+    let remote = conn.remote_address();
+    let cn = match tls::peer_identity(&conn) {
+        Ok(cn) => cn,
+        Err(err) => {
+            tracing::warn!(%remote, error = %err, "peer identity unreadable");
+            conn.close(CLOSE_REFUSED.into(), b"certificate has no usable identity");
+            return;
+        }
+    };
+    let peer = match service.identify(&cn) {
+        Ok(peer) => peer,
+        Err(err) => {
+            tracing::warn!(%remote, identity = %cn, "refused an unregistered peer");
+            refuse_on_first_stream(&conn, err).await;
+            return;
+        }
+    };
+    if !hello(&conn, &service, &peer).await {
+        return;
+    }
+    let _guard = service.connected(&peer);
+    tracing::info!(%remote, peer = peer.name(), "peer connected");
+    let peer = Arc::new(peer);
+    loop {
+        let (send, recv) = match conn.accept_bi().await {
+            Ok(streams) => streams,
+            Err(err) => {
+                tracing::info!(%remote, peer = peer.name(), reason = %err, "peer disconnected");
+                return;
+            }
+        };
+        let service = service.clone();
+        let peer = peer.clone();
+        tokio::spawn(async move {
+            if let Err(err) = serve_stream(send, recv, &service, &peer).await {
+                tracing::debug!(peer = peer.name(), error = %err, "stream failed");
+            }
+        });
+    }
+}
+
+/// Waits for the hello on the first stream; false when the peer is done.
+async fn hello(conn: &quinn::Connection, service: &Service, peer: &Peer) -> bool {
+    let first = tokio::time::timeout(HELLO_TIMEOUT, async {
+        let (send, mut recv) = conn.accept_bi().await.ok()?;
+        let request = read_frame::<_, Request>(&mut recv).await;
+        Some((send, request))
+    })
+    .await;
+    let Ok(Some((mut send, request))) = first else {
+        conn.close(CLOSE_REFUSED.into(), b"no hello");
+        return false;
+    };
+    let response = match request {
+        Ok(Some(Request::Hello(hello))) => service.hello(peer, &hello),
+        Ok(_) => Response::Error(WireError::new(
+            ErrorCode::HelloRequired,
+            "the first request of a connection must be a hello",
+        )),
+        Err(err) => Response::Error(WireError::new(ErrorCode::BadRequest, err.to_string())),
+    };
+    let accepted = matches!(response, Response::Hello(_));
+    if let Response::Error(err) = &response {
+        tracing::warn!(peer = peer.name(), error = %err.message, "hello refused");
+    }
+    if write_frame(&mut send, &response).await.is_ok() {
+        let _ = send.finish();
+        if !accepted {
+            let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
+        }
+    }
+    if !accepted {
+        conn.close(CLOSE_REFUSED.into(), b"hello refused");
+    }
+    accepted
+}
+
+/// Answers the peer's first request with `err`, then closes.
+async fn refuse_on_first_stream(conn: &quinn::Connection, err: WireError) {
+    let answer = async {
+        let (mut send, mut recv) = conn.accept_bi().await?;
+        let _ = read_frame::<_, Request>(&mut recv).await;
+        write_frame(&mut send, &Response::Error(err)).await?;
+        let _ = send.finish();
+        let _ = send.stopped().await;
+        Ok::<_, ProtoError>(())
+    };
+    let _ = tokio::time::timeout(HELLO_TIMEOUT, answer).await;
+    conn.close(CLOSE_REFUSED.into(), b"unknown peer");
+}
+
+async fn serve_stream(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    service: &Service,
+    peer: &Peer,
+) -> Result<(), ProtoError> {
+    let response = match read_frame::<_, Request>(&mut recv).await {
+        Ok(Some(request)) => service.handle(peer, request).await,
+        Ok(None) => return Ok(()),
+        Err(err) => {
+            tracing::info!(peer = peer.name(), error = %err, "malformed request");
+            Response::Error(WireError::new(ErrorCode::BadRequest, err.to_string()))
+        }
+    };
+    write_frame(&mut send, &response).await?;
+    let _ = send.finish();
+    Ok(())
+}

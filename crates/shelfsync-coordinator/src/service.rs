@@ -1,0 +1,462 @@
+//! What the coordinator answers to each request, independent of sockets.
+//!
+//! [`Service`] owns the store registry, access control and the read side
+//! (changes, snapshots, history, status); writes and strong reads go to the
+//! [`Pipeline`]. The QUIC server calls [`Service::identify`] once per
+//! connection and [`Service::handle`] once per stream, and tests call them
+//! directly.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use shelfsync_core::ItemKey;
+use shelfsync_proto::{
+    ADMIN_IDENTITY, ChangesPage, ChangesRequest, ErrorCode, Hello, HelloReply, HistoryReply,
+    HistoryRequest, PROTOCOL_VERSION, ReportAck, Request, Response, SOFTWARE_VERSION,
+    SUPPORTED_VERSIONS, SnapshotPage, SnapshotRequest, StatusReply, StoreReport, StoreStatus,
+    WireError, WriteRequest,
+};
+
+use crate::clock::now_ms;
+use crate::config::StoreConfig;
+use crate::ledger::{Ledger, LedgerError, StoredReport};
+use crate::metrics::Metrics;
+use crate::pipeline::Pipeline;
+
+/// Most changes or snapshot items in one page.
+pub const MAX_PAGE: u32 = 1000;
+/// Most change-log entries examined for one changes page, so that a store
+/// whose locations see few writes still gets a bounded answer and a cursor
+/// that moves on.
+const MAX_SCAN: usize = 20_000;
+/// Longest idempotency key accepted.
+const MAX_IDEMPOTENCY_KEY: usize = 128;
+
+/// Who is on the other end of a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Peer {
+    /// A registered store.
+    Store(String),
+    /// An administrator (`shelfctl`).
+    Admin,
+}
+
+impl Peer {
+    /// The identity as it appears in the change log.
+    pub fn name(&self) -> &str {
+        match self {
+            Peer::Store(id) => id,
+            Peer::Admin => ADMIN_IDENTITY,
+        }
+    }
+}
+
+/// The coordinator's request handling.
+pub struct Service {
+    ledger: Arc<dyn Ledger>,
+    pipeline: Pipeline,
+    metrics: Arc<Metrics>,
+    stores: Vec<StoreConfig>,
+    connected: Mutex<HashMap<String, usize>>,
+    reports: Mutex<HashMap<String, StoredReport>>,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("stores", &self.stores.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Service {
+    /// Builds the service; remembered store reports are loaded from the ledger.
+    pub fn new(
+        ledger: Arc<dyn Ledger>,
+        pipeline: Pipeline,
+        metrics: Arc<Metrics>,
+        stores: Vec<StoreConfig>,
+    ) -> Result<Self, LedgerError> {
+        let reports = ledger.reports()?.into_iter().collect();
+        Ok(Service {
+            ledger,
+            pipeline,
+            metrics,
+            stores,
+            connected: Mutex::new(HashMap::new()),
+            reports: Mutex::new(reports),
+        })
+    }
+
+    /// The write pipeline.
+    pub fn pipeline(&self) -> &Pipeline {
+        &self.pipeline
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Maps a certificate CN to a peer, refusing identities not registered.
+    pub fn identify(&self, cn: &str) -> Result<Peer, WireError> {
+        if cn == ADMIN_IDENTITY {
+            return Ok(Peer::Admin);
+        }
+        if self.store(cn).is_some() {
+            return Ok(Peer::Store(cn.to_string()));
+        }
+        Err(WireError::new(
+            ErrorCode::UnknownPeer,
+            format!("certificate identity {cn:?} is not a registered store"),
+        ))
+    }
+
+    fn store(&self, id: &str) -> Option<&StoreConfig> {
+        self.stores.iter().find(|s| s.id == id)
+    }
+
+    /// Records that a peer connected; returns a guard that records the close.
+    pub fn connected(self: &Arc<Self>, peer: &Peer) -> ConnectionGuard {
+        if let Peer::Store(id) = peer {
+            if let Ok(mut connected) = self.connected.lock() {
+                *connected.entry(id.clone()).or_default() += 1;
+            }
+            self.metrics.connection_opened();
+        }
+        ConnectionGuard {
+            service: self.clone(),
+            peer: peer.clone(),
+        }
+    }
+
+    /// Answers a hello: checks the protocol version, tells the peer who it is.
+    pub fn hello(&self, peer: &Peer, hello: &Hello) -> Response {
+        if !SUPPORTED_VERSIONS.contains(&hello.protocol_version) {
+            return Response::Error(WireError::unsupported_version(hello.protocol_version));
+        }
+        let (writable, readable) = match peer {
+            Peer::Store(id) => self
+                .store(id)
+                .map(|s| (s.writable.clone(), s.readable.clone()))
+                .unwrap_or_default(),
+            Peer::Admin => (Vec::new(), Vec::new()),
+        };
+        Response::Hello(HelloReply {
+            protocol_version: PROTOCOL_VERSION,
+            software_version: SOFTWARE_VERSION.to_string(),
+            identity: peer.name().to_string(),
+            writable,
+            readable,
+            head: self.pipeline.durable_head(),
+        })
+    }
+
+    /// Answers one request after the hello.
+    pub async fn handle(&self, peer: &Peer, request: Request) -> Response {
+        let result = match request {
+            Request::Hello(hello) => Ok(self.hello(peer, &hello)),
+            Request::Write(write) => self.write(peer, write).await,
+            Request::Read(read) => match self.check(peer, Access::Read, &read.key.location) {
+                Ok(()) => Ok(self.pipeline.read(read.key).await),
+                Err(err) => Err(err),
+            },
+            Request::Changes(req) => self.changes(peer, req).await,
+            Request::Snapshot(req) => self.snapshot(peer, req).await,
+            Request::Report(report) => self.report(peer, report),
+            Request::Status => self.status(peer),
+            Request::History(req) => self.history(peer, req).await,
+        };
+        result.unwrap_or_else(Response::Error)
+    }
+
+    fn check(&self, peer: &Peer, access: Access, location: &str) -> Result<(), WireError> {
+        let Peer::Store(id) = peer else {
+            return Ok(());
+        };
+        let allowed = self.store(id).is_some_and(|s| match access {
+            Access::Read => s.readable.iter().any(|l| l == location),
+            Access::Write => s.writable.iter().any(|l| l == location),
+        });
+        if allowed {
+            return Ok(());
+        }
+        let verb = match access {
+            Access::Read => "read",
+            Access::Write => "write",
+        };
+        tracing::warn!(store = %id, location, access = verb, "access refused");
+        Err(WireError::new(
+            ErrorCode::Forbidden,
+            format!("store {id} may not {verb} location {location}"),
+        ))
+    }
+
+    async fn write(&self, peer: &Peer, write: WriteRequest) -> Result<Response, WireError> {
+        let key = &write.idempotency_key;
+        if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY || key.chars().any(char::is_control) {
+            return Err(WireError::new(
+                ErrorCode::InvalidField,
+                format!(
+                    "invalid idempotency key: 1 to {MAX_IDEMPOTENCY_KEY} bytes without control characters"
+                ),
+            ));
+        }
+        write
+            .key
+            .validate()
+            .map_err(|e| WireError::rejected(&e, None))?;
+        self.check(peer, Access::Write, &write.key.location)?;
+        Ok(self.pipeline.write(peer.name(), write).await)
+    }
+
+    fn check_locations(&self, peer: &Peer, locations: &[String]) -> Result<(), WireError> {
+        if locations.is_empty() {
+            return Err(WireError::new(
+                ErrorCode::BadRequest,
+                "at least one location is needed",
+            ));
+        }
+        locations
+            .iter()
+            .try_for_each(|l| self.check(peer, Access::Read, l))
+    }
+
+    async fn changes(&self, peer: &Peer, req: ChangesRequest) -> Result<Response, WireError> {
+        self.check_locations(peer, &req.locations)?;
+        let head = self.pipeline.durable_head();
+        let ledger = self.ledger.clone();
+        let limit = req.limit.clamp(1, MAX_PAGE) as usize;
+        blocking(move || {
+            let expired = |oldest: u64| req.after.saturating_add(1) < oldest || req.after > head;
+            let oldest = ledger.oldest()?;
+            if expired(oldest) {
+                return Ok(Response::CursorExpired { oldest, head });
+            }
+            let mut changes = Vec::new();
+            let mut next = req.after;
+            let mut scanned = 0;
+            'scan: while next < head && scanned < MAX_SCAN {
+                let batch = ledger.changes(next, head, 1000)?;
+                if batch.is_empty() {
+                    next = head;
+                    break;
+                }
+                for change in batch {
+                    next = change.seq;
+                    scanned += 1;
+                    if req.locations.contains(&change.key.location) {
+                        changes.push(change);
+                        if changes.len() >= limit {
+                            break 'scan;
+                        }
+                    }
+                }
+            }
+            // Compaction may have run during the scan and removed entries we
+            // skipped over; then the page is not complete and must not count.
+            let oldest = ledger.oldest()?;
+            if expired(oldest) {
+                return Ok(Response::CursorExpired { oldest, head });
+            }
+            Ok(Response::Changes(ChangesPage {
+                changes,
+                next,
+                head,
+            }))
+        })
+        .await
+    }
+
+    async fn snapshot(&self, peer: &Peer, req: SnapshotRequest) -> Result<Response, WireError> {
+        self.check_locations(peer, &req.locations)?;
+        let head = self.pipeline.durable_head();
+        let ledger = self.ledger.clone();
+        let limit = req.limit.clamp(1, MAX_PAGE) as usize;
+        let (page, newest) = blocking(move || {
+            let mut locations: Vec<String> = req.locations;
+            locations.sort();
+            locations.dedup();
+            let mut items = Vec::new();
+            let mut newest = 0;
+            let mut last: Option<ItemKey> = None;
+            for location in locations {
+                let after_sku = match &req.after {
+                    Some(after) if after.location > location => continue,
+                    Some(after) if after.location == location => Some(after.sku.as_str()),
+                    _ => None,
+                };
+                let room = limit - items.len();
+                let records = ledger.items(&location, after_sku, room)?;
+                let full = records.len() >= room;
+                for (sku, record) in records {
+                    newest = newest.max(record.seq);
+                    last = Some(ItemKey {
+                        location: location.clone(),
+                        sku,
+                    });
+                    if let Some(item) = record.state.item() {
+                        items.push(item.clone());
+                    }
+                }
+                if full {
+                    return Ok((
+                        SnapshotPage {
+                            items,
+                            next: last,
+                            head,
+                        },
+                        newest,
+                    ));
+                }
+            }
+            Ok((
+                SnapshotPage {
+                    items,
+                    next: None,
+                    head,
+                },
+                newest,
+            ))
+        })
+        .await?;
+        // Items are read from committed state; answer only once it is durable.
+        if !self.pipeline.wait_durable(newest).await {
+            return Err(WireError::new(
+                ErrorCode::Unavailable,
+                "the coordinator is shutting down",
+            ));
+        }
+        Ok(Response::Snapshot(page))
+    }
+
+    fn report(&self, peer: &Peer, report: StoreReport) -> Result<Response, WireError> {
+        let Peer::Store(id) = peer else {
+            return Err(WireError::new(
+                ErrorCode::Forbidden,
+                "only stores send sync reports",
+            ));
+        };
+        let stored = StoredReport {
+            report,
+            at_ms: now_ms(),
+            digest_ok: None,
+        };
+        self.ledger
+            .save_report(id, &stored)
+            .map_err(|e| internal(&e))?;
+        if let Ok(mut reports) = self.reports.lock() {
+            reports.insert(id.clone(), stored.clone());
+        }
+        Ok(Response::ReportAck(ReportAck {
+            head: self.pipeline.durable_head(),
+            digest_ok: stored.digest_ok,
+        }))
+    }
+
+    fn status(&self, peer: &Peer) -> Result<Response, WireError> {
+        require_admin(peer)?;
+        let head = self.pipeline.durable_head();
+        let connected = self.connected.lock().map(|c| c.clone()).unwrap_or_default();
+        let reports = self.reports.lock().map(|r| r.clone()).unwrap_or_default();
+        let stores = self
+            .stores
+            .iter()
+            .map(|store| {
+                let stored = reports.get(&store.id);
+                let (conflicts_5m, rejections_5m) = self.metrics.recent(&store.id);
+                StoreStatus {
+                    id: store.id.clone(),
+                    name: store.name.clone(),
+                    sync_interval_ms: u64::try_from(store.sync_interval.as_millis())
+                        .unwrap_or(u64::MAX),
+                    connected: connected.get(&store.id).is_some_and(|n| *n > 0),
+                    last_report_ms: stored.map(|s| s.at_ms),
+                    report: stored.map(|s| s.report.clone()),
+                    digest_ok: stored.and_then(|s| s.digest_ok),
+                    lag: stored.map_or(head, |s| head.saturating_sub(s.report.cursor)),
+                    conflicts_5m,
+                    rejections_5m,
+                }
+            })
+            .collect();
+        Ok(Response::Status(StatusReply {
+            head,
+            now_ms: now_ms(),
+            stores,
+        }))
+    }
+
+    async fn history(&self, peer: &Peer, req: HistoryRequest) -> Result<Response, WireError> {
+        require_admin(peer)?;
+        req.key
+            .validate()
+            .map_err(|e| WireError::rejected(&e, None))?;
+        let ledger = self.ledger.clone();
+        let head = self.pipeline.durable_head();
+        let limit = req.limit.clamp(1, MAX_PAGE) as usize;
+        blocking(move || {
+            let mut changes = ledger.history(&req.key, limit + 64)?;
+            // Only durable entries: drop any committed but not yet flushed.
+            changes.retain(|c| c.seq <= head);
+            changes.truncate(limit);
+            Ok(Response::History(HistoryReply { changes }))
+        })
+        .await
+    }
+}
+
+/// Decrements the connected count of a store when its connection ends.
+#[derive(Debug)]
+pub struct ConnectionGuard {
+    service: Arc<Service>,
+    peer: Peer,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        if let Peer::Store(id) = &self.peer {
+            if let Ok(mut connected) = self.service.connected.lock() {
+                if let Some(n) = connected.get_mut(id) {
+                    *n = n.saturating_sub(1);
+                }
+            }
+            self.service.metrics.connection_closed();
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Access {
+    Read,
+    Write,
+}
+
+fn require_admin(peer: &Peer) -> Result<(), WireError> {
+    match peer {
+        Peer::Admin => Ok(()),
+        Peer::Store(id) => Err(WireError::new(
+            ErrorCode::Forbidden,
+            format!("store {id} may not use admin requests"),
+        )),
+    }
+}
+
+fn internal(err: &LedgerError) -> WireError {
+    tracing::error!(error = %err, "ledger read failed");
+    WireError::new(ErrorCode::Internal, "the coordinator's storage failed")
+}
+
+/// Runs ledger work off the async threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, LedgerError> + Send + 'static,
+) -> Result<T, WireError> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(err)) => Err(internal(&err)),
+        Err(_) => Err(WireError::new(
+            ErrorCode::Internal,
+            "the coordinator failed to serve the request",
+        )),
+    }
+}

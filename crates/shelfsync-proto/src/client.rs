@@ -1,0 +1,108 @@
+//! The client side of a coordinator connection, shared by agents, `shelfctl`
+//! and the load generator.
+//!
+//! [`Client::connect`] does the QUIC handshake (mutual TLS) and the hello in
+//! one step, so a bad certificate or protocol version shows up there and not
+//! on some later request. Each [`Client::call`] opens one bidirectional
+//! stream, so concurrent calls on one connection never wait for each other.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::codec::{read_frame, write_frame};
+use crate::error::ProtoError;
+use crate::message::{Hello, HelloReply, Request, Response};
+
+/// One connection to the coordinator, past its hello.
+#[derive(Debug)]
+pub struct Client {
+    endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+    hello: HelloReply,
+    timeout: Duration,
+}
+
+impl Client {
+    /// Connects to `addr`, checks the server's certificate against
+    /// `server_name`, presents ours and exchanges hellos. `timeout` bounds the
+    /// handshake and every later call.
+    pub async fn connect(
+        addr: SocketAddr,
+        server_name: &str,
+        config: quinn::ClientConfig,
+        timeout: Duration,
+    ) -> Result<Self, ProtoError> {
+        let bind: SocketAddr = if addr.is_ipv6() {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        };
+        let mut endpoint = quinn::Endpoint::client(bind).map_err(ProtoError::Endpoint)?;
+        endpoint.set_default_client_config(config);
+        let connecting = endpoint.connect(addr, server_name)?;
+        let conn = tokio::time::timeout(timeout, connecting)
+            .await
+            .map_err(|_| ProtoError::Timeout(timeout))??;
+        let mut client = Client {
+            endpoint,
+            conn,
+            hello: HelloReply {
+                protocol_version: 0,
+                software_version: String::new(),
+                identity: String::new(),
+                writable: Vec::new(),
+                readable: Vec::new(),
+                head: 0,
+            },
+            timeout,
+        };
+        match client.call(&Request::Hello(Hello::current())).await? {
+            Response::Hello(reply) => client.hello = reply,
+            Response::Error(err) => return Err(ProtoError::Refused(err)),
+            _ => return Err(ProtoError::Unexpected("expected a hello reply")),
+        }
+        Ok(client)
+    }
+
+    /// The coordinator's hello reply: our identity, permissions and its head.
+    pub fn hello(&self) -> &HelloReply {
+        &self.hello
+    }
+
+    /// Whether the connection has been closed (by either side or a timeout).
+    pub fn is_closed(&self) -> bool {
+        self.conn.close_reason().is_some()
+    }
+
+    /// Sends one request on its own stream and waits for the reply. A refusal
+    /// comes back as `Ok(Response::Error(..))`; see [`Client::request`].
+    pub async fn call(&self, request: &Request) -> Result<Response, ProtoError> {
+        let exchange = async {
+            let (mut send, mut recv) = self.conn.open_bi().await?;
+            write_frame(&mut send, request).await?;
+            // Finishing only fails when the stream was already reset; the read
+            // below reports the reason.
+            let _ = send.finish();
+            read_frame::<_, Response>(&mut recv)
+                .await?
+                .ok_or(ProtoError::Truncated)
+        };
+        tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| ProtoError::Timeout(self.timeout))?
+    }
+
+    /// Like [`Client::call`], with a refusal turned into `Err(ProtoError::Refused)`.
+    pub async fn request(&self, request: &Request) -> Result<Response, ProtoError> {
+        match self.call(request).await? {
+            Response::Error(err) => Err(ProtoError::Refused(err)),
+            other => Ok(other),
+        }
+    }
+
+    /// Closes the connection and waits briefly for the peer to hear it.
+    pub async fn close(self) {
+        self.conn.close(0u32.into(), b"bye");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+}

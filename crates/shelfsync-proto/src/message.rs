@@ -1,0 +1,485 @@
+//! The messages exchanged between agents, `shelfctl` and the coordinator.
+//!
+//! Every QUIC bidirectional stream carries exactly one [`Request`] frame from
+//! the client and one [`Response`] frame back. The first stream of a
+//! connection must carry a [`Hello`]; the coordinator answers everything else
+//! with [`ErrorCode::HelloRequired`] until it has. Fields are named in
+//! msgpack, so a later release may add fields (with `#[serde(default)]`)
+//! without breaking older peers; removing or retyping one needs a new
+//! protocol version in [`SUPPORTED_VERSIONS`].
+
+use serde::{Deserialize, Serialize};
+use shelfsync_core::{Item, ItemKey, KeyState, Op, Rejection};
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// Every protocol version this build can talk; the hello is refused otherwise.
+pub const SUPPORTED_VERSIONS: &[u16] = &[1];
+/// The software version carried in hellos and store reports.
+pub const SOFTWARE_VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The identity (certificate CN) of an administrator.
+pub const ADMIN_IDENTITY: &str = "admin";
+
+/// What a client sends on a stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Request {
+    /// Opens the conversation: protocol and software version.
+    Hello(Hello),
+    /// A write to one key.
+    Write(WriteRequest),
+    /// A strong read of one key: the coordinator's durable state.
+    Read(ReadRequest),
+    /// The change-log entries after a cursor.
+    Changes(ChangesRequest),
+    /// One page of a snapshot of the items of some locations.
+    Snapshot(SnapshotRequest),
+    /// A store agent's sync state (sent on every sync).
+    Report(StoreReport),
+    /// Admin only: the sync status of every registered store.
+    Status,
+    /// Admin only: the change log of one key, newest first.
+    History(HistoryRequest),
+}
+
+impl Request {
+    /// A short name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::Hello(_) => "hello",
+            Request::Write(_) => "write",
+            Request::Read(_) => "read",
+            Request::Changes(_) => "changes",
+            Request::Snapshot(_) => "snapshot",
+            Request::Report(_) => "report",
+            Request::Status => "status",
+            Request::History(_) => "history",
+        }
+    }
+}
+
+/// What the coordinator answers on the same stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Response {
+    /// The hello was accepted.
+    Hello(HelloReply),
+    /// The write was accepted and is durable.
+    Write(WriteAck),
+    /// The item as it stands, durable.
+    Read(ReadReply),
+    /// A page of change-log entries.
+    Changes(ChangesPage),
+    /// The cursor is older than the retained change log: bootstrap from a snapshot.
+    CursorExpired {
+        /// Oldest sequence number still in the log.
+        oldest: u64,
+        /// Durable head of the log.
+        head: u64,
+    },
+    /// A page of a snapshot.
+    Snapshot(SnapshotPage),
+    /// The store report was recorded.
+    ReportAck(ReportAck),
+    /// Sync status of every registered store.
+    Status(StatusReply),
+    /// The history of one key.
+    History(HistoryReply),
+    /// The request was refused or failed.
+    Error(WireError),
+}
+
+/// First message of every connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Protocol version the client speaks.
+    pub protocol_version: u16,
+    /// Client software version, for status and logs.
+    pub software_version: String,
+}
+
+impl Hello {
+    /// The hello of this build.
+    pub fn current() -> Self {
+        Hello {
+            protocol_version: PROTOCOL_VERSION,
+            software_version: SOFTWARE_VERSION.to_string(),
+        }
+    }
+}
+
+/// The coordinator's answer to a hello.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloReply {
+    /// Protocol version the rest of the connection uses.
+    pub protocol_version: u16,
+    /// Coordinator software version.
+    pub software_version: String,
+    /// The identity read from the client's certificate (store id or `admin`).
+    pub identity: String,
+    /// Locations this identity may write.
+    #[serde(default)]
+    pub writable: Vec<String>,
+    /// Locations this identity may read and replicate.
+    #[serde(default)]
+    pub readable: Vec<String>,
+    /// Durable head of the change log.
+    pub head: u64,
+}
+
+/// A write to one key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteRequest {
+    /// Chosen by the client; the same key with the same request returns the
+    /// original outcome, with another request it is refused.
+    pub idempotency_key: String,
+    /// The key written.
+    pub key: ItemKey,
+    /// What to do.
+    pub op: Op,
+    /// If present, the write is refused unless the key is at this version.
+    #[serde(default)]
+    pub expected_version: Option<u64>,
+}
+
+/// An accepted, durable write.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteAck {
+    /// Change-log sequence number of the write.
+    pub seq: u64,
+    /// The key's state after the write (live item, or the tombstone of a delete).
+    pub state: KeyState,
+    /// True when this is the recorded outcome of an earlier identical request.
+    #[serde(default)]
+    pub replayed: bool,
+}
+
+/// A strong read of one key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadRequest {
+    /// The key read.
+    pub key: ItemKey,
+}
+
+/// The durable state of one key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadReply {
+    /// The item; a missing item is answered with [`ErrorCode::NotFound`].
+    pub item: Item,
+    /// Durable head of the change log when the read was served.
+    pub head: u64,
+}
+
+/// Asks for the change-log entries after `after`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangesRequest {
+    /// The cursor: the last sequence number the replica has applied.
+    pub after: u64,
+    /// Only changes to these locations (each must be readable).
+    pub locations: Vec<String>,
+    /// At most this many changes in the page (the coordinator may cap it).
+    pub limit: u32,
+}
+
+/// One accepted write as the change log holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    /// Global sequence number.
+    pub seq: u64,
+    /// The key written.
+    pub key: ItemKey,
+    /// The key's full state after the write.
+    pub state: KeyState,
+    /// The op that was applied.
+    pub op: Op,
+    /// The store (or `admin`) that wrote it.
+    pub store: String,
+    /// The idempotency key the write carried.
+    pub idempotency_key: String,
+    /// When it was accepted, milliseconds since the Unix epoch.
+    pub at_ms: u64,
+}
+
+/// A page of changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangesPage {
+    /// Matching changes in sequence order.
+    pub changes: Vec<Change>,
+    /// The cursor to send next: the last sequence number examined, which may
+    /// be past the last change returned when others did not match.
+    pub next: u64,
+    /// Durable head of the log; the replica is current when `next == head`.
+    pub head: u64,
+}
+
+/// Asks for a page of the items of some locations, in key order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotRequest {
+    /// Locations to copy (each must be readable).
+    pub locations: Vec<String>,
+    /// Resume after this key; `None` starts at the beginning.
+    #[serde(default)]
+    pub after: Option<ItemKey>,
+    /// At most this many items (the coordinator may cap it).
+    pub limit: u32,
+}
+
+/// One page of a snapshot.
+///
+/// Pages are read from live state, so an item may be newer than the head of
+/// the first page; applying the changes after that first head, never moving
+/// an item to a lower version, yields exactly the coordinator's state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotPage {
+    /// Live items in key order.
+    pub items: Vec<Item>,
+    /// The key to resume after, or `None` when this was the last page.
+    pub next: Option<ItemKey>,
+    /// Durable head of the log when this page was read.
+    pub head: u64,
+}
+
+/// A store agent's view of its own sync state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreReport {
+    /// Last sequence number applied to the replica.
+    #[serde(default)]
+    pub cursor: u64,
+    /// Digest of the replica's items at `cursor`.
+    #[serde(default)]
+    pub digest: u64,
+    /// Items in the replica.
+    #[serde(default)]
+    pub item_count: u64,
+    /// Writes being forwarded right now.
+    #[serde(default)]
+    pub pending_forwards: u64,
+    /// The last sync or forward error, if the last attempt failed.
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// Agent software version.
+    #[serde(default)]
+    pub software_version: String,
+    /// Locations the replica holds.
+    #[serde(default)]
+    pub locations: Vec<String>,
+}
+
+/// The coordinator's answer to a store report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportAck {
+    /// Durable head of the change log.
+    pub head: u64,
+    /// Whether the reported digest matched the coordinator's state at the
+    /// reported cursor; `None` when it could not be checked (the replica's
+    /// locations changed since the cursor).
+    #[serde(default)]
+    pub digest_ok: Option<bool>,
+}
+
+/// Sync status of every registered store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReply {
+    /// Durable head of the change log.
+    pub head: u64,
+    /// Coordinator time, milliseconds since the Unix epoch.
+    pub now_ms: u64,
+    /// One entry per registered store, in registry order.
+    pub stores: Vec<StoreStatus>,
+}
+
+/// What the coordinator knows of one store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreStatus {
+    /// Store id.
+    pub id: String,
+    /// Display name from the registry.
+    pub name: String,
+    /// Expected sync interval, milliseconds.
+    pub sync_interval_ms: u64,
+    /// Whether the store has a connection open now.
+    pub connected: bool,
+    /// When the store last reported, milliseconds since the Unix epoch.
+    #[serde(default)]
+    pub last_report_ms: Option<u64>,
+    /// The last report, if the store was ever seen.
+    #[serde(default)]
+    pub report: Option<StoreReport>,
+    /// Whether the last report's digest matched.
+    #[serde(default)]
+    pub digest_ok: Option<bool>,
+    /// Changes (in the store's locations or not) between its cursor and head.
+    #[serde(default)]
+    pub lag: u64,
+    /// Version conflicts of this store's writes in the last 5 minutes.
+    #[serde(default)]
+    pub conflicts_5m: u64,
+    /// Other rejections of this store's writes in the last 5 minutes.
+    #[serde(default)]
+    pub rejections_5m: u64,
+}
+
+/// Asks for the history of one key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryRequest {
+    /// The key.
+    pub key: ItemKey,
+    /// At most this many entries.
+    pub limit: u32,
+}
+
+/// The retained change-log entries of one key, newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryReply {
+    /// Entries, newest first.
+    pub changes: Vec<Change>,
+}
+
+/// Why a request was refused, as it crosses the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// `expected_version` differs from the key's version.
+    VersionMismatch,
+    /// Create of an existing key.
+    AlreadyExists,
+    /// No such item.
+    NotFound,
+    /// Not enough available stock.
+    InsufficientStock,
+    /// Not enough reserved stock.
+    InsufficientReserved,
+    /// A set below the reserved quantity.
+    BelowReserved,
+    /// A delete of an item with reservations.
+    HasReservations,
+    /// A counter would overflow.
+    Overflow,
+    /// A field breaks its rule.
+    InvalidField,
+    /// A set or delete without `expected_version`.
+    PreconditionRequired,
+    /// The idempotency key was used before for another request.
+    IdempotencyKeyReused,
+    /// The identity may not touch this location.
+    Forbidden,
+    /// The certificate's identity is not a registered store.
+    UnknownPeer,
+    /// The peer speaks a protocol version this build does not.
+    UnsupportedVersion,
+    /// A request other than hello before the hello.
+    HelloRequired,
+    /// The request could not be decoded or makes no sense.
+    BadRequest,
+    /// The key is locked by another holder (reserved for lease locks).
+    Locked,
+    /// The coordinator cannot serve the request now; retry later.
+    Unavailable,
+    /// The coordinator failed; the write did not take effect.
+    Internal,
+    /// A code from a newer peer that this build does not know.
+    #[serde(other)]
+    Unknown,
+}
+
+impl ErrorCode {
+    /// The HTTP status the agent answers with for this code.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::VersionMismatch => 412,
+            ErrorCode::AlreadyExists
+            | ErrorCode::InsufficientStock
+            | ErrorCode::InsufficientReserved
+            | ErrorCode::BelowReserved
+            | ErrorCode::HasReservations => 409,
+            ErrorCode::NotFound => 404,
+            ErrorCode::Overflow | ErrorCode::InvalidField | ErrorCode::IdempotencyKeyReused => 422,
+            ErrorCode::PreconditionRequired => 428,
+            ErrorCode::Forbidden | ErrorCode::UnknownPeer => 403,
+            ErrorCode::Locked => 423,
+            ErrorCode::BadRequest | ErrorCode::HelloRequired => 400,
+            ErrorCode::Unavailable | ErrorCode::UnsupportedVersion => 503,
+            ErrorCode::Internal | ErrorCode::Unknown => 502,
+        }
+    }
+
+    /// The code's name as it appears on the wire and in problem types.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::VersionMismatch => "version_mismatch",
+            ErrorCode::AlreadyExists => "already_exists",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::InsufficientStock => "insufficient_stock",
+            ErrorCode::InsufficientReserved => "insufficient_reserved",
+            ErrorCode::BelowReserved => "below_reserved",
+            ErrorCode::HasReservations => "has_reservations",
+            ErrorCode::Overflow => "overflow",
+            ErrorCode::InvalidField => "invalid_field",
+            ErrorCode::PreconditionRequired => "precondition_required",
+            ErrorCode::IdempotencyKeyReused => "idempotency_key_reused",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::UnknownPeer => "unknown_peer",
+            ErrorCode::UnsupportedVersion => "unsupported_version",
+            ErrorCode::HelloRequired => "hello_required",
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::Locked => "locked",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Unknown => "unknown",
+        }
+    }
+}
+
+/// A refusal: a code, a message for people, and the item where it helps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct WireError {
+    /// What kind of refusal.
+    pub code: ErrorCode,
+    /// What happened, in words.
+    pub message: String,
+    /// The item as it stands, for version and stock refusals.
+    #[serde(default)]
+    pub current: Option<Item>,
+}
+
+impl WireError {
+    /// A refusal without an item.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        WireError {
+            code,
+            message: message.into(),
+            current: None,
+        }
+    }
+
+    /// The refusal for a domain rejection, carrying `current` unless the
+    /// rejection has its own.
+    pub fn rejected(rejection: &Rejection, current: Option<&Item>) -> Self {
+        let code = match rejection {
+            Rejection::VersionMismatch { .. } => ErrorCode::VersionMismatch,
+            Rejection::AlreadyExists { .. } => ErrorCode::AlreadyExists,
+            Rejection::NotFound { .. } => ErrorCode::NotFound,
+            Rejection::InsufficientStock { .. } => ErrorCode::InsufficientStock,
+            Rejection::InsufficientReserved { .. } => ErrorCode::InsufficientReserved,
+            Rejection::BelowReserved { .. } => ErrorCode::BelowReserved,
+            Rejection::HasReservations { .. } => ErrorCode::HasReservations,
+            Rejection::Overflow { .. } => ErrorCode::Overflow,
+            Rejection::InvalidField { .. } => ErrorCode::InvalidField,
+            Rejection::PreconditionRequired { .. } => ErrorCode::PreconditionRequired,
+        };
+        WireError {
+            code,
+            message: rejection.to_string(),
+            current: rejection.current().or(current).cloned(),
+        }
+    }
+
+    /// The refusal of a hello with an unsupported protocol version.
+    pub fn unsupported_version(got: u16) -> Self {
+        WireError::new(
+            ErrorCode::UnsupportedVersion,
+            format!("unsupported protocol version {got}, supported are {SUPPORTED_VERSIONS:?}"),
+        )
+    }
+}
