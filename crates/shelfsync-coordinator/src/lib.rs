@@ -96,13 +96,18 @@ impl Coordinator {
             stopped(),
         ));
         let http = tokio::spawn(http::serve(self.http, self.service.clone(), stopped()));
-        let quic = tokio::spawn(server::serve(self.endpoint, self.service, stopped()));
+        let quic = tokio::spawn(server::serve(
+            self.endpoint,
+            self.service.clone(),
+            stopped(),
+        ));
         shutdown.await;
         tracing::info!("shutting down");
         let _ = stop_tx.send(true);
         let _ = quic.await;
         let _ = http.await;
         let _ = gc.await;
+        self.service.pipeline().stop().await;
         let ledger = self.ledger.clone();
         tokio::task::spawn_blocking(move || ledger.flush()).await??;
         tracing::info!("ledger flushed; bye");

@@ -33,6 +33,9 @@ const BUCKET_MS: u64 = 60_000;
 /// Buckets in the window: five minutes.
 const BUCKETS: u64 = 5;
 
+/// One minute of a store's activity: (minute, conflicts, other rejections).
+type RecentBucket = (u64, u64, u64);
+
 /// All coordinator metrics.
 pub struct Metrics {
     registry: Registry,
@@ -43,7 +46,7 @@ pub struct Metrics {
     flush: Histogram,
     connected: Gauge,
     head: Gauge,
-    recent: Mutex<HashMap<String, Vec<(u64, u64, u64)>>>,
+    recent: Mutex<HashMap<String, Vec<RecentBucket>>>,
 }
 
 impl std::fmt::Debug for Metrics {

@@ -52,6 +52,8 @@ enum Job {
         key: ItemKey,
         reply: oneshot::Sender<Response>,
     },
+    /// Finish the jobs queued before this one, then stop both threads.
+    Stop,
 }
 
 /// A decided group on its way to the flusher.
@@ -66,6 +68,7 @@ pub struct Pipeline {
     jobs: mpsc::Sender<Job>,
     durable: watch::Receiver<u64>,
     failed: Arc<AtomicBool>,
+    threads: Arc<std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>>,
 }
 
 /// Settings of the pipeline.
@@ -95,12 +98,12 @@ impl Pipeline {
             metrics: metrics.clone(),
             failed: failed.clone(),
         };
-        std::thread::Builder::new()
+        let sequencer = std::thread::Builder::new()
             .name("sequencer".into())
             .spawn(move || sequencer.run(jobs_rx, decided_tx))
             .map_err(|e| LedgerError::Storage(format!("cannot start sequencer: {e}")))?;
         let flusher_failed = failed.clone();
-        std::thread::Builder::new()
+        let flusher = std::thread::Builder::new()
             .name("flusher".into())
             .spawn(move || flush_loop(ledger, decided_rx, durable_tx, flusher_failed, metrics))
             .map_err(|e| LedgerError::Storage(format!("cannot start flusher: {e}")))?;
@@ -109,6 +112,7 @@ impl Pipeline {
             jobs: jobs_tx,
             durable: durable_rx,
             failed,
+            threads: Arc::new(std::sync::Mutex::new(vec![sequencer, flusher])),
         })
     }
 
@@ -135,6 +139,23 @@ impl Pipeline {
             return unavailable();
         }
         rx.await.unwrap_or_else(|_| unavailable())
+    }
+
+    /// Answers every job queued so far, then stops the pipeline threads and
+    /// waits for them. Later jobs are answered `unavailable`.
+    pub async fn stop(&self) {
+        let _ = self.jobs.send(Job::Stop).await;
+        let threads = self
+            .threads
+            .lock()
+            .map(|mut t| std::mem::take(&mut *t))
+            .unwrap_or_default();
+        let _ = tokio::task::spawn_blocking(move || {
+            for thread in threads {
+                let _ = thread.join();
+            }
+        })
+        .await;
     }
 
     /// The highest sequence number known durable.
@@ -187,7 +208,12 @@ impl Sequencer {
             }
             let mut group = Group::default();
             let mut job = Some(first);
+            let mut stop = false;
             while let Some(next) = job {
+                if matches!(next, Job::Stop) {
+                    stop = true;
+                    break;
+                }
                 if let Err(err) = self.decide(next, &mut group) {
                     self.fail(&err);
                     return;
@@ -209,7 +235,7 @@ impl Sequencer {
                 replies: group.replies,
                 head: self.head,
             };
-            if decided.send(done).is_err() {
+            if decided.send(done).is_err() || stop {
                 return;
             }
         }
@@ -255,6 +281,7 @@ impl Sequencer {
                 let response = self.decide_write(&store, request, group)?;
                 group.replies.push((reply, response));
             }
+            Job::Stop => {}
         }
         Ok(())
     }

@@ -416,10 +416,10 @@ pub struct ConnectionGuard {
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         if let Peer::Store(id) = &self.peer {
-            if let Ok(mut connected) = self.service.connected.lock() {
-                if let Some(n) = connected.get_mut(id) {
-                    *n = n.saturating_sub(1);
-                }
+            if let Ok(mut connected) = self.service.connected.lock()
+                && let Some(n) = connected.get_mut(id)
+            {
+                *n = n.saturating_sub(1);
             }
             self.service.metrics.connection_closed();
         }

@@ -440,7 +440,7 @@ pub struct WireError {
     pub message: String,
     /// The item as it stands, for version and stock refusals.
     #[serde(default)]
-    pub current: Option<Item>,
+    pub current: Option<Box<Item>>,
 }
 
 impl WireError {
@@ -471,7 +471,7 @@ impl WireError {
         WireError {
             code,
             message: rejection.to_string(),
-            current: rejection.current().or(current).cloned(),
+            current: rejection.current().or(current).cloned().map(Box::new),
         }
     }
 

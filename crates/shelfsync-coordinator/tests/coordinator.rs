@@ -1,0 +1,474 @@
+//! In-process tests of the coordinator: the pipeline and the service over a
+//! real sled ledger in a temp dir, without sockets.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shelfsync_coordinator::config::StoreConfig;
+use shelfsync_coordinator::ledger::{Ledger, SledLedger};
+use shelfsync_coordinator::metrics::Metrics;
+use shelfsync_coordinator::pipeline::{Pipeline, PipelineConfig};
+use shelfsync_coordinator::service::{Peer, Service};
+use shelfsync_core::{Item, ItemKey, KeyState, Op, apply};
+use shelfsync_proto::{
+    ChangesRequest, ErrorCode, ReadRequest, Request, Response, SnapshotRequest, WriteAck,
+    WriteRequest,
+};
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    ledger: Arc<dyn Ledger>,
+    service: Arc<Service>,
+}
+
+fn store(id: &str, writable: &[&str], readable: &[&str]) -> StoreConfig {
+    StoreConfig {
+        id: id.into(),
+        name: id.into(),
+        sync_interval: Duration::from_secs(5),
+        writable: writable.iter().map(|s| s.to_string()).collect(),
+        readable: readable.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+impl Fixture {
+    fn new() -> Self {
+        Self::open(tempfile::tempdir().unwrap(), Duration::from_secs(3600))
+    }
+
+    fn open(dir: tempfile::TempDir, ttl: Duration) -> Self {
+        let ledger: Arc<dyn Ledger> = Arc::new(SledLedger::open(dir.path()).unwrap());
+        let metrics = Arc::new(Metrics::new());
+        let pipeline = Pipeline::start(
+            ledger.clone(),
+            PipelineConfig {
+                idempotency_ttl: ttl,
+            },
+            metrics.clone(),
+        )
+        .unwrap();
+        let stores = vec![
+            store("store-1", &["store-1", "online"], &["store-1", "online"]),
+            store("store-2", &["store-2"], &["store-2", "online"]),
+        ];
+        let service = Arc::new(Service::new(ledger.clone(), pipeline, metrics, stores).unwrap());
+        Fixture {
+            dir,
+            ledger,
+            service,
+        }
+    }
+
+    /// Stops the pipeline, closes the ledger and opens everything again.
+    async fn restart(self) -> Self {
+        self.service.pipeline().stop().await;
+        let Fixture {
+            dir,
+            ledger,
+            service,
+        } = self;
+        drop(service);
+        drop(ledger);
+        Self::open(dir, Duration::from_secs(3600))
+    }
+
+    async fn write(&self, store: &str, idem: &str, key: &ItemKey, op: Op) -> Response {
+        self.write_expecting(store, idem, key, op, None).await
+    }
+
+    async fn write_expecting(
+        &self,
+        store: &str,
+        idem: &str,
+        key: &ItemKey,
+        op: Op,
+        expected_version: Option<u64>,
+    ) -> Response {
+        let peer = self.service.identify(store).unwrap();
+        let request = Request::Write(WriteRequest {
+            idempotency_key: idem.into(),
+            key: key.clone(),
+            op,
+            expected_version,
+        });
+        self.service.handle(&peer, request).await
+    }
+
+    async fn read(&self, key: &ItemKey) -> Option<Item> {
+        match self.service.pipeline().read(key.clone()).await {
+            Response::Read(reply) => Some(reply.item),
+            _ => None,
+        }
+    }
+}
+
+fn key(location: &str, sku: &str) -> ItemKey {
+    ItemKey::new(location, sku).unwrap()
+}
+
+fn create(quantity: u64) -> Op {
+    Op::Create {
+        name: "Milk 1l".into(),
+        quantity,
+    }
+}
+
+fn ack(response: Response) -> WriteAck {
+    match response {
+        Response::Write(ack) => ack,
+        other => panic!("expected an accepted write, got {other:?}"),
+    }
+}
+
+fn refusal(response: Response) -> ErrorCode {
+    match response {
+        Response::Error(err) => err.code,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writers_on_one_key_get_consecutive_versions() {
+    let fx = Arc::new(Fixture::new());
+    let k = key("store-1", "hot");
+    ack(fx.write("store-1", "create", &k, create(100)).await);
+
+    const WRITERS: usize = 64;
+    const EACH: usize = 10;
+    let mut tasks = Vec::new();
+    for w in 0..WRITERS {
+        let fx = fx.clone();
+        let k = k.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut results = Vec::new();
+            for i in 0..EACH {
+                // A mix that makes some writes fail on stock rules.
+                let op = match (w + i) % 4 {
+                    0 => Op::Reserve { amount: 3 },
+                    1 => Op::Release { amount: 2 },
+                    2 => Op::Remove { amount: 1 },
+                    _ => Op::Add { amount: 1 },
+                };
+                let response = fx
+                    .write("store-1", &format!("w{w}-{i}"), &k, op.clone())
+                    .await;
+                results.push((op, response));
+            }
+            results
+        }));
+    }
+    let mut accepted = BTreeMap::new();
+    let mut rejected = 0;
+    for task in tasks {
+        for (op, response) in task.await.unwrap() {
+            match response {
+                Response::Write(ack) => {
+                    let previous = accepted.insert(ack.state.version(), op);
+                    assert!(
+                        previous.is_none(),
+                        "version {} given twice",
+                        ack.state.version()
+                    );
+                }
+                Response::Error(_) => rejected += 1,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    assert_eq!(accepted.len() + rejected, WRITERS * EACH);
+    let versions: Vec<u64> = accepted.keys().copied().collect();
+    let want: Vec<u64> = (2..=accepted.len() as u64 + 1).collect();
+    assert_eq!(
+        versions, want,
+        "accepted versions must be 2..=N+1 without gaps"
+    );
+
+    // Replaying the accepted ops in version order gives the final state.
+    let mut state = apply(&k, &KeyState::Absent, &create(100), None).unwrap();
+    for op in accepted.values() {
+        state = apply(&k, &state, op, None).unwrap();
+    }
+    assert_eq!(Some(fx.read(&k).await.unwrap()), state.item().cloned());
+}
+
+#[tokio::test]
+async fn a_write_acknowledged_before_another_is_sent_has_the_lower_version() {
+    let fx = Fixture::new();
+    let k = key("store-1", "seq");
+    let mut last = ack(fx.write("store-1", "c", &k, create(1)).await).seq;
+    for i in 0..20 {
+        let seq = ack(fx
+            .write("store-1", &format!("a{i}"), &k, Op::Add { amount: 1 })
+            .await)
+        .seq;
+        assert!(seq > last);
+        last = seq;
+    }
+}
+
+#[tokio::test]
+async fn idempotent_retries_return_the_original_outcome() {
+    let fx = Fixture::new();
+    let k = key("store-1", "eggs");
+    let first = ack(fx.write("store-1", "k1", &k, create(10)).await);
+    let again = ack(fx.write("store-1", "k1", &k, create(10)).await);
+    assert_eq!(
+        (again.seq, again.state.clone(), again.replayed),
+        (first.seq, first.state, true)
+    );
+
+    // Same key, another request: refused, nothing applied.
+    let code = refusal(fx.write("store-1", "k1", &k, Op::Add { amount: 1 }).await);
+    assert_eq!(code, ErrorCode::IdempotencyKeyReused);
+    // The same key from another store is another key.
+    let other = fx
+        .write("store-2", "k1", &key("store-2", "eggs"), create(1))
+        .await;
+    ack(other);
+
+    // A rejection is an outcome too, and is replayed as such.
+    let r1 = refusal(
+        fx.write("store-1", "k2", &k, Op::Remove { amount: 50 })
+            .await,
+    );
+    fx.write("store-1", "k3", &k, Op::Add { amount: 100 }).await;
+    let r2 = refusal(
+        fx.write("store-1", "k2", &k, Op::Remove { amount: 50 })
+            .await,
+    );
+    assert_eq!(
+        (r1, r2),
+        (ErrorCode::InsufficientStock, ErrorCode::InsufficientStock)
+    );
+    assert_eq!(fx.read(&k).await.unwrap().quantity, 110);
+}
+
+#[tokio::test]
+async fn idempotency_records_expire_after_the_ttl() {
+    let fx = Fixture::open(tempfile::tempdir().unwrap(), Duration::ZERO);
+    let k = key("store-1", "tea");
+    ack(fx.write("store-1", "c", &k, create(1)).await);
+    let a = ack(fx.write("store-1", "k", &k, Op::Add { amount: 1 }).await);
+    let b = ack(fx.write("store-1", "k", &k, Op::Add { amount: 1 }).await);
+    assert!(
+        !b.replayed && b.seq > a.seq,
+        "an expired record must not answer"
+    );
+}
+
+#[tokio::test]
+async fn restart_keeps_acknowledged_writes_and_idempotency_records() {
+    let fx = Fixture::new();
+    let mut acked = Vec::new();
+    for i in 0..50 {
+        let k = key("store-1", &format!("sku-{i}"));
+        acked.push((
+            k.clone(),
+            ack(fx.write("store-1", &format!("c{i}"), &k, create(i)).await),
+        ));
+    }
+    let fx = fx.restart().await;
+    for (i, (k, before)) in acked.iter().enumerate() {
+        let item = fx.read(k).await.expect("acknowledged write lost");
+        assert_eq!(Some(&item), before.state.item());
+        let replay = ack(fx
+            .write("store-1", &format!("c{i}"), k, create(i as u64))
+            .await);
+        assert!(replay.replayed);
+        assert_eq!(replay.seq, before.seq);
+    }
+    // Numbering goes on after the restart.
+    let next = ack(fx
+        .write("store-1", "after", &acked[0].0, Op::Add { amount: 1 })
+        .await);
+    assert_eq!(next.seq, 51);
+}
+
+#[tokio::test]
+async fn access_control() {
+    let fx = Fixture::new();
+    assert_eq!(
+        fx.service.identify("store-9").unwrap_err().code,
+        ErrorCode::UnknownPeer
+    );
+    assert_eq!(fx.service.identify("admin").unwrap(), Peer::Admin);
+
+    // store-2 may read `online` but not write it, and may not touch store-1.
+    let code = refusal(
+        fx.write("store-2", "x", &key("online", "a"), create(1))
+            .await,
+    );
+    assert_eq!(code, ErrorCode::Forbidden);
+    let code = refusal(
+        fx.write("store-2", "y", &key("store-1", "a"), create(1))
+            .await,
+    );
+    assert_eq!(code, ErrorCode::Forbidden);
+    ack(fx
+        .write("store-1", "z", &key("online", "a"), create(1))
+        .await);
+
+    let store2 = fx.service.identify("store-2").unwrap();
+    let read = Request::Read(ReadRequest {
+        key: key("store-1", "a"),
+    });
+    assert_eq!(
+        refusal(fx.service.handle(&store2, read).await),
+        ErrorCode::Forbidden
+    );
+    let changes = Request::Changes(ChangesRequest {
+        after: 0,
+        locations: vec!["online".into(), "store-1".into()],
+        limit: 10,
+    });
+    assert_eq!(
+        refusal(fx.service.handle(&store2, changes).await),
+        ErrorCode::Forbidden
+    );
+    let snapshot = Request::Snapshot(SnapshotRequest {
+        locations: vec!["store-1".into()],
+        after: None,
+        limit: 10,
+    });
+    assert_eq!(
+        refusal(fx.service.handle(&store2, snapshot).await),
+        ErrorCode::Forbidden
+    );
+    assert_eq!(
+        refusal(fx.service.handle(&store2, Request::Status).await),
+        ErrorCode::Forbidden
+    );
+    // Readable locations are served.
+    let changes = Request::Changes(ChangesRequest {
+        after: 0,
+        locations: vec!["online".into()],
+        limit: 10,
+    });
+    match fx.service.handle(&store2, changes).await {
+        Response::Changes(page) => assert_eq!(page.changes.len(), 1),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// Applies a change to a replica map the way agents do: never to a lower version.
+fn merge(replica: &mut BTreeMap<ItemKey, KeyState>, key: ItemKey, state: KeyState) {
+    let newer = replica
+        .get(&key)
+        .is_none_or(|have| state.version() > have.version());
+    if newer {
+        replica.insert(key, state);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_plus_later_changes_equals_the_state() {
+    let fx = Arc::new(Fixture::new());
+    for i in 0..300 {
+        let k = key(
+            if i % 3 == 0 { "online" } else { "store-1" },
+            &format!("s{i:03}"),
+        );
+        ack(fx.write("store-1", &format!("c{i}"), &k, create(10)).await);
+    }
+    // Writes keep coming while the snapshot is paged.
+    let writer = {
+        let fx = fx.clone();
+        tokio::spawn(async move {
+            for i in 0..300 {
+                let k = key("store-1", &format!("s{:03}", (i * 7) % 300 / 3 * 3 + 1));
+                let op = if i % 10 == 0 {
+                    Op::Delete
+                } else {
+                    Op::Add { amount: 1 }
+                };
+                let version = fx.read(&k).await.map(|item| item.version);
+                fx.write_expecting("store-1", &format!("u{i}"), &k, op, version)
+                    .await;
+                let new = key("online", &format!("n{i}"));
+                fx.write("store-1", &format!("n{i}"), &new, create(1)).await;
+            }
+        })
+    };
+    let peer = fx.service.identify("store-1").unwrap();
+    let locations = vec!["store-1".to_string(), "online".to_string()];
+    let mut replica = BTreeMap::new();
+    let mut after = None;
+    let mut cursor = None;
+    loop {
+        let request = Request::Snapshot(SnapshotRequest {
+            locations: locations.clone(),
+            after: after.clone(),
+            limit: 17,
+        });
+        let Response::Snapshot(page) = fx.service.handle(&peer, request).await else {
+            panic!("snapshot refused");
+        };
+        cursor.get_or_insert(page.head);
+        for item in page.items {
+            merge(&mut replica, item.key(), KeyState::Live(item));
+        }
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    writer.await.unwrap();
+    let mut cursor = cursor.unwrap();
+    loop {
+        let request = Request::Changes(ChangesRequest {
+            after: cursor,
+            locations: locations.clone(),
+            limit: 50,
+        });
+        let Response::Changes(page) = fx.service.handle(&peer, request).await else {
+            panic!("changes refused");
+        };
+        for change in page.changes {
+            merge(&mut replica, change.key, change.state);
+        }
+        cursor = page.next;
+        if page.next == page.head {
+            break;
+        }
+    }
+    let live: Vec<Item> = replica.values().filter_map(|s| s.item().cloned()).collect();
+    let mut truth = Vec::new();
+    for location in ["online", "store-1"] {
+        for (_, record) in fx.ledger.items(location, None, 100_000).unwrap() {
+            truth.extend(record.state.item().cloned());
+        }
+    }
+    assert!(truth.len() > 300);
+    assert_eq!(live, truth);
+}
+
+#[tokio::test]
+async fn an_expired_cursor_is_reported() {
+    let fx = Fixture::new();
+    let k = key("store-1", "a");
+    ack(fx.write("store-1", "c", &k, create(1)).await);
+    for i in 0..9 {
+        ack(fx
+            .write("store-1", &format!("a{i}"), &k, Op::Add { amount: 1 })
+            .await);
+    }
+    fx.ledger.compact_changes(3, 100).unwrap();
+    let peer = fx.service.identify("store-1").unwrap();
+    let changes = |after| {
+        Request::Changes(ChangesRequest {
+            after,
+            locations: vec!["store-1".into()],
+            limit: 10,
+        })
+    };
+    match fx.service.handle(&peer, changes(2)).await {
+        Response::CursorExpired { oldest, head } => assert_eq!((oldest, head), (8, 10)),
+        other => panic!("unexpected {other:?}"),
+    }
+    match fx.service.handle(&peer, changes(7)).await {
+        Response::Changes(page) => assert_eq!(page.changes.len(), 3),
+        other => panic!("unexpected {other:?}"),
+    }
+}
