@@ -1,1 +1,73 @@
-//! End-to-end test support.
+//! End-to-end test support: runs the real shelfsync binaries as child
+//! processes, from generated certificates and configs in a temp dir.
+//!
+//! The pieces, bottom up:
+//! - [`binaries`] finds the built binaries (`shelfctl`, `shelfsync-coordinator`,
+//!   later `shelfsync-agent`) next to the test executable.
+//! - [`certs::Certs`] runs the real `shelfctl certs init|issue`.
+//! - [`process::Process`] is one child with its output in a log file; it is
+//!   killed (SIGKILL) and reaped in `Drop`, and prints its log tail when a test
+//!   panics.
+//! - [`ports`] picks ports and recognises "address in use" failures, which
+//!   the launchers answer by retrying on fresh ports.
+//! - [`http`] polls `/readyz` (bounded) and does plain GETs; [`launch`]
+//!   starts a process, waits for it and classifies a failed start.
+//! - [`coordinator::CoordinatorProcess`] writes a coordinator config, starts
+//!   the binary, waits until it is ready, and can `kill9` and `restart` it on
+//!   the same data dir.
+//! - [`cluster::Cluster`] owns the temp dir, the certificates and the
+//!   processes of one test; store agents will join it in the same shape
+//!   (an `AgentProcess` beside [`coordinator::CoordinatorProcess`]).
+//!
+//! Everything listens on 127.0.0.1 only. Nothing here sleeps to synchronize:
+//! readiness is polled with a deadline.
+
+pub mod binaries;
+pub mod certs;
+pub mod cluster;
+pub mod coordinator;
+pub mod http;
+pub mod launch;
+pub mod ports;
+pub mod process;
+pub mod rng;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use shelfsync_proto::{Client, ProtoError, TlsFiles};
+
+pub use certs::Certs;
+pub use cluster::Cluster;
+pub use coordinator::{CoordinatorProcess, CoordinatorSpec, StoreSpec};
+pub use process::Process;
+pub use rng::Rng;
+
+/// The name clients check on the coordinator's certificate (`shelfctl certs
+/// init` puts `localhost` and `127.0.0.1` in its SANs).
+pub const SERVER_NAME: &str = "localhost";
+
+/// How long a test client waits for the handshake and for each call.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a process may take to become ready before the start fails.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Connects to the coordinator at `addr` with the given TLS files, checking
+/// its certificate against [`SERVER_NAME`], and exchanges hellos.
+///
+/// Returns the raw [`ProtoError`] so tests can check how a refusal looks
+/// (`Refused` with a code, a TLS failure, `is_retryable()`).
+pub async fn connect(addr: SocketAddr, tls: &TlsFiles) -> Result<Client, ProtoError> {
+    connect_with_timeout(addr, tls, CALL_TIMEOUT).await
+}
+
+/// Like [`connect`], with `timeout` bounding the handshake and every later call.
+pub async fn connect_with_timeout(
+    addr: SocketAddr,
+    tls: &TlsFiles,
+    timeout: Duration,
+) -> Result<Client, ProtoError> {
+    let config = shelfsync_proto::tls::client_config(tls)?;
+    Client::connect(addr, SERVER_NAME, config, timeout).await
+}

@@ -1,1 +1,148 @@
-//! placeholder
+//! shelfsync's store agent: a local replica of the store's locations, kept
+//! in sync with the coordinator, serving reads locally and forwarding writes.
+//!
+//! Read in this order: [`config`], [`replica`] (what it keeps), [`link`] (its
+//! one coordinator connection), [`sync`] (how the replica follows the change
+//! log), [`forward`] (how writes reach the coordinator), [`rest`] (the API),
+//! and [`Agent`], which wires them together.
+
+pub mod config;
+pub mod forward;
+pub mod link;
+pub mod metrics;
+pub mod replica;
+pub mod rest;
+pub mod sync;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use config::Config;
+use tokio::sync::watch;
+
+use crate::forward::Forwarder;
+use crate::link::Link;
+use crate::metrics::Metrics;
+use crate::replica::Replica;
+use crate::rest::AppState;
+use crate::sync::Syncer;
+
+/// How often idle rate-limiter entries are dropped.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// An agent with its replica open and its HTTP listener bound.
+pub struct Agent {
+    /// The REST address actually bound (useful with port 0).
+    pub http_addr: SocketAddr,
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    router: axum::Router,
+}
+
+impl Agent {
+    /// Opens the replica, loads the certificates and binds the REST listener.
+    /// Does not contact the coordinator: the agent serves its replica even
+    /// when the coordinator is unreachable.
+    pub async fn bind(config: Config) -> anyhow::Result<Self> {
+        let replica = Arc::new(Replica::open(&config.data_dir)?);
+        let meta = replica.meta();
+        tracing::info!(data_dir = %config.data_dir.display(), cursor = ?meta.cursor, items = meta.item_count, "replica opened");
+        let client_config = shelfsync_proto::tls::client_config(&config.tls)?;
+        let link = Arc::new(Link::new(
+            config.coordinator.clone(),
+            config.server_name.clone(),
+            client_config,
+        ));
+        let metrics = Arc::new(Metrics::new());
+        let syncer = Arc::new(Syncer::new(
+            config.store_id.clone(),
+            replica.clone(),
+            link.clone(),
+            config.locations.clone(),
+            config.sync_interval,
+            config.forward_timeout.max(Duration::from_secs(10)),
+            metrics.clone(),
+        ));
+        let forwarder = Arc::new(Forwarder::new(
+            link,
+            replica.clone(),
+            metrics.clone(),
+            config.forward_timeout,
+        ));
+        let state = Arc::new(AppState::new(
+            replica,
+            forwarder,
+            syncer,
+            metrics,
+            config.rate_limit,
+        ));
+        let router =
+            rest::router(state.clone(), &config.cors_origins).map_err(anyhow::Error::msg)?;
+        let listener = tokio::net::TcpListener::bind(config.http_listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.http_listen))?;
+        Ok(Agent {
+            http_addr: listener.local_addr()?,
+            listener,
+            state,
+            router,
+        })
+    }
+
+    /// Serves and syncs until `shutdown` resolves, then flushes the replica.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let stopped = move || {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            }
+        };
+        tracing::info!(http = %self.http_addr, "agent serving");
+        let sync = tokio::spawn(self.state.syncer.clone().run(stopped()));
+        let prune = {
+            let state = self.state.clone();
+            let stop = stopped();
+            tokio::spawn(async move {
+                tokio::pin!(stop);
+                loop {
+                    tokio::select! {
+                        () = tokio::time::sleep(PRUNE_EVERY) => state.prune_rate_limiter(),
+                        () = &mut stop => return,
+                    }
+                }
+            })
+        };
+        let service = self
+            .router
+            .into_make_service_with_connect_info::<SocketAddr>();
+        let http = tokio::spawn(
+            axum::serve(self.listener, service)
+                .with_graceful_shutdown(stopped())
+                .into_future(),
+        );
+        shutdown.await;
+        tracing::info!("shutting down");
+        let _ = stop_tx.send(true);
+        let _ = sync.await;
+        let _ = prune.await;
+        let _ = http.await;
+        let replica = self.state.replica.clone();
+        tokio::task::spawn_blocking(move || replica.flush()).await??;
+        tracing::info!("replica flushed; bye");
+        Ok(())
+    }
+}
+
+/// Binds and runs `config` until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    Agent::bind(config).await?.run(shutdown).await
+}

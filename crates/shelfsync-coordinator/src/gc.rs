@@ -8,9 +8,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::clock::now_ms;
 use crate::config::Config;
 use crate::ledger::Ledger;
+use shelfsync_proto::time::now_ms;
 
 /// Entries handled per slice.
 const SLICE: usize = 1000;

@@ -5,7 +5,6 @@
 //! [`service`] (what it answers), [`server`] and [`http`] (how it listens),
 //! and [`run`], which wires them together.
 
-pub mod clock;
 pub mod config;
 pub mod gc;
 pub mod http;

@@ -29,11 +29,11 @@ use shelfsync_core::{ItemKey, KeyState, apply};
 use shelfsync_proto::{Change, ErrorCode, ReadReply, Response, WireError, WriteAck, WriteRequest};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::clock::now_ms;
 use crate::ledger::{
     CommitBatch, CommittedWrite, IdempotencyRecord, ItemRecord, Ledger, LedgerError, Outcome,
 };
 use crate::metrics::Metrics;
+use shelfsync_proto::time::now_ms;
 
 /// Most jobs decided in one group.
 const MAX_GROUP: usize = 4096;

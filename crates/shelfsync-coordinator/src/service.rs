@@ -17,11 +17,11 @@ use shelfsync_proto::{
     WireError, WriteRequest,
 };
 
-use crate::clock::now_ms;
 use crate::config::StoreConfig;
 use crate::ledger::{Ledger, LedgerError, StoredReport};
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
+use shelfsync_proto::time::now_ms;
 
 /// Most changes or snapshot items in one page.
 pub const MAX_PAGE: u32 = 1000;

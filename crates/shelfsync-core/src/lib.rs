@@ -5,6 +5,7 @@
 //! functions over values ([`op::apply`]), so the coordinator, the agent, the
 //! tests and the benches all run the same rules.
 
+pub mod digest;
 pub mod error;
 pub mod item;
 pub mod op;

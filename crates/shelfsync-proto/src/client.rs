@@ -56,7 +56,18 @@ impl Client {
             },
             timeout,
         };
-        match client.call(&Request::Hello(Hello::current())).await? {
+        let reply = match client.call(&Request::Hello(Hello::current())).await {
+            Ok(reply) => reply,
+            // A refused certificate often shows only here, on the first
+            // stream: report the connection's reason, which says so.
+            Err(err) => {
+                return Err(client
+                    .conn
+                    .close_reason()
+                    .map_or(err, ProtoError::Connection));
+            }
+        };
+        match reply {
             Response::Hello(reply) => client.hello = reply,
             Response::Error(err) => return Err(ProtoError::Refused(err)),
             _ => return Err(ProtoError::Unexpected("expected a hello reply")),

@@ -52,6 +52,16 @@ pub enum ProtoError {
 impl ProtoError {
     /// Maps a stream I/O error, recognising the codec's own refusals.
     pub(crate) fn from_io(err: std::io::Error) -> Self {
+        // quinn streams report a lost connection as an I/O error; keep the
+        // connection's own reason so a refused handshake stays permanent.
+        if let Some(inner) = err.get_ref() {
+            if let Some(quinn::WriteError::ConnectionLost(reason)) = inner.downcast_ref() {
+                return ProtoError::Connection(reason.clone());
+            }
+            if let Some(quinn::ReadError::ConnectionLost(reason)) = inner.downcast_ref() {
+                return ProtoError::Connection(reason.clone());
+            }
+        }
         match err.kind() {
             std::io::ErrorKind::InvalidData => ProtoError::FrameTooLarge {
                 len: usize::MAX,

@@ -1,4 +1,4 @@
-//! Wall-clock time as the ledger records it.
+//! Wall-clock time as messages and records carry it.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -1,0 +1,131 @@
+//! The agent's metrics in Prometheus text format, on `/metrics`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Labels of the forwarded-write counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ForwardLabels {
+    /// `write` or `read`.
+    pub kind: String,
+    /// `accepted`, a refusal code, or `unavailable`.
+    pub outcome: String,
+}
+
+/// All agent metrics.
+pub struct Metrics {
+    registry: Registry,
+    /// Last change-log sequence number applied.
+    pub cursor: Gauge,
+    /// Changes between the cursor and the coordinator's head at the last sync.
+    pub behind: Gauge,
+    /// Unix time (seconds) of the last completed sync.
+    pub last_sync: Gauge,
+    /// Syncs that failed.
+    pub sync_errors: Counter,
+    /// Syncs that completed.
+    pub syncs: Counter,
+    /// Items in the replica.
+    pub items: Gauge,
+    /// Forwarded requests by kind and outcome.
+    pub forwards: Family<ForwardLabels, Counter>,
+    /// Forwarded requests in flight.
+    pub pending_forwards: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("shelfsync_agent");
+        let metrics = Metrics {
+            cursor: Gauge::default(),
+            behind: Gauge::default(),
+            last_sync: Gauge::default(),
+            sync_errors: Counter::default(),
+            syncs: Counter::default(),
+            items: Gauge::default(),
+            forwards: Family::default(),
+            pending_forwards: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "cursor",
+            "Last change applied to the replica",
+            metrics.cursor.clone(),
+        );
+        registry.register(
+            "changes_behind",
+            "Changes between the replica's cursor and the coordinator's head",
+            metrics.behind.clone(),
+        );
+        registry.register(
+            "last_sync_timestamp_seconds",
+            "Unix time of the last completed sync",
+            metrics.last_sync.clone(),
+        );
+        registry.register(
+            "sync_errors",
+            "Syncs that failed",
+            metrics.sync_errors.clone(),
+        );
+        registry.register("syncs", "Syncs that completed", metrics.syncs.clone());
+        registry.register(
+            "replica_items",
+            "Items in the replica",
+            metrics.items.clone(),
+        );
+        registry.register(
+            "forwards",
+            "Requests forwarded to the coordinator, by kind and outcome",
+            metrics.forwards.clone(),
+        );
+        registry.register(
+            "pending_forwards",
+            "Forwarded requests in flight",
+            metrics.pending_forwards.clone(),
+        );
+        Metrics {
+            registry,
+            ..metrics
+        }
+    }
+
+    /// Renders the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    /// Counts one forwarded request.
+    pub fn forwarded(&self, kind: &str, outcome: &str) {
+        self.forwards
+            .get_or_create(&ForwardLabels {
+                kind: kind.to_string(),
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+}
+
+/// Saturating conversion for gauges.
+pub fn gauge_value(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,520 @@
+//! The store's local replica on sled.
+//!
+//! It holds the state of every key of the store's locations (live items and
+//! tombstones) and the sync position, in one sled tree:
+//!
+//! | prefix | key | value |
+//! |---|---|---|
+//! | `i` | location `\0` sku | [`Record`]: the key's state and the bootstrap epoch that last saw it |
+//! | `m` | `meta` | [`Meta`]: cursor, bootstrap progress, epoch, digest, last sync time |
+//!
+//! Every change to the replica is one `sled::Batch` that writes the items and
+//! the new [`Meta`] together, so after a crash the items and the cursor agree.
+//! Applying a state never moves a key to a lower version, so replayed or
+//! overlapping pages are harmless.
+//!
+//! A bootstrap copies a snapshot page by page under a new epoch; when the
+//! last page is in, keys the snapshot did not mention (deleted at the
+//! coordinator meanwhile) are swept and the cursor is set to the head of the
+//! first page, from which changes resume.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use shelfsync_core::digest::Digest;
+use shelfsync_core::{Item, ItemKey, KeyState};
+use shelfsync_proto::Change;
+
+const META: &[u8] = b"mmeta";
+
+/// Failures of the local store.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    /// sled failed.
+    #[error("replica storage error: {0}")]
+    Storage(String),
+    /// A stored record did not decode.
+    #[error("corrupt replica record: {0}")]
+    Corrupt(String),
+}
+
+/// What the replica keeps per key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// Live item or tombstone.
+    pub state: KeyState,
+    /// The bootstrap epoch in which this key was last confirmed.
+    pub epoch: u64,
+}
+
+/// Sync position and summary, written with every batch.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta {
+    /// Last change-log sequence number applied; `None` until the first
+    /// bootstrap completes.
+    pub cursor: Option<u64>,
+    /// A bootstrap in progress, if any.
+    pub bootstrap: Option<Bootstrap>,
+    /// Epoch of the latest bootstrap.
+    pub epoch: u64,
+    /// Digest of the live items.
+    pub digest_sum: u64,
+    /// Number of live items.
+    pub item_count: u64,
+    /// When the last sync completed, milliseconds since the Unix epoch.
+    pub last_sync_ms: Option<u64>,
+}
+
+impl Meta {
+    /// The digest of the live items.
+    pub fn digest(&self) -> Digest {
+        Digest {
+            sum: self.digest_sum,
+            count: self.item_count,
+        }
+    }
+}
+
+/// Progress of a bootstrap.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bootstrap {
+    /// Head of the change log at the first snapshot page; the cursor once done.
+    pub start_head: u64,
+    /// The last key copied; the next page starts after it.
+    pub after: Option<ItemKey>,
+}
+
+/// Version envelope of stored values.
+#[derive(Serialize, Deserialize)]
+enum Stored<T> {
+    V1(T),
+}
+
+/// The replica. Mutations are serialized by an internal lock; reads are not.
+#[derive(Debug)]
+pub struct Replica {
+    db: sled::Db,
+    tree: sled::Tree,
+    meta: Mutex<Meta>,
+}
+
+fn storage(err: sled::Error) -> ReplicaError {
+    ReplicaError::Storage(err.to_string())
+}
+
+fn encode<T: Serialize>(value: T) -> Result<Vec<u8>, ReplicaError> {
+    rmp_serde::to_vec_named(&Stored::V1(value)).map_err(|e| ReplicaError::Storage(e.to_string()))
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ReplicaError> {
+    match rmp_serde::from_slice::<Stored<T>>(bytes) {
+        Ok(Stored::V1(value)) => Ok(value),
+        Err(e) => Err(ReplicaError::Corrupt(e.to_string())),
+    }
+}
+
+fn item_key(key: &ItemKey) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + key.location.len() + key.sku.len());
+    k.push(b'i');
+    k.extend_from_slice(key.location.as_bytes());
+    k.push(0);
+    k.extend_from_slice(key.sku.as_bytes());
+    k
+}
+
+/// The item key of a stored `i` entry.
+fn parse_key(stored: &[u8]) -> Option<ItemKey> {
+    let rest = stored.strip_prefix(b"i")?;
+    let split = rest.iter().position(|b| *b == 0)?;
+    Some(ItemKey {
+        location: String::from_utf8(rest[..split].to_vec()).ok()?,
+        sku: String::from_utf8(rest[split + 1..].to_vec()).ok()?,
+    })
+}
+
+/// Pending writes of one batch, with the digest kept in step.
+struct Pending<'a> {
+    replica: &'a Replica,
+    /// Held for the whole batch: mutations of the replica are serialized.
+    guard: std::sync::MutexGuard<'a, Meta>,
+    batch: sled::Batch,
+    meta: Meta,
+    /// Keys written in this batch, so a later write in the same batch sees them.
+    written: std::collections::HashMap<ItemKey, Record>,
+}
+
+impl Pending<'_> {
+    fn load(&self, key: &ItemKey) -> Result<Option<Record>, ReplicaError> {
+        if let Some(record) = self.written.get(key) {
+            return Ok(Some(record.clone()));
+        }
+        self.replica.record(key)
+    }
+
+    /// Applies `state` to `key` unless the replica already has a newer
+    /// version; stamps the record with `epoch` either way.
+    fn merge(&mut self, key: &ItemKey, state: KeyState, epoch: u64) -> Result<(), ReplicaError> {
+        let old = self.load(key)?;
+        let record = match old {
+            Some(old) if old.state.version() >= state.version() => {
+                if old.epoch == epoch {
+                    return Ok(());
+                }
+                Record {
+                    state: old.state,
+                    epoch,
+                }
+            }
+            old => {
+                let mut digest = self.meta.digest();
+                if let Some(item) = old.as_ref().and_then(|o| o.state.item()) {
+                    digest.remove(item);
+                }
+                if let Some(item) = state.item() {
+                    digest.add(item);
+                }
+                self.meta.digest_sum = digest.sum;
+                self.meta.item_count = digest.count;
+                Record { state, epoch }
+            }
+        };
+        self.batch.insert(item_key(key), encode(&record)?);
+        self.written.insert(key.clone(), record);
+        Ok(())
+    }
+
+    fn commit(self) -> Result<(), ReplicaError> {
+        let Pending {
+            replica,
+            mut guard,
+            mut batch,
+            meta,
+            ..
+        } = self;
+        batch.insert(META, encode(&meta)?);
+        replica.tree.apply_batch(batch).map_err(storage)?;
+        *guard = meta;
+        Ok(())
+    }
+}
+
+impl Replica {
+    /// Opens (or creates) the replica in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, ReplicaError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(128 * 1024 * 1024)
+            .open()
+            .map_err(|e| ReplicaError::Storage(format!("cannot open {}: {e}", dir.display())))?;
+        let tree = db.open_tree("replica").map_err(storage)?;
+        let meta = match tree.get(META).map_err(storage)? {
+            Some(bytes) => decode(&bytes)?,
+            None => Meta::default(),
+        };
+        Ok(Replica {
+            db,
+            tree,
+            meta: Mutex::new(meta),
+        })
+    }
+
+    fn record(&self, key: &ItemKey) -> Result<Option<Record>, ReplicaError> {
+        self.tree
+            .get(item_key(key))
+            .map_err(storage)?
+            .map(|bytes| decode(&bytes))
+            .transpose()
+    }
+
+    fn pending(&self) -> Result<Pending<'_>, ReplicaError> {
+        let guard = self
+            .meta
+            .lock()
+            .map_err(|_| ReplicaError::Storage("replica lock poisoned".into()))?;
+        Ok(Pending {
+            replica: self,
+            batch: sled::Batch::default(),
+            meta: guard.clone(),
+            guard,
+            written: Default::default(),
+        })
+    }
+
+    /// The sync position and summary.
+    pub fn meta(&self) -> Meta {
+        self.meta.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    /// The live item under `key`, if any.
+    pub fn get(&self, key: &ItemKey) -> Result<Option<Item>, ReplicaError> {
+        Ok(self
+            .record(key)?
+            .and_then(|record| record.state.item().cloned()))
+    }
+
+    /// Up to `limit` live items of `location` in sku order, after `after_sku`.
+    pub fn list(
+        &self,
+        location: &str,
+        after_sku: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Item>, ReplicaError> {
+        let mut prefix = vec![b'i'];
+        prefix.extend_from_slice(location.as_bytes());
+        prefix.push(0);
+        let start = match after_sku {
+            Some(sku) => [prefix.as_slice(), sku.as_bytes(), &[0]].concat(),
+            None => prefix.clone(),
+        };
+        let mut items = Vec::new();
+        for entry in self.tree.range(start..) {
+            let (k, v) = entry.map_err(storage)?;
+            if !k.starts_with(&prefix) || items.len() >= limit {
+                break;
+            }
+            let record: Record = decode(&v)?;
+            items.extend(record.state.item().cloned());
+        }
+        Ok(items)
+    }
+
+    /// Every live item, for verification.
+    pub fn items(&self) -> Result<Vec<Item>, ReplicaError> {
+        let mut items = Vec::new();
+        for entry in self.tree.scan_prefix(b"i") {
+            let (_, v) = entry.map_err(storage)?;
+            let record: Record = decode(&v)?;
+            items.extend(record.state.item().cloned());
+        }
+        Ok(items)
+    }
+
+    /// Starts a bootstrap at `start_head` (or keeps the one in progress).
+    pub fn begin_bootstrap(&self, start_head: u64) -> Result<Bootstrap, ReplicaError> {
+        let mut pending = self.pending()?;
+        if let Some(bootstrap) = &pending.meta.bootstrap {
+            return Ok(bootstrap.clone());
+        }
+        let bootstrap = Bootstrap {
+            start_head,
+            after: None,
+        };
+        pending.meta.epoch += 1;
+        pending.meta.bootstrap = Some(bootstrap.clone());
+        pending.commit()?;
+        Ok(bootstrap)
+    }
+
+    /// Forgets the bootstrap in progress (its start is too old to resume).
+    pub fn abandon_bootstrap(&self) -> Result<(), ReplicaError> {
+        let mut pending = self.pending()?;
+        pending.meta.bootstrap = None;
+        pending.commit()
+    }
+
+    /// Applies one snapshot page. `next` is the key to resume after, `None`
+    /// on the last page, which completes the bootstrap: unseen keys are
+    /// swept and the cursor set to the bootstrap's start head.
+    pub fn apply_snapshot_page(
+        &self,
+        items: Vec<Item>,
+        next: Option<ItemKey>,
+        now_ms: u64,
+    ) -> Result<(), ReplicaError> {
+        let mut pending = self.pending()?;
+        let Some(mut bootstrap) = pending.meta.bootstrap.clone() else {
+            return Err(ReplicaError::Storage(
+                "snapshot page without a bootstrap in progress".into(),
+            ));
+        };
+        let epoch = pending.meta.epoch;
+        for item in items {
+            let key = item.key();
+            pending.merge(&key, KeyState::Live(item), epoch)?;
+        }
+        match next {
+            Some(after) => {
+                bootstrap.after = Some(after);
+                pending.meta.bootstrap = Some(bootstrap);
+            }
+            None => {
+                self.sweep(&mut pending, epoch)?;
+                pending.meta.bootstrap = None;
+                pending.meta.cursor = Some(bootstrap.start_head);
+                pending.meta.last_sync_ms = Some(now_ms);
+            }
+        }
+        pending.commit()
+    }
+
+    /// Removes every key not confirmed in `epoch`.
+    fn sweep(&self, pending: &mut Pending<'_>, epoch: u64) -> Result<(), ReplicaError> {
+        let mut digest = pending.meta.digest();
+        for entry in self.tree.scan_prefix(b"i") {
+            let (k, v) = entry.map_err(storage)?;
+            let record: Record = decode(&v)?;
+            let stale = record.epoch < epoch;
+            // Keys confirmed by this very page are not on disk yet.
+            let in_batch = parse_key(&k).is_some_and(|key| pending.written.contains_key(&key));
+            if stale && !in_batch {
+                if let Some(item) = record.state.item() {
+                    digest.remove(item);
+                }
+                pending.batch.remove(k);
+            }
+        }
+        pending.meta.digest_sum = digest.sum;
+        pending.meta.item_count = digest.count;
+        Ok(())
+    }
+
+    /// Applies a page of changes and moves the cursor to `next`.
+    pub fn apply_changes(
+        &self,
+        changes: &[Change],
+        next: u64,
+        now_ms: Option<u64>,
+    ) -> Result<(), ReplicaError> {
+        let mut pending = self.pending()?;
+        let epoch = pending.meta.epoch;
+        for change in changes {
+            pending.merge(&change.key, change.state.clone(), epoch)?;
+        }
+        if pending.meta.cursor.is_none_or(|cursor| next > cursor) {
+            pending.meta.cursor = Some(next);
+        }
+        if now_ms.is_some() {
+            pending.meta.last_sync_ms = now_ms;
+        }
+        pending.commit()
+    }
+
+    /// Applies the state a forwarded write or strong read returned, so this
+    /// agent's clients read their own writes at once. The cursor stays: the
+    /// change will come again with the next sync and be ignored.
+    pub fn apply_local(&self, key: &ItemKey, state: KeyState) -> Result<(), ReplicaError> {
+        let mut pending = self.pending()?;
+        let epoch = pending.meta.epoch;
+        pending.merge(key, state, epoch)?;
+        pending.commit()
+    }
+
+    /// Forgets everything (a diverged replica heals by bootstrapping again).
+    pub fn reset_cursor(&self) -> Result<(), ReplicaError> {
+        let mut pending = self.pending()?;
+        pending.meta.cursor = None;
+        pending.meta.bootstrap = None;
+        pending.commit()
+    }
+
+    /// Makes everything applied so far durable.
+    pub fn flush(&self) -> Result<(), ReplicaError> {
+        self.db.flush().map(|_| ()).map_err(storage)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shelfsync_core::Op;
+
+    fn item(sku: &str, quantity: u64, version: u64) -> Item {
+        Item {
+            location: "s1".into(),
+            sku: sku.into(),
+            name: "n".into(),
+            quantity,
+            reserved: 0,
+            version,
+        }
+    }
+
+    fn change(seq: u64, state: KeyState, sku: &str) -> Change {
+        Change {
+            seq,
+            key: ItemKey::new("s1", sku).unwrap(),
+            state,
+            op: Op::Add { amount: 1 },
+            store: "x".into(),
+            idempotency_key: "k".into(),
+            at_ms: 0,
+        }
+    }
+
+    fn digest_of(items: &[Item]) -> Digest {
+        let mut d = Digest::default();
+        items.iter().for_each(|i| d.add(i));
+        d
+    }
+
+    #[test]
+    fn changes_never_lower_a_version_and_keep_the_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let replica = Replica::open(dir.path()).unwrap();
+        let k = ItemKey::new("s1", "a").unwrap();
+        let v2 = change(2, KeyState::Live(item("a", 2, 2)), "a");
+        let v1 = change(1, KeyState::Live(item("a", 1, 1)), "a");
+        replica
+            .apply_changes(&[v2.clone(), v1.clone()], 2, None)
+            .unwrap();
+        replica.apply_changes(&[v1], 2, None).unwrap();
+        assert_eq!(replica.get(&k).unwrap().unwrap().version, 2);
+        let del = change(3, KeyState::Deleted { version: 3 }, "a");
+        replica.apply_changes(&[del, v2], 3, None).unwrap();
+        assert!(replica.get(&k).unwrap().is_none(), "tombstone must win");
+        assert_eq!(replica.meta().digest(), Digest::default());
+        assert_eq!(replica.meta().cursor, Some(3));
+    }
+
+    #[test]
+    fn bootstrap_sweeps_keys_the_snapshot_did_not_mention() {
+        let dir = tempfile::tempdir().unwrap();
+        let replica = Replica::open(dir.path()).unwrap();
+        replica.begin_bootstrap(5).unwrap();
+        replica
+            .apply_snapshot_page(vec![item("a", 1, 1), item("b", 1, 1)], None, 1)
+            .unwrap();
+        assert_eq!(replica.meta().cursor, Some(5));
+        // A second bootstrap (say the cursor expired) where b is gone.
+        replica.reset_cursor().unwrap();
+        replica.begin_bootstrap(9).unwrap();
+        replica
+            .apply_snapshot_page(
+                vec![item("a", 3, 2)],
+                Some(ItemKey::new("s1", "a").unwrap()),
+                2,
+            )
+            .unwrap();
+        replica.apply_snapshot_page(vec![], None, 3).unwrap();
+        let items = replica.items().unwrap();
+        assert_eq!(items, vec![item("a", 3, 2)]);
+        assert_eq!(replica.meta().digest(), digest_of(&items));
+        assert_eq!(replica.meta().cursor, Some(9));
+    }
+
+    #[test]
+    fn state_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let replica = Replica::open(dir.path()).unwrap();
+            replica.begin_bootstrap(4).unwrap();
+            replica
+                .apply_snapshot_page(
+                    vec![item("a", 1, 1)],
+                    Some(ItemKey::new("s1", "a").unwrap()),
+                    1,
+                )
+                .unwrap();
+            replica.flush().unwrap();
+        }
+        let replica = Replica::open(dir.path()).unwrap();
+        let meta = replica.meta();
+        assert_eq!(meta.cursor, None);
+        assert_eq!(meta.bootstrap.unwrap().after.unwrap().sku, "a");
+        assert_eq!(replica.items().unwrap().len(), 1);
+        assert_eq!(replica.list("s1", None, 10).unwrap().len(), 1);
+        assert!(replica.list("s1", Some("a"), 10).unwrap().is_empty());
+    }
+}
