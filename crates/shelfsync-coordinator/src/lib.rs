@@ -6,6 +6,7 @@
 //! and [`run`], which wires them together.
 
 pub mod config;
+pub mod digests;
 pub mod gc;
 pub mod http;
 pub mod ledger;
@@ -22,6 +23,7 @@ use tokio::sync::watch;
 
 pub use config::Config;
 
+use crate::digests::Digests;
 use crate::ledger::{Ledger, SledLedger};
 use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, PipelineConfig};
@@ -46,10 +48,12 @@ impl Coordinator {
         let ledger: Arc<dyn Ledger> = Arc::new(SledLedger::open(&config.data_dir)?);
         tracing::info!(data_dir = %config.data_dir.display(), head = ledger.head()?, "ledger opened");
         let metrics = Arc::new(Metrics::new());
+        let digests = Arc::new(Digests::load(ledger.as_ref())?);
         let pipeline = Pipeline::start(
             ledger.clone(),
             PipelineConfig {
                 idempotency_ttl: config.idempotency_ttl,
+                digests: digests.clone(),
             },
             metrics.clone(),
         )?;
@@ -57,6 +61,7 @@ impl Coordinator {
             ledger.clone(),
             pipeline,
             metrics,
+            digests,
             config.stores.clone(),
         )?);
         let server_config = shelfsync_proto::tls::server_config(&config.tls)?;

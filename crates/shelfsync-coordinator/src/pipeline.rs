@@ -29,6 +29,7 @@ use shelfsync_core::{ItemKey, KeyState, apply};
 use shelfsync_proto::{Change, ErrorCode, ReadReply, Response, WireError, WriteAck, WriteRequest};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::digests::Digests;
 use crate::ledger::{
     CommitBatch, CommittedWrite, IdempotencyRecord, ItemRecord, Ledger, LedgerError, Outcome,
 };
@@ -76,6 +77,8 @@ pub struct Pipeline {
 pub struct PipelineConfig {
     /// How long an idempotency record answers a retry.
     pub idempotency_ttl: Duration,
+    /// Per-location digests to keep in step with accepted writes.
+    pub digests: Arc<Digests>,
 }
 
 impl Pipeline {
@@ -97,6 +100,7 @@ impl Pipeline {
             head,
             metrics: metrics.clone(),
             failed: failed.clone(),
+            digests: config.digests.clone(),
         };
         let sequencer = std::thread::Builder::new()
             .name("sequencer".into())
@@ -188,6 +192,7 @@ struct Sequencer {
     head: u64,
     metrics: Arc<Metrics>,
     failed: Arc<AtomicBool>,
+    digests: Arc<Digests>,
 }
 
 /// State decided in the current group but not yet committed.
@@ -340,6 +345,8 @@ impl Sequencer {
                     prior_version: state.version(),
                 });
                 group.keys.insert(request.key.clone(), next.clone());
+                self.digests
+                    .apply(&request.key.location, self.head, &state, &next);
                 self.metrics.count_write(op_kind, "accepted");
                 Outcome::Accepted {
                     seq: self.head,

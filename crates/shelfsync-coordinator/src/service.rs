@@ -18,6 +18,7 @@ use shelfsync_proto::{
 };
 
 use crate::config::StoreConfig;
+use crate::digests::Digests;
 use crate::ledger::{Ledger, LedgerError, StoredReport};
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
@@ -56,6 +57,7 @@ pub struct Service {
     ledger: Arc<dyn Ledger>,
     pipeline: Pipeline,
     metrics: Arc<Metrics>,
+    digests: Arc<Digests>,
     stores: Vec<StoreConfig>,
     connected: Mutex<HashMap<String, usize>>,
     reports: Mutex<HashMap<String, StoredReport>>,
@@ -75,6 +77,7 @@ impl Service {
         ledger: Arc<dyn Ledger>,
         pipeline: Pipeline,
         metrics: Arc<Metrics>,
+        digests: Arc<Digests>,
         stores: Vec<StoreConfig>,
     ) -> Result<Self, LedgerError> {
         let reports = ledger.reports()?.into_iter().collect();
@@ -82,6 +85,7 @@ impl Service {
             ledger,
             pipeline,
             metrics,
+            digests,
             stores,
             connected: Mutex::new(HashMap::new()),
             reports: Mutex::new(reports),
@@ -337,10 +341,29 @@ impl Service {
                 "only stores send sync reports",
             ));
         };
+        let digest_ok = self.digests.verify(
+            &report.locations,
+            report.cursor,
+            self.pipeline.durable_head(),
+            shelfsync_core::digest::Digest {
+                sum: report.digest,
+                count: report.item_count,
+            },
+        );
+        if digest_ok == Some(false) {
+            tracing::warn!(store = %id, cursor = report.cursor, "replica digest does not match; the store will resync");
+        }
+        // Keep the last known verdict while the answer is not known.
+        let digest_ok = digest_ok.or_else(|| {
+            self.reports
+                .lock()
+                .ok()
+                .and_then(|r| r.get(id).and_then(|s| s.digest_ok))
+        });
         let stored = StoredReport {
             report,
             at_ms: now_ms(),
-            digest_ok: None,
+            digest_ok,
         };
         self.ledger
             .save_report(id, &stored)

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shelfsync_coordinator::config::StoreConfig;
+use shelfsync_coordinator::digests::Digests;
 use shelfsync_coordinator::ledger::{Ledger, SledLedger};
 use shelfsync_coordinator::metrics::Metrics;
 use shelfsync_coordinator::pipeline::{Pipeline, PipelineConfig};
@@ -41,10 +42,12 @@ impl Fixture {
     fn open(dir: tempfile::TempDir, ttl: Duration) -> Self {
         let ledger: Arc<dyn Ledger> = Arc::new(SledLedger::open(dir.path()).unwrap());
         let metrics = Arc::new(Metrics::new());
+        let digests = Arc::new(Digests::load(ledger.as_ref()).unwrap());
         let pipeline = Pipeline::start(
             ledger.clone(),
             PipelineConfig {
                 idempotency_ttl: ttl,
+                digests: digests.clone(),
             },
             metrics.clone(),
         )
@@ -53,7 +56,8 @@ impl Fixture {
             store("store-1", &["store-1", "online"], &["store-1", "online"]),
             store("store-2", &["store-2"], &["store-2", "online"]),
         ];
-        let service = Arc::new(Service::new(ledger.clone(), pipeline, metrics, stores).unwrap());
+        let service =
+            Arc::new(Service::new(ledger.clone(), pipeline, metrics, digests, stores).unwrap());
         Fixture {
             dir,
             ledger,
@@ -471,4 +475,141 @@ async fn an_expired_cursor_is_reported() {
         Response::Changes(page) => assert_eq!(page.changes.len(), 3),
         other => panic!("unexpected {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn a_hello_with_another_protocol_version_gets_a_clear_error() {
+    let fx = Fixture::new();
+    let peer = fx.service.identify("store-1").unwrap();
+    let hello = shelfsync_proto::Hello {
+        protocol_version: 99,
+        software_version: "9.9.9".into(),
+    };
+    match fx.service.hello(&peer, &hello) {
+        Response::Error(err) => {
+            assert_eq!(err.code, ErrorCode::UnsupportedVersion);
+            assert_eq!(
+                err.message,
+                "unsupported protocol version 99, supported are [1]"
+            );
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    let current = shelfsync_proto::Hello::current();
+    match fx.service.hello(&peer, &current) {
+        Response::Hello(reply) => {
+            assert_eq!(reply.identity, "store-1");
+            assert_eq!(reply.writable, ["store-1", "online"]);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn report(cursor: u64, locations: &[&str], items: &[Item]) -> Request {
+    let mut digest = shelfsync_core::digest::Digest::default();
+    items.iter().for_each(|item| digest.add(item));
+    Request::Report(shelfsync_proto::StoreReport {
+        cursor,
+        digest: digest.sum,
+        item_count: digest.count,
+        locations: locations.iter().map(|l| l.to_string()).collect(),
+        ..Default::default()
+    })
+}
+
+fn digest_ok(response: Response) -> Option<bool> {
+    match response {
+        Response::ReportAck(ack) => ack.digest_ok,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn replica_digests_are_verified_at_the_cursor() {
+    let fx = Fixture::new();
+    let a = ack(fx
+        .write("store-1", "a", &key("store-1", "a"), create(3))
+        .await);
+    let b = ack(fx
+        .write("store-1", "b", &key("online", "b"), create(4))
+        .await);
+    let items: Vec<Item> = [&a, &b]
+        .iter()
+        .filter_map(|w| w.state.item().cloned())
+        .collect();
+    let store2 = fx.service.identify("store-2").unwrap();
+    let store1 = fx.service.identify("store-1").unwrap();
+
+    // store-2 replicates only `online`: its digest covers item b.
+    let good = report(b.seq, &["online", "store-2"], &items[1..]);
+    assert_eq!(
+        digest_ok(fx.service.handle(&store2, good).await),
+        Some(true)
+    );
+    // A cursor before the last change of a location cannot be checked yet.
+    let early = report(a.seq, &["store-1", "online"], &items[..1]);
+    assert_eq!(digest_ok(fx.service.handle(&store1, early).await), None);
+    // A replica that lost an item is caught.
+    let wrong = report(b.seq, &["store-1", "online"], &items[..1]);
+    assert_eq!(
+        digest_ok(fx.service.handle(&store1, wrong).await),
+        Some(false)
+    );
+    let right = report(b.seq, &["store-1", "online"], &items);
+    assert_eq!(
+        digest_ok(fx.service.handle(&store1, right).await),
+        Some(true)
+    );
+
+    // The verdicts survive a restart, with the reports.
+    let fx = fx.restart().await;
+    let Response::Status(status) = fx.service.handle(&Peer::Admin, Request::Status).await else {
+        panic!("status refused");
+    };
+    let store1 = status.stores.iter().find(|s| s.id == "store-1").unwrap();
+    assert_eq!(
+        (store1.digest_ok, store1.report.as_ref().map(|r| r.cursor)),
+        (Some(true), Some(b.seq))
+    );
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writes_share_flushes() {
+    let fx = Arc::new(Fixture::new());
+    let k = key("store-1", "hot");
+    ack(fx.write("store-1", "create", &k, create(0)).await);
+    let before = metric(
+        &fx.service.metrics().render(),
+        "shelfsync_flush_seconds_count",
+    );
+    let tasks: Vec<_> = (0..256)
+        .map(|i| {
+            let fx = fx.clone();
+            let k = k.clone();
+            tokio::spawn(async move {
+                ack(fx
+                    .write("store-1", &format!("w{i}"), &k, Op::Add { amount: 1 })
+                    .await)
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let flushes = metric(
+        &fx.service.metrics().render(),
+        "shelfsync_flush_seconds_count",
+    ) - before;
+    assert!(flushes >= 1.0);
+    assert!(
+        flushes < 256.0,
+        "256 concurrent writes to one key took {flushes} flushes: no group commit"
+    );
+    assert_eq!(fx.read(&k).await.unwrap().quantity, 256);
 }

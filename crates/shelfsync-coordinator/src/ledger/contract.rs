@@ -111,6 +111,7 @@ fn items_are_listed_per_location_in_sku_order() {
         assert_eq!(skus(Some("a"), 10), ["b", "c"], "{name}");
         assert_eq!(skus(None, 2), ["a", "b"], "{name}");
         assert!(skus(Some("c"), 10).is_empty(), "{name}");
+        assert_eq!(ledger.locations().unwrap(), ["s", "s1", "s10"], "{name}");
     }
 }
 

@@ -147,6 +147,9 @@ pub trait Ledger: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<(String, ItemRecord)>, LedgerError>;
 
+    /// Every location that has at least one item record, in order.
+    fn locations(&self) -> Result<Vec<String>, LedgerError>;
+
     /// Up to `limit` retained changes of one key, newest first.
     fn history(&self, key: &ItemKey, limit: usize) -> Result<Vec<Change>, LedgerError>;
 

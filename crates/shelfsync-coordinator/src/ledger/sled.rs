@@ -242,6 +242,24 @@ impl Ledger for SledLedger {
         Ok(out)
     }
 
+    fn locations(&self) -> Result<Vec<String>, LedgerError> {
+        // Jump from one location to the next: after `i<loc>\0` comes `i<loc>\x01`.
+        let mut out = Vec::new();
+        let mut start = b"i".to_vec();
+        while let Some(entry) = self.tree.range(start.clone()..).next() {
+            let (k, _) = entry.map_err(storage)?;
+            if !k.starts_with(b"i") {
+                break;
+            }
+            let Some(end) = k.iter().position(|b| *b == 0) else {
+                break;
+            };
+            out.push(String::from_utf8_lossy(&k[1..end]).into_owned());
+            start = [&k[..end], &[1u8][..]].concat();
+        }
+        Ok(out)
+    }
+
     fn history(&self, key: &ItemKey, limit: usize) -> Result<Vec<Change>, LedgerError> {
         let mut out = Vec::new();
         for entry in self.tree.scan_prefix(history_prefix(key)).rev() {
