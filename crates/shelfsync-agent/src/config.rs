@@ -180,4 +180,15 @@ mod tests {
         assert!(config.validate().is_err());
         assert!(toml::from_str::<Config>(&format!("typo = 1\n{EXAMPLE}")).is_err());
     }
+
+    #[test]
+    fn the_example_config_parses() {
+        let text = include_str!("../../../config/agent.toml");
+        let config: Config = toml::from_str(text).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.store_id, "store-1");
+        let text = include_str!("../../../deploy/chain/agent-store-north.toml");
+        let config: Config = toml::from_str(text).unwrap();
+        config.validate().unwrap();
+    }
 }

@@ -202,4 +202,16 @@ mod tests {
         config.stores[0].id = "admin".into();
         assert!(config.validate().is_err());
     }
+
+    #[test]
+    fn the_example_config_parses() {
+        let text = include_str!("../../../config/coordinator.toml");
+        let config: Config = toml::from_str(text).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.stores.len(), 3);
+        let text = include_str!("../../../deploy/chain/coordinator.toml");
+        let config: Config = toml::from_str(text).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.stores.len(), 5);
+    }
 }
