@@ -154,11 +154,22 @@ impl Pending<'_> {
     }
 
     /// Applies `state` to `key` unless the replica already has a newer
-    /// version; stamps the record with `epoch` either way.
-    fn merge(&mut self, key: &ItemKey, state: KeyState, epoch: u64) -> Result<(), ReplicaError> {
+    /// version; stamps the record with `epoch` either way. A snapshot page
+    /// (`snapshot`) is authoritative over records of earlier epochs whatever
+    /// their version: after the coordinator was restored from a backup, the
+    /// replica may hold versions the coordinator no longer has.
+    fn merge(
+        &mut self,
+        key: &ItemKey,
+        state: KeyState,
+        epoch: u64,
+        snapshot: bool,
+    ) -> Result<(), ReplicaError> {
         let old = self.load(key)?;
         let record = match old {
-            Some(old) if old.state.version() >= state.version() => {
+            Some(old)
+                if old.state.version() >= state.version() && (!snapshot || old.epoch == epoch) =>
+            {
                 if old.epoch == epoch {
                     return Ok(());
                 }
@@ -332,7 +343,7 @@ impl Replica {
         let epoch = pending.meta.epoch;
         for item in items {
             let key = item.key();
-            pending.merge(&key, KeyState::Live(item), epoch)?;
+            pending.merge(&key, KeyState::Live(item), epoch, true)?;
         }
         match next {
             Some(after) => {
@@ -380,7 +391,7 @@ impl Replica {
         let mut pending = self.pending()?;
         let epoch = pending.meta.epoch;
         for change in changes {
-            pending.merge(&change.key, change.state.clone(), epoch)?;
+            pending.merge(&change.key, change.state.clone(), epoch, false)?;
         }
         if pending.meta.cursor.is_none_or(|cursor| next > cursor) {
             pending.meta.cursor = Some(next);
@@ -397,7 +408,7 @@ impl Replica {
     pub fn apply_local(&self, key: &ItemKey, state: KeyState) -> Result<(), ReplicaError> {
         let mut pending = self.pending()?;
         let epoch = pending.meta.epoch;
-        pending.merge(key, state, epoch)?;
+        pending.merge(key, state, epoch, false)?;
         pending.commit()
     }
 
@@ -492,6 +503,24 @@ mod tests {
         assert_eq!(items, vec![item("a", 3, 2)]);
         assert_eq!(replica.meta().digest(), digest_of(&items));
         assert_eq!(replica.meta().cursor, Some(9));
+    }
+
+    #[test]
+    fn a_new_bootstrap_replaces_versions_the_coordinator_no_longer_has() {
+        let dir = tempfile::tempdir().unwrap();
+        let replica = Replica::open(dir.path()).unwrap();
+        replica.begin_bootstrap(1).unwrap();
+        replica
+            .apply_snapshot_page(vec![item("a", 9, 7)], None, 1)
+            .unwrap();
+        // The coordinator was restored from a backup where `a` is at version 3.
+        replica.reset_cursor().unwrap();
+        replica.begin_bootstrap(2).unwrap();
+        replica
+            .apply_snapshot_page(vec![item("a", 1, 3)], None, 2)
+            .unwrap();
+        assert_eq!(replica.items().unwrap(), vec![item("a", 1, 3)]);
+        assert_eq!(replica.meta().digest(), digest_of(&[item("a", 1, 3)]));
     }
 
     #[test]
