@@ -94,22 +94,64 @@ impl AppState {
     }
 }
 
+/// The OpenAPI 3 description of this API, served at `/v1/openapi.json`.
+pub const OPENAPI: &str = include_str!("../../../docs/openapi.json");
+
+/// Builds the routes and remembers each (method, path), so a test can hold
+/// the table against the OpenAPI description.
+struct Routes {
+    router: Router<Arc<AppState>>,
+    table: Vec<(Method, &'static str)>,
+}
+
+impl Routes {
+    fn add(
+        mut self,
+        method: Method,
+        path: &'static str,
+        route: axum::routing::MethodRouter<Arc<AppState>>,
+    ) -> Self {
+        self.table.push((method, path));
+        self.router = self.router.route(path, route);
+        self
+    }
+}
+
+fn routes() -> Routes {
+    use axum::routing::{delete, post, put};
+    Routes {
+        router: Router::new(),
+        table: Vec::new(),
+    }
+    .add(Method::GET, "/v1/items", get(list_items))
+    .add(Method::GET, "/v1/items/{location}/{sku}", get(get_item))
+    .add(Method::PUT, "/v1/items/{location}/{sku}", put(put_item))
+    .add(
+        Method::DELETE,
+        "/v1/items/{location}/{sku}",
+        delete(delete_item),
+    )
+    .add(
+        Method::POST,
+        "/v1/items/{location}/{sku}/{op}",
+        post(post_op),
+    )
+    .add(Method::GET, "/v1/sync", get(sync_status))
+    .add(Method::GET, "/v1/openapi.json", get(openapi))
+    .add(Method::GET, "/healthz", get(|| async { "ok\n" }))
+    .add(Method::GET, "/readyz", get(readyz))
+    .add(Method::GET, "/metrics", get(metrics))
+}
+
+/// Every (method, path) the router serves.
+pub fn route_table() -> Vec<(Method, &'static str)> {
+    routes().table
+}
+
 /// The routes, with body limit, CORS, rate limit and replica headers.
 pub fn router(state: Arc<AppState>, cors_origins: &[String]) -> Result<Router, String> {
-    let mut router = Router::new()
-        .route("/v1/items", get(list_items))
-        .route(
-            "/v1/items/{location}/{sku}",
-            get(get_item).put(put_item).delete(delete_item),
-        )
-        .route(
-            "/v1/items/{location}/{sku}/{op}",
-            axum::routing::post(post_op),
-        )
-        .route("/v1/sync", get(sync_status))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+    let mut router = routes()
+        .router
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn_with_state(
@@ -533,6 +575,10 @@ async fn delete_item(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
 async fn sync_status(State(state): State<Arc<AppState>>) -> Response {
     axum::Json(state.syncer.status()).into_response()
 }
@@ -600,4 +646,41 @@ async fn rate_limit(State(state): State<Arc<AppState>>, request: Request, next: 
         return problem.into_response();
     }
     next.run(request).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn the_openapi_description_matches_the_routes() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
+        assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+        let described: BTreeSet<(String, String)> = doc["paths"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .flat_map(|(path, ops)| {
+                ops.as_object()
+                    .unwrap()
+                    .keys()
+                    .map(move |method| (method.to_uppercase(), path.clone()))
+            })
+            .collect();
+        let served: BTreeSet<(String, String)> = route_table()
+            .into_iter()
+            .map(|(method, path)| (method.to_string(), path.to_string()))
+            .collect();
+        let undocumented: Vec<_> = served.difference(&described).collect();
+        let missing: Vec<_> = described.difference(&served).collect();
+        assert!(
+            undocumented.is_empty(),
+            "routes not in docs/openapi.json: {undocumented:?}"
+        );
+        assert!(
+            missing.is_empty(),
+            "described routes the server lacks: {missing:?}"
+        );
+    }
 }
