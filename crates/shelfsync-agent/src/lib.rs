@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use config::Config;
-use tokio::sync::watch;
 
 use crate::forward::Forwarder;
 use crate::link::Link;
@@ -96,13 +95,8 @@ impl Agent {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let stopped = move || {
-            let mut rx = stop_rx.clone();
-            async move {
-                let _ = rx.wait_for(|stop| *stop).await;
-            }
-        };
+        let (stop_handle, stop) = shelfsync_proto::process::stop_pair();
+        let stopped = || stop.wait();
         tracing::info!(http = %self.http_addr, "agent serving");
         let sync = tokio::spawn(self.state.syncer.clone().run(stopped()));
         let prune = {
@@ -128,7 +122,7 @@ impl Agent {
         );
         shutdown.await;
         tracing::info!("shutting down");
-        let _ = stop_tx.send(true);
+        stop_handle.stop();
         let _ = sync.await;
         let _ = prune.await;
         let _ = http.await;

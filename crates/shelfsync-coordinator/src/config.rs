@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use shelfsync_proto::TlsFiles;
+use shelfsync_proto::process::load_toml;
+pub use shelfsync_proto::process::{ConfigError, LogFormat};
 
 /// Everything the coordinator reads at start.
 #[derive(Debug, Clone, Deserialize)]
@@ -60,17 +62,6 @@ pub struct StoreConfig {
     pub readable: Vec<String>,
 }
 
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines.
-    #[default]
-    Text,
-    /// One JSON object per line.
-    Json,
-}
-
 fn default_retain_changes() -> u64 {
     1_000_000
 }
@@ -87,42 +78,11 @@ fn default_sync_interval() -> Duration {
     Duration::from_secs(5)
 }
 
-/// Why a configuration could not be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read config {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML for this config.
-    #[error("invalid config {path}: {source}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: toml::de::Error,
-    },
-    /// The values break a rule.
-    #[error("invalid config: {0}")]
-    Invalid(String),
-}
-
 impl Config {
     /// Reads and checks a config file. Relative paths in it are taken as
     /// relative to the current directory, as a shell would.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let config: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let config: Config = load_toml(path)?;
         config.validate()?;
         Ok(config)
     }

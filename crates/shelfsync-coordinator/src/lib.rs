@@ -19,8 +19,6 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::sync::watch;
-
 pub use config::Config;
 
 use crate::digests::Digests;
@@ -86,13 +84,8 @@ impl Coordinator {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let stopped = move || {
-            let mut rx = stop_rx.clone();
-            async move {
-                let _ = rx.wait_for(|stop| *stop).await;
-            }
-        };
+        let (stop_handle, stop) = shelfsync_proto::process::stop_pair();
+        let stopped = || stop.wait();
         tracing::info!(quic = %self.quic_addr, http = %self.http_addr, stores = self.config.stores.len(), "coordinator serving");
         let gc = tokio::spawn(gc::run(
             self.ledger.clone(),
@@ -107,7 +100,7 @@ impl Coordinator {
         ));
         shutdown.await;
         tracing::info!("shutting down");
-        let _ = stop_tx.send(true);
+        stop_handle.stop();
         let _ = quic.await;
         let _ = http.await;
         let _ = gc.await;
