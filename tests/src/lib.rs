@@ -3,7 +3,7 @@
 //!
 //! The pieces, bottom up:
 //! - [`binaries`] finds the built binaries (`shelfctl`, `shelfsync-coordinator`,
-//!   later `shelfsync-agent`) next to the test executable.
+//!   `shelfsync-agent`) next to the test executable.
 //! - [`certs::Certs`] runs the real `shelfctl certs init|issue`.
 //! - [`process::Process`] is one child with its output in a log file; it is
 //!   killed (SIGKILL) and reaped in `Drop`, and prints its log tail when a test
@@ -11,25 +11,32 @@
 //! - [`ports`] picks ports and recognises "address in use" failures, which
 //!   the launchers answer by retrying on fresh ports.
 //! - [`http`] polls `/readyz` (bounded) and does plain GETs; [`launch`]
-//!   starts a process, waits for it and classifies a failed start.
+//!   starts a process, waits for it and classifies a failed start;
+//!   [`poll`] waits for any condition with a deadline.
 //! - [`coordinator::CoordinatorProcess`] writes a coordinator config, starts
 //!   the binary, waits until it is ready, and can `kill9` and `restart` it on
 //!   the same data dir.
+//! - [`agent::AgentProcess`] does the same for a store agent, and can also
+//!   return as soon as it serves (before its first sync completes) or be
+//!   pointed at a coordinator that moved; [`rest::RestClient`] speaks its
+//!   REST API and hands back status, headers and JSON.
 //! - [`cluster::Cluster`] owns the temp dir, the certificates and the
-//!   processes of one test; store agents will join it in the same shape
-//!   (an `AgentProcess` beside [`coordinator::CoordinatorProcess`]).
+//!   processes of one test: a coordinator and any number of agents.
 //!
 //! Everything listens on 127.0.0.1 only. Nothing here sleeps to synchronize:
 //! readiness is polled with a deadline.
 
+pub mod agent;
 pub mod binaries;
 pub mod certs;
 pub mod cluster;
 pub mod coordinator;
 pub mod http;
 pub mod launch;
+pub mod poll;
 pub mod ports;
 pub mod process;
+pub mod rest;
 pub mod rng;
 
 use std::net::SocketAddr;
@@ -37,10 +44,12 @@ use std::time::Duration;
 
 use shelfsync_proto::{Client, ProtoError, TlsFiles};
 
+pub use agent::{AgentProcess, AgentSpec, Wait};
 pub use certs::Certs;
 pub use cluster::Cluster;
 pub use coordinator::{CoordinatorProcess, CoordinatorSpec, StoreSpec};
 pub use process::Process;
+pub use rest::{RestClient, RestReply};
 pub use rng::Rng;
 
 /// The name clients check on the coordinator's certificate (`shelfctl certs

@@ -80,8 +80,10 @@ impl Link {
     /// Sends one request; on a transport failure the connection is dropped
     /// so the next call connects again.
     pub async fn call(&self, request: &Request, timeout: Duration) -> Result<Response, ProtoError> {
+        let started = std::time::Instant::now();
         let client = self.client(timeout).await?;
-        let result = client.call(request).await;
+        let left = timeout.saturating_sub(started.elapsed());
+        let result = client.call_within(request, left).await;
         if let Err(err) = &result
             && err.is_retryable()
         {

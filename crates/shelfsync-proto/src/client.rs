@@ -88,6 +88,17 @@ impl Client {
     /// Sends one request on its own stream and waits for the reply. A refusal
     /// comes back as `Ok(Response::Error(..))`; see [`Client::request`].
     pub async fn call(&self, request: &Request) -> Result<Response, ProtoError> {
+        self.call_within(request, self.timeout).await
+    }
+
+    /// Like [`Client::call`], bounded by `timeout` instead of the timeout
+    /// given at connect: a caller with a deadline of its own (a forwarded
+    /// write) must not wait past it for a peer that has gone silent.
+    pub async fn call_within(
+        &self,
+        request: &Request,
+        timeout: Duration,
+    ) -> Result<Response, ProtoError> {
         let exchange = async {
             let (mut send, mut recv) = self.conn.open_bi().await?;
             write_frame(&mut send, request).await?;
@@ -98,9 +109,9 @@ impl Client {
                 .await?
                 .ok_or(ProtoError::Truncated)
         };
-        tokio::time::timeout(self.timeout, exchange)
+        tokio::time::timeout(timeout, exchange)
             .await
-            .map_err(|_| ProtoError::Timeout(self.timeout))?
+            .map_err(|_| ProtoError::Timeout(timeout))?
     }
 
     /// Like [`Client::call`], with a refusal turned into `Err(ProtoError::Refused)`.

@@ -1,8 +1,9 @@
 //! The harness itself: failed starts explain themselves, a port lost to
-//! another socket is retried on fresh ones, and dropping a cluster leaves no
-//! process behind.
+//! another socket is retried on fresh ones (and agents follow a coordinator
+//! that moved), and dropping a cluster leaves no process behind.
 
 use std::net::UdpSocket;
+use std::time::Duration;
 
 use shelfsync_tests::{Certs, Cluster, CoordinatorProcess, CoordinatorSpec, StoreSpec};
 
@@ -42,17 +43,66 @@ async fn restart_moves_to_fresh_ports_when_its_port_was_taken() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_follow_a_coordinator_that_moved() {
+    let mut cluster = Cluster::start(vec![StoreSpec::new("store-1")])
+        .await
+        .unwrap();
+    cluster
+        .start_agent("store-1", &["store-1"], Duration::from_millis(300))
+        .await
+        .unwrap();
+    let old = cluster.coordinator().quic_addr();
+    cluster.coordinator_mut().kill9();
+    let _squatter = UdpSocket::bind(old).unwrap();
+
+    assert!(
+        cluster.restart_coordinator().await.unwrap(),
+        "it did not move"
+    );
+    let new = cluster.coordinator().quic_addr();
+    assert_ne!(new, old);
+    let agent = cluster.agent("store-1");
+    assert_eq!(agent.coordinator(), new);
+    let config = std::fs::read_to_string(agent.config_path()).unwrap();
+    assert!(
+        config.contains(&format!("coordinator = \"{new}\"")),
+        "{config}"
+    );
+    // The restarted agent reaches the coordinator at its new address.
+    let reply = agent
+        .rest()
+        .put(
+            "/v1/items/store-1/moved",
+            &[],
+            &serde_json::json!({"name": "Moved", "quantity": 1}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 201, "{reply}");
+}
+
 #[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_a_cluster_kills_its_processes() {
-    let cluster = Cluster::start(vec![StoreSpec::new("store-1")])
+    let mut cluster = Cluster::start(vec![StoreSpec::new("store-1")])
         .await
+        .unwrap();
+    let agent = cluster
+        .start_agent("store-1", &["store-1"], Duration::from_millis(300))
+        .await
+        .unwrap()
+        .pid()
         .unwrap();
     let pid = cluster.coordinator().pid().unwrap();
     let dir = cluster.dir().to_path_buf();
-    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+    for pid in [pid, agent] {
+        assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+    }
     drop(cluster);
-    // Killed and reaped in Drop: the pid is gone, not a zombie.
-    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
+    // Killed and reaped in Drop: the pids are gone, not zombies.
+    for pid in [pid, agent] {
+        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
+    }
     assert!(!dir.exists(), "the temp dir was not removed");
 }

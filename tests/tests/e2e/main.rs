@@ -12,5 +12,6 @@
 // clippy.toml allows unwrap/expect in #[test] fns only; the helpers here are test code too.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod agent;
 mod coordinator;
 mod harness;
