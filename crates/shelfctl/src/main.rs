@@ -1,46 +1,36 @@
-//! `shelfctl`, the shelfsync admin CLI.
-//!
-//! This file owns the command line: the global options, the subcommand
-//! dispatch and how errors are reported (`error: <chain>` on stderr, exit
-//! code 1). Each subcommand lives in its own module.
+//! `shelfctl`, the shelfsync admin CLI: parses the command line, checks it
+//! into settings, runs it and maps the result to an exit code (see the
+//! library docs and `--help`): 0 success, 1 needs attention, 2 error. Errors
+//! are printed as `error: <chain>` on stderr.
 
-mod certs;
-
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-
-/// shelfsync admin CLI: certificates, store status, item history.
-#[derive(Debug, Parser)]
-#[command(name = "shelfctl", version, about)]
-struct Cli {
-    /// shelfctl config file (TOML: coordinator, server_name, [tls] with the admin cert).
-    #[arg(long, global = true, value_name = "FILE")]
-    config: Option<PathBuf>,
-
-    #[command(subcommand)]
-    command: Command,
-}
-
-/// The subcommands.
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Create or extend the private CA and the certificates of a cluster.
-    #[command(subcommand)]
-    Certs(certs::CertsCommand),
-}
+use clap::Parser;
+use shelfctl::cli::{Cli, Invocation};
+use shelfctl::{EXIT_ERROR, run};
+use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    // clap exits by itself on usage errors (code 2) and for --help/--version (0).
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Certs(cmd) => certs::run(cmd),
-    };
+    // Logs go to stderr and stay quiet unless RUST_LOG asks for more.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("error")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = Invocation::from_cli(cli).and_then(|invocation| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(run(invocation))
+    });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(outcome) => ExitCode::from(outcome.exit_code()),
         Err(err) => {
             eprintln!("error: {err:#}");
-            ExitCode::FAILURE
+            ExitCode::from(EXIT_ERROR)
         }
     }
 }

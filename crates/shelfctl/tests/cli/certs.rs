@@ -1,22 +1,10 @@
 //! Runs the built `shelfctl` binary for `certs init` and `certs issue` and
 //! checks its output, exit codes and error messages.
 
-// clippy.toml allows unwrap/expect in #[test] fns only; the helpers here are test code too.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn shelfctl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_shelfctl"))
-        .args(args)
-        .output()
-        .expect("run shelfctl")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
+use crate::{shelfctl, text};
 
 fn init(out: &Path, extra: &[&str]) -> Output {
     let out = out.to_str().unwrap();
@@ -48,7 +36,7 @@ fn init_writes_the_files_and_a_second_init_needs_force() {
     let ca_key = std::fs::read(out.join("ca.key")).unwrap();
 
     let second = init(&out, &[]);
-    assert_eq!(second.status.code(), Some(1));
+    assert_eq!(second.status.code(), Some(2));
     let stderr = text(&second.stderr);
     assert!(stderr.starts_with("error: "), "{stderr}");
     assert!(stderr.contains("--force"), "{stderr}");
@@ -91,7 +79,7 @@ fn issue_with_a_missing_ca_dir_fails_clearly() {
         "--store",
         "store-9",
     ]);
-    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(output.status.code(), Some(2));
     let stderr = text(&output.stderr);
     assert!(stderr.starts_with("error: "), "{stderr}");
     assert!(stderr.contains(&missing.display().to_string()), "{stderr}");
@@ -111,7 +99,7 @@ fn invalid_store_id_is_refused() {
         "--store",
         "admin",
     ]);
-    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(output.status.code(), Some(2));
     let stderr = text(&output.stderr);
     assert!(stderr.contains("reserved"), "{stderr}");
     assert!(!out.exists());

@@ -1,0 +1,261 @@
+//! The command line: what a user may type, and its check in one step.
+//!
+//! [`Cli`] is what clap parses; [`Invocation::from_cli`] turns it into
+//! validated settings (the config file loaded, item keys checked) before
+//! anything talks to the network, so every usage or config mistake is
+//! reported up front with exit code 2. The CLI structs stay here: the
+//! commands receive their own `Settings`, never clap types, and nothing here
+//! crosses the wire.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use shelfsync_core::ItemKey;
+
+use crate::certs::CertsCommand;
+use crate::config::Config;
+use crate::{history, import, item, status};
+
+/// Shown at the end of `--help`.
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success (status: every store is healthy)
+  1  needs attention: a store is not healthy, the item or its history was
+     not found, or the import rejected rows
+  2  error: bad usage or config, the coordinator unreachable, or a command
+     that could not finish";
+
+/// shelfsync admin CLI: certificates, store status, items, history, catalog import.
+#[derive(Debug, Parser)]
+#[command(name = "shelfctl", version, about, after_help = EXIT_CODES)]
+pub struct Cli {
+    /// shelfctl config file (TOML: coordinator, server_name, timeout, [tls] with
+    /// the admin cert). Needed by every command but `certs`.
+    #[arg(long, global = true, value_name = "FILE", env = "SHELFCTL_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create or extend the private CA and the certificates of a cluster.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+    /// Show the sync health of every registered store (exit 1 unless all healthy).
+    #[command(after_help = EXIT_CODES)]
+    Status(StatusArgs),
+    /// Read items from the coordinator.
+    #[command(subcommand)]
+    Item(ItemCommand),
+    /// Show the change log of one item, newest first.
+    #[command(after_help = EXIT_CODES)]
+    History(HistoryArgs),
+    /// Load or update a catalog from CSV (columns location,sku,name,quantity).
+    #[command(after_help = EXIT_CODES)]
+    Import(ImportArgs),
+}
+
+/// Arguments of `shelfctl status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print one JSON document instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Refresh every 2 seconds until Ctrl-C; exits with the last refresh's code.
+    #[arg(long)]
+    pub watch: bool,
+}
+
+/// `shelfctl item ...`.
+#[derive(Debug, Subcommand)]
+pub enum ItemCommand {
+    /// Strong read of one item from the coordinator (exit 1 when not found).
+    #[command(after_help = EXIT_CODES)]
+    Get(KeyArgs),
+}
+
+/// An item key and the output format.
+#[derive(Debug, Args)]
+pub struct KeyArgs {
+    /// Location id, e.g. store-1 or online.
+    pub location: String,
+    /// Stock keeping unit.
+    pub sku: String,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `shelfctl history`.
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// The item.
+    #[command(flatten)]
+    pub key: KeyArgs,
+    /// Show at most this many entries (1..=1000).
+    #[arg(long, default_value_t = history::DEFAULT_LIMIT,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(history::MAX_LIMIT)))]
+    pub limit: u32,
+}
+
+/// Arguments of `shelfctl import`.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// CSV file with a header row naming the columns location,sku,name,quantity.
+    #[arg(value_name = "FILE.csv")]
+    pub file: PathBuf,
+    /// Rows in flight at once (1..=1000).
+    #[arg(long, default_value_t = import::DEFAULT_CONCURRENCY as u64,
+          value_parser = clap::value_parser!(u64).range(1..=import::MAX_CONCURRENCY as u64))]
+    pub concurrency: u64,
+}
+
+/// A checked command line, ready to run.
+#[derive(Debug)]
+pub enum Invocation {
+    /// `shelfctl certs ...`: local files only, no config needed.
+    Certs(CertsCommand),
+    /// A command that talks to the coordinator.
+    Admin {
+        /// The loaded config.
+        config: Config,
+        /// What to do.
+        task: Task,
+    },
+}
+
+/// A command that talks to the coordinator, with its settings.
+#[derive(Debug)]
+pub enum Task {
+    /// `shelfctl status`.
+    Status(status::Settings),
+    /// `shelfctl item get`.
+    ItemGet(item::Settings),
+    /// `shelfctl history`.
+    History(history::Settings),
+    /// `shelfctl import`.
+    Import(import::Settings),
+}
+
+impl Task {
+    /// The command as typed, for messages.
+    fn name(&self) -> &'static str {
+        match self {
+            Task::Status(_) => "status",
+            Task::ItemGet(_) => "item get",
+            Task::History(_) => "history",
+            Task::Import(_) => "import",
+        }
+    }
+}
+
+impl Invocation {
+    /// Checks the arguments and loads the config file when the command needs it.
+    pub fn from_cli(cli: Cli) -> anyhow::Result<Self> {
+        let task = match cli.command {
+            Command::Certs(cmd) => return Ok(Invocation::Certs(cmd)),
+            Command::Status(args) => Task::Status(status::Settings {
+                json: args.json,
+                watch: args.watch,
+            }),
+            Command::Item(ItemCommand::Get(args)) => Task::ItemGet(item::Settings {
+                key: key(&args)?,
+                json: args.json,
+            }),
+            Command::History(args) => Task::History(history::Settings {
+                key: key(&args.key)?,
+                limit: args.limit,
+                json: args.key.json,
+            }),
+            Command::Import(args) => Task::Import(import::Settings {
+                path: args.file,
+                concurrency: usize::try_from(args.concurrency)
+                    .unwrap_or(import::DEFAULT_CONCURRENCY),
+            }),
+        };
+        let Some(path) = cli.config else {
+            anyhow::bail!(
+                "`shelfctl {}` needs --config FILE (or SHELFCTL_CONFIG): the shelfctl config \
+                 with the coordinator address and the admin certificate, see config/shelfctl.toml",
+                task.name()
+            );
+        };
+        let config = Config::load(&path)?;
+        Ok(Invocation::Admin { config, task })
+    }
+}
+
+fn key(args: &KeyArgs) -> anyhow::Result<ItemKey> {
+    ItemKey::new(&args.location, &args.sku)
+        .with_context(|| format!("invalid item {}/{}", args.location, args.sku))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> anyhow::Result<Invocation> {
+        Invocation::from_cli(Cli::try_parse_from(args)?)
+    }
+
+    #[test]
+    fn the_cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn admin_commands_need_a_config() {
+        // SHELFCTL_CONFIG is read by clap; these tests never set it, and a
+        // developer's own setting would only make the error differ.
+        if std::env::var_os("SHELFCTL_CONFIG").is_some() {
+            return;
+        }
+        let err = parse(&["shelfctl", "status"]).unwrap_err().to_string();
+        assert!(
+            err.contains("`shelfctl status` needs --config FILE"),
+            "{err}"
+        );
+        let err = parse(&["shelfctl", "item", "get", "s1", "a"]).unwrap_err();
+        assert!(
+            err.to_string().contains("`shelfctl item get` needs"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn keys_and_ranges_are_checked_before_the_config() {
+        let err = parse(&["shelfctl", "history", "store 1", "a"]).unwrap_err();
+        assert!(format!("{err:#}").contains("invalid location"), "{err:#}");
+        for bad in [
+            &["shelfctl", "history", "s1", "a", "--limit", "0"][..],
+            &["shelfctl", "history", "s1", "a", "--limit", "1001"],
+            &["shelfctl", "import", "f.csv", "--concurrency", "0"],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
+        }
+        let missing = parse(&[
+            "shelfctl",
+            "--config",
+            "/nonexistent/shelfctl.toml",
+            "status",
+        ])
+        .unwrap_err();
+        assert!(
+            format!("{missing:#}").contains("cannot read config /nonexistent/shelfctl.toml"),
+            "{missing:#}"
+        );
+    }
+
+    #[test]
+    fn certs_need_no_config() {
+        let invocation =
+            parse(&["shelfctl", "certs", "init", "--out", "x", "--store", "s1"]).unwrap();
+        assert!(matches!(invocation, Invocation::Certs(_)));
+    }
+}
