@@ -1,0 +1,342 @@
+#!/usr/bin/env bash
+# Side-by-side write benchmark: shelfsync's coordinator against PostgreSQL and
+# Redis, the same write at the same concurrency and key distributions, every
+# write durable before its reply.
+#
+#   scripts/bench/compare.sh [--duration SECONDS] [--clients N] [--keys K]
+#                            [--out DIR] [--only ENGINES]
+#
+# What runs (per workload, on each engine, one after the other):
+#   PostgreSQL 15 (fsync=on, synchronous_commit=on), driven by pgbench:
+#     optimistic: one transaction reads the version, updates where the version
+#                 still matches and inserts a change-log row (CTE);
+#     delta:      UPDATE ... SET quantity = quantity - 1, version = version + 1
+#                 WHERE ... AND quantity > 0, with its change-log insert.
+#   Redis 7 (appendonly yes, appendfsync always), driven by redis-benchmark:
+#     one Lua script per write that checks, applies and XADDs to a change
+#     stream in one call (redis-benchmark has no zipf: that row is skipped).
+#   shelfsync: a fresh release coordinator, driven by shelfsync-loadgen over
+#     mutual-TLS QUIC, one connection per client, each a registered store.
+#
+# Workloads: uniform-optimistic (10,000 keys), zipf-optimistic, hot-optimistic
+# and hot-delta (one key). It prints one table (engine, workload, ok writes/s,
+# conflict %, p50, p99, and shelfsync's ratio to each peer) and writes it with
+# the raw outputs under --out (default target/bench/compare-<time>).
+#
+# It refuses to report when the machine was busy before the run (CPU use over
+# BUSY_LIMIT % in a sample), since the peers' figures would not be comparable.
+# Everything it starts lives in a temp dir and is stopped and removed on exit,
+# also on Ctrl-C. Needs Debian's postgresql-15 and redis-server packages; they
+# are installed with apt-get when missing (as root).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+DURATION=15
+CLIENTS=64
+KEYS=10000
+ZIPF=1.01            # pgbench's random_zipfian needs an exponent > 1
+OUT=""
+ONLY="postgres,redis,shelfsync"
+BUSY_LIMIT=${BUSY_LIMIT:-20}
+
+usage() { sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --duration) DURATION="$2"; shift 2 ;;
+        --clients) CLIENTS="$2"; shift 2 ;;
+        --keys) KEYS="$2"; shift 2 ;;
+        --out) OUT="$2"; shift 2 ;;
+        --only) ONLY="$2"; shift 2 ;;
+        -h|--help) usage 0 ;;
+        *) echo "unknown argument: $1" >&2; usage 2 ;;
+    esac
+done
+OUT="${OUT:-$ROOT/target/bench/compare-$(date +%Y%m%d-%H%M%S)}"
+mkdir -p "$OUT"
+OUT="$(cd "$OUT" && pwd)"
+wants() { [[ ",$ONLY," == *",$1,"* ]]; }
+log() { echo "== $*" >&2; }
+
+# ---------------------------------------------------------------- tools
+PGBIN=/usr/lib/postgresql/15/bin
+need_packages=()
+wants postgres && [[ ! -x $PGBIN/postgres || ! -x $PGBIN/pgbench ]] && need_packages+=(postgresql-15)
+wants redis && ! command -v redis-server >/dev/null && need_packages+=(redis-server)
+wants redis && ! command -v redis-benchmark >/dev/null && need_packages+=(redis-tools)
+if [[ ${#need_packages[@]} -gt 0 ]]; then
+    log "installing ${need_packages[*]}"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_packages[@]}" >/dev/null
+fi
+if wants shelfsync; then
+    log "building the release coordinator and load generator"
+    (cd "$ROOT" && cargo build --release -q -p shelfsync-coordinator -p shelfsync-loadgen)
+fi
+COORD="$ROOT/target/release/shelfsync-coordinator"
+LOADGEN="$ROOT/target/release/shelfsync-loadgen"
+
+# ---------------------------------------------------------------- cleanup
+TMP="$(mktemp -d /tmp/shelfsync-compare.XXXXXX)"
+chmod 755 "$TMP"
+PIDS=()
+PGDATA=""
+cleanup() {
+    local code=$?
+    trap - EXIT INT TERM
+    if [[ -n "$PGDATA" && -f "$PGDATA/postmaster.pid" ]]; then
+        as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -m immediate stop >/dev/null 2>&1 || true
+    fi
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    rm -rf "$TMP"
+    exit "$code"
+}
+trap cleanup EXIT
+trap 'echo "interrupted" >&2; exit 130' INT TERM
+
+# PostgreSQL refuses to run as root: run it as the postgres user then.
+as_pg() {
+    if [[ $(id -u) -eq 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# Waits until "$@" succeeds, for at most $1 seconds.
+wait_for() {
+    local limit=$1; shift
+    local deadline=$((SECONDS + limit))
+    until "$@" >/dev/null 2>&1; do
+        if ((SECONDS >= deadline)); then echo "timed out waiting for: $*" >&2; return 1; fi
+        sleep 0.2
+    done
+}
+
+# ---------------------------------------------------------------- idle check
+# CPU busy share over a few seconds, from /proc/stat, in percent.
+cpu_busy() {
+    read -r _ u n s i w x y z _ < /proc/stat
+    local busy1=$((u + n + s + x + y + z)) total1=$((u + n + s + i + w + x + y + z))
+    sleep 3
+    read -r _ u n s i w x y z _ < /proc/stat
+    local busy2=$((u + n + s + x + y + z)) total2=$((u + n + s + i + w + x + y + z))
+    echo $(( (busy2 - busy1) * 100 / (total2 - total1 + 1) ))
+}
+busy=$(cpu_busy)
+if ((busy > BUSY_LIMIT)); then
+    echo "refusing to benchmark: the CPUs were ${busy}% busy before the run (limit ${BUSY_LIMIT}%)." >&2
+    echo "Stop what else runs here (builds, tests) and try again; the figures would not be comparable." >&2
+    exit 3
+fi
+log "machine idle enough (${busy}% busy); $(nproc) cores, $(uname -m), kernel $(uname -r)"
+
+RESULTS="$OUT/results.tsv"
+printf 'engine\tworkload\tok_per_s\tconflict_pct\tp50_ms\tp99_ms\n' > "$RESULTS"
+record() { printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >> "$RESULTS"; }
+
+# Percentile (0..100) of the numbers in a file (one per line), to stdout.
+percentile() {
+    sort -n "$2" | awk -v p="$1" '{ v[NR] = $1 } END { if (NR == 0) { print "nan"; exit }
+        i = int(NR * p / 100 + 0.999999); if (i < 1) i = 1; if (i > NR) i = NR; print v[i] }'
+}
+
+WORKLOADS=(uniform-optimistic zipf-optimistic hot-optimistic hot-delta)
+
+# ---------------------------------------------------------------- PostgreSQL
+run_postgres() {
+    PGDATA="$TMP/pg"
+    mkdir -p "$PGDATA" "$TMP/pgsock"
+    chown -R postgres: "$PGDATA" "$TMP/pgsock" 2>/dev/null || true
+    local port; port=$(free_port)
+    log "PostgreSQL: initdb and start on 127.0.0.1:$port (fsync on, synchronous_commit on)"
+    as_pg "$PGBIN/initdb" -D "$PGDATA" -U bench --auth=trust >"$OUT/postgres-initdb.log" 2>&1
+    as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -l "$PGDATA/server.log" -w -t 60 start -o \
+        "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$TMP/pgsock \
+         -c fsync=on -c synchronous_commit=on -c max_connections=$((CLIENTS + 20)) \
+         -c shared_buffers=256MB" >/dev/null
+    local psql=("$PGBIN/psql" -q -h 127.0.0.1 -p "$port" -U bench -d postgres -v ON_ERROR_STOP=1)
+    "${psql[@]}" <<SQL
+CREATE TABLE items (
+    location text NOT NULL, sku text NOT NULL, name text NOT NULL,
+    quantity bigint NOT NULL, reserved bigint NOT NULL, version bigint NOT NULL,
+    PRIMARY KEY (location, sku));
+CREATE TABLE changes (
+    seq bigserial PRIMARY KEY, location text NOT NULL, sku text NOT NULL, op text NOT NULL,
+    quantity bigint NOT NULL, reserved bigint NOT NULL, version bigint NOT NULL,
+    at timestamptz NOT NULL DEFAULT now());
+INSERT INTO items
+    SELECT 'bench', 'k' || lpad(i::text, 6, '0'), 'Item ' || i, 1000000000, 0, 1
+    FROM generate_series(0, $KEYS - 1) AS i;
+VACUUM ANALYZE items;
+SQL
+    local key_uniform="\\set k random(0, $((KEYS - 1)))"
+    local key_zipf="\\set k random_zipfian(0, $((KEYS - 1)), $ZIPF)"
+    local key_hot="\\set k 0"
+    local sku="'k' || lpad(:k::text, 6, '0')"
+    local optimistic="BEGIN;
+SELECT version AS v FROM items WHERE location = 'bench' AND sku = $sku \\gset
+WITH u AS (UPDATE items SET quantity = quantity + 1, version = version + 1
+           WHERE location = 'bench' AND sku = $sku AND version = :v
+           RETURNING location, sku, quantity, reserved, version)
+INSERT INTO changes (location, sku, op, quantity, reserved, version)
+SELECT location, sku, 'add', quantity, reserved, version FROM u;
+COMMIT;"
+    local delta="WITH u AS (UPDATE items SET quantity = quantity - 1, version = version + 1
+           WHERE location = 'bench' AND sku = $sku AND quantity > 0
+           RETURNING location, sku, quantity, reserved, version)
+INSERT INTO changes (location, sku, op, quantity, reserved, version)
+SELECT location, sku, 'remove', quantity, reserved, version FROM u;"
+    local workload
+    for workload in "${WORKLOADS[@]}"; do
+        local script="$TMP/$workload.sql" keyline body
+        case "$workload" in
+            uniform-*) keyline=$key_uniform ;;
+            zipf-*) keyline=$key_zipf ;;
+            hot-*) keyline=$key_hot ;;
+        esac
+        case "$workload" in
+            *-optimistic) body=$optimistic ;;
+            *-delta) body=$delta ;;
+        esac
+        printf '%s\n%s\n' "$keyline" "$body" > "$script"
+        local before after
+        before=$("${psql[@]}" -tAc "SELECT count(*) FROM changes")
+        log "PostgreSQL $workload: pgbench, $CLIENTS clients, ${DURATION}s"
+        rm -f "$TMP"/pgbench_log.*
+        (cd "$TMP" && "$PGBIN/pgbench" -n -h 127.0.0.1 -p "$port" -U bench -c "$CLIENTS" -j 2 \
+            -T "$DURATION" -f "$script" -l postgres) > "$OUT/postgres-$workload.txt" 2>&1
+        after=$("${psql[@]}" -tAc "SELECT count(*) FROM changes")
+        # pgbench log: client, transaction no, latency (us), script, epoch s, us.
+        awk '{ print $3 / 1000 }' "$TMP"/pgbench_log.* > "$TMP/lat.txt"
+        local total ok
+        total=$(wc -l < "$TMP/lat.txt")
+        ok=$((after - before))
+        record postgres "$workload" \
+            "$(awk -v n="$ok" -v d="$DURATION" 'BEGIN { printf "%.0f", n / d }')" \
+            "$(awk -v t="$total" -v n="$ok" 'BEGIN { printf "%.1f", t ? (t - n) * 100 / t : 0 }')" \
+            "$(percentile 50 "$TMP/lat.txt")" "$(percentile 99 "$TMP/lat.txt")"
+    done
+    as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -m fast stop >/dev/null
+    PGDATA=""
+}
+
+# ---------------------------------------------------------------- Redis
+run_redis() {
+    local port; port=$(free_port)
+    mkdir -p "$TMP/redis"
+    log "Redis: start on 127.0.0.1:$port (appendonly yes, appendfsync always)"
+    redis-server --bind 127.0.0.1 --port "$port" --dir "$TMP/redis" --appendonly yes \
+        --appendfsync always --save "" --daemonize no --logfile "$TMP/redis/redis.log" &
+    PIDS+=($!)
+    local cli=(redis-cli -h 127.0.0.1 -p "$port")
+    wait_for 30 "${cli[@]}" ping
+    # redis-benchmark's __rand_int__ is 12 digits, zero-padded.
+    "${cli[@]}" EVAL "for i = 0, tonumber(ARGV[1]) - 1 do
+        redis.call('HSET', string.format('item:%012d', i), 'quantity', 1000000000, 'reserved', 0, 'version', 1)
+      end" 0 "$KEYS" >/dev/null
+    # KEYS[1] item hash, ARGV[1] op, ARGV[2] expected version ('' = none).
+    local script='local q = tonumber(redis.call("HGET", KEYS[1], "quantity"))
+local r = tonumber(redis.call("HGET", KEYS[1], "reserved"))
+local v = tonumber(redis.call("HGET", KEYS[1], "version"))
+if ARGV[2] ~= "" and tonumber(ARGV[2]) ~= v then return 0 end
+if ARGV[1] == "add" then q = q + 1
+elseif q - r < 1 then return 0
+else q = q - 1 end
+v = v + 1
+redis.call("HSET", KEYS[1], "quantity", q, "version", v)
+redis.call("XADD", "changes", "MAXLEN", "~", 1000000, "*", "key", KEYS[1], "op", ARGV[1], "quantity", q, "reserved", r, "version", v)
+return v'
+    local sha; sha=$("${cli[@]}" SCRIPT LOAD "$script")
+    local workload
+    for workload in "${WORKLOADS[@]}"; do
+        local key op
+        case "$workload" in
+            uniform-*) key='item:__rand_int__' ;;
+            hot-*) key='item:000000000000' ;;
+            zipf-*) log "Redis $workload: skipped (redis-benchmark has no zipf)"; continue ;;
+        esac
+        case "$workload" in
+            # The version check runs in the server against the version it
+            # reads itself: redis-benchmark cannot carry a client's version.
+            *-optimistic) op=add ;;
+            *-delta) op=remove ;;
+        esac
+        local before after
+        before=$("${cli[@]}" XLEN changes)
+        log "Redis $workload: redis-benchmark, $CLIENTS clients"
+        # -n sized for about DURATION seconds at 20,000 writes/s.
+        redis-benchmark -h 127.0.0.1 -p "$port" -c "$CLIENTS" -n $((DURATION * 20000)) \
+            -r "$KEYS" --threads 2 --csv EVALSHA "$sha" 1 "$key" "$op" "" \
+            > "$OUT/redis-$workload.csv" 2>"$TMP/redis-bench.err"
+        after=$("${cli[@]}" XLEN changes)
+        # CSV: "test","rps","avg","min","p50","p95","p99","max".
+        local rps p50 p99 total
+        IFS=, read -r _ rps _ _ p50 _ p99 _ < <(tail -n 1 "$OUT/redis-$workload.csv" | tr -d '"')
+        total=$((DURATION * 20000))
+        record redis "$workload" \
+            "$(awk -v r="$rps" -v t="$total" -v n="$((after - before))" 'BEGIN { printf "%.0f", r * n / t }')" \
+            "$(awk -v t="$total" -v n="$((after - before))" 'BEGIN { printf "%.1f", (t - n) * 100 / t }')" \
+            "$p50" "$p99"
+    done
+    "${cli[@]}" shutdown nosave >/dev/null 2>&1 || true
+}
+
+# ---------------------------------------------------------------- shelfsync
+run_shelfsync() {
+    local dir="$TMP/shelfsync" listen http
+    listen=$(free_port); http=$(free_port)
+    "$LOADGEN" setup --dir "$dir" --stores "$CLIENTS" --listen "127.0.0.1:$listen" \
+        --http-listen "127.0.0.1:$http" > "$OUT/shelfsync-setup.txt"
+    log "shelfsync: coordinator on 127.0.0.1:$listen"
+    (cd "$dir" && exec "$COORD" --config "$dir/coordinator.toml") > "$OUT/shelfsync-coordinator.log" 2>&1 &
+    PIDS+=($!)
+    wait_for 60 curl -sf "http://127.0.0.1:$http/readyz"
+    local common=(--coordinator "127.0.0.1:$listen" --certs "$dir" --connections "$CLIENTS"
+                  --keys "$KEYS" --json)
+    log "shelfsync: preloading $KEYS keys"
+    "$LOADGEN" run "${common[@]}" --preload --distribution uniform --workload delta --ops 1 \
+        > /dev/null
+    local workload
+    for workload in "${WORKLOADS[@]}"; do
+        local dist
+        case "$workload" in
+            uniform-*) dist=uniform ;;
+            zipf-*) dist="zipf:$ZIPF" ;;
+            hot-*) dist=hot ;;
+        esac
+        log "shelfsync $workload: shelfsync-loadgen, $CLIENTS connections, ${DURATION}s"
+        "$LOADGEN" run "${common[@]}" --distribution "$dist" --workload "${workload#*-}" \
+            --duration "${DURATION}s" --label "shelfsync $workload" > "$OUT/shelfsync-$workload.json"
+        python3 - "$OUT/shelfsync-$workload.json" "$workload" >> "$RESULTS" <<'PY'
+import json, sys
+row = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
+rejected = sum(row["rejected"].values())
+total = row["accepted"] + rejected
+print("shelfsync\t%s\t%.0f\t%.1f\t%.3f\t%.3f" % (
+    sys.argv[2], row["accepted"] / row["duration_s"],
+    100.0 * rejected / total if total else 0.0, row["p50_ms"], row["p99_ms"]))
+PY
+    done
+}
+
+wants postgres && run_postgres
+wants redis && run_redis
+wants shelfsync && run_shelfsync
+
+# ---------------------------------------------------------------- report
+python3 - "$RESULTS" <<'PY' | tee "$OUT/table.txt"
+import csv, sys
+rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
+ours = {r["workload"]: r for r in rows if r["engine"] == "shelfsync"}
+print("%-10s %-19s %10s %9s %9s %9s %14s" % (
+    "engine", "workload", "ok/s", "conflict", "p50 ms", "p99 ms", "shelfsync is"))
+for r in rows:
+    ratio = ""
+    mine = ours.get(r["workload"])
+    if r["engine"] != "shelfsync" and mine and float(r["ok_per_s"]) > 0:
+        ratio = "%.1fx" % (float(mine["ok_per_s"]) / float(r["ok_per_s"]))
+    print("%-10s %-19s %10s %8s%% %9s %9s %14s" % (
+        r["engine"], r["workload"], r["ok_per_s"], r["conflict_pct"],
+        r["p50_ms"], r["p99_ms"], ratio))
+PY
+log "results in $OUT"
