@@ -15,23 +15,35 @@ use shelfsync_core::ItemKey;
 
 use crate::certs::CertsCommand;
 use crate::config::Config;
-use crate::{history, import, item, status};
+use crate::{demo, history, import, item, status};
 
 /// Shown at the end of `--help`.
 const EXIT_CODES: &str = "\
 Exit codes:
-  0  success (status: every store is healthy)
+  0  success (status: every store is healthy; demo: stopped with Ctrl-C)
   1  needs attention: a store is not healthy, the item or its history was
      not found, or the import rejected rows
   2  error: bad usage or config, the coordinator unreachable, or a command
      that could not finish";
+
+/// Shown at the end of `demo --help`.
+const DEMO_HELP: &str = "\
+Starts shelfsync-coordinator and one shelfsync-agent per store (found next to
+shelfctl: build them with `cargo build --workspace --bins`), seeds a catalog,
+sends simulated register traffic and shows the live status. Certificates,
+configs, logs/ and data/ stay in DIR for the next run; delete DIR to start
+from scratch.
+
+Exit codes:
+  0  stopped with Ctrl-C (or SIGTERM); every process it started is stopped
+  2  error: a process could not start or died, or DIR is in use by another demo";
 
 /// shelfsync admin CLI: certificates, store status, items, history, catalog import.
 #[derive(Debug, Parser)]
 #[command(name = "shelfctl", version, about, after_help = EXIT_CODES)]
 pub struct Cli {
     /// shelfctl config file (TOML: coordinator, server_name, timeout, [tls] with
-    /// the admin cert). Needed by every command but `certs`.
+    /// the admin cert). Needed by every command but `certs` and `demo`.
     #[arg(long, global = true, value_name = "FILE", env = "SHELFCTL_CONFIG")]
     pub config: Option<PathBuf>,
 
@@ -58,6 +70,9 @@ pub enum Command {
     /// Load or update a catalog from CSV (columns location,sku,name,quantity).
     #[command(after_help = EXIT_CODES)]
     Import(ImportArgs),
+    /// Run a local demo cluster (coordinator, store agents, simulated traffic) until Ctrl-C.
+    #[command(after_help = DEMO_HELP)]
+    Demo(DemoArgs),
 }
 
 /// Arguments of `shelfctl status`.
@@ -115,11 +130,26 @@ pub struct ImportArgs {
     pub concurrency: u64,
 }
 
+/// Arguments of `shelfctl demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Directory for the demo's certificates, configs, logs and data (created
+    /// when missing, reused by the next run).
+    #[arg(long, value_name = "DIR", default_value = demo::DEFAULT_DIR)]
+    pub dir: PathBuf,
+    /// Number of stores, each with its own agent (1..=20).
+    #[arg(long, value_name = "N", default_value_t = demo::DEFAULT_STORES,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(demo::MAX_STORES)))]
+    pub stores: u32,
+}
+
 /// A checked command line, ready to run.
 #[derive(Debug)]
 pub enum Invocation {
     /// `shelfctl certs ...`: local files only, no config needed.
     Certs(CertsCommand),
+    /// `shelfctl demo`: writes its own configs, no config needed.
+    Demo(demo::Settings),
     /// A command that talks to the coordinator.
     Admin {
         /// The loaded config.
@@ -159,6 +189,12 @@ impl Invocation {
     pub fn from_cli(cli: Cli) -> anyhow::Result<Self> {
         let task = match cli.command {
             Command::Certs(cmd) => return Ok(Invocation::Certs(cmd)),
+            Command::Demo(args) => {
+                return Ok(Invocation::Demo(demo::Settings {
+                    dir: args.dir,
+                    stores: args.stores,
+                }));
+            }
             Command::Status(args) => Task::Status(status::Settings {
                 json: args.json,
                 watch: args.watch,
@@ -257,5 +293,27 @@ mod tests {
         let invocation =
             parse(&["shelfctl", "certs", "init", "--out", "x", "--store", "s1"]).unwrap();
         assert!(matches!(invocation, Invocation::Certs(_)));
+    }
+
+    #[test]
+    fn demo_needs_no_config_and_has_defaults() {
+        let Invocation::Demo(settings) = parse(&["shelfctl", "demo"]).unwrap() else {
+            panic!("not a demo");
+        };
+        assert_eq!(settings.dir, PathBuf::from("demo"));
+        assert_eq!(settings.stores, 3);
+        let Invocation::Demo(settings) =
+            parse(&["shelfctl", "demo", "--dir", "/tmp/d", "--stores", "2"]).unwrap()
+        else {
+            panic!("not a demo");
+        };
+        assert_eq!(settings.dir, PathBuf::from("/tmp/d"));
+        assert_eq!(settings.stores, 2);
+        for bad in ["0", "21", "x"] {
+            assert!(
+                Cli::try_parse_from(["shelfctl", "demo", "--stores", bad]).is_err(),
+                "{bad}"
+            );
+        }
     }
 }

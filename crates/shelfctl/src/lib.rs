@@ -5,11 +5,13 @@
 //! Read in this order: [`cli`] (what may be typed, checked in one step into
 //! an [`cli::Invocation`]), [`config`] (the `--config` file), [`coordinator`]
 //! (connecting and the typed requests), then one module per command:
-//! [`certs`], [`status`], [`item`], [`history`], [`import`]. [`render`] holds
-//! the text formatting they share.
+//! [`certs`], [`status`], [`item`], [`history`], [`import`], and [`demo`],
+//! which starts a local cluster of the real binaries. [`render`] holds the
+//! text formatting they share.
 //!
 //! Exit codes, the same for every command:
-//! - 0: success; for `status`, every store is healthy;
+//! - 0: success; for `status`, every store is healthy; for `demo`, it was
+//!   stopped by Ctrl-C or SIGTERM and cleaned up;
 //! - 1: needs attention: a store is not healthy, the item or its history was
 //!   not found, or `import` rejected rows ([`Outcome::Attention`]);
 //! - 2: error: bad usage or config, the coordinator unreachable, or a command
@@ -19,6 +21,7 @@ pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod coordinator;
+pub mod demo;
 pub mod history;
 pub mod import;
 pub mod item;
@@ -58,6 +61,7 @@ impl Outcome {
 pub async fn run(invocation: Invocation) -> anyhow::Result<Outcome> {
     let (config, task) = match invocation {
         Invocation::Certs(cmd) => return certs::run(cmd).map(|()| Outcome::Success),
+        Invocation::Demo(settings) => return demo::run(&settings).await,
         Invocation::Admin { config, task } => (config, task),
     };
     match task {

@@ -398,8 +398,12 @@ async fn watch(config: &Config, settings: Settings) -> anyhow::Result<Outcome> {
     last.unwrap_or_else(|| Err(anyhow::anyhow!("interrupted before the first refresh")))
 }
 
-/// One refresh, connecting first when there is no connection.
-async fn refresh(client: &mut Option<Client>, config: &Config) -> anyhow::Result<StatusView> {
+/// One refresh, connecting first when there is no connection (also used by
+/// `shelfctl demo`'s live table).
+pub(crate) async fn refresh(
+    client: &mut Option<Client>,
+    config: &Config,
+) -> anyhow::Result<StatusView> {
     let connected = match client.take() {
         Some(c) if !c.is_closed() => c,
         _ => coordinator::connect(config).await?,

@@ -1,6 +1,7 @@
-//! Tests that run the built `shelfctl` binary: `certs` on its own, and the
+//! Tests that run the built `shelfctl` binary: `certs` on its own, the
 //! admin commands against a coordinator started in this process
-//! ([`cluster::Cluster`]). One test binary for the crate keeps link times down.
+//! ([`cluster::Cluster`]), and `demo` with the real coordinator and agent
+//! binaries. One test binary for the crate keeps link times down.
 
 // clippy.toml allows unwrap/expect in #[test] fns only; the helpers here are test code too.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -8,6 +9,7 @@
 mod admin;
 mod certs;
 mod cluster;
+mod demo;
 
 use std::process::{Command, Output};
 
