@@ -1,0 +1,431 @@
+//! The command line: flags, their checks, and what each subcommand prints.
+//!
+//! Raw flags become validated settings in one step
+//! ([`RunArgs::settings`], [`SetupArgs::settings`]); then the library does
+//! the work and this module writes the results where they were asked for:
+//! text or JSON lines on stdout, rows appended to `--csv`, the chart in
+//! `--png`. Progress and warnings go to stderr.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::driver::{Limit, RunSettings};
+use crate::error::LoadError;
+use crate::keys::KeyDistribution;
+use crate::report::{self, Measurement};
+use crate::setup::{SetupSettings, setup};
+use crate::workload::{Mix, Workload};
+
+/// Largest key space a run may use (the version cache holds one word per key).
+pub const MAX_KEYS: u64 = 10_000_000;
+/// Most writes outstanding on one connection (the coordinator allows 1024
+/// concurrent streams per connection).
+pub const MAX_IN_FLIGHT: usize = 1000;
+
+/// shelfsync load generator: drives a coordinator as many stores at once.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+// Parsed once per process: the size difference of the variants is no cost.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write a CA, certificates for stores load-1..load-N and a coordinator.toml.
+    Setup(SetupArgs),
+    /// Drive a coordinator and report throughput, rejections and latency.
+    Run(RunArgs),
+}
+
+/// Flags of `setup`.
+#[derive(Debug, Args)]
+pub struct SetupArgs {
+    /// Directory for certificates, coordinator.toml and the ledger (DIR/data).
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Stores to register and issue certificates for (load-1..load-N).
+    #[arg(long)]
+    pub stores: usize,
+    /// The location every store may write and read.
+    #[arg(long, default_value = "bench")]
+    pub location: String,
+    /// The coordinator's QUIC address; a free loopback port when absent.
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// The coordinator's HTTP address (/readyz); a free loopback port when absent.
+    #[arg(long)]
+    pub http_listen: Option<SocketAddr>,
+    /// Replace existing certificates and config.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Flags of `run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The coordinator's QUIC address, HOST:PORT.
+    #[arg(long)]
+    pub coordinator: String,
+    /// Directory with ca.pem and load-i.pem/.key (as written by setup).
+    #[arg(long)]
+    pub certs: PathBuf,
+    /// Name checked on the coordinator's certificate.
+    #[arg(long, default_value = "localhost")]
+    pub server_name: String,
+    /// Connections, one per store; a list (1,8,32,64) measures each in order.
+    #[arg(long, default_value = "64", value_parser = parse_counts)]
+    pub connections: Counts,
+    /// Writes outstanding per connection.
+    #[arg(long, default_value_t = 1)]
+    pub in_flight: usize,
+    /// Size of the key space (skus k000000 ...).
+    #[arg(long, default_value_t = 10_000)]
+    pub keys: u64,
+    /// Key distribution: uniform, hot (always the first key), zipf or zipf:EXPONENT.
+    #[arg(long, default_value = "uniform")]
+    pub distribution: KeyDistribution,
+    /// Workload: optimistic (add 1 with expected_version), delta (remove 1) or mix.
+    #[arg(long, default_value = "optimistic")]
+    pub workload: String,
+    /// Op weights for --workload mix, e.g. add=40,remove=30,reserve=20,release=10.
+    #[arg(long)]
+    pub mix: Option<Mix>,
+    /// Measure for this long, e.g. 10s (default 10s unless --ops is given).
+    #[arg(long, value_parser = parse_duration, conflicts_with = "ops")]
+    pub duration: Option<Duration>,
+    /// Measure this many writes instead of a duration.
+    #[arg(long)]
+    pub ops: Option<u64>,
+    /// Unmeasured time before each measurement.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub warmup: Duration,
+    /// Create the keys first (existing keys are fine) and learn their versions.
+    #[arg(long)]
+    pub preload: bool,
+    /// Location of the keys; every store must be allowed to write it.
+    #[arg(long, default_value = "bench")]
+    pub location: String,
+    /// Append one row per measurement to this CSV file.
+    #[arg(long)]
+    pub csv: Option<PathBuf>,
+    /// Draw writes/s and p99 against connections (every label in --csv) into this PNG.
+    #[arg(long)]
+    pub png: Option<PathBuf>,
+    /// Series name in the CSV and chart (default: workload, distribution, keys, in-flight).
+    #[arg(long)]
+    pub label: Option<String>,
+    /// Print one JSON object per measurement instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Longest wait for a handshake or an answer.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+/// A list of connection counts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Counts(pub Vec<usize>);
+
+/// Parses `64` or `1,8,32,64`: positive counts, in the order given.
+pub fn parse_counts(text: &str) -> Result<Counts, String> {
+    let counts = text
+        .split(',')
+        .map(|part| {
+            let part = part.trim();
+            match part.parse::<usize>() {
+                Ok(0) => Err("connection counts must be at least 1".to_owned()),
+                Ok(n) => Ok(n),
+                Err(_) => Err(format!(
+                    "invalid connection count {part:?}: expected a number or a list like 1,8,32,64"
+                )),
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Counts(counts))
+}
+
+/// Parses a duration like `500ms`, `10s` or `2m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("invalid duration {text:?}: {e}"))
+}
+
+impl SetupArgs {
+    /// The setup settings, with free loopback ports for addresses not given.
+    ///
+    /// # Errors
+    /// I/O errors when no free port can be found.
+    pub fn settings(&self) -> Result<SetupSettings, LoadError> {
+        let listen = match self.listen {
+            Some(addr) => addr,
+            None => free_udp_port()?,
+        };
+        let http_listen = match self.http_listen {
+            Some(addr) => addr,
+            None => free_tcp_port()?,
+        };
+        Ok(SetupSettings {
+            dir: self.dir.clone(),
+            stores: self.stores,
+            location: self.location.clone(),
+            listen,
+            http_listen,
+            force: self.force,
+        })
+    }
+}
+
+fn port_error(source: std::io::Error) -> LoadError {
+    LoadError::Io {
+        action: "find a free port on",
+        path: PathBuf::from("127.0.0.1"),
+        source,
+    }
+}
+
+/// A loopback UDP port free right now (the QUIC listener).
+fn free_udp_port() -> Result<SocketAddr, LoadError> {
+    std::net::UdpSocket::bind(("127.0.0.1", 0))
+        .and_then(|s| s.local_addr())
+        .map_err(port_error)
+}
+
+/// A loopback TCP port free right now (the HTTP listener).
+fn free_tcp_port() -> Result<SocketAddr, LoadError> {
+    std::net::TcpListener::bind(("127.0.0.1", 0))
+        .and_then(|s| s.local_addr())
+        .map_err(port_error)
+}
+
+impl RunArgs {
+    /// Checks the flags and resolves the coordinator's address.
+    ///
+    /// # Errors
+    /// [`LoadError::Usage`] naming the flag, [`LoadError::Resolve`] when the
+    /// address does not resolve.
+    pub async fn settings(&self) -> Result<RunSettings, LoadError> {
+        let usage = |msg: String| LoadError::Usage(msg);
+        if self.connections.0.is_empty() {
+            return Err(usage("--connections needs at least one count".into()));
+        }
+        if !(1..=MAX_IN_FLIGHT).contains(&self.in_flight) {
+            return Err(usage(format!(
+                "--in-flight must be between 1 and {MAX_IN_FLIGHT}"
+            )));
+        }
+        if !(1..=MAX_KEYS).contains(&self.keys) {
+            return Err(usage(format!("--keys must be between 1 and {MAX_KEYS}")));
+        }
+        let workload = Workload::new(&self.workload, self.mix.clone()).map_err(usage)?;
+        let limit = match (self.duration, self.ops) {
+            (_, Some(0)) => return Err(usage("--ops must be at least 1".into())),
+            (_, Some(n)) => Limit::Ops(n),
+            (Some(d), None) if d.is_zero() => {
+                return Err(usage("--duration must be above 0".into()));
+            }
+            (Some(d), None) => Limit::Duration(d),
+            (None, None) => Limit::Duration(Duration::from_secs(10)),
+        };
+        if self.timeout.is_zero() {
+            return Err(usage("--timeout must be above 0".into()));
+        }
+        shelfsync_core::item::validate_id("location", &self.location)
+            .map_err(|e| usage(format!("--location: {e}")))?;
+        let coordinator = resolve(&self.coordinator).await?;
+        let label = self.label.clone().unwrap_or_else(|| {
+            format!(
+                "{workload} {} keys={} in-flight={}",
+                self.distribution, self.keys, self.in_flight
+            )
+        });
+        Ok(RunSettings {
+            coordinator,
+            server_name: self.server_name.clone(),
+            certs: self.certs.clone(),
+            connections: self.connections.0.clone(),
+            in_flight: self.in_flight,
+            keys: self.keys,
+            distribution: self.distribution,
+            workload,
+            limit,
+            warmup: self.warmup,
+            preload: self.preload,
+            location: self.location.clone(),
+            label,
+            timeout: self.timeout,
+            progress: true,
+        })
+    }
+}
+
+/// The first address `HOST:PORT` resolves to.
+async fn resolve(addr: &str) -> Result<SocketAddr, LoadError> {
+    let resolve_error = |detail: String| LoadError::Resolve {
+        addr: addr.to_owned(),
+        detail,
+    };
+    let mut addrs = tokio::net::lookup_host(addr)
+        .await
+        .map_err(|e| resolve_error(e.to_string()))?;
+    addrs
+        .next()
+        .ok_or_else(|| resolve_error("no address found".into()))
+}
+
+/// Runs the subcommand of `cli`, printing its results.
+///
+/// # Errors
+/// Whatever stopped the subcommand; see [`LoadError`].
+pub async fn execute(cli: Cli) -> Result<(), LoadError> {
+    match cli.command {
+        Command::Setup(args) => {
+            let out = setup(&args.settings()?)?;
+            println!(
+                "wrote a CA, the coordinator and admin certificates, stores load-1..load-{} and {}",
+                args.stores,
+                out.config.display()
+            );
+            println!("listen={}", out.listen);
+            println!("http_listen={}", out.http_listen);
+            println!("config={}", out.config.display());
+            Ok(())
+        }
+        Command::Run(args) => run_command(&args).await,
+    }
+}
+
+async fn run_command(args: &RunArgs) -> Result<(), LoadError> {
+    let settings = args.settings().await?;
+    let json = args.json;
+    let mut measurements = Vec::new();
+    let outcome = crate::driver::run(&settings, |m: &Measurement| {
+        if json {
+            println!("{}", m.json_line());
+        } else {
+            println!("{}", m.text());
+        }
+        measurements.push(m.clone());
+    })
+    .await;
+    // A sweep that stopped part way still records what it measured.
+    if measurements.is_empty() {
+        return outcome.map(|_| ());
+    }
+    if !json && measurements.len() > 1 {
+        print!("{}", report::summary(&measurements));
+    }
+    if let Some(csv) = &args.csv {
+        report::append_csv(csv, &measurements)?;
+        eprintln!(
+            "appended {} row(s) to {}",
+            measurements.len(),
+            csv.display()
+        );
+    }
+    if let Some(png) = &args.png {
+        // The chart shows every label in the CSV, this run's included.
+        let rows = match &args.csv {
+            Some(csv) => report::read_csv(csv)?,
+            None => measurements,
+        };
+        crate::chart::draw(png, &rows)?;
+        eprintln!("chart written to {}", png.display());
+    }
+    outcome.map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_args(extra: &[&str]) -> Result<RunArgs, clap::Error> {
+        let mut argv = vec![
+            "shelfsync-loadgen",
+            "run",
+            "--coordinator",
+            "127.0.0.1:7400",
+            "--certs",
+            "certs",
+        ];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv)?.command {
+            Command::Run(args) => Ok(args),
+            Command::Setup(_) => panic!("parsed as setup"),
+        }
+    }
+
+    #[test]
+    fn connection_lists_parse_in_order() {
+        assert_eq!(parse_counts("64").unwrap(), Counts(vec![64]));
+        assert_eq!(
+            parse_counts("1, 8,32,64").unwrap(),
+            Counts(vec![1, 8, 32, 64])
+        );
+        assert_eq!(parse_counts("8,1").unwrap(), Counts(vec![8, 1]));
+        for bad in ["", "0", "1,,2", "x", "-1", "1,0"] {
+            assert!(parse_counts(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn run_flags_become_settings() {
+        let args = run_args(&[
+            "--connections",
+            "1,8",
+            "--workload",
+            "mix",
+            "--mix",
+            "add=1,fulfil=1",
+            "--distribution",
+            "zipf:1.1",
+            "--ops",
+            "500",
+            "--warmup",
+            "0s",
+        ])
+        .unwrap();
+        let settings = args.settings().await.unwrap();
+        assert_eq!(settings.connections, vec![1, 8]);
+        assert_eq!(settings.limit, Limit::Ops(500));
+        assert_eq!(settings.warmup, Duration::ZERO);
+        assert_eq!(
+            settings.label,
+            "mix:add=1,fulfil=1 zipf:1.1 keys=10000 in-flight=1"
+        );
+        assert_eq!(settings.coordinator, "127.0.0.1:7400".parse().unwrap());
+
+        let defaults = run_args(&[]).unwrap().settings().await.unwrap();
+        assert_eq!(defaults.connections, vec![64]);
+        assert_eq!(defaults.limit, Limit::Duration(Duration::from_secs(10)));
+        assert_eq!(defaults.workload, Workload::Optimistic);
+        assert_eq!(defaults.location, "bench");
+        assert_eq!(defaults.server_name, "localhost");
+    }
+
+    #[tokio::test]
+    async fn bad_run_flags_are_refused() {
+        assert!(run_args(&["--duration", "10s", "--ops", "5"]).is_err());
+        assert!(run_args(&["--distribution", "gauss"]).is_err());
+        assert!(run_args(&["--mix", "add=x"]).is_err());
+        assert!(run_args(&["--connections", "0"]).is_err());
+        for (flags, needle) in [
+            (&["--in-flight", "0"][..], "--in-flight"),
+            (&["--keys", "0"][..], "--keys"),
+            (&["--ops", "0"][..], "--ops"),
+            (&["--duration", "0s"][..], "--duration"),
+            (&["--workload", "delta", "--mix", "add=1"][..], "--mix"),
+            (&["--location", "a/b"][..], "--location"),
+        ] {
+            let err = run_args(flags).unwrap().settings().await.unwrap_err();
+            assert!(err.is_usage(), "{flags:?}: {err}");
+            assert!(err.to_string().contains(needle), "{flags:?}: {err}");
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! shelfsync's load generator: many stores at once against one coordinator.
+//!
+//! `shelfsync-loadgen setup` writes certificates and a coordinator config
+//! for stores `load-1` .. `load-N` ([`setup`]); `shelfsync-loadgen run` opens
+//! one mutual-TLS QUIC connection per store and drives the coordinator with
+//! a chosen [`workload`] and key distribution ([`keys`]) for a duration or an
+//! op count ([`driver`]), then reports throughput, rejections by reason and
+//! latency percentiles as text, JSON lines, CSV rows ([`report`]) and a PNG
+//! chart ([`chart`]). [`cli`] turns flags into settings; the binary is a thin
+//! shell over [`cli::execute`], and tests call [`driver::run`] directly.
+
+pub mod chart;
+pub mod cli;
+pub mod driver;
+pub mod error;
+pub mod keys;
+pub mod report;
+pub mod setup;
+pub mod workload;
+
+pub use driver::{Limit, RunSettings, run};
+pub use error::LoadError;
+pub use report::Measurement;

@@ -1,0 +1,293 @@
+//! The load generator against a real coordinator in this process: bound to
+//! `127.0.0.1:0`, configured by the load generator's own `setup`, over
+//! mutual-TLS QUIC.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use shelfsync_coordinator::{Config, Coordinator};
+use shelfsync_core::ItemKey;
+use shelfsync_loadgen::cli::{Cli, execute};
+use shelfsync_loadgen::driver::PRELOAD_QUANTITY;
+use shelfsync_loadgen::keys::{KeyDistribution, sku};
+use shelfsync_loadgen::setup::{SetupSettings, setup};
+use shelfsync_loadgen::workload::Workload;
+use shelfsync_loadgen::{Limit, LoadError, Measurement, RunSettings};
+use shelfsync_proto::{Client, ReadRequest, Request, Response, TlsFiles};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A coordinator serving in a task, with the directory `setup` wrote.
+struct Bench {
+    dir: tempfile::TempDir,
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Bench {
+    async fn start(stores: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let out = setup(&SetupSettings {
+            dir: dir.path().to_path_buf(),
+            stores,
+            location: "bench".into(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            http_listen: "127.0.0.1:0".parse().unwrap(),
+            force: false,
+        })
+        .unwrap();
+        // The config `setup` wrote is the one the coordinator binary reads.
+        let config = Config::load(&out.config).unwrap();
+        assert_eq!(config.stores.len(), stores);
+        let coordinator = Coordinator::bind(config).await.unwrap();
+        let addr = coordinator.quic_addr;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(coordinator.run(async move {
+            let _ = stopped.await;
+        }));
+        Bench {
+            dir,
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    fn certs(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+
+    fn settings(&self, connections: &[usize], ops: u64) -> RunSettings {
+        RunSettings {
+            coordinator: self.addr,
+            server_name: "localhost".into(),
+            certs: self.certs(),
+            connections: connections.to_vec(),
+            in_flight: 2,
+            keys: 20,
+            distribution: KeyDistribution::Uniform,
+            workload: Workload::Optimistic,
+            limit: Limit::Ops(ops),
+            warmup: Duration::ZERO,
+            preload: true,
+            location: "bench".into(),
+            label: "test".into(),
+            timeout: Duration::from_secs(10),
+            progress: false,
+        }
+    }
+
+    /// The item at key index `index`, read strongly as admin.
+    async fn item(&self, index: u64) -> shelfsync_core::Item {
+        let files = TlsFiles {
+            ca_cert: self.dir.path().join("ca.pem"),
+            cert: self.dir.path().join("admin.pem"),
+            key: self.dir.path().join("admin.key"),
+        };
+        let config = shelfsync_proto::tls::client_config(&files).unwrap();
+        let client = Client::connect(self.addr, "localhost", config, Duration::from_secs(10))
+            .await
+            .unwrap();
+        let key = ItemKey::new("bench", sku(index)).unwrap();
+        let reply = client
+            .request(&Request::Read(ReadRequest { key }))
+            .await
+            .unwrap();
+        client.close().await;
+        match reply {
+            Response::Read(reply) => reply.item,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+}
+
+/// Every write is accounted for exactly once.
+fn assert_adds_up(m: &Measurement, ops: u64) {
+    assert_eq!(m.ops, ops, "{m:?}");
+    assert_eq!(m.accepted + m.rejected_total() + m.errors, m.ops, "{m:?}");
+    assert_eq!(m.errors, 0, "{m:?}");
+    assert!(m.writes_per_s > 0.0, "{m:?}");
+    assert!(m.p50_ms > 0.0 && m.p50_ms <= m.p99_ms, "{m:?}");
+    assert!(m.p99_ms <= m.p999_ms && m.p999_ms <= m.max_ms, "{m:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_accounts_for_every_write_and_the_ledger_agrees() {
+    let bench = Bench::start(4).await;
+    let settings = bench.settings(&[1, 4], 200);
+    let mut seen = Vec::new();
+    let first = shelfsync_loadgen::run(&settings, |m| seen.push(m.connections))
+        .await
+        .unwrap();
+    assert_eq!(seen, [1, 4]);
+    assert_eq!(first.len(), 2);
+    for (m, connections) in first.iter().zip([1, 4]) {
+        assert_eq!(m.connections, connections);
+        assert_eq!(m.in_flight, 2);
+        assert_eq!(m.workload, "optimistic");
+        assert_adds_up(m, 200);
+        // Racing writers may conflict; nothing else may be refused (an
+        // idempotency key used twice would show up here).
+        assert!(m.rejected.keys().all(|r| r == "version_mismatch"), "{m:?}");
+    }
+
+    // A second run preloads again: the keys exist, which is fine, and their
+    // versions come from the refusals.
+    let second = shelfsync_loadgen::run(&bench.settings(&[4], 150), |_| {})
+        .await
+        .unwrap();
+    assert_adds_up(&second[0], 150);
+    assert!(
+        !second[0].rejected.contains_key("not_found"),
+        "{:?}",
+        second[0]
+    );
+
+    // Every accepted write was `add 1` on one of the keys, and nothing else
+    // changed them: the ledger holds exactly that many extra units.
+    let accepted: u64 = first.iter().chain(&second).map(|m| m.accepted).sum();
+    let mut extra = 0;
+    for index in 0..20 {
+        extra += bench.item(index).await.quantity - PRELOAD_QUANTITY;
+    }
+    assert_eq!(extra, accepted);
+    bench.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_key_conflicts_show_as_version_mismatch() {
+    let bench = Bench::start(4).await;
+    let mut settings = bench.settings(&[4], 300);
+    settings.distribution = KeyDistribution::Hot;
+    settings.in_flight = 4;
+    let m = shelfsync_loadgen::run(&settings, |_| {}).await.unwrap();
+    let m = &m[0];
+    assert_adds_up(m, 300);
+    assert!(m.accepted > 0, "{m:?}");
+    // Sixteen writers on one key with one version: most of them lose.
+    let conflicts = m.rejected.get("version_mismatch").copied().unwrap_or(0);
+    assert!(conflicts > 0, "{m:?}");
+    assert_eq!(m.rejected.len(), 1, "{m:?}");
+    // Each accepted write raised the hot key's version by one, from 1.
+    let hot = bench.item(0).await;
+    assert_eq!(hot.version, 1 + m.accepted);
+    assert_eq!(hot.quantity, PRELOAD_QUANTITY + m.accepted);
+    assert_eq!(bench.item(1).await.version, 1);
+    bench.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_and_mix_count_stock_rejections_by_reason() {
+    let bench = Bench::start(2).await;
+    let mut delta = bench.settings(&[2], 120);
+    delta.workload = Workload::Delta;
+    delta.distribution = KeyDistribution::Zipf { exponent: 0.99 };
+    let m = &shelfsync_loadgen::run(&delta, |_| {}).await.unwrap()[0];
+    assert_adds_up(m, 120);
+    assert_eq!(m.accepted, 120, "{m:?}");
+
+    // Nothing is reserved, so every release is refused.
+    let mut mix = bench.settings(&[2], 80);
+    mix.workload = Workload::new("mix", Some("release=1".parse().unwrap())).unwrap();
+    mix.preload = false;
+    let m = &shelfsync_loadgen::run(&mix, |_| {}).await.unwrap()[0];
+    assert_adds_up(m, 80);
+    assert_eq!(m.rejected.get("insufficient_reserved"), Some(&80), "{m:?}");
+    bench.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_few_certificates_is_a_clear_usage_error() {
+    let bench = Bench::start(2).await;
+    let err = shelfsync_loadgen::run(&bench.settings(&[1, 3], 10), |_| {})
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LoadError::MissingCerts {
+                needed: 3,
+                found: 2,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.is_usage());
+    let msg = err.to_string();
+    assert!(msg.contains("setup --dir DIR --stores 3"), "{msg}");
+
+    // A location the stores may not write is refused before any write.
+    let mut elsewhere = bench.settings(&[1], 10);
+    elsewhere.location = "online".into();
+    let err = shelfsync_loadgen::run(&elsewhere, |_| {})
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LoadError::NotWritable { .. }), "{err:?}");
+    bench.stop().await;
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_writes_csv_rows_and_a_chart() {
+    let bench = Bench::start(2).await;
+    let results = bench.dir.path().join("results");
+    let csv = results.join("runs.csv");
+    let png = results.join("runs.png");
+    let certs = bench.certs();
+    let addr = bench.addr.to_string();
+    for label in ["first", "second"] {
+        let args = [
+            "shelfsync-loadgen",
+            "run",
+            "--coordinator",
+            &addr,
+            "--certs",
+            certs.to_str().unwrap(),
+            "--connections",
+            "1,2",
+            "--keys",
+            "10",
+            "--ops",
+            "50",
+            "--warmup",
+            "0s",
+            "--preload",
+            "--json",
+            "--label",
+            label,
+            "--csv",
+            csv.to_str().unwrap(),
+            "--png",
+            png.to_str().unwrap(),
+        ];
+        execute(Cli::try_parse_from(args).unwrap()).await.unwrap();
+    }
+    let rows = shelfsync_loadgen::report::read_csv(&csv).unwrap();
+    assert_eq!(rows.len(), 4);
+    assert_eq!(
+        rows.iter()
+            .map(|r| (r.label.as_str(), r.connections))
+            .collect::<Vec<_>>(),
+        [("first", 1), ("first", 2), ("second", 1), ("second", 2)]
+    );
+    assert_eq!(read(&csv).lines().count(), 5);
+    assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"));
+    bench.stop().await;
+}
