@@ -16,6 +16,12 @@ struct Args {
     config: PathBuf,
 }
 
+/// mimalloc: the write path allocates many small short-lived buffers
+/// (frames, sled nodes), where glibc's malloc showed as the top cost in
+/// profiles (docs/performance.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let config = match Config::load(&args.config) {

@@ -43,7 +43,10 @@ pub struct Coordinator {
 impl Coordinator {
     /// Opens the ledger, starts the pipeline and binds both listeners.
     pub async fn bind(config: Config) -> anyhow::Result<Self> {
-        let ledger: Arc<dyn Ledger> = Arc::new(SledLedger::open(&config.data_dir)?);
+        let ledger: Arc<dyn Ledger> = Arc::new(SledLedger::open_with(
+            &config.data_dir,
+            config.idempotency_ttl,
+        )?);
         tracing::info!(data_dir = %config.data_dir.display(), head = ledger.head()?, "ledger opened");
         let metrics = Arc::new(Metrics::new());
         let digests = Arc::new(Digests::load(ledger.as_ref())?);

@@ -198,7 +198,8 @@ struct Sequencer {
 /// State decided in the current group but not yet committed.
 #[derive(Default)]
 struct Group {
-    keys: HashMap<ItemKey, KeyState>,
+    /// Each key written in this group: its state and the seq that made it.
+    keys: HashMap<ItemKey, (KeyState, Option<u64>)>,
     idempotency: HashMap<(String, String), IdempotencyRecord>,
     batch: CommitBatch,
     replies: Vec<(oneshot::Sender<Response>, Response)>,
@@ -251,20 +252,24 @@ impl Sequencer {
         self.failed.store(true, Ordering::Release);
     }
 
-    fn state(&self, group: &Group, key: &ItemKey) -> Result<KeyState, LedgerError> {
-        if let Some(state) = group.keys.get(key) {
-            return Ok(state.clone());
+    /// The state of `key` as decided so far, and the seq of the change
+    /// that produced it.
+    fn state(&self, group: &Group, key: &ItemKey) -> Result<(KeyState, Option<u64>), LedgerError> {
+        if let Some(known) = group.keys.get(key) {
+            return Ok(known.clone());
         }
         Ok(self
             .ledger
             .load(key)?
-            .map_or(KeyState::Absent, |record: ItemRecord| record.state))
+            .map_or((KeyState::Absent, None), |record: ItemRecord| {
+                (record.state, Some(record.seq))
+            }))
     }
 
     fn decide(&mut self, job: Job, group: &mut Group) -> Result<(), LedgerError> {
         match job {
             Job::Read { key, reply } => {
-                let response = match self.state(group, &key)? {
+                let response = match self.state(group, &key)?.0 {
                     KeyState::Live(item) => Response::Read(ReadReply {
                         item,
                         head: self.head,
@@ -327,7 +332,7 @@ impl Sequencer {
             });
         }
 
-        let state = self.state(group, &request.key)?;
+        let (state, prior_seq) = self.state(group, &request.key)?;
         let outcome = match apply(&request.key, &state, &request.op, request.expected_version) {
             Ok(next) => {
                 self.head += 1;
@@ -343,8 +348,11 @@ impl Sequencer {
                 group.batch.writes.push(CommittedWrite {
                     change,
                     prior_version: state.version(),
+                    prior_seq,
                 });
-                group.keys.insert(request.key.clone(), next.clone());
+                group
+                    .keys
+                    .insert(request.key.clone(), (next.clone(), Some(self.head)));
                 self.digests
                     .apply(&request.key.location, self.head, &state, &next);
                 self.metrics.count_write(op_kind, "accepted");

@@ -9,6 +9,12 @@ use std::process::ExitCode;
 use clap::Parser;
 use shelfsync_loadgen::cli::{Cli, execute};
 
+/// mimalloc: the write path allocates many small short-lived buffers
+/// (frames, sled nodes), where glibc's malloc showed as the top cost in
+/// profiles (docs/performance.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

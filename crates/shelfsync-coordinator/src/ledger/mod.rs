@@ -100,6 +100,9 @@ pub struct CommittedWrite {
     pub change: Change,
     /// The key's version the write was decided against.
     pub prior_version: u64,
+    /// The seq of the change that produced that version (`None` when the
+    /// key had never been written); it links the key's history.
+    pub prior_seq: Option<u64>,
 }
 
 /// Everything one group commit writes, applied atomically.

@@ -1,24 +1,39 @@
 //! The embedded ledger on sled.
 //!
 //! Everything lives in one sled tree under one-byte prefixes, so that one
-//! `sled::Batch` covers an item, its change-log entry, its history index
-//! entry, its idempotency record and the new head: after a crash they are
-//! all present or all absent.
+//! `sled::Batch` covers an item, its change-log entry, its idempotency record
+//! and the new head: after a crash they are all present or all absent.
 //!
 //! | prefix | key | value |
 //! |---|---|---|
 //! | `i` | location `\0` sku | [`ItemRecord`] |
-//! | `c` | seq (8 bytes, big-endian) | [`Change`] |
-//! | `h` | location `\0` sku `\0` seq | empty: history index |
-//! | `d` | store `\0` idempotency key | [`IdempotencyRecord`] |
-//! | `x` | at_ms (8 bytes BE) store `\0` idempotency key | empty: expiry index |
-//! | `m` | `head` / `oldest` | u64 big-endian |
+//! | `c` | seq (8 bytes, big-endian) | [`ChangeRecord`]: the change and the seq of the key's previous change |
+//! | `d` | bucket end (8 bytes BE) store `\0` idempotency key | [`IdempotencyRecord`] |
+//! | `m` | `head` / `oldest` / `format` | u64 big-endian |
 //! | `r` | store | [`StoredReport`] |
 //!
-//! Values are msgpack wrapped in a version envelope ([`Stored`]), so a later
-//! release can read records written by this one.
+//! Two choices keep a write at three inserts, since an insert into sled is
+//! the dominant cost of the write path (docs/performance.md):
+//!
+//! - **History without an index.** Each change record names the seq of the
+//!   previous change of its key, so the history of a key is a walk from the
+//!   item record's seq down that chain, ending at the key's first change or
+//!   where compaction cut the log.
+//! - **Idempotency records in time buckets.** A record goes into the bucket
+//!   whose end is the first multiple of the bucket width after its decision
+//!   time. Expiry deletes whole buckets that ended before the cutoff, so no
+//!   expiry index is written per record; a lookup probes the few live
+//!   buckets, newest first. Bucket ends are absolute times, so a changed
+//!   width (a new `idempotency_ttl`) leaves older buckets readable and
+//!   collectable.
+//!
+//! Values are msgpack wrapped in a version envelope ([`Stored`]); the key
+//! layout has its own number under `mformat`, checked at open.
 
+use std::collections::BTreeSet;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -29,6 +44,20 @@ use super::{CommitBatch, IdempotencyRecord, ItemRecord, Ledger, LedgerError, Sto
 
 const HEAD: &[u8] = b"mhead";
 const OLDEST: &[u8] = b"moldest";
+const FORMAT: &[u8] = b"mformat";
+/// The key layout this code reads and writes (see the module docs).
+const LAYOUT: u64 = 2;
+/// Bucket width of idempotency records when none is given.
+pub const DEFAULT_IDEMPOTENCY_BUCKET: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// A change-log entry as stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChangeRecord {
+    /// The change.
+    pub change: Change,
+    /// The seq of the previous change of the same key, if it has one.
+    pub prev_seq: Option<u64>,
+}
 
 /// Version envelope of every stored value.
 #[derive(Serialize, Deserialize)]
@@ -42,11 +71,23 @@ enum Stored<T> {
 pub struct SledLedger {
     db: sled::Db,
     tree: sled::Tree,
+    /// Width of new idempotency buckets, milliseconds.
+    bucket_ms: u64,
+    /// Ends of the idempotency buckets that hold records, ascending.
+    buckets: Arc<Mutex<BTreeSet<u64>>>,
 }
 
 impl SledLedger {
-    /// Opens (or creates) the ledger in `dir`.
+    /// Opens (or creates) the ledger in `dir` with the default idempotency
+    /// bucket width.
     pub fn open(dir: &Path) -> Result<Self, LedgerError> {
+        Self::open_with(dir, DEFAULT_IDEMPOTENCY_BUCKET)
+    }
+
+    /// Opens (or creates) the ledger in `dir`; new idempotency records go
+    /// into buckets `bucket` wide (the coordinator passes its
+    /// `idempotency_ttl`, so records outlive it by less than one width).
+    pub fn open_with(dir: &Path, bucket: Duration) -> Result<Self, LedgerError> {
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(256 * 1024 * 1024)
@@ -54,7 +95,79 @@ impl SledLedger {
             .open()
             .map_err(|e| LedgerError::Storage(format!("cannot open {}: {e}", dir.display())))?;
         let tree = db.open_tree("ledger").map_err(storage)?;
-        Ok(SledLedger { db, tree })
+        let mut ledger = SledLedger {
+            db,
+            tree,
+            bucket_ms: u64::try_from(bucket.as_millis()).unwrap_or(u64::MAX).max(1),
+            buckets: Arc::default(),
+        };
+        ledger.check_layout(dir)?;
+        ledger.buckets = Arc::new(Mutex::new(ledger.scan_buckets()?));
+        Ok(ledger)
+    }
+
+    /// Stamps a new ledger with [`LAYOUT`]; refuses one written in another.
+    fn check_layout(&self, dir: &Path) -> Result<(), LedgerError> {
+        match self.get_u64(FORMAT)? {
+            Some(LAYOUT) => Ok(()),
+            None if self.tree.is_empty() => {
+                self.tree
+                    .insert(FORMAT, &LAYOUT.to_be_bytes())
+                    .map_err(storage)?;
+                Ok(())
+            }
+            found => Err(LedgerError::Storage(format!(
+                "the ledger in {} has key layout {}, this build reads layout {LAYOUT} only; \
+                 start it with the build that wrote it, or with an empty data_dir",
+                dir.display(),
+                found.unwrap_or(1)
+            ))),
+        }
+    }
+
+    /// The ends of every idempotency bucket present, found by jumping from
+    /// one bucket to the next.
+    fn scan_buckets(&self) -> Result<BTreeSet<u64>, LedgerError> {
+        let mut found = BTreeSet::new();
+        let mut start = b"d".to_vec();
+        while let Some(entry) = self.tree.range(start..).next() {
+            let (k, _) = entry.map_err(storage)?;
+            let Some(end) = k.get(1..9).filter(|_| k[0] == b'd') else {
+                break;
+            };
+            let end = u64::from_be_bytes(end.try_into().map_err(|_| LedgerError::Corrupt {
+                key: printable(&k),
+                detail: "short idempotency key".into(),
+            })?);
+            found.insert(end);
+            match end.checked_add(1) {
+                Some(next) => start = bucket_prefix(next).to_vec(),
+                None => break,
+            }
+        }
+        Ok(found)
+    }
+
+    /// The end of the bucket a record decided at `at_ms` goes into.
+    fn bucket_end(&self, at_ms: u64) -> u64 {
+        (at_ms / self.bucket_ms)
+            .saturating_add(1)
+            .saturating_mul(self.bucket_ms)
+    }
+
+    /// The live bucket ends, newest first.
+    fn live_buckets(&self) -> Vec<u64> {
+        match self.buckets.lock() {
+            Ok(buckets) => buckets.iter().rev().copied().collect(),
+            Err(poisoned) => poisoned.into_inner().iter().rev().copied().collect(),
+        }
+    }
+
+    fn with_buckets<R>(&self, f: impl FnOnce(&mut BTreeSet<u64>) -> R) -> R {
+        match self.buckets.lock() {
+            Ok(mut buckets) => f(&mut buckets),
+            Err(poisoned) => f(&mut poisoned.into_inner()),
+        }
     }
 
     fn get<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, LedgerError> {
@@ -115,41 +228,19 @@ fn change_key(seq: u64) -> [u8; 9] {
     k
 }
 
-fn history_prefix(key: &ItemKey) -> Vec<u8> {
-    let mut k = item_key(key);
-    k[0] = b'h';
-    k.push(0);
+fn bucket_prefix(end: u64) -> [u8; 9] {
+    let mut k = [b'd'; 9];
+    k[1..].copy_from_slice(&end.to_be_bytes());
     k
 }
 
-fn history_key(key: &ItemKey, seq: u64) -> Vec<u8> {
-    let mut k = history_prefix(key);
-    k.extend_from_slice(&seq.to_be_bytes());
-    k
-}
-
-fn idempotency_key(store: &str, key: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(2 + store.len() + key.len());
-    k.push(b'd');
+fn idempotency_key(bucket_end: u64, store: &str, key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(11 + store.len() + key.len());
+    k.extend_from_slice(&bucket_prefix(bucket_end));
     k.extend_from_slice(store.as_bytes());
     k.push(0);
     k.extend_from_slice(key.as_bytes());
     k
-}
-
-fn expiry_key(at_ms: u64, store: &str, key: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(10 + store.len() + key.len());
-    k.push(b'x');
-    k.extend_from_slice(&at_ms.to_be_bytes());
-    k.extend_from_slice(store.as_bytes());
-    k.push(0);
-    k.extend_from_slice(key.as_bytes());
-    k
-}
-
-fn seq_of(key: &[u8]) -> Option<u64> {
-    let tail: [u8; 8] = key.get(key.len().checked_sub(8)?..)?.try_into().ok()?;
-    Some(u64::from_be_bytes(tail))
 }
 
 impl Ledger for SledLedger {
@@ -162,7 +253,14 @@ impl Ledger for SledLedger {
         store: &str,
         key: &str,
     ) -> Result<Option<IdempotencyRecord>, LedgerError> {
-        self.get(&idempotency_key(store, key))
+        // Newest bucket first: a key reused after an expiry answers with
+        // its newest record.
+        for end in self.live_buckets() {
+            if let Some(record) = self.get(&idempotency_key(end, store, key))? {
+                return Ok(Some(record));
+            }
+        }
+        Ok(None)
     }
 
     fn commit(&self, batch: &CommitBatch) -> Result<(), LedgerError> {
@@ -174,14 +272,22 @@ impl Ledger for SledLedger {
                 seq: change.seq,
             };
             b.insert(item_key(&change.key), encode(&record)?);
-            b.insert(&change_key(change.seq), encode(change)?);
-            b.insert(history_key(&change.key, change.seq), &[] as &[u8]);
+            let record = ChangeRecord {
+                change: change.clone(),
+                prev_seq: write.prior_seq,
+            };
+            b.insert(&change_key(change.seq), encode(&record)?);
         }
+        let mut ends = Vec::new();
         for (store, key, record) in &batch.idempotency {
-            b.insert(idempotency_key(store, key), encode(record)?);
-            b.insert(expiry_key(record.at_ms, store, key), &[] as &[u8]);
+            let end = self.bucket_end(record.at_ms);
+            ends.push(end);
+            b.insert(idempotency_key(end, store, key), encode(record)?);
         }
         b.insert(HEAD, &batch.head.to_be_bytes());
+        // Known before the batch lands, so a lookup never misses a bucket
+        // that holds a committed record.
+        self.with_buckets(|buckets| buckets.extend(ends));
         self.tree.apply_batch(b).map_err(storage)
     }
 
@@ -211,7 +317,7 @@ impl Ledger for SledLedger {
             .take(limit)
             .map(|entry| {
                 let (k, v) = entry.map_err(storage)?;
-                decode(&k, &v)
+                decode::<ChangeRecord>(&k, &v).map(|record| record.change)
             })
             .collect()
     }
@@ -262,47 +368,48 @@ impl Ledger for SledLedger {
 
     fn history(&self, key: &ItemKey, limit: usize) -> Result<Vec<Change>, LedgerError> {
         let mut out = Vec::new();
-        for entry in self.tree.scan_prefix(history_prefix(key)).rev() {
-            let (k, _) = entry.map_err(storage)?;
+        let mut next = self.load(key)?.map(|record| record.seq);
+        while let Some(seq) = next {
             if out.len() >= limit {
                 break;
             }
-            let Some(seq) = seq_of(&k) else { continue };
-            if let Some(change) = self.get(&change_key(seq))? {
-                out.push(change);
-            }
+            // A missing record is where compaction cut the log.
+            let Some(record) = self.get::<ChangeRecord>(&change_key(seq))? else {
+                break;
+            };
+            next = record.prev_seq.filter(|prev| *prev < seq);
+            out.push(record.change);
         }
         Ok(out)
     }
 
     fn expire_idempotency(&self, before_ms: u64, limit: usize) -> Result<usize, LedgerError> {
-        let end = {
-            let mut k = vec![b'x'];
-            k.extend_from_slice(&before_ms.to_be_bytes());
-            k
-        };
+        let expired: Vec<u64> = self
+            .live_buckets()
+            .into_iter()
+            .rev()
+            .take_while(|end| *end <= before_ms)
+            .collect();
         let mut removed = 0;
-        for entry in self.tree.range(b"x".to_vec()..end).take(limit) {
-            let (index_key, _) = entry.map_err(storage)?;
-            let rest = &index_key[9..];
-            if let Some(split) = rest.iter().position(|b| *b == 0) {
-                let store = String::from_utf8_lossy(&rest[..split]);
-                let key = String::from_utf8_lossy(&rest[split + 1..]);
-                let record_key = idempotency_key(&store, &key);
-                if let Some(old) = self.tree.get(&record_key).map_err(storage)? {
-                    let record: IdempotencyRecord = decode(&record_key, &old)?;
-                    // Only remove the record this index entry points at: the
-                    // key may have been reused since with a newer record.
-                    if record.at_ms < before_ms {
-                        let swapped = self
-                            .tree
-                            .compare_and_swap(&record_key, Some(old), None as Option<&[u8]>)
-                            .map_err(storage)?;
-                        removed += usize::from(swapped.is_ok());
-                    }
+        for end in expired {
+            let mut b = sled::Batch::default();
+            let mut in_batch = 0;
+            for entry in self.tree.scan_prefix(bucket_prefix(end)) {
+                if removed + in_batch >= limit {
+                    break;
                 }
+                let (k, _) = entry.map_err(storage)?;
+                b.remove(k);
+                in_batch += 1;
             }
-            self.tree.remove(&index_key).map_err(storage)?;
+            self.tree.apply_batch(b).map_err(storage)?;
+            removed += in_batch;
+            if self.tree.scan_prefix(bucket_prefix(end)).next().is_none() {
+                self.with_buckets(|buckets| buckets.remove(&end));
+            }
+            if removed >= limit {
+                break;
+            }
         }
         Ok(removed)
     }
@@ -317,9 +424,9 @@ impl Ledger for SledLedger {
         let until = keep_from.min(oldest.saturating_add(limit as u64));
         let mut b = sled::Batch::default();
         let mut removed = 0;
-        for change in self.changes(oldest.saturating_sub(1), until - 1, limit)? {
-            b.remove(&change_key(change.seq));
-            b.remove(history_key(&change.key, change.seq));
+        for entry in self.tree.range(change_key(oldest)..change_key(until)) {
+            let (k, _) = entry.map_err(storage)?;
+            b.remove(k);
             removed += 1;
         }
         b.insert(OLDEST, &until.to_be_bytes());
@@ -345,5 +452,71 @@ impl Ledger for SledLedger {
                 ))
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ledger_in_another_layout_is_refused_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let tree = db.open_tree("ledger").unwrap();
+            // A layout-1 ledger: data, no format stamp.
+            tree.insert(HEAD, &7u64.to_be_bytes()).unwrap();
+            db.flush().unwrap();
+        }
+        let err = SledLedger::open(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("key layout 1"), "{err}");
+        assert!(err.contains("empty data_dir"), "{err}");
+    }
+
+    #[test]
+    fn a_new_ledger_is_stamped_and_opens_again() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(SledLedger::open(dir.path()).unwrap());
+        let ledger = SledLedger::open(dir.path()).unwrap();
+        assert_eq!(ledger.get_u64(FORMAT).unwrap(), Some(LAYOUT));
+    }
+
+    #[test]
+    fn idempotency_buckets_are_found_again_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = |at_ms| IdempotencyRecord {
+            key: ItemKey::new("s1", "a").unwrap(),
+            op: shelfsync_core::Op::Add { amount: 1 },
+            expected_version: None,
+            outcome: super::super::Outcome::Rejected(shelfsync_proto::WireError::new(
+                shelfsync_proto::ErrorCode::NotFound,
+                "gone",
+            )),
+            at_ms,
+        };
+        {
+            let ledger = SledLedger::open_with(dir.path(), Duration::from_millis(10)).unwrap();
+            let batch = CommitBatch {
+                idempotency: vec![
+                    ("store-1".into(), "k1".into(), record(5)),
+                    ("store-1".into(), "k2".into(), record(25)),
+                    ("store-2".into(), "k3".into(), record(u64::MAX - 1)),
+                ],
+                ..CommitBatch::default()
+            };
+            ledger.commit(&batch).unwrap();
+            ledger.flush().unwrap();
+        }
+        // Another width after the restart: the old buckets still answer.
+        let ledger = SledLedger::open_with(dir.path(), Duration::from_secs(60)).unwrap();
+        // The last bucket's end saturates at u64::MAX.
+        assert_eq!(ledger.live_buckets(), [u64::MAX, 30, 10]);
+        for (store, key, at) in [("store-1", "k1", 5), ("store-1", "k2", 25)] {
+            assert_eq!(ledger.idempotency(store, key).unwrap(), Some(record(at)));
+        }
+        assert_eq!(ledger.expire_idempotency(30, 100).unwrap(), 2);
+        assert_eq!(ledger.live_buckets(), [u64::MAX]);
+        assert!(ledger.idempotency("store-1", "k1").unwrap().is_none());
     }
 }
