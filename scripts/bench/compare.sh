@@ -19,7 +19,8 @@
 #     mutual-TLS QUIC, one connection per client, each a registered store.
 #
 # Workloads: uniform-optimistic (10,000 keys), zipf-optimistic, hot-optimistic
-# and hot-delta (one key). It prints one table (engine, workload, ok writes/s,
+# and hot-delta (one key); for shelfsync also uniform-optimistic opened at half
+# the writes/s it reached (--rate), for the latency at half of the peak. It prints one table (engine, workload, ok writes/s,
 # conflict %, p50, p99, and shelfsync's ratio to each peer) and writes it with
 # the raw outputs under --out (default target/bench/compare-<time>).
 #
@@ -30,14 +31,14 @@
 # are installed with apt-get when missing (as root).
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+source "$(dirname "$0")/lib.sh"
+ROOT="$REPO"
 DURATION=15
 CLIENTS=64
 KEYS=10000
 ZIPF=1.01            # pgbench's random_zipfian needs an exponent > 1
 OUT=""
 ONLY="postgres,redis,shelfsync"
-BUSY_LIMIT=${BUSY_LIMIT:-20}
 
 usage() { sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while [[ $# -gt 0 ]]; do
@@ -55,7 +56,6 @@ OUT="${OUT:-$ROOT/target/bench/compare-$(date +%Y%m%d-%H%M%S)}"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 wants() { [[ ",$ONLY," == *",$1,"* ]]; }
-log() { echo "== $*" >&2; }
 
 # ---------------------------------------------------------------- tools
 PGBIN=/usr/lib/postgresql/15/bin
@@ -67,68 +67,27 @@ if [[ ${#need_packages[@]} -gt 0 ]]; then
     log "installing ${need_packages[*]}"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_packages[@]}" >/dev/null
 fi
-if wants shelfsync; then
-    log "building the release coordinator and load generator"
-    (cd "$ROOT" && cargo build --release -q -p shelfsync-coordinator -p shelfsync-loadgen)
-fi
-COORD="$ROOT/target/release/shelfsync-coordinator"
-LOADGEN="$ROOT/target/release/shelfsync-loadgen"
+wants shelfsync && build shelfsync-coordinator shelfsync-loadgen
+LOADGEN="$BIN/shelfsync-loadgen"
 
 # ---------------------------------------------------------------- cleanup
 TMP="$(mktemp -d /tmp/shelfsync-compare.XXXXXX)"
 chmod 755 "$TMP"
-PIDS=()
+track_dir "$TMP"
 PGDATA=""
-cleanup() {
-    local code=$?
-    trap - EXIT INT TERM
+# Called by lib.sh's exit trap before it stops tracked processes.
+extra_cleanup() {
     if [[ -n "$PGDATA" && -f "$PGDATA/postmaster.pid" ]]; then
         as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -m immediate stop >/dev/null 2>&1 || true
     fi
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$TMP"
-    exit "$code"
 }
-trap cleanup EXIT
-trap 'echo "interrupted" >&2; exit 130' INT TERM
 
 # PostgreSQL refuses to run as root: run it as the postgres user then.
 as_pg() {
     if [[ $(id -u) -eq 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi
 }
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-# Waits until "$@" succeeds, for at most $1 seconds.
-wait_for() {
-    local limit=$1; shift
-    local deadline=$((SECONDS + limit))
-    until "$@" >/dev/null 2>&1; do
-        if ((SECONDS >= deadline)); then echo "timed out waiting for: $*" >&2; return 1; fi
-        sleep 0.2
-    done
-}
-
-# ---------------------------------------------------------------- idle check
-# CPU busy share over a few seconds, from /proc/stat, in percent.
-cpu_busy() {
-    read -r _ u n s i w x y z _ < /proc/stat
-    local busy1=$((u + n + s + x + y + z)) total1=$((u + n + s + i + w + x + y + z))
-    sleep 3
-    read -r _ u n s i w x y z _ < /proc/stat
-    local busy2=$((u + n + s + x + y + z)) total2=$((u + n + s + i + w + x + y + z))
-    echo $(( (busy2 - busy1) * 100 / (total2 - total1 + 1) ))
-}
-busy=$(cpu_busy)
-if ((busy > BUSY_LIMIT)); then
-    echo "refusing to benchmark: the CPUs were ${busy}% busy before the run (limit ${BUSY_LIMIT}%)." >&2
-    echo "Stop what else runs here (builds, tests) and try again; the figures would not be comparable." >&2
-    exit 3
-fi
-log "machine idle enough (${busy}% busy); $(nproc) cores, $(uname -m), kernel $(uname -r)"
+require_idle
 
 RESULTS="$OUT/results.tsv"
 printf 'engine\tworkload\tok_per_s\tconflict_pct\tp50_ms\tp99_ms\n' > "$RESULTS"
@@ -227,7 +186,7 @@ run_redis() {
     log "Redis: start on 127.0.0.1:$port (appendonly yes, appendfsync always)"
     redis-server --bind 127.0.0.1 --port "$port" --dir "$TMP/redis" --appendonly yes \
         --appendfsync always --save "" --daemonize no --logfile "$TMP/redis/redis.log" &
-    PIDS+=($!)
+    track $!
     local cli=(redis-cli -h 127.0.0.1 -p "$port")
     wait_for 30 "${cli[@]}" ping
     # redis-benchmark's __rand_int__ is 12 digits, zero-padded.
@@ -283,15 +242,10 @@ return v'
 
 # ---------------------------------------------------------------- shelfsync
 run_shelfsync() {
-    local dir="$TMP/shelfsync" listen http
-    listen=$(free_port); http=$(free_port)
-    "$LOADGEN" setup --dir "$dir" --stores "$CLIENTS" --listen "127.0.0.1:$listen" \
-        --http-listen "127.0.0.1:$http" > "$OUT/shelfsync-setup.txt"
-    log "shelfsync: coordinator on 127.0.0.1:$listen"
-    (cd "$dir" && exec "$COORD" --config "$dir/coordinator.toml") > "$OUT/shelfsync-coordinator.log" 2>&1 &
-    PIDS+=($!)
-    wait_for 60 curl -sf "http://127.0.0.1:$http/readyz"
-    local common=(--coordinator "127.0.0.1:$listen" --certs "$dir" --connections "$CLIENTS"
+    local dir="$TMP/shelfsync"
+    start_coordinator "$dir" "$CLIENTS"
+    local listen=$COORD_LISTEN
+    local common=(--coordinator "$listen" --certs "$dir" --connections "$CLIENTS"
                   --keys "$KEYS" --json)
     log "shelfsync: preloading $KEYS keys"
     "$LOADGEN" run "${common[@]}" --preload --distribution uniform --workload delta --ops 1 \
@@ -317,6 +271,24 @@ print("shelfsync\t%s\t%.0f\t%.1f\t%.3f\t%.3f" % (
     100.0 * rejected / total if total else 0.0, row["p50_ms"], row["p99_ms"]))
 PY
     done
+    # The latency at half of the measured peak: the uniform shape again,
+    # opened at half the writes/s it reached above.
+    local half
+    half=$(python3 -c 'import json,sys; print(round(json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])["writes_per_s"] / 2))' \
+        "$OUT/shelfsync-uniform-optimistic.json")
+    log "shelfsync uniform-optimistic at half the peak: --rate $half"
+    "$LOADGEN" run "${common[@]}" --distribution uniform --workload optimistic \
+        --duration "${DURATION}s" --rate "$half" --label "shelfsync half peak" \
+        > "$OUT/shelfsync-half-peak.json"
+    python3 - "$OUT/shelfsync-half-peak.json" >> "$RESULTS" <<'PY'
+import json, sys
+row = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
+rejected = sum(row["rejected"].values())
+total = row["accepted"] + rejected
+print("shelfsync\tuniform-at-half-peak\t%.0f\t%.1f\t%.3f\t%.3f" % (
+    row["accepted"] / row["duration_s"], 100.0 * rejected / total if total else 0.0,
+    row["p50_ms"], row["p99_ms"]))
+PY
 }
 
 wants postgres && run_postgres

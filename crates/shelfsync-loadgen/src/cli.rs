@@ -86,6 +86,11 @@ pub struct RunArgs {
     /// Writes outstanding per connection.
     #[arg(long, default_value_t = 1)]
     pub in_flight: usize,
+    /// Open the load at this many writes/s in all (each task sends on its
+    /// own schedule) instead of as fast as answers come back; used to read
+    /// the latency at a chosen fraction of the peak.
+    #[arg(long)]
+    pub rate: Option<f64>,
     /// Size of the key space (skus k000000 ...).
     #[arg(long, default_value_t = 10_000)]
     pub keys: u64,
@@ -236,6 +241,11 @@ impl RunArgs {
         if self.timeout.is_zero() {
             return Err(usage("--timeout must be above 0".into()));
         }
+        if let Some(rate) = self.rate
+            && !(rate.is_finite() && rate > 0.0)
+        {
+            return Err(usage("--rate must be a number of writes/s above 0".into()));
+        }
         shelfsync_core::item::validate_id("location", &self.location)
             .map_err(|e| usage(format!("--location: {e}")))?;
         let coordinator = resolve(&self.coordinator).await?;
@@ -251,6 +261,7 @@ impl RunArgs {
             certs: self.certs.clone(),
             connections: self.connections.0.clone(),
             in_flight: self.in_flight,
+            rate: self.rate,
             keys: self.keys,
             distribution: self.distribution,
             workload,

@@ -32,8 +32,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use rand::SeedableRng;
 use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 use shelfsync_core::{ItemKey, Op};
 use shelfsync_proto::{
     Client, ErrorCode, ReadRequest, Request, Response, TlsFiles, WireError, WriteRequest,
@@ -78,6 +78,9 @@ pub struct RunSettings {
     pub connections: Vec<usize>,
     /// Writes outstanding per connection, at least 1.
     pub in_flight: usize,
+    /// Total writes/s to aim at, spread evenly over the tasks; `None` sends
+    /// each task's next write as soon as the last is answered.
+    pub rate: Option<f64>,
     /// Size of the key space, at least 1.
     pub keys: u64,
     /// How keys are drawn.
@@ -376,6 +379,8 @@ struct Plan {
     /// Ops budget left to take tickets from (`--ops`).
     budget: Option<u64>,
     tickets: AtomicU64,
+    /// Time between two writes of one task under `--rate`.
+    period: Option<Duration>,
 }
 
 impl Plan {
@@ -482,6 +487,10 @@ async fn measure(
         deadline,
         budget,
         tickets: AtomicU64::new(0),
+        period: settings.rate.map(|rate| {
+            let tasks = (clients.len() * settings.in_flight) as f64;
+            Duration::from_secs_f64(tasks / rate)
+        }),
     });
     let seed: u64 = rand::random();
     let mut set = JoinSet::new();
@@ -586,7 +595,18 @@ async fn worker(
     let mut rng = SmallRng::seed_from_u64(seed);
     let versions = &plan.shared.versions;
     let mut counter: u64 = 0;
-    while let Some(measured) = plan.admit() {
+    // Under --rate, tasks start at random phases of their period, so the
+    // writes arrive spread out rather than in bursts of one per task.
+    let mut next_send = plan
+        .period
+        .map(|period| tokio::time::Instant::now() + period.mul_f64(rng.random::<f64>()));
+    loop {
+        if let (Some(at), Some(period)) = (next_send.as_mut(), plan.period) {
+            tokio::time::sleep_until(*at).await;
+            // A task that fell behind does not try to catch up in a burst.
+            *at = (*at + period).max(tokio::time::Instant::now());
+        }
+        let Some(measured) = plan.admit() else { break };
         let index = plan.picker.pick(&mut rng);
         let key = plan.shared.key(index);
         let op = plan.workload.next_op(&mut rng);
@@ -710,6 +730,7 @@ mod tests {
             certs: PathBuf::from("."),
             connections: vec![2],
             in_flight: 1,
+            rate: None,
             keys: 10,
             distribution: KeyDistribution::Uniform,
             workload: Workload::Optimistic,

@@ -68,6 +68,7 @@ impl Bench {
             certs: self.certs(),
             connections: connections.to_vec(),
             in_flight: 2,
+            rate: None,
             keys: 20,
             distribution: KeyDistribution::Uniform,
             workload: Workload::Optimistic,
@@ -186,6 +187,23 @@ async fn hot_key_conflicts_show_as_version_mismatch() {
     assert_eq!(hot.version, 1 + m.accepted);
     assert_eq!(hot.quantity, PRELOAD_QUANTITY + m.accepted);
     assert_eq!(bench.item(1).await.version, 1);
+    bench.stop().await;
+}
+
+/// `--rate` paces the writes: 60 writes at 200/s cannot finish in much
+/// less than the 0.3 s the schedule spreads them over (a lower bound only:
+/// a slow machine makes it longer, never shorter).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_spreads_the_writes_over_time() {
+    let bench = Bench::start(2).await;
+    let mut settings = bench.settings(&[2], 60);
+    settings.rate = Some(200.0);
+    let m = shelfsync_loadgen::run(&settings, |_| {}).await.unwrap();
+    let m = &m[0];
+    assert_adds_up(m, 60);
+    // Four tasks at 200/s in all: 20 ms between two writes of a task, and
+    // the last of a task's 15 writes goes out 14 periods after its first.
+    assert!(m.duration_s >= 0.7 * 14.0 * 0.02, "{m:?}");
     bench.stop().await;
 }
 

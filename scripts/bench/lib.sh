@@ -1,0 +1,146 @@
+# Shared pieces of the benchmark scripts; sourced, not run.
+#
+# Provides: REPO and BIN (release binaries), log, free_port, wait_for,
+# cpu_busy / require_idle (refuse a busy machine), a cleanup trap that stops
+# every process registered with `track PID` and removes every dir registered
+# with `track_dir DIR` (also on Ctrl-C), and start_coordinator / start_agent
+# over a `shelfsync-loadgen setup` directory.
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+BIN="${CARGO_TARGET_DIR:-$REPO/target}/release"
+BUSY_LIMIT=${BUSY_LIMIT:-20}
+
+log() { echo "== $*" >&2; }
+
+_TRACKED_PIDS=()
+_TRACKED_DIRS=()
+track() { _TRACKED_PIDS+=("$1"); }
+track_dir() { _TRACKED_DIRS+=("$1"); }
+
+# Stops tracked processes (SIGTERM, then SIGKILL after 10 s) and removes
+# tracked dirs. Scripts with more to undo define `extra_cleanup`.
+_cleanup() {
+    local code=$?
+    trap - EXIT INT TERM
+    if declare -F extra_cleanup >/dev/null; then extra_cleanup || true; fi
+    local pid
+    for pid in "${_TRACKED_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${_TRACKED_PIDS[@]}"; do
+        for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    local dir
+    for dir in "${_TRACKED_DIRS[@]}"; do rm -rf "$dir"; done
+    exit "$code"
+}
+trap _cleanup EXIT
+trap 'echo "interrupted" >&2; exit 130' INT
+trap 'exit 143' TERM
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# wait_for SECONDS COMMAND...: until the command succeeds, or fail.
+wait_for() {
+    local limit=$1; shift
+    local deadline=$((SECONDS + limit))
+    until "$@" >/dev/null 2>&1; do
+        if ((SECONDS >= deadline)); then echo "timed out after ${limit}s waiting for: $*" >&2; return 1; fi
+        sleep 0.2
+    done
+}
+
+# CPU busy share over 3 seconds, from /proc/stat, in percent.
+cpu_busy() {
+    local u n s i w x y z
+    read -r _ u n s i w x y z _ < /proc/stat
+    local busy1=$((u + n + s + x + y + z)) total1=$((u + n + s + i + w + x + y + z))
+    sleep 3
+    read -r _ u n s i w x y z _ < /proc/stat
+    local busy2=$((u + n + s + x + y + z)) total2=$((u + n + s + i + w + x + y + z))
+    echo $(( (busy2 - busy1) * 100 / (total2 - total1 + 1) ))
+}
+
+# Exits 3 when the machine is busier than BUSY_LIMIT percent.
+require_idle() {
+    local busy; busy=$(cpu_busy)
+    if ((busy > BUSY_LIMIT)); then
+        echo "refusing to benchmark: the CPUs were ${busy}% busy before the run (limit ${BUSY_LIMIT}%)." >&2
+        echo "Stop what else runs here (builds, tests) and try again; the figures would not be comparable." >&2
+        exit 3
+    fi
+    log "machine idle enough (${busy}% busy); $(nproc) cores, $(uname -m), kernel $(uname -r)"
+}
+
+# build PACKAGE...: release build of the named workspace packages.
+build() {
+    local args=() p
+    for p in "$@"; do args+=(-p "$p"); done
+    log "building (release): $*"
+    (cd "$REPO" && cargo build --release -q "${args[@]}")
+}
+
+# start_coordinator DIR STORES: writes certs and config for STORES load
+# stores into DIR, starts a coordinator there; sets COORD_LISTEN,
+# COORD_HTTP and COORD_PID.
+start_coordinator() {
+    local dir=$1 stores=$2
+    COORD_LISTEN="127.0.0.1:$(free_port)"
+    COORD_HTTP="127.0.0.1:$(free_port)"
+    "$BIN/shelfsync-loadgen" setup --dir "$dir" --stores "$stores" \
+        --listen "$COORD_LISTEN" --http-listen "$COORD_HTTP" > "$dir.setup.txt"
+    restart_coordinator "$dir"
+}
+
+# restart_coordinator DIR: starts (again) the coordinator of DIR.
+restart_coordinator() {
+    local dir=$1
+    log "coordinator: QUIC $COORD_LISTEN, HTTP $COORD_HTTP"
+    (cd "$dir" && exec "$BIN/shelfsync-coordinator" --config "$dir/coordinator.toml") \
+        >> "$dir/coordinator.log" 2>&1 &
+    COORD_PID=$!
+    track "$COORD_PID"
+    if ! wait_for 120 curl -fsS "http://$COORD_HTTP/readyz"; then
+        tail -n 30 "$dir/coordinator.log" >&2
+        exit 1
+    fi
+}
+
+# start_agent DIR STORE LOCATION: an agent for store STORE (a load store of
+# DIR) replicating LOCATION; waits up to AGENT_READY_S (default 600) for
+# its /readyz; sets AGENT_HTTP and AGENT_PID.
+start_agent() {
+    local dir=$1 store=$2 location=$3
+    AGENT_HTTP="127.0.0.1:$(free_port)"
+    mkdir -p "$dir/agent-$store"
+    cat > "$dir/agent-$store/agent.toml" <<TOML
+store_id = "$store"
+coordinator = "$COORD_LISTEN"
+server_name = "localhost"
+data_dir = "$dir/agent-$store/data"
+http_listen = "$AGENT_HTTP"
+sync_interval = "1s"
+locations = ["$location"]
+[tls]
+ca_cert = "$dir/ca.pem"
+cert = "$dir/$store.pem"
+key = "$dir/$store.key"
+TOML
+    log "agent $store: HTTP $AGENT_HTTP"
+    "$BIN/shelfsync-agent" --config "$dir/agent-$store/agent.toml" \
+        >> "$dir/agent-$store/agent.log" 2>&1 &
+    AGENT_PID=$!
+    track "$AGENT_PID"
+    if ! wait_for "${AGENT_READY_S:-600}" curl -fsS "http://$AGENT_HTTP/readyz"; then
+        tail -n 30 "$dir/agent-$store/agent.log" >&2
+        exit 1
+    fi
+}
+
+# rss_mib PID: resident and peak resident memory in MiB, "rss peak".
+rss_mib() {
+    awk '/^VmRSS:/ { r = $2 } /^VmHWM:/ { h = $2 } END { printf "%.0f %.0f\n", r / 1024, h / 1024 }' \
+        "/proc/$1/status"
+}
