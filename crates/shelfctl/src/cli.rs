@@ -42,7 +42,7 @@ Exit codes:
 #[derive(Debug, Parser)]
 #[command(name = "shelfctl", version, about, after_help = EXIT_CODES)]
 pub struct Cli {
-    /// shelfctl config file (TOML: coordinator, server_name, timeout, [tls] with
+    /// shelfctl config file (TOML: coordinator, server_name, timeout, `[tls]` with
     /// the admin cert). Needed by every command but `certs` and `demo`.
     #[arg(long, global = true, value_name = "FILE", env = "SHELFCTL_CONFIG")]
     pub config: Option<PathBuf>,

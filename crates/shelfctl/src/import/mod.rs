@@ -83,7 +83,7 @@ pub struct Summary {
     pub unchanged: u64,
     /// Rows rejected.
     pub rejected: u64,
-    /// The lowest [`LISTED_LINES`] rejected lines.
+    /// The lowest `LISTED_LINES` rejected lines.
     pub rejected_lines: BTreeSet<u64>,
 }
 

@@ -27,7 +27,7 @@
 //!   width (a new `idempotency_ttl`) leaves older buckets readable and
 //!   collectable.
 //!
-//! Values are msgpack wrapped in a version envelope ([`Stored`]); the key
+//! Values are msgpack wrapped in a version envelope (`Stored`); the key
 //! layout has its own number under `mformat`, checked at open.
 
 use std::collections::BTreeSet;
