@@ -4,9 +4,11 @@
 //! the shelfsync binaries live in other packages. Cargo puts every binary of
 //! the workspace in `target/<profile>/` and the test executables in
 //! `target/<profile>/deps/`, so the binaries are found one directory above the
-//! running test. `cargo test --workspace` builds every bin target before it
-//! runs any test, so they exist then; `cargo test -p shelfsync-tests` alone
-//! does not build them, hence the hint in the panic message.
+//! running test. `cargo test --workspace` builds, before it runs any test,
+//! the bin targets of every package that has integration tests (each binary
+//! crate has some, for this reason too), so they exist then; `cargo test -p
+//! shelfsync-tests` alone does not build them, hence the hint in the panic
+//! message.
 //!
 //! `SHELFSYNC_BIN_DIR` overrides the directory (for binaries built elsewhere,
 //! e.g. a release build or another target dir).
