@@ -459,6 +459,23 @@ impl Ledger for SledLedger {
 mod tests {
     use super::*;
 
+    /// Opens the ledger in `dir` again once the previous handle's sled
+    /// threads have let go of the directory's lock (they may outlive the
+    /// drop by a moment).
+    fn reopen(dir: &Path, bucket: Duration) -> SledLedger {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match SledLedger::open_with(dir, bucket) {
+                Ok(ledger) => return ledger,
+                Err(err) if err.to_string().contains("could not acquire lock") => {
+                    assert!(std::time::Instant::now() < deadline, "{err}");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(err) => panic!("{err}"),
+            }
+        }
+    }
+
     #[test]
     fn a_ledger_in_another_layout_is_refused_at_open() {
         let dir = tempfile::tempdir().unwrap();
@@ -469,7 +486,14 @@ mod tests {
             tree.insert(HEAD, &7u64.to_be_bytes()).unwrap();
             db.flush().unwrap();
         }
-        let err = SledLedger::open(dir.path()).unwrap_err().to_string();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let err = loop {
+            let err = SledLedger::open(dir.path()).unwrap_err().to_string();
+            if !err.contains("could not acquire lock") || std::time::Instant::now() > deadline {
+                break err;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
         assert!(err.contains("key layout 1"), "{err}");
         assert!(err.contains("empty data_dir"), "{err}");
     }
@@ -478,7 +502,7 @@ mod tests {
     fn a_new_ledger_is_stamped_and_opens_again() {
         let dir = tempfile::tempdir().unwrap();
         drop(SledLedger::open(dir.path()).unwrap());
-        let ledger = SledLedger::open(dir.path()).unwrap();
+        let ledger = reopen(dir.path(), DEFAULT_IDEMPOTENCY_BUCKET);
         assert_eq!(ledger.get_u64(FORMAT).unwrap(), Some(LAYOUT));
     }
 
@@ -509,7 +533,7 @@ mod tests {
             ledger.flush().unwrap();
         }
         // Another width after the restart: the old buckets still answer.
-        let ledger = SledLedger::open_with(dir.path(), Duration::from_secs(60)).unwrap();
+        let ledger = reopen(dir.path(), Duration::from_secs(60));
         // The last bucket's end saturates at u64::MAX.
         assert_eq!(ledger.live_buckets(), [u64::MAX, 30, 10]);
         for (store, key, at) in [("store-1", "k1", 5), ("store-1", "k2", 25)] {
