@@ -24,30 +24,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let config = match Config::load(&args.config) {
-        Ok(config) => config,
-        Err(err) => {
-            eprintln!("error: {err}");
-            return ExitCode::from(2);
-        }
-    };
-    process::init_tracing(config.log_format);
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(err) => {
-            eprintln!("error: cannot start the runtime: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(shelfsync_coordinator::run(
-        config,
-        process::shutdown_signal(),
-    )) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            tracing::error!(error = format!("{err:#}"), "coordinator failed");
-            eprintln!("error: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+    process::run_service(
+        "coordinator",
+        Config::load(&args.config),
+        |config| config.log_format,
+        shelfsync_coordinator::run,
+    )
 }

@@ -112,3 +112,43 @@ impl Stop {
         }
     }
 }
+
+/// The body of a service binary's `main` after argument parsing: a config
+/// that failed to load exits 2 with its message; otherwise logging starts in
+/// `log_format`, a multi-threaded runtime runs `service` until SIGINT or
+/// SIGTERM, and a failure is logged and printed with its whole chain (exit 1).
+pub fn run_service<C, E, F>(
+    name: &str,
+    config: Result<C, ConfigError>,
+    log_format: impl FnOnce(&C) -> LogFormat,
+    service: impl FnOnce(C, std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) -> F,
+) -> std::process::ExitCode
+where
+    E: std::fmt::Display,
+    F: Future<Output = Result<(), E>>,
+{
+    use std::process::ExitCode;
+    let config = match config {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(log_format(&config));
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("error: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(service(config, Box::pin(shutdown_signal()))) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = format!("{err:#}"), "{name} failed");
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
