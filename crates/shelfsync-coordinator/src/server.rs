@@ -9,7 +9,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shelfsync_proto::codec::{read_frame, write_frame};
+use shelfsync_proto::codec::{FrameReader, FrameWriter, read_frame, write_frame};
 use shelfsync_proto::{ErrorCode, ProtoError, Request, Response, WireError, tls};
 
 use crate::service::{Peer, Service};
@@ -136,21 +136,32 @@ async fn refuse_on_first_stream(conn: &quinn::Connection, err: WireError) {
     conn.close(CLOSE_REFUSED.into(), b"unknown peer");
 }
 
+/// Answers the requests of one stream in turn until the peer finishes it:
+/// most clients send one request per stream, a [`shelfsync_proto::client::Session`]
+/// sends many.
 async fn serve_stream(
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
     service: &Service,
     peer: &Peer,
 ) -> Result<(), ProtoError> {
-    let response = match read_frame::<_, Request>(&mut recv).await {
-        Ok(Some(request)) => service.handle(peer, request).await,
-        Ok(None) => return Ok(()),
-        Err(err) => {
-            tracing::info!(peer = peer.name(), error = %err, "malformed request");
-            Response::Error(WireError::new(ErrorCode::BadRequest, err.to_string()))
-        }
-    };
-    write_frame(&mut send, &response).await?;
-    let _ = send.finish();
+    let mut requests = FrameReader::new(recv);
+    let mut responses = FrameWriter::new(send);
+    loop {
+        let response = match requests.next::<Request>().await {
+            Ok(Some(request)) => service.handle(peer, request).await,
+            Ok(None) => break,
+            Err(err) => {
+                tracing::info!(peer = peer.name(), error = %err, "malformed request");
+                // The stream's framing is lost: answer, then end it.
+                let response =
+                    Response::Error(WireError::new(ErrorCode::BadRequest, err.to_string()));
+                responses.send(&response).await?;
+                break;
+            }
+        };
+        responses.send(&response).await?;
+    }
+    let _ = responses.get_mut().finish();
     Ok(())
 }

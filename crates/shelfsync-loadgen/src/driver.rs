@@ -5,8 +5,9 @@
 //! creates the keys ([`RunSettings::preload`]), then measures once per
 //! connection count, in the order given, reusing the first `n` connections
 //! for a count of `n`. Each connection runs `in_flight` tasks, each sending
-//! one write at a time on its own stream, so `n * in_flight` writes are
-//! outstanding at once.
+//! one write at a time, all on one stream of its own (a
+//! [`shelfsync_proto::client::Session`], reopened after an error), so
+//! `n * in_flight` writes are outstanding at once.
 //!
 //! The tasks of a connection share its counters and latency histogram
 //! (microseconds, answered writes only, after the warmup); the connections'
@@ -35,6 +36,7 @@ use hdrhistogram::Histogram;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use shelfsync_core::{ItemKey, Op};
+use shelfsync_proto::client::Session;
 use shelfsync_proto::{
     Client, ErrorCode, ReadRequest, Request, Response, TlsFiles, WireError, WriteRequest,
 };
@@ -583,7 +585,8 @@ fn measurement(
     }
 }
 
-/// One sender: one write at a time on `client` until the plan says stop.
+/// One sender: one write at a time on `client`, all on one stream, until
+/// the plan says stop.
 async fn worker(
     plan: Arc<Plan>,
     client: Arc<Client>,
@@ -595,6 +598,8 @@ async fn worker(
     let mut rng = SmallRng::seed_from_u64(seed);
     let versions = &plan.shared.versions;
     let mut counter: u64 = 0;
+    // One stream per task, carrying its writes in turn.
+    let mut session: Option<Session> = None;
     // Under --rate, tasks start at random phases of their period, so the
     // writes arrive spread out rather than in bursts of one per task.
     let mut next_send = plan
@@ -634,8 +639,22 @@ async fn worker(
             expected_version,
         });
         let sent = Instant::now();
-        let answer = client.call(&request).await;
+        let answer = match session.as_mut() {
+            Some(open) => open.call(&request).await,
+            None => match client.session().await {
+                Ok(mut open) => {
+                    let answer = open.call(&request).await;
+                    session = Some(open);
+                    answer
+                }
+                Err(err) => Err(err),
+            },
+        };
         let latency = sent.elapsed();
+        if answer.is_err() {
+            // The stream's state is unknown after an error: the next write opens another.
+            session = None;
+        }
         match answer {
             Ok(Response::Write(ack)) => {
                 versions.observe(index, ack.state.version());
@@ -667,6 +686,9 @@ async fn worker(
                 }
             }
         }
+    }
+    if let Some(open) = session {
+        open.finish();
     }
 }
 

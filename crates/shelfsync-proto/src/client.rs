@@ -5,11 +5,14 @@
 //! one step, so a bad certificate or protocol version shows up there and not
 //! on some later request. Each [`Client::call`] opens one bidirectional
 //! stream, so concurrent calls on one connection never wait for each other.
+//! A caller that sends request after request (the load generator) can keep
+//! one stream open instead with [`Client::session`], which saves opening and
+//! closing a stream per request on both sides.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::codec::{read_frame, write_frame};
+use crate::codec::{FrameReader, FrameWriter, read_frame, write_frame};
 use crate::error::ProtoError;
 use crate::message::{Hello, HelloReply, Request, Response};
 
@@ -122,9 +125,53 @@ impl Client {
         }
     }
 
+    /// Opens a stream for requests sent one after another; see [`Session`].
+    pub async fn session(&self) -> Result<Session, ProtoError> {
+        let (send, recv) = tokio::time::timeout(self.timeout, self.conn.open_bi())
+            .await
+            .map_err(|_| ProtoError::Timeout(self.timeout))??;
+        Ok(Session {
+            send: FrameWriter::new(send),
+            recv: FrameReader::new(recv),
+            timeout: self.timeout,
+        })
+    }
+
     /// Closes the connection and waits briefly for the peer to hear it.
     pub async fn close(self) {
         self.conn.close(0u32.into(), b"bye");
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+}
+
+/// One stream carrying requests in turn: each [`Session::call`] sends a
+/// request and waits for its response before the next may go. After an
+/// error (timeout, reset, truncated reply) the stream's state is unknown:
+/// drop the session and open another.
+pub struct Session {
+    send: FrameWriter<quinn::SendStream>,
+    recv: FrameReader<quinn::RecvStream>,
+    timeout: Duration,
+}
+
+impl Session {
+    /// Sends one request and waits for its reply, bounded by the client's timeout.
+    pub async fn call(&mut self, request: &Request) -> Result<Response, ProtoError> {
+        let exchange = async {
+            self.send.send(request).await?;
+            self.recv
+                .next::<Response>()
+                .await?
+                .ok_or(ProtoError::Truncated)
+        };
+        tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| ProtoError::Timeout(self.timeout))?
+    }
+
+    /// Ends the stream: the coordinator finishes its side in turn.
+    pub fn finish(mut self) {
+        // Fails only when the stream was already reset; nothing is owed then.
+        let _ = self.send.get_mut().finish();
     }
 }

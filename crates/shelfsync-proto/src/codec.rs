@@ -53,8 +53,7 @@ where
     W: AsyncWrite + Unpin,
     T: Serialize,
 {
-    let mut framed = FramedWrite::new(writer, frame_codec());
-    framed.send(encode(msg)?).await.map_err(ProtoError::from_io)
+    FrameWriter::new(writer).send(msg).await
 }
 
 /// Reads one framed message; `Ok(None)` when the stream ended cleanly first.
@@ -63,17 +62,69 @@ where
     R: AsyncRead + Unpin,
     T: DeserializeOwned,
 {
-    let mut framed = FramedRead::new(reader, frame_codec());
-    match framed.next().await {
-        None => Ok(None),
-        Some(Ok(frame)) => decode(&frame).map(Some),
-        // The codec reports leftover bytes at end of stream as a plain I/O error.
-        Some(Err(err))
-            if err.kind() == std::io::ErrorKind::Other && !framed.read_buffer().is_empty() =>
-        {
-            Err(ProtoError::Truncated)
+    FrameReader::new(reader).next().await
+}
+
+/// Reads messages one after another from a stream that carries several:
+/// bytes read past one frame stay buffered for the next.
+pub struct FrameReader<R> {
+    framed: FramedRead<R, LengthDelimitedCodec>,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// Reads frames from `reader`.
+    pub fn new(reader: R) -> Self {
+        FrameReader {
+            framed: FramedRead::new(reader, frame_codec()),
         }
-        Some(Err(err)) => Err(ProtoError::from_io(err)),
+    }
+
+    /// The next message; `Ok(None)` when the stream ended cleanly between frames.
+    pub async fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, ProtoError> {
+        match self.framed.next().await {
+            None => Ok(None),
+            Some(Ok(frame)) => decode(&frame).map(Some),
+            // The codec reports leftover bytes at end of stream as a plain I/O error.
+            Some(Err(err))
+                if err.kind() == std::io::ErrorKind::Other
+                    && !self.framed.read_buffer().is_empty() =>
+            {
+                Err(ProtoError::Truncated)
+            }
+            Some(Err(err)) => Err(ProtoError::from_io(err)),
+        }
+    }
+
+    /// The underlying stream.
+    pub fn get_mut(&mut self) -> &mut R {
+        self.framed.get_mut()
+    }
+}
+
+/// Writes messages one after another on one stream, reusing its buffer.
+pub struct FrameWriter<W> {
+    framed: FramedWrite<W, LengthDelimitedCodec>,
+}
+
+impl<W: AsyncWrite + Unpin> FrameWriter<W> {
+    /// Writes frames to `writer`.
+    pub fn new(writer: W) -> Self {
+        FrameWriter {
+            framed: FramedWrite::new(writer, frame_codec()),
+        }
+    }
+
+    /// Encodes `msg`, frames it and writes it out (flushed).
+    pub async fn send<T: Serialize>(&mut self, msg: &T) -> Result<(), ProtoError> {
+        self.framed
+            .send(encode(msg)?)
+            .await
+            .map_err(ProtoError::from_io)
+    }
+
+    /// The underlying stream.
+    pub fn get_mut(&mut self) -> &mut W {
+        self.framed.get_mut()
     }
 }
 
@@ -99,6 +150,21 @@ mod tests {
         write_frame(&mut buf, &write()).await.unwrap();
         let back: Option<Request> = read_frame(&buf[..]).await.unwrap();
         assert_eq!(back, Some(write()));
+    }
+
+    #[tokio::test]
+    async fn several_frames_on_one_stream_read_in_order() {
+        let mut buf = Vec::new();
+        let mut writer = FrameWriter::new(&mut buf);
+        writer.send(&write()).await.unwrap();
+        writer.send(&Request::Status).await.unwrap();
+        let mut reader = FrameReader::new(&buf[..]);
+        assert_eq!(reader.next::<Request>().await.unwrap(), Some(write()));
+        assert_eq!(
+            reader.next::<Request>().await.unwrap(),
+            Some(Request::Status)
+        );
+        assert_eq!(reader.next::<Request>().await.unwrap(), None);
     }
 
     #[tokio::test]

@@ -105,7 +105,8 @@ enum WriterEnd {
 }
 
 /// Adds (and sometimes removes) one unit on random items until told to stop
-/// or a write fails; records every acknowledged write.
+/// or a write fails; records every acknowledged write. Odd writers send all
+/// their writes on one stream (a session), even ones a stream per write.
 async fn writer(
     id: usize,
     client: Client,
@@ -115,6 +116,14 @@ async fn writer(
     acks: Arc<watch::Sender<usize>>,
     mut stop: watch::Receiver<bool>,
 ) -> WriterEnd {
+    let mut session = if id % 2 == 1 {
+        match client.session().await {
+            Ok(session) => Some(session),
+            Err(err) => return WriterEnd::Transport(format!("session: {err}")),
+        }
+    } else {
+        None
+    };
     for n in 0u64.. {
         let key = &keys[rng.below(keys.len() as u64) as usize];
         let op = if rng.below(8) == 0 {
@@ -124,8 +133,14 @@ async fn writer(
         };
         let request = write_request(&format!("load-{id}-{n}"), key, op);
         let message = Request::Write(request.clone());
+        let call = async {
+            match session.as_mut() {
+                Some(session) => session.call(&message).await,
+                None => client.call(&message).await,
+            }
+        };
         let answer = tokio::select! {
-            answer = client.call(&message) => answer,
+            answer = call => answer,
             _ = stop.wait_for(|stop| *stop) => {
                 return WriterEnd::Stopped { answered: n, in_flight: request };
             }
