@@ -12,23 +12,30 @@
 #                 still matches and inserts a change-log row (CTE);
 #     delta:      UPDATE ... SET quantity = quantity - 1, version = version + 1
 #                 WHERE ... AND quantity > 0, with its change-log insert.
-#   Redis 7 (appendonly yes, appendfsync always), driven by redis-benchmark:
-#     one Lua script per write that checks, applies and XADDs to a change
-#     stream in one call (redis-benchmark has no zipf: that row is skipped).
+#   Redis 7 (appendonly yes, appendfsync always), driven by
+#     `shelfsync-loadgen redis`, one TCP connection per client; one Lua script
+#     (crates/shelfsync-loadgen/src/redis.rs) checks, applies and XADDs to a
+#     change stream in one call:
+#     optimistic: HGET the item's version, then the script with that version
+#                 as the expected one (two round trips; a version that moved
+#                 in between is a conflict);
+#     delta:      the script with `remove` and no version (one round trip).
 #   shelfsync: a fresh release coordinator, driven by shelfsync-loadgen over
 #     mutual-TLS QUIC, one connection per client, each a registered store.
 #
 # Workloads: uniform-optimistic (10,000 keys), zipf-optimistic, hot-optimistic
 # and hot-delta (one key); for shelfsync also uniform-optimistic opened at half
-# the writes/s it reached (--rate), for the latency at half of the peak. It prints one table (engine, workload, ok writes/s,
-# conflict %, p50, p99, and shelfsync's ratio to each peer) and writes it with
-# the raw outputs under --out (default target/bench/compare-<time>).
+# the writes/s it reached (--rate), for the latency at half of the peak. It
+# prints one table (engine, workload, ok writes/s, conflict %, p50, p99, and
+# shelfsync's ratio to each peer) and writes it with the raw outputs under
+# --out (default target/bench/compare-<time>).
 #
 # It refuses to report when the machine was busy before the run (CPU use over
 # BUSY_LIMIT % in a sample), since the peers' figures would not be comparable.
 # Everything it starts lives in a temp dir and is stopped and removed on exit,
-# also on Ctrl-C. Needs Debian's postgresql-15 and redis-server packages; they
-# are installed with apt-get when missing (as root).
+# also on Ctrl-C. Needs Debian's postgresql-15 and redis-server packages (the
+# latter brings redis-cli); they are installed with apt-get when missing (as
+# root).
 set -euo pipefail
 
 source "$(dirname "$0")/lib.sh"
@@ -40,7 +47,8 @@ ZIPF=1.01            # pgbench's random_zipfian needs an exponent > 1
 OUT=""
 ONLY="postgres,redis,shelfsync"
 
-usage() { sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+# The header comment above, without its leading "# ".
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit "${1:-0}"; }
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --duration) DURATION="$2"; shift 2 ;;
@@ -62,12 +70,15 @@ PGBIN=/usr/lib/postgresql/15/bin
 need_packages=()
 wants postgres && [[ ! -x $PGBIN/postgres || ! -x $PGBIN/pgbench ]] && need_packages+=(postgresql-15)
 wants redis && ! command -v redis-server >/dev/null && need_packages+=(redis-server)
-wants redis && ! command -v redis-benchmark >/dev/null && need_packages+=(redis-tools)
 if [[ ${#need_packages[@]} -gt 0 ]]; then
     log "installing ${need_packages[*]}"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_packages[@]}" >/dev/null
 fi
-wants shelfsync && build shelfsync-coordinator shelfsync-loadgen
+if wants shelfsync; then
+    build shelfsync-coordinator shelfsync-loadgen
+elif wants redis; then
+    build shelfsync-loadgen
+fi
 LOADGEN="$BIN/shelfsync-loadgen"
 
 # ---------------------------------------------------------------- cleanup
@@ -100,6 +111,31 @@ percentile() {
 }
 
 WORKLOADS=(uniform-optimistic zipf-optimistic hot-optimistic hot-delta)
+
+# --distribution of shelfsync-loadgen for a workload.
+distribution() {
+    case "$1" in
+        uniform-*) echo uniform ;;
+        zipf-*) echo "zipf:$ZIPF" ;;
+        hot-*) echo hot ;;
+    esac
+}
+
+# record_loadgen ENGINE WORKLOAD FILE: one results row from the last JSON
+# line shelfsync-loadgen wrote to FILE (ok/s = accepted / duration, conflict
+# % = rejected / answered).
+record_loadgen() {
+    python3 - "$@" >> "$RESULTS" <<'PY'
+import json, sys
+engine, workload, path = sys.argv[1:4]
+row = json.loads(open(path).read().strip().splitlines()[-1])
+rejected = sum(row["rejected"].values())
+total = row["accepted"] + rejected
+print("%s\t%s\t%.0f\t%.1f\t%.3f\t%.3f" % (
+    engine, workload, row["accepted"] / row["duration_s"],
+    100.0 * rejected / total if total else 0.0, row["p50_ms"], row["p99_ms"]))
+PY
+}
 
 # ---------------------------------------------------------------- PostgreSQL
 run_postgres() {
@@ -189,53 +225,16 @@ run_redis() {
     track $!
     local cli=(redis-cli -h 127.0.0.1 -p "$port")
     wait_for 30 "${cli[@]}" ping
-    # redis-benchmark's __rand_int__ is 12 digits, zero-padded.
-    "${cli[@]}" EVAL "for i = 0, tonumber(ARGV[1]) - 1 do
-        redis.call('HSET', string.format('item:%012d', i), 'quantity', 1000000000, 'reserved', 0, 'version', 1)
-      end" 0 "$KEYS" >/dev/null
-    # KEYS[1] item hash, ARGV[1] op, ARGV[2] expected version ('' = none).
-    local script='local q = tonumber(redis.call("HGET", KEYS[1], "quantity"))
-local r = tonumber(redis.call("HGET", KEYS[1], "reserved"))
-local v = tonumber(redis.call("HGET", KEYS[1], "version"))
-if ARGV[2] ~= "" and tonumber(ARGV[2]) ~= v then return 0 end
-if ARGV[1] == "add" then q = q + 1
-elseif q - r < 1 then return 0
-else q = q - 1 end
-v = v + 1
-redis.call("HSET", KEYS[1], "quantity", q, "version", v)
-redis.call("XADD", "changes", "MAXLEN", "~", 1000000, "*", "key", KEYS[1], "op", ARGV[1], "quantity", q, "reserved", r, "version", v)
-return v'
-    local sha; sha=$("${cli[@]}" SCRIPT LOAD "$script")
+    local common=(--addr "127.0.0.1:$port" --clients "$CLIENTS" --keys "$KEYS" --json)
+    log "Redis: preloading $KEYS keys"
+    "$LOADGEN" redis "${common[@]}" --preload --workload delta --ops 1 --warmup 0s > /dev/null
     local workload
     for workload in "${WORKLOADS[@]}"; do
-        local key op
-        case "$workload" in
-            uniform-*) key='item:__rand_int__' ;;
-            hot-*) key='item:000000000000' ;;
-            zipf-*) log "Redis $workload: skipped (redis-benchmark has no zipf)"; continue ;;
-        esac
-        case "$workload" in
-            # The version check runs in the server against the version it
-            # reads itself: redis-benchmark cannot carry a client's version.
-            *-optimistic) op=add ;;
-            *-delta) op=remove ;;
-        esac
-        local before after
-        before=$("${cli[@]}" XLEN changes)
-        log "Redis $workload: redis-benchmark, $CLIENTS clients"
-        # -n sized for about DURATION seconds at 20,000 writes/s.
-        redis-benchmark -h 127.0.0.1 -p "$port" -c "$CLIENTS" -n $((DURATION * 20000)) \
-            -r "$KEYS" --threads 2 --csv EVALSHA "$sha" 1 "$key" "$op" "" \
-            > "$OUT/redis-$workload.csv" 2>"$TMP/redis-bench.err"
-        after=$("${cli[@]}" XLEN changes)
-        # CSV: "test","rps","avg","min","p50","p95","p99","max".
-        local rps p50 p99 total
-        IFS=, read -r _ rps _ _ p50 _ p99 _ < <(tail -n 1 "$OUT/redis-$workload.csv" | tr -d '"')
-        total=$((DURATION * 20000))
-        record redis "$workload" \
-            "$(awk -v r="$rps" -v t="$total" -v n="$((after - before))" 'BEGIN { printf "%.0f", r * n / t }')" \
-            "$(awk -v t="$total" -v n="$((after - before))" 'BEGIN { printf "%.1f", (t - n) * 100 / t }')" \
-            "$p50" "$p99"
+        log "Redis $workload: shelfsync-loadgen redis, $CLIENTS clients, ${DURATION}s"
+        "$LOADGEN" redis "${common[@]}" --distribution "$(distribution "$workload")" \
+            --workload "${workload#*-}" --duration "${DURATION}s" --label "redis $workload" \
+            > "$OUT/redis-$workload.json"
+        record_loadgen redis "$workload" "$OUT/redis-$workload.json"
     done
     "${cli[@]}" shutdown nosave >/dev/null 2>&1 || true
 }
@@ -252,24 +251,11 @@ run_shelfsync() {
         > /dev/null
     local workload
     for workload in "${WORKLOADS[@]}"; do
-        local dist
-        case "$workload" in
-            uniform-*) dist=uniform ;;
-            zipf-*) dist="zipf:$ZIPF" ;;
-            hot-*) dist=hot ;;
-        esac
         log "shelfsync $workload: shelfsync-loadgen, $CLIENTS connections, ${DURATION}s"
-        "$LOADGEN" run "${common[@]}" --distribution "$dist" --workload "${workload#*-}" \
-            --duration "${DURATION}s" --label "shelfsync $workload" > "$OUT/shelfsync-$workload.json"
-        python3 - "$OUT/shelfsync-$workload.json" "$workload" >> "$RESULTS" <<'PY'
-import json, sys
-row = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
-rejected = sum(row["rejected"].values())
-total = row["accepted"] + rejected
-print("shelfsync\t%s\t%.0f\t%.1f\t%.3f\t%.3f" % (
-    sys.argv[2], row["accepted"] / row["duration_s"],
-    100.0 * rejected / total if total else 0.0, row["p50_ms"], row["p99_ms"]))
-PY
+        "$LOADGEN" run "${common[@]}" --distribution "$(distribution "$workload")" \
+            --workload "${workload#*-}" --duration "${DURATION}s" --label "shelfsync $workload" \
+            > "$OUT/shelfsync-$workload.json"
+        record_loadgen shelfsync "$workload" "$OUT/shelfsync-$workload.json"
     done
     # The latency at half of the measured peak: the uniform shape again,
     # opened at half the writes/s it reached above.
@@ -280,15 +266,7 @@ PY
     "$LOADGEN" run "${common[@]}" --distribution uniform --workload optimistic \
         --duration "${DURATION}s" --rate "$half" --label "shelfsync half peak" \
         > "$OUT/shelfsync-half-peak.json"
-    python3 - "$OUT/shelfsync-half-peak.json" >> "$RESULTS" <<'PY'
-import json, sys
-row = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
-rejected = sum(row["rejected"].values())
-total = row["accepted"] + rejected
-print("shelfsync\tuniform-at-half-peak\t%.0f\t%.1f\t%.3f\t%.3f" % (
-    row["accepted"] / row["duration_s"], 100.0 * rejected / total if total else 0.0,
-    row["p50_ms"], row["p99_ms"]))
-PY
+    record_loadgen shelfsync uniform-at-half-peak "$OUT/shelfsync-half-peak.json"
 }
 
 wants postgres && run_postgres

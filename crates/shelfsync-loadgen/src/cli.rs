@@ -1,7 +1,8 @@
 //! The command line: flags, their checks, and what each subcommand prints.
 //!
 //! Raw flags become validated settings in one step
-//! ([`RunArgs::settings`], [`SetupArgs::settings`]); then the library does
+//! ([`RunArgs::settings`], [`SetupArgs::settings`], [`RedisArgs::settings`]);
+//! then the library does
 //! the work and this module writes the results where they were asked for:
 //! text or JSON lines on stdout, rows appended to `--csv`, the chart in
 //! `--png`. Progress and warnings go to stderr.
@@ -15,6 +16,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::driver::{Limit, RunSettings};
 use crate::error::LoadError;
 use crate::keys::KeyDistribution;
+use crate::redis::{RedisSettings, RedisWorkload};
 use crate::report::{self, Measurement};
 use crate::setup::{SetupSettings, setup};
 use crate::workload::{Mix, Workload};
@@ -24,6 +26,8 @@ pub const MAX_KEYS: u64 = 10_000_000;
 /// Most writes outstanding on one connection (the coordinator allows 1024
 /// concurrent streams per connection).
 pub const MAX_IN_FLIGHT: usize = 1000;
+/// Most Redis clients (Redis accepts 10,000 connections by default).
+pub const MAX_REDIS_CLIENTS: usize = 10_000;
 
 /// shelfsync load generator: drives a coordinator as many stores at once.
 #[derive(Debug, Parser)]
@@ -43,6 +47,8 @@ pub enum Command {
     Setup(SetupArgs),
     /// Drive a coordinator and report throughput, rejections and latency.
     Run(RunArgs),
+    /// Drive Redis with the same writes (a Lua compare-and-set per write).
+    Redis(RedisArgs),
 }
 
 /// Flags of `setup`.
@@ -135,6 +141,48 @@ pub struct RunArgs {
     pub timeout: Duration,
 }
 
+/// Flags of `redis`.
+#[derive(Debug, Args)]
+pub struct RedisArgs {
+    /// The Redis server, HOST:PORT.
+    #[arg(long)]
+    pub addr: String,
+    /// Clients: one TCP connection each, one write outstanding on each.
+    #[arg(long, default_value_t = 64)]
+    pub clients: usize,
+    /// Size of the key space (hashes item:k000000 ...).
+    #[arg(long, default_value_t = 10_000)]
+    pub keys: u64,
+    /// Key distribution: uniform, hot (always the first key), zipf or zipf:EXPONENT.
+    #[arg(long, default_value = "uniform")]
+    pub distribution: KeyDistribution,
+    /// Workload: optimistic (HGET the version, then add 1 expecting it) or
+    /// delta (remove 1, no version).
+    #[arg(long, default_value = "optimistic")]
+    pub workload: RedisWorkload,
+    /// Measure for this long, e.g. 10s (default 10s unless --ops is given).
+    #[arg(long, value_parser = parse_duration, conflicts_with = "ops")]
+    pub duration: Option<Duration>,
+    /// Measure this many writes instead of a duration.
+    #[arg(long)]
+    pub ops: Option<u64>,
+    /// Unmeasured time before the measurement.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub warmup: Duration,
+    /// First write every key as a fresh item (existing keys are overwritten).
+    #[arg(long)]
+    pub preload: bool,
+    /// Name of the measurement (default: redis, workload, distribution, keys).
+    #[arg(long)]
+    pub label: Option<String>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Longest wait for a connection or an answer.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
 /// A list of connection counts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Counts(pub Vec<usize>);
@@ -209,6 +257,19 @@ fn free_tcp_port() -> Result<SocketAddr, LoadError> {
         .map_err(port_error)
 }
 
+/// `--duration` / `--ops` as a [`Limit`]: 10 s when neither is given.
+fn limit(duration: Option<Duration>, ops: Option<u64>) -> Result<Limit, LoadError> {
+    match (duration, ops) {
+        (_, Some(0)) => Err(LoadError::Usage("--ops must be at least 1".into())),
+        (_, Some(n)) => Ok(Limit::Ops(n)),
+        (Some(d), None) if d.is_zero() => {
+            Err(LoadError::Usage("--duration must be above 0".into()))
+        }
+        (Some(d), None) => Ok(Limit::Duration(d)),
+        (None, None) => Ok(Limit::Duration(Duration::from_secs(10))),
+    }
+}
+
 impl RunArgs {
     /// Checks the flags and resolves the coordinator's address.
     ///
@@ -229,15 +290,7 @@ impl RunArgs {
             return Err(usage(format!("--keys must be between 1 and {MAX_KEYS}")));
         }
         let workload = Workload::new(&self.workload, self.mix.clone()).map_err(usage)?;
-        let limit = match (self.duration, self.ops) {
-            (_, Some(0)) => return Err(usage("--ops must be at least 1".into())),
-            (_, Some(n)) => Limit::Ops(n),
-            (Some(d), None) if d.is_zero() => {
-                return Err(usage("--duration must be above 0".into()));
-            }
-            (Some(d), None) => Limit::Duration(d),
-            (None, None) => Limit::Duration(Duration::from_secs(10)),
-        };
+        let limit = limit(self.duration, self.ops)?;
         if self.timeout.is_zero() {
             return Err(usage("--timeout must be above 0".into()));
         }
@@ -248,7 +301,7 @@ impl RunArgs {
         }
         shelfsync_core::item::validate_id("location", &self.location)
             .map_err(|e| usage(format!("--location: {e}")))?;
-        let coordinator = resolve(&self.coordinator).await?;
+        let coordinator = resolve("coordinator", &self.coordinator).await?;
         let label = self.label.clone().unwrap_or_else(|| {
             format!(
                 "{workload} {} keys={} in-flight={}",
@@ -276,9 +329,53 @@ impl RunArgs {
     }
 }
 
-/// The first address `HOST:PORT` resolves to.
-async fn resolve(addr: &str) -> Result<SocketAddr, LoadError> {
+impl RedisArgs {
+    /// Checks the flags and resolves the server's address.
+    ///
+    /// # Errors
+    /// [`LoadError::Usage`] naming the flag, [`LoadError::Resolve`] when the
+    /// address does not resolve.
+    pub async fn settings(&self) -> Result<RedisSettings, LoadError> {
+        let usage = |msg: String| LoadError::Usage(msg);
+        if !(1..=MAX_REDIS_CLIENTS).contains(&self.clients) {
+            return Err(usage(format!(
+                "--clients must be between 1 and {MAX_REDIS_CLIENTS}"
+            )));
+        }
+        if !(1..=MAX_KEYS).contains(&self.keys) {
+            return Err(usage(format!("--keys must be between 1 and {MAX_KEYS}")));
+        }
+        let limit = limit(self.duration, self.ops)?;
+        if self.timeout.is_zero() {
+            return Err(usage("--timeout must be above 0".into()));
+        }
+        let addr = resolve("Redis", &self.addr).await?;
+        let label = self.label.clone().unwrap_or_else(|| {
+            format!(
+                "redis {} {} keys={}",
+                self.workload, self.distribution, self.keys
+            )
+        });
+        Ok(RedisSettings {
+            addr,
+            clients: self.clients,
+            keys: self.keys,
+            distribution: self.distribution,
+            workload: self.workload,
+            limit,
+            warmup: self.warmup,
+            preload: self.preload,
+            label,
+            timeout: self.timeout,
+            progress: true,
+        })
+    }
+}
+
+/// The first address `HOST:PORT` resolves to; `what` names whose it is.
+async fn resolve(what: &'static str, addr: &str) -> Result<SocketAddr, LoadError> {
     let resolve_error = |detail: String| LoadError::Resolve {
+        what,
         addr: addr.to_owned(),
         detail,
     };
@@ -309,6 +406,15 @@ pub async fn execute(cli: Cli) -> Result<(), LoadError> {
             Ok(())
         }
         Command::Run(args) => run_command(&args).await,
+        Command::Redis(args) => {
+            let measurement = crate::redis::run(&args.settings().await?).await?;
+            if args.json {
+                println!("{}", measurement.json_line());
+            } else {
+                print!("{}", measurement.text());
+            }
+            Ok(())
+        }
     }
 }
 
@@ -368,7 +474,16 @@ mod tests {
         argv.extend_from_slice(extra);
         match Cli::try_parse_from(argv)?.command {
             Command::Run(args) => Ok(args),
-            Command::Setup(_) => panic!("parsed as setup"),
+            other => panic!("not parsed as run: {other:?}"),
+        }
+    }
+
+    fn redis_args(extra: &[&str]) -> Result<RedisArgs, clap::Error> {
+        let mut argv = vec!["shelfsync-loadgen", "redis", "--addr", "127.0.0.1:6379"];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv)?.command {
+            Command::Redis(args) => Ok(args),
+            other => panic!("not parsed as redis: {other:?}"),
         }
     }
 
@@ -438,5 +553,79 @@ mod tests {
             assert!(err.is_usage(), "{flags:?}: {err}");
             assert!(err.to_string().contains(needle), "{flags:?}: {err}");
         }
+    }
+
+    #[tokio::test]
+    async fn redis_flags_become_settings() {
+        let defaults = redis_args(&[]).unwrap().settings().await.unwrap();
+        assert_eq!(defaults.addr, "127.0.0.1:6379".parse().unwrap());
+        assert_eq!(defaults.clients, 64);
+        assert_eq!(defaults.keys, 10_000);
+        assert_eq!(defaults.distribution, KeyDistribution::Uniform);
+        assert_eq!(defaults.workload, RedisWorkload::Optimistic);
+        assert_eq!(defaults.limit, Limit::Duration(Duration::from_secs(10)));
+        assert_eq!(defaults.warmup, Duration::from_secs(2));
+        assert!(!defaults.preload);
+        assert_eq!(defaults.label, "redis optimistic uniform keys=10000");
+
+        let args = redis_args(&[
+            "--clients",
+            "4",
+            "--keys",
+            "10",
+            "--distribution",
+            "zipf:1.01",
+            "--workload",
+            "delta",
+            "--ops",
+            "200",
+            "--warmup",
+            "0s",
+            "--preload",
+            "--json",
+        ])
+        .unwrap();
+        assert!(args.json);
+        let settings = args.settings().await.unwrap();
+        assert_eq!(settings.clients, 4);
+        assert_eq!(settings.keys, 10);
+        assert_eq!(
+            settings.distribution,
+            KeyDistribution::Zipf { exponent: 1.01 }
+        );
+        assert_eq!(settings.workload, RedisWorkload::Delta);
+        assert_eq!(settings.limit, Limit::Ops(200));
+        assert_eq!(settings.warmup, Duration::ZERO);
+        assert!(settings.preload);
+        assert_eq!(settings.label, "redis delta zipf:1.01 keys=10");
+    }
+
+    #[tokio::test]
+    async fn bad_redis_flags_are_refused() {
+        // Refused by the parser.
+        assert!(Cli::try_parse_from(["shelfsync-loadgen", "redis"]).is_err());
+        assert!(redis_args(&["--duration", "10s", "--ops", "5"]).is_err());
+        assert!(redis_args(&["--distribution", "gauss"]).is_err());
+        assert!(redis_args(&["--workload", "mix"]).is_err());
+        assert!(redis_args(&["--clients", "-1"]).is_err());
+        // Refused by the checks, naming the flag, as usage errors (exit 2).
+        for (flags, needle) in [
+            (&["--clients", "0"][..], "--clients"),
+            (&["--clients", "10001"][..], "--clients"),
+            (&["--keys", "0"][..], "--keys"),
+            (&["--ops", "0"][..], "--ops"),
+            (&["--duration", "0s"][..], "--duration"),
+            (&["--timeout", "0s"][..], "--timeout"),
+        ] {
+            let err = redis_args(flags).unwrap().settings().await.unwrap_err();
+            assert!(err.is_usage(), "{flags:?}: {err}");
+            assert!(err.to_string().contains(needle), "{flags:?}: {err}");
+        }
+        // An address without a port does not resolve: an error naming Redis.
+        let mut args = redis_args(&[]).unwrap();
+        args.addr = "no-port".into();
+        let err = args.settings().await.unwrap_err();
+        assert!(!err.is_usage());
+        assert!(err.to_string().contains("Redis address"), "{err}");
     }
 }

@@ -376,19 +376,47 @@ struct Plan {
     prefix: String,
     picker: KeyPicker,
     workload: Workload,
+    gate: Gate,
+    /// Time between two writes of one task under `--rate`.
+    period: Option<Duration>,
+}
+
+/// Which writes of a measurement may start and which of them count: the
+/// warmup first, then until the deadline (`--duration`) or until the ops
+/// budget is spent (`--ops`). Shared by every task of a measurement.
+#[derive(Debug)]
+pub(crate) struct Gate {
     measure_from: Instant,
     deadline: Option<Instant>,
     /// Ops budget left to take tickets from (`--ops`).
     budget: Option<u64>,
     tickets: AtomicU64,
-    /// Time between two writes of one task under `--rate`.
-    period: Option<Duration>,
 }
 
-impl Plan {
+impl Gate {
+    /// A gate opening now: `warmup` unmeasured, then `limit`.
+    pub(crate) fn new(warmup: Duration, limit: Limit) -> Self {
+        let measure_from = Instant::now() + warmup;
+        let (deadline, budget) = match limit {
+            Limit::Duration(d) => (Some(measure_from + d), None),
+            Limit::Ops(n) => (None, Some(n)),
+        };
+        Gate {
+            measure_from,
+            deadline,
+            budget,
+            tickets: AtomicU64::new(0),
+        }
+    }
+
+    /// When the warmup ends and measuring starts.
+    pub(crate) fn measure_from(&self) -> Instant {
+        self.measure_from
+    }
+
     /// Whether a write started now is measured; `None` when no more writes
     /// may start.
-    fn admit(&self) -> Option<bool> {
+    pub(crate) fn admit(&self) -> Option<bool> {
         let now = Instant::now();
         if now < self.measure_from {
             return Some(false);
@@ -408,16 +436,17 @@ impl Plan {
 /// The counts of one connection, shared by its tasks. One per connection
 /// rather than per task keeps memory flat in `--in-flight` (a histogram
 /// holds about 190 KiB); its lock is held for a few counter updates.
-struct Tally {
+/// ([`crate::redis`] keeps one per client, owned by its single task.)
+pub(crate) struct Tally {
     latency: Histogram<u64>,
-    accepted: u64,
-    rejected: BTreeMap<&'static str, u64>,
+    pub(crate) accepted: u64,
+    pub(crate) rejected: BTreeMap<&'static str, u64>,
     errors: u64,
     first_error: Option<String>,
 }
 
 impl Tally {
-    fn new() -> Result<Self, LoadError> {
+    pub(crate) fn new() -> Result<Self, LoadError> {
         Ok(Tally {
             latency: histogram()?,
             accepted: 0,
@@ -427,19 +456,19 @@ impl Tally {
         })
     }
 
-    fn error(&mut self, detail: impl FnOnce() -> String) {
+    pub(crate) fn error(&mut self, detail: impl FnOnce() -> String) {
         self.errors += 1;
         if self.first_error.is_none() {
             self.first_error = Some(detail());
         }
     }
 
-    fn record(&mut self, latency: Duration) {
+    pub(crate) fn record(&mut self, latency: Duration) {
         let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
         self.latency.saturating_record(us.max(1));
     }
 
-    fn merge(&mut self, other: Tally) -> Result<(), LoadError> {
+    pub(crate) fn merge(&mut self, other: Tally) -> Result<(), LoadError> {
         self.latency
             .add(&other.latency)
             .map_err(|e| LoadError::Internal(format!("cannot merge histograms: {e}")))?;
@@ -453,6 +482,17 @@ impl Tally {
         }
         Ok(())
     }
+
+    /// Says on stderr how many writes got no answer, and the first reason.
+    pub(crate) fn warn_errors(&self, connections: usize) {
+        if let Some(first) = &self.first_error {
+            eprintln!(
+                "warning: {} write(s) failed without an answer at {connections} connection(s); \
+                 first: {first}",
+                self.errors
+            );
+        }
+    }
 }
 
 /// The tally, also after a task panicked while holding it: counts stay
@@ -461,7 +501,7 @@ fn lock(tally: &Mutex<Tally>) -> MutexGuard<'_, Tally> {
     tally.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn histogram() -> Result<Histogram<u64>, LoadError> {
+pub(crate) fn histogram() -> Result<Histogram<u64>, LoadError> {
     Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)
         .map_err(|e| LoadError::Internal(format!("cannot create a histogram: {e}")))
 }
@@ -475,20 +515,12 @@ async fn measure(
     settings: &RunSettings,
     number: usize,
 ) -> Result<Measurement, LoadError> {
-    let measure_from = Instant::now() + settings.warmup;
-    let (deadline, budget) = match settings.limit {
-        Limit::Duration(d) => (Some(measure_from + d), None),
-        Limit::Ops(n) => (None, Some(n)),
-    };
     let plan = Arc::new(Plan {
         shared: shared.clone(),
         prefix: format!("{}-m{number}", shared.run_id),
         picker: picker.clone(),
         workload: settings.workload.clone(),
-        measure_from,
-        deadline,
-        budget,
-        tickets: AtomicU64::new(0),
+        gate: Gate::new(settings.warmup, settings.limit),
         period: settings.rate.map(|rate| {
             let tasks = (clients.len() * settings.in_flight) as f64;
             Duration::from_secs_f64(tasks / rate)
@@ -523,24 +555,38 @@ async fn measure(
             .unwrap_or_else(PoisonError::into_inner);
         total.merge(tally)?;
     }
-    let elapsed = Instant::now().saturating_duration_since(measure_from);
-    if let Some(first) = &total.first_error {
-        eprintln!(
-            "warning: {} write(s) failed without an answer at {} connection(s); first: {first}",
-            total.errors,
-            clients.len()
-        );
+    let elapsed = Instant::now().saturating_duration_since(plan.gate.measure_from());
+    total.warn_errors(clients.len());
+    Ok(measurement(settings.shape(clients.len()), elapsed, &total))
+}
+
+/// What a measurement was of: the fields of a [`Measurement`] that are not
+/// counts.
+#[derive(Debug, Clone)]
+pub(crate) struct Shape {
+    pub(crate) label: String,
+    pub(crate) connections: usize,
+    pub(crate) in_flight: usize,
+    pub(crate) workload: String,
+    pub(crate) distribution: KeyDistribution,
+    pub(crate) keys: u64,
+}
+
+impl RunSettings {
+    fn shape(&self, connections: usize) -> Shape {
+        Shape {
+            label: self.label.clone(),
+            connections,
+            in_flight: self.in_flight,
+            workload: self.workload.to_string(),
+            distribution: self.distribution,
+            keys: self.keys,
+        }
     }
-    Ok(measurement(settings, clients.len(), elapsed, &total))
 }
 
 /// The report of a measurement from its merged counts.
-fn measurement(
-    settings: &RunSettings,
-    connections: usize,
-    elapsed: Duration,
-    total: &Tally,
-) -> Measurement {
+pub(crate) fn measurement(shape: Shape, elapsed: Duration, total: &Tally) -> Measurement {
     let rejected: BTreeMap<String, u64> = total
         .rejected
         .iter()
@@ -558,12 +604,12 @@ fn measurement(
         }
     };
     Measurement {
-        label: settings.label.clone(),
-        connections,
-        in_flight: settings.in_flight,
-        workload: settings.workload.to_string(),
-        distribution: settings.distribution.to_string(),
-        keys: settings.keys,
+        label: shape.label,
+        connections: shape.connections,
+        in_flight: shape.in_flight,
+        workload: shape.workload,
+        distribution: shape.distribution.to_string(),
+        keys: shape.keys,
         duration_s: seconds,
         ops: answered + total.errors,
         accepted: total.accepted,
@@ -611,7 +657,9 @@ async fn worker(
             // A task that fell behind does not try to catch up in a burst.
             *at = (*at + period).max(tokio::time::Instant::now());
         }
-        let Some(measured) = plan.admit() else { break };
+        let Some(measured) = plan.gate.admit() else {
+            break;
+        };
         let index = plan.picker.pick(&mut rng);
         let key = plan.shared.key(index);
         let op = plan.workload.next_op(&mut rng);
@@ -772,7 +820,7 @@ mod tests {
         for ms in [1, 2, 3, 4, 5, 6, 7, 100] {
             tally.record(Duration::from_millis(ms));
         }
-        let m = measurement(&settings, 2, Duration::from_secs(2), &tally);
+        let m = measurement(settings.shape(2), Duration::from_secs(2), &tally);
         assert_eq!(m.ops, 10);
         assert_eq!(m.accepted + m.rejected_total() + m.errors, m.ops);
         assert_eq!(m.writes_per_s, 4.0);
@@ -781,7 +829,7 @@ mod tests {
         assert!((3.9..=4.01).contains(&m.p50_ms), "{}", m.p50_ms);
         assert_eq!(tally.first_error.as_deref(), Some("lost"));
 
-        let empty = measurement(&settings, 2, Duration::ZERO, &Tally::new().unwrap());
+        let empty = measurement(settings.shape(2), Duration::ZERO, &Tally::new().unwrap());
         assert_eq!(
             (empty.writes_per_s, empty.p99_ms, empty.max_ms),
             (0.0, 0.0, 0.0)

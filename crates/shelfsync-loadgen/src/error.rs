@@ -4,7 +4,8 @@
 //! (accepted, rejected, failed in transport) is not an error here: it is
 //! counted in the measurement. These are the failures that stop a run:
 //! bad flags, missing certificates, a coordinator that cannot be reached at
-//! all, files that cannot be written.
+//! all (nor Redis, for `shelfsync-loadgen redis`), files that cannot be
+//! written.
 
 use std::path::PathBuf;
 
@@ -42,9 +43,11 @@ pub enum LoadError {
         #[source]
         source: Box<TlsError>,
     },
-    /// The coordinator's address did not resolve.
-    #[error("cannot resolve coordinator address {addr:?}: {detail}")]
+    /// The address of the coordinator (or of Redis) did not resolve.
+    #[error("cannot resolve {what} address {addr:?}: {detail}")]
     Resolve {
+        /// Whose address: "coordinator", "Redis".
+        what: &'static str,
         /// The address as given.
         addr: String,
         /// Why.
@@ -89,6 +92,19 @@ pub enum LoadError {
         /// The key being created.
         sku: String,
         /// Why.
+        detail: String,
+    },
+    /// Redis could not be reached, or refused a step before the measurement
+    /// (loading the script, the preload). Failures of single writes during
+    /// the measurement are counted, not returned.
+    #[error("cannot {action} Redis at {addr}: {detail}")]
+    Redis {
+        /// What was being done: "connect to", "load the write script into".
+        action: &'static str,
+        /// The server's address.
+        addr: std::net::SocketAddr,
+        /// The client's error. (A string: the client's error repeats its
+        /// I/O cause in its message, so as a source it would print twice.)
         detail: String,
     },
     /// Certificates could not be created.

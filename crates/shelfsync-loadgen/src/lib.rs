@@ -6,14 +6,17 @@
 //! a chosen [`workload`] and key distribution ([`keys`]) for a duration or an
 //! op count ([`driver`]), then reports throughput, rejections by reason and
 //! latency percentiles as text, JSON lines, CSV rows ([`report`]) and a PNG
-//! chart ([`chart`]). [`cli`] turns flags into settings; the binary is a thin
-//! shell over [`cli::execute`], and tests call [`driver::run`] directly.
+//! chart ([`chart`]). `shelfsync-loadgen redis` makes the same writes against
+//! Redis, each a Lua compare-and-set, for the side by side comparison
+//! ([`redis`]). [`cli`] turns flags into settings; the binary is a thin shell
+//! over [`cli::execute`], and tests call [`driver::run`] directly.
 
 pub mod chart;
 pub mod cli;
 pub mod driver;
 pub mod error;
 pub mod keys;
+pub mod redis;
 pub mod report;
 pub mod setup;
 pub mod workload;
