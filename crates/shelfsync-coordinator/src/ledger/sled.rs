@@ -1,20 +1,28 @@
 //! The embedded ledger on sled.
 //!
 //! Everything lives in one sled tree under one-byte prefixes, so that one
-//! `sled::Batch` covers an item, its change-log entry, its idempotency record
-//! and the new head: after a crash they are all present or all absent.
+//! `sled::Batch` covers a group's items, change-log entries, idempotency
+//! records and the new head: after a crash they are all present or all absent.
 //!
 //! | prefix | key | value |
 //! |---|---|---|
 //! | `i` | location `\0` sku | [`ItemRecord`] |
-//! | `c` | seq (8 bytes, big-endian) | [`ChangeRecord`]: the change and the seq of the key's previous change |
+//! | `c` | seq of the block's first change (8 bytes, big-endian) | a block of up to [`CHANGE_BLOCK`] [`ChangeRecord`]s with consecutive seqs: each change and the seq of its key's previous change |
 //! | `d` | bucket end (8 bytes BE) store `\0` idempotency key | [`IdempotencyRecord`] |
 //! | `m` | `head` / `oldest` / `format` | u64 big-endian |
 //! | `r` | store | [`StoredReport`] |
 //!
-//! Two choices keep a write at three inserts, since an insert into sled is
-//! the dominant cost of the write path (docs/performance.md):
+//! Three choices keep a write at two inserts and a share of a third, since
+//! an insert into sled is the dominant cost of the write path
+//! (docs/performance.md):
 //!
+//! - **Change-log blocks.** The changes of one commit go into blocks of up to
+//!   [`CHANGE_BLOCK`] under the seq of their first change, so a group of
+//!   writes adds one key per block instead of one per change. A change is
+//!   found by its seq in the block with the greatest first seq not above it.
+//!   Compaction removes whole blocks and rewrites the one it cuts through.
+//!   Layout 2 stored one change per key; such single records read as blocks
+//!   of one, so a layout-2 ledger opens as it is and is stamped layout 3.
 //! - **History without an index.** Each change record names the seq of the
 //!   previous change of its key, so the history of a key is a walk from the
 //!   item record's seq down that chain, ending at the key's first change or
@@ -45,8 +53,12 @@ use super::{CommitBatch, IdempotencyRecord, ItemRecord, Ledger, LedgerError, Sto
 const HEAD: &[u8] = b"mhead";
 const OLDEST: &[u8] = b"moldest";
 const FORMAT: &[u8] = b"mformat";
-/// The key layout this code reads and writes (see the module docs).
-const LAYOUT: u64 = 2;
+/// The key layout this code writes (see the module docs).
+const LAYOUT: u64 = 3;
+/// The older layout this code also reads: one change per `c` key.
+const LAYOUT_SINGLE_CHANGES: u64 = 2;
+/// Most changes stored under one `c` key.
+pub const CHANGE_BLOCK: usize = 64;
 /// Bucket width of idempotency records when none is given.
 pub const DEFAULT_IDEMPOTENCY_BUCKET: Duration = Duration::from_secs(24 * 60 * 60);
 
@@ -64,6 +76,14 @@ pub struct ChangeRecord {
 enum Stored<T> {
     /// The first record format.
     V1(T),
+}
+
+/// A `c` value: layout 2 stored one change (`V1`, the [`Stored`] envelope
+/// of a [`ChangeRecord`]), layout 3 a block of changes in seq order.
+#[derive(Serialize, Deserialize)]
+enum StoredChanges {
+    V1(Box<ChangeRecord>),
+    V2(Vec<ChangeRecord>),
 }
 
 /// The sled-backed ledger.
@@ -110,6 +130,13 @@ impl SledLedger {
     fn check_layout(&self, dir: &Path) -> Result<(), LedgerError> {
         match self.get_u64(FORMAT)? {
             Some(LAYOUT) => Ok(()),
+            Some(LAYOUT_SINGLE_CHANGES) => {
+                tracing::info!(dir = %dir.display(), "ledger key layout 2 read as layout 3");
+                self.tree
+                    .insert(FORMAT, &LAYOUT.to_be_bytes())
+                    .map_err(storage)?;
+                Ok(())
+            }
             None if self.tree.is_empty() => {
                 self.tree
                     .insert(FORMAT, &LAYOUT.to_be_bytes())
@@ -117,7 +144,8 @@ impl SledLedger {
                 Ok(())
             }
             found => Err(LedgerError::Storage(format!(
-                "the ledger in {} has key layout {}, this build reads layout {LAYOUT} only; \
+                "the ledger in {} has key layout {}, this build reads layouts \
+                 {LAYOUT_SINGLE_CHANGES} and {LAYOUT} only; \
                  start it with the build that wrote it, or with an empty data_dir",
                 dir.display(),
                 found.unwrap_or(1)
@@ -189,6 +217,60 @@ impl SledLedger {
             )?))),
         }
     }
+}
+
+impl SledLedger {
+    /// The change block holding `seq`, if the log still has one there: the
+    /// block with the greatest first seq not above `seq`.
+    fn block_at(&self, seq: u64) -> Result<Option<(sled::IVec, Vec<ChangeRecord>)>, LedgerError> {
+        let Some(entry) = self.tree.range(..=change_key(seq)).next_back() else {
+            return Ok(None);
+        };
+        let (k, v) = entry.map_err(storage)?;
+        if k.first() != Some(&b'c') {
+            return Ok(None);
+        }
+        let block = decode_changes(&k, &v)?;
+        Ok(Some((k, block)))
+    }
+
+    /// Every change block from the one holding `seq` on, in order.
+    fn blocks_from(
+        &self,
+        seq: u64,
+    ) -> impl Iterator<Item = Result<Vec<ChangeRecord>, LedgerError>> + '_ {
+        let start = match self.tree.range(..=change_key(seq)).next_back() {
+            Some(Ok((k, _))) if k.first() == Some(&b'c') => k.to_vec(),
+            _ => change_key(seq).to_vec(),
+        };
+        self.tree
+            .range(start..)
+            .take_while(|entry| {
+                entry
+                    .as_ref()
+                    .map_or(true, |(k, _)| k.first() == Some(&b'c'))
+            })
+            .map(|entry| {
+                let (k, v) = entry.map_err(storage)?;
+                decode_changes(&k, &v)
+            })
+    }
+}
+
+fn decode_changes(key: &[u8], bytes: &[u8]) -> Result<Vec<ChangeRecord>, LedgerError> {
+    match rmp_serde::from_slice::<StoredChanges>(bytes) {
+        Ok(StoredChanges::V1(record)) => Ok(vec![*record]),
+        Ok(StoredChanges::V2(block)) => Ok(block),
+        Err(e) => Err(LedgerError::Corrupt {
+            key: printable(key),
+            detail: e.to_string(),
+        }),
+    }
+}
+
+fn encode_changes(block: Vec<ChangeRecord>) -> Result<Vec<u8>, LedgerError> {
+    rmp_serde::to_vec_named(&StoredChanges::V2(block))
+        .map_err(|e| LedgerError::Storage(e.to_string()))
 }
 
 fn storage(err: sled::Error) -> LedgerError {
@@ -271,12 +353,20 @@ impl Ledger for SledLedger {
                 state: change.state.clone(),
                 seq: change.seq,
             };
+            // A key written twice in one batch keeps its last state: the
+            // batch is a map.
             b.insert(item_key(&change.key), encode(&record)?);
-            let record = ChangeRecord {
-                change: change.clone(),
-                prev_seq: write.prior_seq,
-            };
-            b.insert(&change_key(change.seq), encode(&record)?);
+        }
+        for block in batch.writes.chunks(CHANGE_BLOCK) {
+            let Some(first) = block.first() else { continue };
+            let records = block
+                .iter()
+                .map(|write| ChangeRecord {
+                    change: write.change.clone(),
+                    prev_seq: write.prior_seq,
+                })
+                .collect();
+            b.insert(&change_key(first.change.seq), encode_changes(records)?);
         }
         let mut ends = Vec::new();
         for (store, key, record) in &batch.idempotency {
@@ -310,16 +400,19 @@ impl Ledger for SledLedger {
         if after >= until {
             return Ok(Vec::new());
         }
-        let start = change_key(after.saturating_add(1));
-        let end = change_key(until);
-        self.tree
-            .range(start..=end)
-            .take(limit)
-            .map(|entry| {
-                let (k, v) = entry.map_err(storage)?;
-                decode::<ChangeRecord>(&k, &v).map(|record| record.change)
-            })
-            .collect()
+        let mut out = Vec::new();
+        for block in self.blocks_from(after.saturating_add(1)) {
+            for record in block? {
+                let seq = record.change.seq;
+                if seq > until || out.len() >= limit {
+                    return Ok(out);
+                }
+                if seq > after {
+                    out.push(record.change);
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn items(
@@ -374,7 +467,10 @@ impl Ledger for SledLedger {
                 break;
             }
             // A missing record is where compaction cut the log.
-            let Some(record) = self.get::<ChangeRecord>(&change_key(seq))? else {
+            let Some((_, block)) = self.block_at(seq)? else {
+                break;
+            };
+            let Some(record) = block.into_iter().find(|r| r.change.seq == seq) else {
                 break;
             };
             next = record.prev_seq.filter(|prev| *prev < seq);
@@ -424,10 +520,18 @@ impl Ledger for SledLedger {
         let until = keep_from.min(oldest.saturating_add(limit as u64));
         let mut b = sled::Batch::default();
         let mut removed = 0;
+        // Blocks wholly before `until` go; the block `until` falls inside
+        // is rewritten under its first kept seq.
         for entry in self.tree.range(change_key(oldest)..change_key(until)) {
-            let (k, _) = entry.map_err(storage)?;
+            let (k, v) = entry.map_err(storage)?;
+            let block = decode_changes(&k, &v)?;
+            let (gone, kept): (Vec<_>, Vec<_>) =
+                block.into_iter().partition(|r| r.change.seq < until);
+            removed += gone.len();
             b.remove(k);
-            removed += 1;
+            if let Some(first) = kept.first() {
+                b.insert(&change_key(first.change.seq), encode_changes(kept)?);
+            }
         }
         b.insert(OLDEST, &until.to_be_bytes());
         self.tree.apply_batch(b).map_err(storage)?;
@@ -496,6 +600,76 @@ mod tests {
         };
         assert!(err.contains("key layout 1"), "{err}");
         assert!(err.contains("empty data_dir"), "{err}");
+    }
+
+    #[test]
+    fn a_layout_2_ledger_opens_and_its_single_changes_read_as_blocks() {
+        use shelfsync_core::{Item, KeyState, Op};
+        let dir = tempfile::tempdir().unwrap();
+        let key = ItemKey::new("s1", "a").unwrap();
+        let change = |seq: u64| Change {
+            seq,
+            key: key.clone(),
+            state: KeyState::Live(Item {
+                location: "s1".into(),
+                sku: "a".into(),
+                name: "n".into(),
+                quantity: seq,
+                reserved: 0,
+                version: seq,
+            }),
+            op: Op::Add { amount: 1 },
+            store: "store-1".into(),
+            idempotency_key: format!("k{seq}"),
+            at_ms: seq,
+        };
+        {
+            // What layout 2 wrote: one change record per `c` key.
+            let db = sled::open(dir.path()).unwrap();
+            let tree = db.open_tree("ledger").unwrap();
+            tree.insert(FORMAT, &2u64.to_be_bytes()).unwrap();
+            for seq in 1..=2 {
+                let record = ChangeRecord {
+                    change: change(seq),
+                    prev_seq: (seq > 1).then(|| seq - 1),
+                };
+                tree.insert(change_key(seq), encode(&record).unwrap())
+                    .unwrap();
+            }
+            let item = ItemRecord {
+                state: change(2).state,
+                seq: 2,
+            };
+            tree.insert(item_key(&key), encode(&item).unwrap()).unwrap();
+            tree.insert(HEAD, &2u64.to_be_bytes()).unwrap();
+            db.flush().unwrap();
+        }
+        let ledger = reopen(dir.path(), DEFAULT_IDEMPOTENCY_BUCKET);
+        assert_eq!(ledger.get_u64(FORMAT).unwrap(), Some(LAYOUT));
+        // A block after the single records.
+        let writes = (3..=5)
+            .map(|seq| super::super::CommittedWrite {
+                change: change(seq),
+                prior_version: seq - 1,
+                prior_seq: Some(seq - 1),
+            })
+            .collect();
+        ledger
+            .commit(&CommitBatch {
+                writes,
+                head: 5,
+                ..CommitBatch::default()
+            })
+            .unwrap();
+        let seqs = |changes: Vec<Change>| changes.iter().map(|c| c.seq).collect::<Vec<_>>();
+        assert_eq!(seqs(ledger.changes(0, 5, 100).unwrap()), [1, 2, 3, 4, 5]);
+        assert_eq!(seqs(ledger.changes(1, 4, 100).unwrap()), [2, 3, 4]);
+        assert_eq!(seqs(ledger.history(&key, 100).unwrap()), [5, 4, 3, 2, 1]);
+        // Compaction cuts through the block and keeps the rest readable.
+        assert_eq!(ledger.compact_changes(2, 100).unwrap(), 3);
+        assert_eq!(ledger.oldest().unwrap(), 4);
+        assert_eq!(seqs(ledger.changes(0, 5, 100).unwrap()), [4, 5]);
+        assert_eq!(seqs(ledger.history(&key, 100).unwrap()), [5, 4]);
     }
 
     #[test]
