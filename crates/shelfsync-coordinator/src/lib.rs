@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod server;
 pub mod service;
+pub mod wal;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -47,11 +48,13 @@ impl Coordinator {
             &config.data_dir,
             config.idempotency_ttl,
         )?);
+        let log = wal::recover(&config.data_dir.join("wal"), ledger.as_ref())?;
         tracing::info!(data_dir = %config.data_dir.display(), head = ledger.head()?, "ledger opened");
         let metrics = Arc::new(Metrics::new());
         let digests = Arc::new(Digests::load(ledger.as_ref())?);
         let pipeline = Pipeline::start(
             ledger.clone(),
+            log,
             PipelineConfig {
                 idempotency_ttl: config.idempotency_ttl,
                 digests: digests.clone(),

@@ -1,28 +1,34 @@
 //! The write pipeline: per-key serialization, idempotency, group commit.
 //!
-//! Every write and every strong read passes through two stages, each on its
-//! own thread:
+//! Every write and every strong read passes through three stages, each on
+//! its own thread, so that one group is decided while the one before it is
+//! logged and the one before that reaches the ledger:
 //!
 //! 1. The **sequencer** takes every job queued so far as one group, decides
 //!    each in arrival order with [`shelfsync_core::apply`] against the state
-//!    left by the jobs before it (in the group or in earlier groups), numbers
-//!    accepted writes in the change log and commits the group to the ledger
-//!    as one atomic batch. Deciding in one place is what serializes writes to
-//!    a key; deciding a group at a time is what lets writes to different keys
-//!    (and to the same key) share a flush.
-//! 2. The **flusher** takes every committed group queued so far, makes them
-//!    durable with one [`Ledger::flush`], raises the durable head and only
-//!    then answers the jobs. While it flushes, the sequencer decides the next
-//!    group.
+//!    left by the jobs before it and numbers accepted writes in the change
+//!    log. Deciding in one place is what serializes writes to a key;
+//!    deciding a group at a time is what lets writes to different keys (and
+//!    to the same key) share one sync. State decided but not yet in the
+//!    ledger stays in the sequencer's overlay, which it reads before the
+//!    ledger, until the applier reports the group applied.
+//! 2. The **logger** appends every decided group queued so far to the
+//!    write-ahead log ([`crate::wal`]) with one `fdatasync`, then answers
+//!    their jobs: a write is acknowledged once it is durable.
+//! 3. The **applier** commits the logged groups to the ledger as one atomic
+//!    batch, then raises the head that readers (sync, snapshots, history)
+//!    see, so they only ever read durable changes. It flushes the ledger
+//!    every [`LEDGER_FLUSH_EVERY`]; the log keeps every group until then.
 //!
-//! So a write is acknowledged only once it is durable, and a strong read is
-//! answered only once everything it could have seen is durable. If a flush
-//! fails, the durable state is unknown: the pipeline stops, answers every job
-//! with `unavailable`, and the coordinator must be restarted.
+//! If the log cannot be written, nothing decided since is durable: the
+//! pipeline stops and answers every job with `unavailable`. If the ledger
+//! fails, the writes acknowledged are safe in the log; the pipeline stops
+//! just the same, and a restart puts them into the ledger
+//! ([`crate::wal::recover`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use shelfsync_core::{ItemKey, KeyState, apply};
@@ -34,12 +40,18 @@ use crate::ledger::{
     CommitBatch, CommittedWrite, IdempotencyRecord, ItemRecord, Ledger, LedgerError, Outcome,
 };
 use crate::metrics::Metrics;
+use crate::wal::{Recovered, Wal};
 use shelfsync_proto::time::now_ms;
 
 /// Most jobs decided in one group.
 const MAX_GROUP: usize = 4096;
 /// Jobs that may wait for the sequencer before callers wait to enqueue.
 const QUEUE_DEPTH: usize = 16 * 1024;
+/// Item states the sequencer keeps in memory (about 250 bytes each).
+const ITEM_CACHE_ENTRIES: usize = 256 * 1024;
+/// How often the applier makes the ledger durable, so that the log can
+/// drop what it holds.
+pub const LEDGER_FLUSH_EVERY: Duration = Duration::from_millis(200);
 
 /// A unit of work for the pipeline.
 enum Job {
@@ -57,16 +69,31 @@ enum Job {
     Stop,
 }
 
-/// A decided group on its way to the flusher.
+/// Answers owed to the jobs of decided groups.
+type Replies = Vec<(oneshot::Sender<Response>, Response)>;
+
+/// A decided group on its way to the logger.
 struct Decided {
-    replies: Vec<(oneshot::Sender<Response>, Response)>,
-    head: u64,
+    /// The group's number (they count up from 1).
+    number: u64,
+    batch: CommitBatch,
+    replies: Replies,
+}
+
+/// Logged groups on their way to the applier.
+struct Logged {
+    /// The number of the last group.
+    number: u64,
+    batch: CommitBatch,
 }
 
 /// Handle to the pipeline; cheap to clone.
 #[derive(Clone)]
 pub struct Pipeline {
     jobs: mpsc::Sender<Job>,
+    /// The head acknowledged writes have reached (logged, so durable).
+    logged: watch::Receiver<u64>,
+    /// The head the ledger holds: what readers may read.
     durable: watch::Receiver<u64>,
     failed: Arc<AtomicBool>,
     threads: Arc<std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>>,
@@ -82,17 +109,24 @@ pub struct PipelineConfig {
 }
 
 impl Pipeline {
-    /// Starts the sequencer and flusher threads over `ledger`.
+    /// Starts the sequencer, logger and applier threads over `ledger` and
+    /// the log, which [`crate::wal::recover`] has brought the ledger up to.
     pub fn start(
         ledger: Arc<dyn Ledger>,
+        log: Recovered,
         config: PipelineConfig,
         metrics: Arc<Metrics>,
     ) -> Result<Self, LedgerError> {
+        let Recovered { wal, last_group } = log;
         let head = ledger.head()?;
         let (jobs_tx, jobs_rx) = mpsc::channel(QUEUE_DEPTH);
         let (decided_tx, decided_rx) = std::sync::mpsc::channel();
+        let (logged_tx, logged_rx) = std::sync::mpsc::channel();
         let (durable_tx, durable_rx) = watch::channel(head);
+        let (logged_head_tx, logged_head_rx) = watch::channel(head);
         let failed = Arc::new(AtomicBool::new(false));
+        let applied_group = Arc::new(AtomicU64::new(last_group));
+        let flushed_group = Arc::new(AtomicU64::new(last_group));
 
         let sequencer = Sequencer {
             ledger: ledger.clone(),
@@ -101,22 +135,35 @@ impl Pipeline {
             metrics: metrics.clone(),
             failed: failed.clone(),
             digests: config.digests.clone(),
+            overlay: Overlay::default(),
+            group_number: last_group,
+            applied_group: applied_group.clone(),
         };
-        let sequencer = std::thread::Builder::new()
-            .name("sequencer".into())
-            .spawn(move || sequencer.run(jobs_rx, decided_tx))
-            .map_err(|e| LedgerError::Storage(format!("cannot start sequencer: {e}")))?;
-        let flusher_failed = failed.clone();
-        let flusher = std::thread::Builder::new()
-            .name("flusher".into())
-            .spawn(move || flush_loop(ledger, decided_rx, durable_tx, flusher_failed, metrics))
-            .map_err(|e| LedgerError::Storage(format!("cannot start flusher: {e}")))?;
+        let sequencer = spawn("sequencer", move || sequencer.run(jobs_rx, decided_tx))?;
+        let logger = Logger {
+            wal,
+            flushed_group: flushed_group.clone(),
+            failed: failed.clone(),
+            metrics: metrics.clone(),
+            logged_head: logged_head_tx,
+        };
+        let logger = spawn("logger", move || logger.run(decided_rx, logged_tx))?;
+        let applier = Applier {
+            ledger,
+            applied_group,
+            flushed_group,
+            failed: failed.clone(),
+            durable: durable_tx,
+            metrics,
+        };
+        let applier = spawn("applier", move || applier.run(logged_rx))?;
 
         Ok(Pipeline {
             jobs: jobs_tx,
+            logged: logged_head_rx,
             durable: durable_rx,
             failed,
-            threads: Arc::new(std::sync::Mutex::new(vec![sequencer, flusher])),
+            threads: Arc::new(std::sync::Mutex::new(vec![sequencer, logger, applier])),
         })
     }
 
@@ -162,7 +209,22 @@ impl Pipeline {
         .await;
     }
 
-    /// The highest sequence number known durable.
+    /// The head a reader should read up to: every write acknowledged so far,
+    /// once the ledger holds it (a moment after its acknowledgement). So a
+    /// store that syncs after a write was answered sees that write.
+    pub async fn read_head(&self) -> u64 {
+        let acknowledged = *self.logged.borrow();
+        self.wait_durable(acknowledged).await;
+        self.durable_head()
+    }
+
+    /// The highest sequence number acknowledged (durable in the log; the
+    /// ledger may hold it a moment later).
+    pub fn acknowledged_head(&self) -> u64 {
+        *self.logged.borrow()
+    }
+
+    /// The highest sequence number durable and readable from the ledger.
     pub fn durable_head(&self) -> u64 {
         *self.durable.borrow()
     }
@@ -186,6 +248,16 @@ fn unavailable() -> Response {
     ))
 }
 
+fn spawn(
+    name: &str,
+    body: impl FnOnce() + Send + 'static,
+) -> Result<std::thread::JoinHandle<()>, LedgerError> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(body)
+        .map_err(|e| LedgerError::Storage(format!("cannot start the {name} thread: {e}")))
+}
+
 struct Sequencer {
     ledger: Arc<dyn Ledger>,
     ttl_ms: u64,
@@ -193,25 +265,79 @@ struct Sequencer {
     metrics: Arc<Metrics>,
     failed: Arc<AtomicBool>,
     digests: Arc<Digests>,
+    overlay: Overlay,
+    /// The number of the group decided last.
+    group_number: u64,
+    /// The number of the group the applier put into the ledger last.
+    applied_group: Arc<AtomicU64>,
 }
 
-/// State decided in the current group but not yet committed.
+/// The sequencer's memory of state, read before the ledger.
+///
+/// - `items`: the newest state of each key used lately, with the seq of its
+///   change and the group that decided it (0 when it was read from the
+///   ledger). An entry of a group the applier has not reached yet is the
+///   only copy of that state outside the log and stays; the others are a
+///   cache, dropped together when the map passes [`ITEM_CACHE_ENTRIES`].
+/// - `idempotency`: the newest record of each (store, key) decided but not
+///   yet in the ledger; it leaves once its group is applied and no later
+///   group has replaced it.
+///
+/// Reading here first is always right: it holds the newest decision.
+#[derive(Default)]
+struct Overlay {
+    items: HashMap<ItemKey, (KeyState, Option<u64>, u64)>,
+    idempotency: HashMap<(String, String), (IdempotencyRecord, u64)>,
+    /// Per decided group not yet pruned: its number and its idempotency keys.
+    groups: VecDeque<(u64, Vec<(String, String)>)>,
+}
+
+impl Overlay {
+    /// Forgets what the ledger now holds: idempotency records of groups up
+    /// to `applied` (unless a later group replaced them), and, once the item
+    /// cache is full, every item entry the ledger has.
+    fn prune(&mut self, applied: u64) {
+        while let Some((number, _)) = self.groups.front() {
+            if *number > applied {
+                break;
+            }
+            let Some((number, idempotency)) = self.groups.pop_front() else {
+                break;
+            };
+            for idem in idempotency {
+                if self
+                    .idempotency
+                    .get(&idem)
+                    .is_some_and(|entry| entry.1 == number)
+                {
+                    self.idempotency.remove(&idem);
+                }
+            }
+        }
+        if self.items.len() > ITEM_CACHE_ENTRIES {
+            self.items.retain(|_, (_, _, group)| *group > applied);
+        }
+    }
+}
+
+/// The group being decided.
 #[derive(Default)]
 struct Group {
-    /// Each key written in this group: its state and the seq that made it.
-    keys: HashMap<ItemKey, (KeyState, Option<u64>)>,
-    idempotency: HashMap<(String, String), IdempotencyRecord>,
     batch: CommitBatch,
-    replies: Vec<(oneshot::Sender<Response>, Response)>,
+    replies: Replies,
+    idempotency: Vec<(String, String)>,
 }
 
 impl Sequencer {
     fn run(mut self, mut jobs: mpsc::Receiver<Job>, decided: std::sync::mpsc::Sender<Decided>) {
         while let Some(first) = jobs.blocking_recv() {
             if self.failed.load(Ordering::Acquire) {
-                // The flusher failed: nothing decided now could become durable.
+                // A later stage failed: the pipeline is stopping.
                 return;
             }
+            self.overlay
+                .prune(self.applied_group.load(Ordering::Acquire));
+            self.group_number += 1;
             let mut group = Group::default();
             let mut job = Some(first);
             let mut stop = false;
@@ -221,7 +347,8 @@ impl Sequencer {
                     break;
                 }
                 if let Err(err) = self.decide(next, &mut group) {
-                    self.fail(&err);
+                    tracing::error!(error = %err, "ledger read failed; the pipeline stops");
+                    self.failed.store(true, Ordering::Release);
                     return;
                 }
                 job = if group.replies.len() < MAX_GROUP {
@@ -231,15 +358,15 @@ impl Sequencer {
                 };
             }
             group.batch.head = self.head;
-            if let Err(err) = self.ledger.commit(&group.batch) {
-                self.fail(&err);
-                return;
-            }
             self.metrics
                 .observe_group(group.replies.len(), group.batch.writes.len());
+            self.overlay
+                .groups
+                .push_back((self.group_number, group.idempotency));
             let done = Decided {
+                number: self.group_number,
+                batch: group.batch,
                 replies: group.replies,
-                head: self.head,
             };
             if decided.send(done).is_err() || stop {
                 return;
@@ -247,29 +374,30 @@ impl Sequencer {
         }
     }
 
-    fn fail(&self, err: &LedgerError) {
-        tracing::error!(error = %err, "ledger commit failed; the pipeline stops");
-        self.failed.store(true, Ordering::Release);
-    }
-
     /// The state of `key` as decided so far, and the seq of the change
     /// that produced it.
-    fn state(&self, group: &Group, key: &ItemKey) -> Result<(KeyState, Option<u64>), LedgerError> {
-        if let Some(known) = group.keys.get(key) {
-            return Ok(known.clone());
+    fn state(&mut self, key: &ItemKey) -> Result<(KeyState, Option<u64>), LedgerError> {
+        if let Some((state, seq, _)) = self.overlay.items.get(key) {
+            return Ok((state.clone(), *seq));
         }
-        Ok(self
+        // Not in memory: nothing about it is waiting for the applier, so the
+        // ledger's state is the newest.
+        let (state, seq) = self
             .ledger
             .load(key)?
             .map_or((KeyState::Absent, None), |record: ItemRecord| {
                 (record.state, Some(record.seq))
-            }))
+            });
+        self.overlay
+            .items
+            .insert(key.clone(), (state.clone(), seq, 0));
+        Ok((state, seq))
     }
 
     fn decide(&mut self, job: Job, group: &mut Group) -> Result<(), LedgerError> {
         match job {
             Job::Read { key, reply } => {
-                let response = match self.state(group, &key)?.0 {
+                let response = match self.state(&key)?.0 {
                     KeyState::Live(item) => Response::Read(ReadReply {
                         item,
                         head: self.head,
@@ -305,8 +433,8 @@ impl Sequencer {
         let now = now_ms();
         let op_kind = request.op.kind();
         let idem = (store.to_string(), request.idempotency_key.clone());
-        let recorded = match group.idempotency.get(&idem) {
-            Some(record) => Some(record.clone()),
+        let recorded = match self.overlay.idempotency.get(&idem) {
+            Some((record, _)) => Some(record.clone()),
             None => self.ledger.idempotency(store, &request.idempotency_key)?,
         }
         .filter(|record| record.at_ms.saturating_add(self.ttl_ms) > now);
@@ -332,7 +460,7 @@ impl Sequencer {
             });
         }
 
-        let (state, prior_seq) = self.state(group, &request.key)?;
+        let (state, prior_seq) = self.state(&request.key)?;
         let outcome = match apply(&request.key, &state, &request.op, request.expected_version) {
             Ok(next) => {
                 self.head += 1;
@@ -350,9 +478,10 @@ impl Sequencer {
                     prior_version: state.version(),
                     prior_seq,
                 });
-                group
-                    .keys
-                    .insert(request.key.clone(), (next.clone(), Some(self.head)));
+                self.overlay.items.insert(
+                    request.key.clone(),
+                    (next.clone(), Some(self.head), self.group_number),
+                );
                 self.digests
                     .apply(&request.key.location, self.head, &state, &next);
                 self.metrics.count_write(op_kind, "accepted");
@@ -383,7 +512,10 @@ impl Sequencer {
             .batch
             .idempotency
             .push((idem.0.clone(), idem.1.clone(), record.clone()));
-        group.idempotency.insert(idem, record);
+        group.idempotency.push(idem.clone());
+        self.overlay
+            .idempotency
+            .insert(idem, (record, self.group_number));
         Ok(match outcome {
             Outcome::Accepted { seq, state } => Response::Write(WriteAck {
                 seq,
@@ -395,47 +527,153 @@ impl Sequencer {
     }
 }
 
-fn flush_loop(
-    ledger: Arc<dyn Ledger>,
-    decided: std::sync::mpsc::Receiver<Decided>,
-    durable: watch::Sender<u64>,
+/// The logger: appends decided groups to the write-ahead log, answers
+/// their jobs once it is synced, and passes them on to the applier.
+struct Logger {
+    wal: Wal,
+    /// The last group the ledger holds durably (the applier's flush).
+    flushed_group: Arc<AtomicU64>,
     failed: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
-) {
-    while let Ok(first) = decided.recv() {
-        let mut groups = vec![first];
-        groups.extend(decided.try_iter());
-        let started = Instant::now();
-        if let Err(err) = ledger.flush() {
-            tracing::error!(error = %err, "ledger flush failed; the pipeline stops");
-            failed.store(true, Ordering::Release);
+    /// Raised once a group is logged: the head acknowledged writes reached.
+    logged_head: watch::Sender<u64>,
+}
+
+impl Logger {
+    fn run(
+        mut self,
+        decided: std::sync::mpsc::Receiver<Decided>,
+        logged: std::sync::mpsc::Sender<Logged>,
+    ) {
+        while let Ok(first) = decided.recv() {
+            let mut groups = vec![first];
+            groups.extend(decided.try_iter());
+            let started = Instant::now();
+            let appended = if self.failed.load(Ordering::Acquire) {
+                Err(LedgerError::Storage("the pipeline has stopped".into()))
+            } else {
+                self.wal.append(groups.iter().map(|g| (g.number, &g.batch)))
+            };
+            if let Err(err) = appended {
+                tracing::error!(error = %err, "write-ahead log append failed; the pipeline stops");
+                self.failed.store(true, Ordering::Release);
+                let replies = groups.into_iter().flat_map(|g| g.replies).collect();
+                refuse_all(replies, &decided, |group| group.replies);
+                return;
+            }
+            self.metrics.observe_flush(started.elapsed());
+            // Groups that queued up meanwhile reach the ledger as one batch.
+            let mut number = 0;
+            let mut batch = CommitBatch::default();
+            let mut replies = Vec::new();
             for group in groups {
-                for (reply, _) in group.replies {
-                    let _ = reply.send(unavailable());
+                number = group.number;
+                batch.writes.extend(group.batch.writes);
+                batch.idempotency.extend(group.batch.idempotency);
+                batch.head = group.batch.head;
+                replies.extend(group.replies);
+            }
+            batch.position = number;
+            // Raised before anyone hears of these writes, so a reader that
+            // comes after an acknowledgement waits for them.
+            let head = batch.head;
+            self.logged_head.send_if_modified(|current| {
+                let raised = head > *current;
+                if raised {
+                    *current = head;
                 }
-            }
-            // Refuse everything still in flight: nothing after this is durable.
-            for group in decided.iter() {
-                for (reply, _) in group.replies {
-                    let _ = reply.send(unavailable());
-                }
-            }
-            return;
-        }
-        metrics.observe_flush(started.elapsed());
-        let head = groups.iter().map(|g| g.head).max().unwrap_or(0);
-        durable.send_if_modified(|current| {
-            let raised = head > *current;
-            if raised {
-                *current = head;
-            }
-            raised
-        });
-        metrics.set_head(head);
-        for group in groups {
-            for (reply, response) in group.replies {
+                raised
+            });
+            for (reply, response) in replies {
                 let _ = reply.send(response);
             }
+            if logged.send(Logged { number, batch }).is_err() {
+                return;
+            }
+            let flushed = self.flushed_group.load(Ordering::Acquire);
+            if let Err(err) = self.wal.maybe_rotate(number + 1, flushed) {
+                tracing::error!(error = %err, "write-ahead log rotation failed; the pipeline stops");
+                self.failed.store(true, Ordering::Release);
+                refuse_all(Vec::new(), &decided, |group| group.replies);
+                return;
+            }
+        }
+    }
+}
+
+/// The applier: puts logged groups into the ledger, raises the head readers
+/// see, and flushes the ledger now and then.
+struct Applier {
+    ledger: Arc<dyn Ledger>,
+    applied_group: Arc<AtomicU64>,
+    flushed_group: Arc<AtomicU64>,
+    failed: Arc<AtomicBool>,
+    durable: watch::Sender<u64>,
+    metrics: Arc<Metrics>,
+}
+
+impl Applier {
+    fn run(self, logged: std::sync::mpsc::Receiver<Logged>) {
+        let mut last_flush = Instant::now();
+        while let Ok(first) = logged.recv() {
+            let mut number = first.number;
+            let mut batch = first.batch;
+            for more in logged.try_iter() {
+                number = more.number;
+                batch.writes.extend(more.batch.writes);
+                batch.idempotency.extend(more.batch.idempotency);
+                batch.head = more.batch.head;
+                batch.position = more.batch.position;
+            }
+            if let Err(err) = self.ledger.commit(&batch) {
+                self.fail(&err);
+                return;
+            }
+            self.applied_group.store(number, Ordering::Release);
+            let head = batch.head;
+            self.durable.send_if_modified(|current| {
+                let raised = head > *current;
+                if raised {
+                    *current = head;
+                }
+                raised
+            });
+            self.metrics.set_head(head);
+            if last_flush.elapsed() >= LEDGER_FLUSH_EVERY {
+                if let Err(err) = self.ledger.flush() {
+                    self.fail(&err);
+                    return;
+                }
+                self.flushed_group.store(number, Ordering::Release);
+                last_flush = Instant::now();
+            }
+        }
+        // Stopping: leave the ledger durable, so the next start replays nothing.
+        if let Err(err) = self.ledger.flush() {
+            tracing::warn!(error = %err, "ledger flush at stop failed; the next start replays the log");
+        }
+    }
+
+    fn fail(&self, err: &LedgerError) {
+        // Every acknowledged write is in the log: a restart applies it.
+        tracing::error!(error = %err, "ledger commit failed; the pipeline stops, restart the coordinator");
+        self.failed.store(true, Ordering::Release);
+    }
+}
+
+/// Answers every job of `replies`, and of every group still to come, with
+/// `unavailable`: nothing of theirs is durable.
+fn refuse_all<T>(
+    replies: Replies,
+    later: &std::sync::mpsc::Receiver<T>,
+    replies_of: impl Fn(T) -> Replies,
+) {
+    for (reply, _) in replies {
+        let _ = reply.send(unavailable());
+    }
+    for group in later.iter() {
+        for (reply, _) in replies_of(group) {
+            let _ = reply.send(unavailable());
         }
     }
 }

@@ -228,7 +228,7 @@ impl Service {
 
     async fn changes(&self, peer: &Peer, req: ChangesRequest) -> Result<Response, WireError> {
         self.check_locations(peer, &req.locations)?;
-        let head = self.pipeline.durable_head();
+        let head = self.pipeline.read_head().await;
         let ledger = self.ledger.clone();
         let limit = req.limit.clamp(1, MAX_PAGE) as usize;
         blocking(move || {
@@ -274,7 +274,7 @@ impl Service {
 
     async fn snapshot(&self, peer: &Peer, req: SnapshotRequest) -> Result<Response, WireError> {
         self.check_locations(peer, &req.locations)?;
-        let head = self.pipeline.durable_head();
+        let head = self.pipeline.read_head().await;
         let ledger = self.ledger.clone();
         let limit = req.limit.clamp(1, MAX_PAGE) as usize;
         let (page, newest) = blocking(move || {
@@ -344,7 +344,7 @@ impl Service {
         let digest_ok = self.digests.verify(
             &report.locations,
             report.cursor,
-            self.pipeline.durable_head(),
+            self.pipeline.acknowledged_head(),
             shelfsync_core::digest::Digest {
                 sum: report.digest,
                 count: report.item_count,
@@ -416,7 +416,7 @@ impl Service {
             .validate()
             .map_err(|e| WireError::rejected(&e, None))?;
         let ledger = self.ledger.clone();
-        let head = self.pipeline.durable_head();
+        let head = self.pipeline.read_head().await;
         let limit = req.limit.clamp(1, MAX_PAGE) as usize;
         blocking(move || {
             let mut changes = ledger.history(&req.key, limit + 64)?;

@@ -12,6 +12,7 @@ use shelfsync_coordinator::ledger::{Ledger, SledLedger};
 use shelfsync_coordinator::metrics::Metrics;
 use shelfsync_coordinator::pipeline::{Pipeline, PipelineConfig};
 use shelfsync_coordinator::service::{Peer, Service};
+use shelfsync_coordinator::wal;
 use shelfsync_core::{Item, ItemKey, KeyState, Op, apply};
 use shelfsync_proto::{
     ChangesRequest, ErrorCode, ReadRequest, Request, Response, SnapshotRequest, WriteAck,
@@ -41,10 +42,12 @@ impl Fixture {
 
     fn open(dir: tempfile::TempDir, ttl: Duration) -> Self {
         let ledger: Arc<dyn Ledger> = Arc::new(SledLedger::open(dir.path()).unwrap());
+        let log = wal::recover(&dir.path().join("wal"), ledger.as_ref()).unwrap();
         let metrics = Arc::new(Metrics::new());
         let digests = Arc::new(Digests::load(ledger.as_ref()).unwrap());
         let pipeline = Pipeline::start(
             ledger.clone(),
+            log,
             PipelineConfig {
                 idempotency_ttl: ttl,
                 digests: digests.clone(),
@@ -458,6 +461,8 @@ async fn an_expired_cursor_is_reported() {
             .write("store-1", &format!("a{i}"), &k, Op::Add { amount: 1 })
             .await);
     }
+    // The ledger holds acknowledged writes a moment after their answer.
+    fx.service.pipeline().read_head().await;
     fx.ledger.compact_changes(3, 100).unwrap();
     let peer = fx.service.identify("store-1").unwrap();
     let changes = |after| {

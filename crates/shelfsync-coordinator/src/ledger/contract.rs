@@ -54,8 +54,8 @@ fn commit_puts(ledger: &dyn Ledger, writes: Vec<CommittedWrite>) {
     ledger
         .commit(&CommitBatch {
             writes,
-            idempotency: Vec::new(),
             head,
+            ..CommitBatch::default()
         })
         .unwrap();
 }
@@ -181,7 +181,7 @@ fn idempotency_records_round_trip_and_expire() {
                     ("store-1".into(), "old".into(), record(100)),
                     ("store-1".into(), "new".into(), record(900)),
                 ],
-                head: 0,
+                ..CommitBatch::default()
             })
             .unwrap();
         assert_eq!(
@@ -208,7 +208,7 @@ fn idempotency_records_round_trip_and_expire() {
             .commit(&CommitBatch {
                 writes: Vec::new(),
                 idempotency: vec![("store-1".into(), "new".into(), record(2000))],
-                head: 0,
+                ..CommitBatch::default()
             })
             .unwrap();
         // Whatever expiring the old record of the key removes, the new

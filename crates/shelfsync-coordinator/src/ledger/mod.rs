@@ -2,10 +2,13 @@
 //! idempotency records and metadata.
 //!
 //! [`Ledger`] is the seam between the write pipeline and storage. The
-//! pipeline decides what to write (under its own per-key serialization) and
-//! hands the ledger one [`CommitBatch`] at a time; the ledger applies a batch
-//! atomically and makes everything committed so far durable on [`Ledger::flush`].
-//! Splitting commit from flush is what lets many batches share one fsync.
+//! pipeline decides what to write (under its own per-key serialization),
+//! makes it durable in its write-ahead log ([`crate::wal`]) and then hands
+//! the ledger one [`CommitBatch`] at a time; the ledger applies a batch
+//! atomically, remembers the batch's `position` with it, and makes
+//! everything committed so far durable on [`Ledger::flush`], which the
+//! pipeline calls now and then. After a crash the log brings the ledger up
+//! to date from its position.
 //!
 //! Each write in a batch names the version it was decided against
 //! (`prior_version`). The embedded sled backend is the only writer of its
@@ -17,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use shelfsync_core::{ItemKey, KeyState, Op};
 use shelfsync_proto::{Change, StoreReport, WireError};
 
+mod bloom;
 pub mod sled;
 
 pub use self::sled::SledLedger;
@@ -94,7 +98,7 @@ pub enum Outcome {
 }
 
 /// One accepted write, as decided by the pipeline.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CommittedWrite {
     /// The change-log entry (holds the key, the new state and the seq).
     pub change: Change,
@@ -106,7 +110,7 @@ pub struct CommittedWrite {
 }
 
 /// Everything one group commit writes, applied atomically.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct CommitBatch {
     /// Accepted writes in sequence order.
     pub writes: Vec<CommittedWrite>,
@@ -114,6 +118,10 @@ pub struct CommitBatch {
     pub idempotency: Vec<(String, String, IdempotencyRecord)>,
     /// The change-log head after this batch.
     pub head: u64,
+    /// The number of the last pipeline group in this batch, stored with it
+    /// (see [`Ledger::position`]); 0 leaves the stored one as it is.
+    #[serde(default)]
+    pub position: u64,
 }
 
 /// The coordinator's storage. Implementations are shared between threads.
@@ -133,6 +141,10 @@ pub trait Ledger: Send + Sync + 'static {
 
     /// The sequence number of the last committed change (0 when none).
     fn head(&self) -> Result<u64, LedgerError>;
+
+    /// The `position` of the last committed batch that had one (0 when
+    /// none): how far the write-ahead log has reached the ledger.
+    fn position(&self) -> Result<u64, LedgerError>;
 
     /// The lowest sequence number still in the change log; `head + 1` when
     /// the log is empty.

@@ -9,7 +9,7 @@
 //! | `i` | location `\0` sku | [`ItemRecord`] |
 //! | `c` | seq of the block's first change (8 bytes, big-endian) | a block of up to [`CHANGE_BLOCK`] [`ChangeRecord`]s with consecutive seqs: each change and the seq of its key's previous change |
 //! | `d` | bucket end (8 bytes BE) store `\0` idempotency key | [`IdempotencyRecord`] |
-//! | `m` | `head` / `oldest` / `format` | u64 big-endian |
+//! | `m` | `head` / `oldest` / `format` / `position` | u64 big-endian |
 //! | `r` | store | [`StoredReport`] |
 //!
 //! Three choices keep a write at two inserts and a share of a third, since
@@ -33,12 +33,14 @@
 //!   expiry index is written per record; a lookup probes the few live
 //!   buckets, newest first. Bucket ends are absolute times, so a changed
 //!   width (a new `idempotency_ttl`) leaves older buckets readable and
-//!   collectable.
+//!   collectable. A bucket this process created has a [`Bloom`] filter of
+//!   its keys in memory, so a key never seen (nearly every write's) skips
+//!   the tree; buckets found on disk at open have none and are always read.
 //!
 //! Values are msgpack wrapped in a version envelope (`Stored`); the key
 //! layout has its own number under `mformat`, checked at open.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -48,10 +50,12 @@ use serde::{Deserialize, Serialize};
 use shelfsync_core::ItemKey;
 use shelfsync_proto::Change;
 
+use super::bloom::Bloom;
 use super::{CommitBatch, IdempotencyRecord, ItemRecord, Ledger, LedgerError, StoredReport};
 
 const HEAD: &[u8] = b"mhead";
 const OLDEST: &[u8] = b"moldest";
+const POSITION: &[u8] = b"mposition";
 const FORMAT: &[u8] = b"mformat";
 /// The key layout this code writes (see the module docs).
 const LAYOUT: u64 = 3;
@@ -86,6 +90,9 @@ enum StoredChanges {
     V2(Vec<ChangeRecord>),
 }
 
+/// Live idempotency buckets by end; `None`: found on disk, no filter.
+type Buckets = BTreeMap<u64, Option<Arc<Bloom>>>;
+
 /// The sled-backed ledger.
 #[derive(Debug, Clone)]
 pub struct SledLedger {
@@ -94,7 +101,7 @@ pub struct SledLedger {
     /// Width of new idempotency buckets, milliseconds.
     bucket_ms: u64,
     /// Ends of the idempotency buckets that hold records, ascending.
-    buckets: Arc<Mutex<BTreeSet<u64>>>,
+    buckets: Arc<Mutex<Buckets>>,
 }
 
 impl SledLedger {
@@ -155,8 +162,8 @@ impl SledLedger {
 
     /// The ends of every idempotency bucket present, found by jumping from
     /// one bucket to the next.
-    fn scan_buckets(&self) -> Result<BTreeSet<u64>, LedgerError> {
-        let mut found = BTreeSet::new();
+    fn scan_buckets(&self) -> Result<Buckets, LedgerError> {
+        let mut found = Buckets::new();
         let mut start = b"d".to_vec();
         while let Some(entry) = self.tree.range(start..).next() {
             let (k, _) = entry.map_err(storage)?;
@@ -167,7 +174,7 @@ impl SledLedger {
                 key: printable(&k),
                 detail: "short idempotency key".into(),
             })?);
-            found.insert(end);
+            found.insert(end, None);
             match end.checked_add(1) {
                 Some(next) => start = bucket_prefix(next).to_vec(),
                 None => break,
@@ -185,13 +192,10 @@ impl SledLedger {
 
     /// The live bucket ends, newest first.
     fn live_buckets(&self) -> Vec<u64> {
-        match self.buckets.lock() {
-            Ok(buckets) => buckets.iter().rev().copied().collect(),
-            Err(poisoned) => poisoned.into_inner().iter().rev().copied().collect(),
-        }
+        self.with_buckets(|buckets| buckets.keys().rev().copied().collect())
     }
 
-    fn with_buckets<R>(&self, f: impl FnOnce(&mut BTreeSet<u64>) -> R) -> R {
+    fn with_buckets<R>(&self, f: impl FnOnce(&mut Buckets) -> R) -> R {
         match self.buckets.lock() {
             Ok(mut buckets) => f(&mut buckets),
             Err(poisoned) => f(&mut poisoned.into_inner()),
@@ -337,7 +341,17 @@ impl Ledger for SledLedger {
     ) -> Result<Option<IdempotencyRecord>, LedgerError> {
         // Newest bucket first: a key reused after an expiry answers with
         // its newest record.
-        for end in self.live_buckets() {
+        let live: Vec<(u64, Option<Arc<Bloom>>)> = self.with_buckets(|buckets| {
+            buckets
+                .iter()
+                .rev()
+                .map(|(end, filter)| (*end, filter.clone()))
+                .collect()
+        });
+        for (end, filter) in live {
+            if filter.is_some_and(|filter| !filter.may_contain(store, key)) {
+                continue;
+            }
             if let Some(record) = self.get(&idempotency_key(end, store, key))? {
                 return Ok(Some(record));
             }
@@ -371,13 +385,26 @@ impl Ledger for SledLedger {
         let mut ends = Vec::new();
         for (store, key, record) in &batch.idempotency {
             let end = self.bucket_end(record.at_ms);
-            ends.push(end);
+            ends.push((end, store.as_str(), key.as_str()));
             b.insert(idempotency_key(end, store, key), encode(record)?);
         }
         b.insert(HEAD, &batch.head.to_be_bytes());
-        // Known before the batch lands, so a lookup never misses a bucket
-        // that holds a committed record.
-        self.with_buckets(|buckets| buckets.extend(ends));
+        if batch.position > 0 {
+            b.insert(POSITION, &batch.position.to_be_bytes());
+        }
+        // Known (and filtered) before the batch lands, so a lookup never
+        // misses a bucket or a key that holds a committed record. A bucket
+        // new to this process gets a filter: all its keys pass through here.
+        self.with_buckets(|buckets| {
+            for (end, store, key) in ends {
+                let filter = buckets
+                    .entry(end)
+                    .or_insert_with(|| Some(Arc::new(Bloom::default())));
+                if let Some(filter) = filter {
+                    filter.insert(store, key);
+                }
+            }
+        });
         self.tree.apply_batch(b).map_err(storage)
     }
 
@@ -387,6 +414,10 @@ impl Ledger for SledLedger {
 
     fn head(&self) -> Result<u64, LedgerError> {
         Ok(self.get_u64(HEAD)?.unwrap_or(0))
+    }
+
+    fn position(&self) -> Result<u64, LedgerError> {
+        Ok(self.get_u64(POSITION)?.unwrap_or(0))
     }
 
     fn oldest(&self) -> Result<u64, LedgerError> {
