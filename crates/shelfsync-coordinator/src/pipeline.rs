@@ -51,7 +51,7 @@ const QUEUE_DEPTH: usize = 16 * 1024;
 const ITEM_CACHE_ENTRIES: usize = 256 * 1024;
 /// How often the applier makes the ledger durable, so that the log can
 /// drop what it holds.
-pub const LEDGER_FLUSH_EVERY: Duration = Duration::from_millis(200);
+pub const LEDGER_FLUSH_EVERY: Duration = Duration::from_millis(50);
 
 /// A unit of work for the pipeline.
 enum Job {
