@@ -109,15 +109,9 @@ pub struct RunArgs {
     /// Op weights for --workload mix, e.g. add=40,remove=30,reserve=20,release=10.
     #[arg(long)]
     pub mix: Option<Mix>,
-    /// Measure for this long, e.g. 10s (default 10s unless --ops is given).
-    #[arg(long, value_parser = parse_duration, conflicts_with = "ops")]
-    pub duration: Option<Duration>,
-    /// Measure this many writes instead of a duration.
-    #[arg(long)]
-    pub ops: Option<u64>,
-    /// Unmeasured time before each measurement.
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
-    pub warmup: Duration,
+    /// How long each measurement lasts, its warmup and timeout.
+    #[command(flatten)]
+    pub measure: MeasureArgs,
     /// Create the keys first (existing keys are fine) and learn their versions.
     #[arg(long)]
     pub preload: bool,
@@ -136,7 +130,21 @@ pub struct RunArgs {
     /// Print one JSON object per measurement instead of text.
     #[arg(long)]
     pub json: bool,
-    /// Longest wait for a handshake or an answer.
+}
+
+/// The flags of `run` and `redis` that bound a measurement.
+#[derive(Debug, Args)]
+pub struct MeasureArgs {
+    /// Measure for this long, e.g. 10s (default 10s unless --ops is given).
+    #[arg(long, value_parser = parse_duration, conflicts_with = "ops")]
+    pub duration: Option<Duration>,
+    /// Measure this many writes instead of a duration.
+    #[arg(long)]
+    pub ops: Option<u64>,
+    /// Unmeasured time before each measurement.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub warmup: Duration,
+    /// Longest wait for a connection, a handshake or one answer.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub timeout: Duration,
 }
@@ -160,15 +168,9 @@ pub struct RedisArgs {
     /// delta (remove 1, no version).
     #[arg(long, default_value = "optimistic")]
     pub workload: RedisWorkload,
-    /// Measure for this long, e.g. 10s (default 10s unless --ops is given).
-    #[arg(long, value_parser = parse_duration, conflicts_with = "ops")]
-    pub duration: Option<Duration>,
-    /// Measure this many writes instead of a duration.
-    #[arg(long)]
-    pub ops: Option<u64>,
-    /// Unmeasured time before the measurement.
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
-    pub warmup: Duration,
+    /// How long the measurement lasts, its warmup and timeout.
+    #[command(flatten)]
+    pub measure: MeasureArgs,
     /// First write every key as a fresh item (existing keys are overwritten).
     #[arg(long)]
     pub preload: bool,
@@ -178,9 +180,6 @@ pub struct RedisArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
-    /// Longest wait for a connection or an answer.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    pub timeout: Duration,
 }
 
 /// A list of connection counts.
@@ -257,16 +256,22 @@ fn free_tcp_port() -> Result<SocketAddr, LoadError> {
         .map_err(port_error)
 }
 
-/// `--duration` / `--ops` as a [`Limit`]: 10 s when neither is given.
-fn limit(duration: Option<Duration>, ops: Option<u64>) -> Result<Limit, LoadError> {
-    match (duration, ops) {
-        (_, Some(0)) => Err(LoadError::Usage("--ops must be at least 1".into())),
-        (_, Some(n)) => Ok(Limit::Ops(n)),
-        (Some(d), None) if d.is_zero() => {
-            Err(LoadError::Usage("--duration must be above 0".into()))
+impl MeasureArgs {
+    /// `--duration` / `--ops` as a [`Limit`] (10 s when neither is given),
+    /// after checking them and `--timeout`.
+    fn limit(&self) -> Result<Limit, LoadError> {
+        if self.timeout.is_zero() {
+            return Err(LoadError::Usage("--timeout must be above 0".into()));
         }
-        (Some(d), None) => Ok(Limit::Duration(d)),
-        (None, None) => Ok(Limit::Duration(Duration::from_secs(10))),
+        match (self.duration, self.ops) {
+            (_, Some(0)) => Err(LoadError::Usage("--ops must be at least 1".into())),
+            (_, Some(n)) => Ok(Limit::Ops(n)),
+            (Some(d), None) if d.is_zero() => {
+                Err(LoadError::Usage("--duration must be above 0".into()))
+            }
+            (Some(d), None) => Ok(Limit::Duration(d)),
+            (None, None) => Ok(Limit::Duration(Duration::from_secs(10))),
+        }
     }
 }
 
@@ -290,10 +295,7 @@ impl RunArgs {
             return Err(usage(format!("--keys must be between 1 and {MAX_KEYS}")));
         }
         let workload = Workload::new(&self.workload, self.mix.clone()).map_err(usage)?;
-        let limit = limit(self.duration, self.ops)?;
-        if self.timeout.is_zero() {
-            return Err(usage("--timeout must be above 0".into()));
-        }
+        let limit = self.measure.limit()?;
         if let Some(rate) = self.rate
             && !(rate.is_finite() && rate > 0.0)
         {
@@ -319,11 +321,11 @@ impl RunArgs {
             distribution: self.distribution,
             workload,
             limit,
-            warmup: self.warmup,
+            warmup: self.measure.warmup,
             preload: self.preload,
             location: self.location.clone(),
             label,
-            timeout: self.timeout,
+            timeout: self.measure.timeout,
             progress: true,
         })
     }
@@ -345,10 +347,7 @@ impl RedisArgs {
         if !(1..=MAX_KEYS).contains(&self.keys) {
             return Err(usage(format!("--keys must be between 1 and {MAX_KEYS}")));
         }
-        let limit = limit(self.duration, self.ops)?;
-        if self.timeout.is_zero() {
-            return Err(usage("--timeout must be above 0".into()));
-        }
+        let limit = self.measure.limit()?;
         let addr = resolve("Redis", &self.addr).await?;
         let label = self.label.clone().unwrap_or_else(|| {
             format!(
@@ -363,10 +362,10 @@ impl RedisArgs {
             distribution: self.distribution,
             workload: self.workload,
             limit,
-            warmup: self.warmup,
+            warmup: self.measure.warmup,
             preload: self.preload,
             label,
-            timeout: self.timeout,
+            timeout: self.measure.timeout,
             progress: true,
         })
     }
