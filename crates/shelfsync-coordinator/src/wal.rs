@@ -277,25 +277,13 @@ fn open_segment(path: &Path) -> Result<File, LedgerError> {
 mod tests {
     use super::*;
     use crate::ledger::SledLedger;
+    use crate::ledger::sled::DEFAULT_IDEMPOTENCY_BUCKET;
+    use crate::ledger::sled::tests::reopen;
 
     fn batch(head: u64) -> CommitBatch {
         CommitBatch {
             head,
             ..CommitBatch::default()
-        }
-    }
-
-    fn reopen_ledger(dir: &Path) -> SledLedger {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            match SledLedger::open(dir) {
-                Ok(ledger) => return ledger,
-                Err(err) if err.to_string().contains("could not acquire lock") => {
-                    assert!(std::time::Instant::now() < deadline, "{err}");
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                }
-                Err(err) => panic!("{err}"),
-            }
         }
     }
 
@@ -318,7 +306,7 @@ mod tests {
             ledger.commit(&applied).unwrap();
             ledger.flush().unwrap();
         }
-        let ledger = reopen_ledger(&data.path().join("ledger"));
+        let ledger = reopen(&data.path().join("ledger"), DEFAULT_IDEMPOTENCY_BUCKET);
         let recovered = recover(&wal_dir, &ledger).unwrap();
         assert_eq!(recovered.last_group, 3);
         assert_eq!(ledger.head().unwrap(), 9);

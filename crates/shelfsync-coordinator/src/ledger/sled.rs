@@ -591,13 +591,13 @@ impl Ledger for SledLedger {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Opens the ledger in `dir` again once the previous handle's sled
     /// threads have let go of the directory's lock (they may outlive the
     /// drop by a moment).
-    fn reopen(dir: &Path, bucket: Duration) -> SledLedger {
+    pub(crate) fn reopen(dir: &Path, bucket: Duration) -> SledLedger {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
             match SledLedger::open_with(dir, bucket) {
