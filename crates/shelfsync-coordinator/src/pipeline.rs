@@ -144,7 +144,7 @@ impl Pipeline {
             wal,
             flushed_group: flushed_group.clone(),
             failed: failed.clone(),
-            metrics: metrics.clone(),
+            metrics,
             logged_head: logged_head_tx,
         };
         let logger = spawn("logger", move || logger.run(decided_rx, logged_tx))?;
@@ -154,7 +154,6 @@ impl Pipeline {
             flushed_group,
             failed: failed.clone(),
             durable: durable_tx,
-            metrics,
         };
         let applier = spawn("applier", move || applier.run(logged_rx))?;
 
@@ -225,7 +224,7 @@ impl Pipeline {
     }
 
     /// The highest sequence number durable and readable from the ledger.
-    pub fn durable_head(&self) -> u64 {
+    fn durable_head(&self) -> u64 {
         *self.durable.borrow()
     }
 
@@ -584,6 +583,7 @@ impl Logger {
                 }
                 raised
             });
+            self.metrics.set_head(head);
             for (reply, response) in replies {
                 let _ = reply.send(response);
             }
@@ -609,7 +609,6 @@ struct Applier {
     flushed_group: Arc<AtomicU64>,
     failed: Arc<AtomicBool>,
     durable: watch::Sender<u64>,
-    metrics: Arc<Metrics>,
 }
 
 impl Applier {
@@ -638,7 +637,6 @@ impl Applier {
                 }
                 raised
             });
-            self.metrics.set_head(head);
             if last_flush.elapsed() >= LEDGER_FLUSH_EVERY {
                 if let Err(err) = self.ledger.flush() {
                     self.fail(&err);

@@ -152,7 +152,7 @@ impl Service {
             identity: peer.name().to_string(),
             writable,
             readable,
-            head: self.pipeline.durable_head(),
+            head: self.pipeline.acknowledged_head(),
         })
     }
 
@@ -372,14 +372,14 @@ impl Service {
             reports.insert(id.clone(), stored.clone());
         }
         Ok(Response::ReportAck(ReportAck {
-            head: self.pipeline.durable_head(),
+            head: self.pipeline.acknowledged_head(),
             digest_ok: stored.digest_ok,
         }))
     }
 
     fn status(&self, peer: &Peer) -> Result<Response, WireError> {
         require_admin(peer)?;
-        let head = self.pipeline.durable_head();
+        let head = self.pipeline.acknowledged_head();
         let connected = self.connected.lock().map(|c| c.clone()).unwrap_or_default();
         let reports = self.reports.lock().map(|r| r.clone()).unwrap_or_default();
         let stores = self
