@@ -92,6 +92,12 @@ pub struct RunArgs {
     /// Writes outstanding per connection.
     #[arg(long, default_value_t = 1)]
     pub in_flight: usize,
+    /// UDP sockets the connections are spread over (connection i uses socket
+    /// i mod N). The default 1 sends every connection through one socket, as
+    /// pgbench or a Redis client sends many connections from one process;
+    /// the coordinator sees N distinct connections either way.
+    #[arg(long, default_value_t = 1)]
+    pub sockets: usize,
     /// Open the load at this many writes/s in all (each task sends on its
     /// own schedule) instead of as fast as answers come back; used to read
     /// the latency at a chosen fraction of the peak.
@@ -283,6 +289,9 @@ impl RunArgs {
     /// address does not resolve.
     pub async fn settings(&self) -> Result<RunSettings, LoadError> {
         let usage = |msg: String| LoadError::Usage(msg);
+        if self.sockets == 0 {
+            return Err(usage("--sockets must be at least 1".into()));
+        }
         if self.connections.0.is_empty() {
             return Err(usage("--connections needs at least one count".into()));
         }
@@ -316,6 +325,7 @@ impl RunArgs {
             certs: self.certs.clone(),
             connections: self.connections.0.clone(),
             in_flight: self.in_flight,
+            sockets: self.sockets,
             rate: self.rate,
             keys: self.keys,
             distribution: self.distribution,
@@ -528,6 +538,7 @@ mod tests {
 
         let defaults = run_args(&[]).unwrap().settings().await.unwrap();
         assert_eq!(defaults.connections, vec![64]);
+        assert_eq!(defaults.sockets, 1);
         assert_eq!(defaults.limit, Limit::Duration(Duration::from_secs(10)));
         assert_eq!(defaults.workload, Workload::Optimistic);
         assert_eq!(defaults.location, "bench");
@@ -542,6 +553,7 @@ mod tests {
         assert!(run_args(&["--connections", "0"]).is_err());
         for (flags, needle) in [
             (&["--in-flight", "0"][..], "--in-flight"),
+            (&["--sockets", "0"][..], "--sockets"),
             (&["--keys", "0"][..], "--keys"),
             (&["--ops", "0"][..], "--ops"),
             (&["--duration", "0s"][..], "--duration"),

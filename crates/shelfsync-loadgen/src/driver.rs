@@ -26,7 +26,7 @@
 //! lag. A conflict is counted and not retried.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -80,6 +80,9 @@ pub struct RunSettings {
     pub connections: Vec<usize>,
     /// Writes outstanding per connection, at least 1.
     pub in_flight: usize,
+    /// UDP sockets the connections share (connection i uses socket i mod
+    /// this), at least 1.
+    pub sockets: usize,
     /// Total writes/s to aim at, spread evenly over the tasks; `None` sends
     /// each task's next write as soon as the last is answered.
     pub rate: Option<f64>,
@@ -213,8 +216,18 @@ fn run_id() -> String {
 
 /// Opens connections 1..=n concurrently, each as store `load-i`.
 async fn connect_all(settings: &RunSettings, n: usize) -> Result<Vec<Arc<Client>>, LoadError> {
+    let bind: SocketAddr = if settings.coordinator.is_ipv6() {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    };
+    let sockets = (0..settings.sockets.clamp(1, n.max(1)))
+        .map(|_| quinn::Endpoint::client(bind))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(LoadError::Socket)?;
     let mut set = JoinSet::new();
     for i in 1..=n {
+        let endpoint = sockets[i % sockets.len()].clone();
         let store = store_id(i);
         let files = TlsFiles {
             ca_cert: settings.certs.join("ca.pem"),
@@ -231,7 +244,7 @@ async fn connect_all(settings: &RunSettings, n: usize) -> Result<Vec<Arc<Client>
         let timeout = settings.timeout;
         let location = settings.location.clone();
         set.spawn(async move {
-            let client = Client::connect(addr, &server_name, config, timeout)
+            let client = Client::connect_on(endpoint, addr, &server_name, config, timeout)
                 .await
                 .map_err(|source| LoadError::Connect {
                     store: store.clone(),
@@ -800,6 +813,7 @@ mod tests {
             certs: PathBuf::from("."),
             connections: vec![2],
             in_flight: 1,
+            sockets: 1,
             rate: None,
             keys: 10,
             distribution: KeyDistribution::Uniform,

@@ -53,6 +53,9 @@ pub enum LoadError {
         /// Why.
         detail: String,
     },
+    /// A client UDP socket could not be opened.
+    #[error("cannot open a UDP socket for the connections")]
+    Socket(#[source] std::io::Error),
     /// A connection (handshake and hello) as one of the stores failed.
     #[error("cannot connect to the coordinator at {addr} as store {store}")]
     Connect {

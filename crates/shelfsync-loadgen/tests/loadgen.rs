@@ -68,6 +68,8 @@ impl Bench {
             certs: self.certs(),
             connections: connections.to_vec(),
             in_flight: 2,
+            // Fewer sockets than connections: some connections share one.
+            sockets: 2,
             rate: None,
             keys: 20,
             distribution: KeyDistribution::Uniform,

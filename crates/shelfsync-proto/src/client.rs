@@ -40,9 +40,21 @@ impl Client {
         } else {
             (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
         };
-        let mut endpoint = quinn::Endpoint::client(bind).map_err(ProtoError::Endpoint)?;
-        endpoint.set_default_client_config(config);
-        let connecting = endpoint.connect(addr, server_name)?;
+        let endpoint = quinn::Endpoint::client(bind).map_err(ProtoError::Endpoint)?;
+        Self::connect_on(endpoint, addr, server_name, config, timeout).await
+    }
+
+    /// Like [`Client::connect`], over an endpoint (one UDP socket) that the
+    /// caller may share between several connections: a load generator that
+    /// plays many stores from one host need not open a socket for each.
+    pub async fn connect_on(
+        endpoint: quinn::Endpoint,
+        addr: SocketAddr,
+        server_name: &str,
+        config: quinn::ClientConfig,
+        timeout: Duration,
+    ) -> Result<Self, ProtoError> {
+        let connecting = endpoint.connect_with(config, addr, server_name)?;
         let conn = tokio::time::timeout(timeout, connecting)
             .await
             .map_err(|_| ProtoError::Timeout(timeout))??;
