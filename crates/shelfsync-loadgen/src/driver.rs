@@ -180,11 +180,15 @@ pub async fn run(
         on_measurement(&measurement);
         measurements.push(measurement);
     }
+    // All at once: connections that share a socket wait for each other's
+    // close to finish (the socket's endpoint goes idle only then).
+    let mut closing = JoinSet::new();
     for client in clients {
         if let Ok(client) = Arc::try_unwrap(client) {
-            client.close().await;
+            closing.spawn(client.close());
         }
     }
+    while closing.join_next().await.is_some() {}
     Ok(measurements)
 }
 

@@ -149,7 +149,9 @@ impl Client {
         })
     }
 
-    /// Closes the connection and waits briefly for the peer to hear it.
+    /// Closes the connection and waits briefly (at most a second) for the
+    /// peer to hear it. Over a shared endpoint this waits for every
+    /// connection of the endpoint to close: close them together.
     pub async fn close(self) {
         self.conn.close(0u32.into(), b"bye");
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
