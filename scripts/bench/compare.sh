@@ -4,9 +4,9 @@
 # write durable before its reply.
 #
 #   scripts/bench/compare.sh [--duration SECONDS] [--clients N] [--keys K]
-#                            [--out DIR] [--only ENGINES]
+#                            [--rounds R] [--out DIR] [--only ENGINES]
 #
-# What runs (per workload, on each engine, one after the other):
+# What runs (per workload, on each engine, one engine after the other):
 #   PostgreSQL 15 (fsync=on, synchronous_commit=on), driven by pgbench:
 #     optimistic: one transaction reads the version, updates where the version
 #                 still matches and inserts a change-log row (CTE);
@@ -25,13 +25,19 @@
 #
 # Workloads: uniform-optimistic (10,000 keys), zipf-optimistic, hot-optimistic
 # and hot-delta (one key); for shelfsync also uniform-optimistic opened at half
-# the writes/s it reached (--rate), for the latency at half of the peak. It
-# prints one table (engine, workload, ok writes/s, conflict %, p50, p99, and
-# shelfsync's ratio to each peer) and writes it with the raw outputs under
-# --out (default target/bench/compare-<time>).
+# the writes/s it reached (--rate), for the latency at half of the peak.
 #
-# It refuses to report when the machine was busy before the run (CPU use over
-# BUSY_LIMIT % in a sample), since the peers' figures would not be comparable.
+# Rounds: the whole comparison runs --rounds times (default 3), each engine
+# on a fresh server each round, in a rotated order (round 1: PostgreSQL,
+# Redis, shelfsync; round 2: Redis, shelfsync, PostgreSQL; ...), so that a
+# slow spell of a shared machine falls on every engine rather than on one.
+# The table gives, per engine and workload, the median of the rounds (each
+# column on its own) and the range of ok writes/s; the ratios are of the
+# medians. It writes the table and every raw output under --out (default
+# target/bench/compare-<time>).
+#
+# It refuses to report when the machine was busy before a round (CPU use over
+# BUSY_LIMIT % in a sample), since the engines' figures would not be comparable.
 # Everything it starts lives in a temp dir and is stopped and removed on exit,
 # also on Ctrl-C. Needs Debian's postgresql-15 and redis-server packages (the
 # latter brings redis-cli); they are installed with apt-get when missing (as
@@ -41,6 +47,7 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 ROOT="$REPO"
 DURATION=15
+ROUNDS=3
 CLIENTS=64
 KEYS=10000
 ZIPF=1.01            # pgbench's random_zipfian needs an exponent > 1
@@ -54,12 +61,14 @@ while [[ $# -gt 0 ]]; do
         --duration) DURATION="$2"; shift 2 ;;
         --clients) CLIENTS="$2"; shift 2 ;;
         --keys) KEYS="$2"; shift 2 ;;
+        --rounds) ROUNDS="$2"; shift 2 ;;
         --out) OUT="$2"; shift 2 ;;
         --only) ONLY="$2"; shift 2 ;;
         -h|--help) usage 0 ;;
         *) echo "unknown argument: $1" >&2; usage 2 ;;
     esac
 done
+[[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || { echo "--rounds must be a whole number above 0" >&2; exit 2; }
 OUT="${OUT:-$ROOT/target/bench/compare-$(date +%Y%m%d-%H%M%S)}"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
@@ -98,11 +107,11 @@ as_pg() {
     if [[ $(id -u) -eq 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi
 }
 
-require_idle
-
 RESULTS="$OUT/results.tsv"
-printf 'engine\tworkload\tok_per_s\tconflict_pct\tp50_ms\tp99_ms\n' > "$RESULTS"
-record() { printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >> "$RESULTS"; }
+printf 'round\tengine\tworkload\tok_per_s\tconflict_pct\tp50_ms\tp99_ms\n' > "$RESULTS"
+ROUND=1
+# record ENGINE WORKLOAD OK/S CONFLICT% P50 P99: one row of this round.
+record() { printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$ROUND" "$@" >> "$RESULTS"; }
 
 # Percentile (0..100) of the numbers in a file (one per line), to stdout.
 percentile() {
@@ -125,26 +134,26 @@ distribution() {
 # line shelfsync-loadgen wrote to FILE (ok/s = accepted / duration, conflict
 # % = rejected / answered).
 record_loadgen() {
-    python3 - "$@" >> "$RESULTS" <<'PY'
+    python3 - "$ROUND" "$@" >> "$RESULTS" <<'PY'
 import json, sys
-engine, workload, path = sys.argv[1:4]
+round_, engine, workload, path = sys.argv[1:5]
 row = json.loads(open(path).read().strip().splitlines()[-1])
 rejected = sum(row["rejected"].values())
 total = row["accepted"] + rejected
-print("%s\t%s\t%.0f\t%.1f\t%.3f\t%.3f" % (
-    engine, workload, row["accepted"] / row["duration_s"],
+print("%s\t%s\t%s\t%.0f\t%.1f\t%.3f\t%.3f" % (
+    round_, engine, workload, row["accepted"] / row["duration_s"],
     100.0 * rejected / total if total else 0.0, row["p50_ms"], row["p99_ms"]))
 PY
 }
 
 # ---------------------------------------------------------------- PostgreSQL
 run_postgres() {
-    PGDATA="$TMP/pg"
+    PGDATA="$TMP/pg-r$ROUND"
     mkdir -p "$PGDATA" "$TMP/pgsock"
     chown -R postgres: "$PGDATA" "$TMP/pgsock" 2>/dev/null || true
     local port; port=$(free_port)
     log "PostgreSQL: initdb and start on 127.0.0.1:$port (fsync on, synchronous_commit on)"
-    as_pg "$PGBIN/initdb" -D "$PGDATA" -U bench --auth=trust >"$OUT/postgres-initdb.log" 2>&1
+    as_pg "$PGBIN/initdb" -D "$PGDATA" -U bench --auth=trust >"$OUT/r$ROUND-postgres-initdb.log" 2>&1
     as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -l "$PGDATA/server.log" -w -t 60 start -o \
         "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$TMP/pgsock \
          -c fsync=on -c synchronous_commit=on -c max_connections=$((CLIENTS + 20)) \
@@ -199,7 +208,7 @@ SELECT location, sku, 'remove', quantity, reserved, version FROM u;"
         log "PostgreSQL $workload: pgbench, $CLIENTS clients, ${DURATION}s"
         rm -f "$TMP"/pgbench_log.*
         (cd "$TMP" && "$PGBIN/pgbench" -n -h 127.0.0.1 -p "$port" -U bench -c "$CLIENTS" -j 2 \
-            -T "$DURATION" -f "$script" -l postgres) > "$OUT/postgres-$workload.txt" 2>&1
+            -T "$DURATION" -f "$script" -l postgres) > "$OUT/r$ROUND-postgres-$workload.txt" 2>&1
         after=$("${psql[@]}" -tAc "SELECT count(*) FROM changes")
         # pgbench log: client, transaction no, latency (us), script, epoch s, us.
         awk '{ print $3 / 1000 }' "$TMP"/pgbench_log.* > "$TMP/lat.txt"
@@ -212,17 +221,20 @@ SELECT location, sku, 'remove', quantity, reserved, version FROM u;"
             "$(percentile 50 "$TMP/lat.txt")" "$(percentile 99 "$TMP/lat.txt")"
     done
     as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -m fast stop >/dev/null
+    rm -rf "$PGDATA"
     PGDATA=""
 }
 
 # ---------------------------------------------------------------- Redis
 run_redis() {
     local port; port=$(free_port)
+    rm -rf "$TMP/redis"
     mkdir -p "$TMP/redis"
     log "Redis: start on 127.0.0.1:$port (appendonly yes, appendfsync always)"
     redis-server --bind 127.0.0.1 --port "$port" --dir "$TMP/redis" --appendonly yes \
         --appendfsync always --save "" --daemonize no --logfile "$TMP/redis/redis.log" &
-    track $!
+    local pid=$!
+    track "$pid"
     local cli=(redis-cli -h 127.0.0.1 -p "$port")
     wait_for 30 "${cli[@]}" ping
     local common=(--addr "127.0.0.1:$port" --clients "$CLIENTS" --keys "$KEYS" --json)
@@ -233,15 +245,16 @@ run_redis() {
         log "Redis $workload: shelfsync-loadgen redis, $CLIENTS clients, ${DURATION}s"
         "$LOADGEN" redis "${common[@]}" --distribution "$(distribution "$workload")" \
             --workload "${workload#*-}" --duration "${DURATION}s" --label "redis $workload" \
-            > "$OUT/redis-$workload.json"
-        record_loadgen redis "$workload" "$OUT/redis-$workload.json"
+            > "$OUT/r$ROUND-redis-$workload.json"
+        record_loadgen redis "$workload" "$OUT/r$ROUND-redis-$workload.json"
     done
     "${cli[@]}" shutdown nosave >/dev/null 2>&1 || true
+    wait "$pid" 2>/dev/null || true
 }
 
 # ---------------------------------------------------------------- shelfsync
 run_shelfsync() {
-    local dir="$TMP/shelfsync"
+    local dir="$TMP/shelfsync-r$ROUND"
     start_coordinator "$dir" "$CLIENTS"
     local listen=$COORD_LISTEN
     local common=(--coordinator "$listen" --certs "$dir" --connections "$CLIENTS"
@@ -254,39 +267,57 @@ run_shelfsync() {
         log "shelfsync $workload: shelfsync-loadgen, $CLIENTS connections, ${DURATION}s"
         "$LOADGEN" run "${common[@]}" --distribution "$(distribution "$workload")" \
             --workload "${workload#*-}" --duration "${DURATION}s" --label "shelfsync $workload" \
-            > "$OUT/shelfsync-$workload.json"
-        record_loadgen shelfsync "$workload" "$OUT/shelfsync-$workload.json"
+            > "$OUT/r$ROUND-shelfsync-$workload.json"
+        record_loadgen shelfsync "$workload" "$OUT/r$ROUND-shelfsync-$workload.json"
     done
     # The latency at half of the measured peak: the uniform shape again,
     # opened at half the writes/s it reached above.
     local half
     half=$(python3 -c 'import json,sys; print(round(json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])["writes_per_s"] / 2))' \
-        "$OUT/shelfsync-uniform-optimistic.json")
+        "$OUT/r$ROUND-shelfsync-uniform-optimistic.json")
     log "shelfsync uniform-optimistic at half the peak: --rate $half"
     "$LOADGEN" run "${common[@]}" --distribution uniform --workload optimistic \
         --duration "${DURATION}s" --rate "$half" --label "shelfsync half peak" \
-        > "$OUT/shelfsync-half-peak.json"
-    record_loadgen shelfsync uniform-at-half-peak "$OUT/shelfsync-half-peak.json"
+        > "$OUT/r$ROUND-shelfsync-half-peak.json"
+    record_loadgen shelfsync uniform-at-half-peak "$OUT/r$ROUND-shelfsync-half-peak.json"
+    kill -TERM "$COORD_PID" 2>/dev/null || true
+    wait "$COORD_PID" 2>/dev/null || true
+    rm -rf "$dir"
 }
 
-wants postgres && run_postgres
-wants redis && run_redis
-wants shelfsync && run_shelfsync
+ENGINES=(postgres redis shelfsync)
+for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
+    require_idle
+    for ((i = 0; i < ${#ENGINES[@]}; i++)); do
+        engine=${ENGINES[$(((i + ROUND - 1) % ${#ENGINES[@]}))]}
+        wants "$engine" || continue
+        log "round $ROUND of $ROUNDS: $engine"
+        "run_$engine"
+    done
+done
 
 # ---------------------------------------------------------------- report
-python3 - "$RESULTS" <<'PY' | tee "$OUT/table.txt"
-import csv, sys
+python3 - "$RESULTS" "$ROUNDS" <<'PY' | tee "$OUT/table.txt"
+import csv, statistics, sys
 rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
-ours = {r["workload"]: r for r in rows if r["engine"] == "shelfsync"}
-print("%-10s %-19s %10s %9s %9s %9s %14s" % (
-    "engine", "workload", "ok/s", "conflict", "p50 ms", "p99 ms", "shelfsync is"))
+groups = {}
 for r in rows:
+    groups.setdefault((r["engine"], r["workload"]), []).append(r)
+def median(key, rs):
+    return statistics.median(float(r[key]) for r in rs)
+ours = {w: median("ok_per_s", rs) for (e, w), rs in groups.items() if e == "shelfsync"}
+print("median of %s round(s) per row; ratios are of the medians" % sys.argv[2])
+print("%-10s %-20s %10s %15s %9s %9s %9s %13s" % (
+    "engine", "workload", "ok/s", "ok/s range", "conflict", "p50 ms", "p99 ms", "shelfsync is"))
+for (engine, workload), rs in groups.items():
+    ok = median("ok_per_s", rs)
+    spread = "%.0f-%.0f" % (min(float(r["ok_per_s"]) for r in rs),
+                            max(float(r["ok_per_s"]) for r in rs))
     ratio = ""
-    mine = ours.get(r["workload"])
-    if r["engine"] != "shelfsync" and mine and float(r["ok_per_s"]) > 0:
-        ratio = "%.1fx" % (float(mine["ok_per_s"]) / float(r["ok_per_s"]))
-    print("%-10s %-19s %10s %8s%% %9s %9s %14s" % (
-        r["engine"], r["workload"], r["ok_per_s"], r["conflict_pct"],
-        r["p50_ms"], r["p99_ms"], ratio))
+    if engine != "shelfsync" and workload in ours and ok > 0:
+        ratio = "%.2fx" % (ours[workload] / ok)
+    print("%-10s %-20s %10.0f %15s %8.1f%% %9.3f %9.3f %13s" % (
+        engine, workload, ok, spread, median("conflict_pct", rs),
+        median("p50_ms", rs), median("p99_ms", rs), ratio))
 PY
 log "results in $OUT"
