@@ -431,6 +431,23 @@ mod tests {
     use super::*;
     use shelfsync_core::Op;
 
+    /// Opens the replica in `dir` again once the previous handle's sled
+    /// threads have let go of the directory's lock (they may outlive the
+    /// drop by a moment; sled offers no event to wait for).
+    fn reopen(dir: &Path) -> Replica {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match Replica::open(dir) {
+                Ok(replica) => return replica,
+                Err(err) if err.to_string().contains("could not acquire lock") => {
+                    assert!(std::time::Instant::now() < deadline, "{err}");
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(err) => panic!("{err}"),
+            }
+        }
+    }
+
     fn item(sku: &str, quantity: u64, version: u64) -> Item {
         Item {
             location: "s1".into(),
@@ -538,7 +555,7 @@ mod tests {
                 .unwrap();
             replica.flush().unwrap();
         }
-        let replica = Replica::open(dir.path()).unwrap();
+        let replica = reopen(dir.path());
         let meta = replica.meta();
         assert_eq!(meta.cursor, None);
         assert_eq!(meta.bootstrap.unwrap().after.unwrap().sku, "a");
