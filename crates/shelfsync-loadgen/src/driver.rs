@@ -26,7 +26,7 @@
 //! lag. A conflict is counted and not retried.
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -220,13 +220,8 @@ fn run_id() -> String {
 
 /// Opens connections 1..=n concurrently, each as store `load-i`.
 async fn connect_all(settings: &RunSettings, n: usize) -> Result<Vec<Arc<Client>>, LoadError> {
-    let bind: SocketAddr = if settings.coordinator.is_ipv6() {
-        (Ipv6Addr::UNSPECIFIED, 0).into()
-    } else {
-        (Ipv4Addr::UNSPECIFIED, 0).into()
-    };
     let sockets = (0..settings.sockets.clamp(1, n.max(1)))
-        .map(|_| quinn::Endpoint::client(bind))
+        .map(|_| shelfsync_proto::client::client_endpoint(settings.coordinator))
         .collect::<Result<Vec<_>, _>>()
         .map_err(LoadError::Socket)?;
     let mut set = JoinSet::new();

@@ -16,6 +16,17 @@ use crate::codec::{FrameReader, FrameWriter, read_frame, write_frame};
 use crate::error::ProtoError;
 use crate::message::{Hello, HelloReply, Request, Response};
 
+/// A client endpoint (one UDP socket on an ephemeral port) from which
+/// `addr` can be reached: IPv6 for an IPv6 address, else IPv4.
+pub fn client_endpoint(addr: SocketAddr) -> std::io::Result<quinn::Endpoint> {
+    let bind: SocketAddr = if addr.is_ipv6() {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    };
+    quinn::Endpoint::client(bind)
+}
+
 /// One connection to the coordinator, past its hello.
 #[derive(Debug)]
 pub struct Client {
@@ -35,12 +46,7 @@ impl Client {
         config: quinn::ClientConfig,
         timeout: Duration,
     ) -> Result<Self, ProtoError> {
-        let bind: SocketAddr = if addr.is_ipv6() {
-            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-        } else {
-            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-        };
-        let endpoint = quinn::Endpoint::client(bind).map_err(ProtoError::Endpoint)?;
+        let endpoint = client_endpoint(addr).map_err(ProtoError::Endpoint)?;
         Self::connect_on(endpoint, addr, server_name, config, timeout).await
     }
 
