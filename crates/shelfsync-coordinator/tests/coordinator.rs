@@ -35,13 +35,30 @@ fn store(id: &str, writable: &[&str], readable: &[&str]) -> StoreConfig {
     }
 }
 
+/// Opens the ledger in `dir` once the sled threads of a previous handle
+/// have let go of the directory's lock (after a restart they may outlive
+/// the drop by a moment; sled offers no event to wait for).
+fn open_ledger(dir: &std::path::Path) -> SledLedger {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match SledLedger::open(dir) {
+            Ok(ledger) => return ledger,
+            Err(err) if err.to_string().contains("could not acquire lock") => {
+                assert!(std::time::Instant::now() < deadline, "{err}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(err) => panic!("{err}"),
+        }
+    }
+}
+
 impl Fixture {
     fn new() -> Self {
         Self::open(tempfile::tempdir().unwrap(), Duration::from_secs(3600))
     }
 
     fn open(dir: tempfile::TempDir, ttl: Duration) -> Self {
-        let ledger: Arc<dyn Ledger> = Arc::new(SledLedger::open(dir.path()).unwrap());
+        let ledger: Arc<dyn Ledger> = Arc::new(open_ledger(dir.path()));
         let log = wal::recover(&dir.path().join("wal"), ledger.as_ref()).unwrap();
         let metrics = Arc::new(Metrics::new());
         let digests = Arc::new(Digests::load(ledger.as_ref()).unwrap());
