@@ -17,8 +17,10 @@
 //!    their jobs: a write is acknowledged once it is durable.
 //! 3. The **applier** commits the logged groups to the ledger as one atomic
 //!    batch, then raises the head that readers (sync, snapshots, history)
-//!    see, so they only ever read durable changes. It flushes the ledger
-//!    every [`LEDGER_FLUSH_EVERY`]; the log keeps every group until then.
+//!    see, so they only ever read durable changes. Every
+//!    [`LEDGER_FLUSH_EVERY`] it asks the ledger for a checkpoint
+//!    ([`Ledger::checkpoint`]); the log keeps every group until a
+//!    checkpoint reports it durable in the ledger.
 //!
 //! If the log cannot be written, nothing decided since is durable: the
 //! pipeline stops and answers every job with `unavailable`. If the ledger
@@ -49,8 +51,8 @@ const MAX_GROUP: usize = 4096;
 const QUEUE_DEPTH: usize = 16 * 1024;
 /// Item states the sequencer keeps in memory (about 250 bytes each).
 const ITEM_CACHE_ENTRIES: usize = 256 * 1024;
-/// How often the applier makes the ledger durable, so that the log can
-/// drop what it holds.
+/// How often the applier asks the ledger for a checkpoint, so that the log
+/// can drop what it holds.
 pub const LEDGER_FLUSH_EVERY: Duration = Duration::from_millis(50);
 
 /// A unit of work for the pipeline.
@@ -613,43 +615,64 @@ struct Applier {
 
 impl Applier {
     fn run(self, logged: std::sync::mpsc::Receiver<Logged>) {
-        let mut last_flush = Instant::now();
-        while let Ok(first) = logged.recv() {
-            let mut number = first.number;
-            let mut batch = first.batch;
-            for more in logged.try_iter() {
-                number = more.number;
-                batch.writes.extend(more.batch.writes);
-                batch.idempotency.extend(more.batch.idempotency);
-                batch.head = more.batch.head;
-                batch.position = more.batch.position;
-            }
-            if let Err(err) = self.ledger.commit(&batch) {
-                self.fail(&err);
-                return;
-            }
-            self.applied_group.store(number, Ordering::Release);
-            let head = batch.head;
-            self.durable.send_if_modified(|current| {
-                let raised = head > *current;
-                if raised {
-                    *current = head;
+        let mut last_checkpoint = Instant::now();
+        loop {
+            // Woken at least every LEDGER_FLUSH_EVERY, so that a quiet
+            // ledger still moves its idempotency records into runs.
+            match logged.recv_timeout(LEDGER_FLUSH_EVERY) {
+                Ok(first) => {
+                    if let Err(err) = self.apply(first, &logged) {
+                        self.fail(&err);
+                        return;
+                    }
                 }
-                raised
-            });
-            if last_flush.elapsed() >= LEDGER_FLUSH_EVERY {
-                if let Err(err) = self.ledger.flush() {
-                    self.fail(&err);
-                    return;
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+            if last_checkpoint.elapsed() >= LEDGER_FLUSH_EVERY {
+                match self.ledger.checkpoint() {
+                    Ok(durable) => self.flushed_group.store(durable, Ordering::Release),
+                    Err(err) => {
+                        self.fail(&err);
+                        return;
+                    }
                 }
-                self.flushed_group.store(number, Ordering::Release);
-                last_flush = Instant::now();
+                last_checkpoint = Instant::now();
             }
         }
         // Stopping: leave the ledger durable, so the next start replays nothing.
         if let Err(err) = self.ledger.flush() {
             tracing::warn!(error = %err, "ledger flush at stop failed; the next start replays the log");
         }
+    }
+
+    /// Commits `first` and every logged group queued behind it as one
+    /// batch, then raises the head readers see.
+    fn apply(
+        &self,
+        first: Logged,
+        logged: &std::sync::mpsc::Receiver<Logged>,
+    ) -> Result<(), LedgerError> {
+        let mut number = first.number;
+        let mut batch = first.batch;
+        for more in logged.try_iter() {
+            number = more.number;
+            batch.writes.extend(more.batch.writes);
+            batch.idempotency.extend(more.batch.idempotency);
+            batch.head = more.batch.head;
+            batch.position = more.batch.position;
+        }
+        self.ledger.commit(&batch)?;
+        self.applied_group.store(number, Ordering::Release);
+        let head = batch.head;
+        self.durable.send_if_modified(|current| {
+            let raised = head > *current;
+            if raised {
+                *current = head;
+            }
+            raised
+        });
+        Ok(())
     }
 
     fn fail(&self, err: &LedgerError) {

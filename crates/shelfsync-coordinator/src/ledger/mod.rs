@@ -21,6 +21,7 @@ use shelfsync_core::{ItemKey, KeyState, Op};
 use shelfsync_proto::{Change, StoreReport, WireError};
 
 mod bloom;
+mod idempotency;
 pub mod sled;
 
 pub use self::sled::SledLedger;
@@ -136,14 +137,27 @@ pub trait Ledger: Send + Sync + 'static {
     /// Applies a batch atomically. It need not be durable until [`Ledger::flush`].
     fn commit(&self, batch: &CommitBatch) -> Result<(), LedgerError>;
 
-    /// Makes every committed batch durable.
+    /// Makes every committed batch durable, in full: afterwards
+    /// [`Ledger::position`] is the last committed position, so recovery
+    /// replays nothing.
     fn flush(&self) -> Result<(), LedgerError>;
+
+    /// Makes committed batches durable as far as it can without a burst of
+    /// work, and returns the position through which everything committed
+    /// is durable (the write-ahead log may drop the groups up to it). A
+    /// backend that keeps some records in memory for a while (the sled
+    /// backend's idempotency records) returns an older position than its
+    /// last commit's, and must accept the batches after it again from
+    /// recovery.
+    fn checkpoint(&self) -> Result<u64, LedgerError>;
 
     /// The sequence number of the last committed change (0 when none).
     fn head(&self) -> Result<u64, LedgerError>;
 
-    /// The `position` of the last committed batch that had one (0 when
-    /// none): how far the write-ahead log has reached the ledger.
+    /// How far the write-ahead log has durably reached the ledger: the
+    /// `position` of the last committed batch that had one (0 when none),
+    /// or an older one while part of the batches after it is only in
+    /// memory. Recovery replays the log from after it.
     fn position(&self) -> Result<u64, LedgerError>;
 
     /// The lowest sequence number still in the change log; `head + 1` when

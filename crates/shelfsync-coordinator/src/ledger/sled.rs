@@ -1,19 +1,19 @@
 //! The embedded ledger on sled.
 //!
 //! Everything lives in one sled tree under one-byte prefixes, so that one
-//! `sled::Batch` covers a group's items, change-log entries, idempotency
-//! records and the new head: after a crash they are all present or all absent.
+//! `sled::Batch` covers a group's items, change-log entries and the new
+//! head: after a crash they are all present or all absent.
 //!
 //! | prefix | key | value |
 //! |---|---|---|
 //! | `i` | location `\0` sku | [`ItemRecord`] |
 //! | `c` | seq of the block's first change (8 bytes, big-endian) | a block of up to [`CHANGE_BLOCK`] [`ChangeRecord`]s with consecutive seqs: each change and the seq of its key's previous change |
-//! | `d` | bucket end (8 bytes BE) store `\0` idempotency key | [`IdempotencyRecord`] |
-//! | `m` | `head` / `oldest` / `format` / `position` | u64 big-endian |
+//! | `d` | bucket end (8 bytes BE), then a run's chunk or filter | idempotency records ([`super::idempotency`]) |
+//! | `m` | `head` / `oldest` / `format` / `position` / `idemposition` | u64 big-endian |
 //! | `r` | store | [`StoredReport`] |
 //!
 //! Three choices keep a write at two inserts and a share of a third, since
-//! an insert into sled is the dominant cost of the write path
+//! a new sled key is the dominant cost of the write path
 //! (docs/performance.md):
 //!
 //! - **Change-log blocks.** The changes of one commit go into blocks of up to
@@ -22,27 +22,30 @@
 //!   found by its seq in the block with the greatest first seq not above it.
 //!   Compaction removes whole blocks and rewrites the one it cuts through.
 //!   Layout 2 stored one change per key; such single records read as blocks
-//!   of one, so a layout-2 ledger opens as it is and is stamped layout 3.
+//!   of one.
 //! - **History without an index.** Each change record names the seq of the
 //!   previous change of its key, so the history of a key is a walk from the
 //!   item record's seq down that chain, ending at the key's first change or
 //!   where compaction cut the log.
-//! - **Idempotency records in time buckets.** A record goes into the bucket
-//!   whose end is the first multiple of the bucket width after its decision
-//!   time. Expiry deletes whole buckets that ended before the cutoff, so no
-//!   expiry index is written per record; a lookup probes the few live
-//!   buckets, newest first. Bucket ends are absolute times, so a changed
-//!   width (a new `idempotency_ttl`) leaves older buckets readable and
-//!   collectable. A bucket this process created has a [`Bloom`] filter of
-//!   its keys in memory, so a key never seen (nearly every write's) skips
-//!   the tree; buckets found on disk at open have none and are always read.
+//! - **Idempotency records in memory, then in runs.** A batch's records
+//!   stay in memory (and in the write-ahead log) until a few tens of
+//!   thousands have gathered; then they are written as sorted runs of a few
+//!   KiB per key, in small pieces ([`super::idempotency`]). `position` is
+//!   the last batch in the tree, `idemposition` the last batch whose
+//!   records are all in runs; [`Ledger::position`] is the lower of the two,
+//!   and recovery replays the log from there (a batch the tree already
+//!   holds only gives back its records).
+//!
+//! Layouts 2 and 3 stored one idempotency record per key; layout 4 reads
+//! them until their bucket expires, so an older ledger opens as it is and
+//! is stamped layout 4.
 //!
 //! Values are msgpack wrapped in a version envelope (`Stored`); the key
 //! layout has its own number under `mformat`, checked at open.
 
-use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -50,17 +53,19 @@ use serde::{Deserialize, Serialize};
 use shelfsync_core::ItemKey;
 use shelfsync_proto::Change;
 
-use super::bloom::Bloom;
+use super::idempotency::IdempotencyStore;
 use super::{CommitBatch, IdempotencyRecord, ItemRecord, Ledger, LedgerError, StoredReport};
 
 const HEAD: &[u8] = b"mhead";
 const OLDEST: &[u8] = b"moldest";
 const POSITION: &[u8] = b"mposition";
+const IDEMPOTENCY_POSITION: &[u8] = b"midemposition";
 const FORMAT: &[u8] = b"mformat";
 /// The key layout this code writes (see the module docs).
-const LAYOUT: u64 = 3;
-/// The older layout this code also reads: one change per `c` key.
-const LAYOUT_SINGLE_CHANGES: u64 = 2;
+const LAYOUT: u64 = 4;
+/// The older layouts this code also reads: 2 stored one change per `c`
+/// key, 2 and 3 one idempotency record per `d` key.
+const OLDER_LAYOUTS: [u64; 2] = [2, 3];
 /// Most changes stored under one `c` key.
 pub const CHANGE_BLOCK: usize = 64;
 /// Bucket width of idempotency records when none is given.
@@ -90,18 +95,18 @@ enum StoredChanges {
     V2(Vec<ChangeRecord>),
 }
 
-/// Live idempotency buckets by end; `None`: found on disk, no filter.
-type Buckets = BTreeMap<u64, Option<Arc<Bloom>>>;
-
 /// The sled-backed ledger.
 #[derive(Debug, Clone)]
 pub struct SledLedger {
     db: sled::Db,
     tree: sled::Tree,
-    /// Width of new idempotency buckets, milliseconds.
-    bucket_ms: u64,
-    /// Ends of the idempotency buckets that hold records, ascending.
-    buckets: Arc<Mutex<Buckets>>,
+    /// The idempotency records (their own module: most live in memory
+    /// until they are written as runs).
+    idempotency: IdempotencyStore,
+    /// The position of the last batch applied to the tree.
+    applied: Arc<AtomicU64>,
+    /// The idempotency position last stored under `midemposition`.
+    stored_covered: Arc<AtomicU64>,
 }
 
 impl SledLedger {
@@ -122,86 +127,23 @@ impl SledLedger {
             .open()
             .map_err(|e| LedgerError::Storage(format!("cannot open {}: {e}", dir.display())))?;
         let tree = db.open_tree("ledger").map_err(storage)?;
-        let mut ledger = SledLedger {
+        check_layout(&tree, dir)?;
+        let bucket_ms = u64::try_from(bucket.as_millis()).unwrap_or(u64::MAX);
+        let idempotency = IdempotencyStore::open(tree.clone(), bucket_ms)?;
+        let ledger = SledLedger {
             db,
             tree,
-            bucket_ms: u64::try_from(bucket.as_millis()).unwrap_or(u64::MAX).max(1),
-            buckets: Arc::default(),
+            idempotency,
+            applied: Arc::default(),
+            stored_covered: Arc::default(),
         };
-        ledger.check_layout(dir)?;
-        ledger.buckets = Arc::new(Mutex::new(ledger.scan_buckets()?));
+        let applied = ledger.get_u64(POSITION)?.unwrap_or(0);
+        ledger.applied.store(applied, Ordering::Release);
+        // None stored (layout 3): the first sync stores one.
+        let covered = ledger.get_u64(IDEMPOTENCY_POSITION)?.unwrap_or(u64::MAX);
+        ledger.stored_covered.store(covered, Ordering::Release);
         Ok(ledger)
     }
-
-    /// Stamps a new ledger with [`LAYOUT`]; refuses one written in another.
-    fn check_layout(&self, dir: &Path) -> Result<(), LedgerError> {
-        match self.get_u64(FORMAT)? {
-            Some(LAYOUT) => Ok(()),
-            Some(LAYOUT_SINGLE_CHANGES) => {
-                tracing::info!(dir = %dir.display(), "ledger key layout 2 read as layout 3");
-                self.tree
-                    .insert(FORMAT, &LAYOUT.to_be_bytes())
-                    .map_err(storage)?;
-                Ok(())
-            }
-            None if self.tree.is_empty() => {
-                self.tree
-                    .insert(FORMAT, &LAYOUT.to_be_bytes())
-                    .map_err(storage)?;
-                Ok(())
-            }
-            found => Err(LedgerError::Storage(format!(
-                "the ledger in {} has key layout {}, this build reads layouts \
-                 {LAYOUT_SINGLE_CHANGES} and {LAYOUT} only; \
-                 start it with the build that wrote it, or with an empty data_dir",
-                dir.display(),
-                found.unwrap_or(1)
-            ))),
-        }
-    }
-
-    /// The ends of every idempotency bucket present, found by jumping from
-    /// one bucket to the next.
-    fn scan_buckets(&self) -> Result<Buckets, LedgerError> {
-        let mut found = Buckets::new();
-        let mut start = b"d".to_vec();
-        while let Some(entry) = self.tree.range(start..).next() {
-            let (k, _) = entry.map_err(storage)?;
-            let Some(end) = k.get(1..9).filter(|_| k[0] == b'd') else {
-                break;
-            };
-            let end = u64::from_be_bytes(end.try_into().map_err(|_| LedgerError::Corrupt {
-                key: printable(&k),
-                detail: "short idempotency key".into(),
-            })?);
-            found.insert(end, None);
-            match end.checked_add(1) {
-                Some(next) => start = bucket_prefix(next).to_vec(),
-                None => break,
-            }
-        }
-        Ok(found)
-    }
-
-    /// The end of the bucket a record decided at `at_ms` goes into.
-    fn bucket_end(&self, at_ms: u64) -> u64 {
-        (at_ms / self.bucket_ms)
-            .saturating_add(1)
-            .saturating_mul(self.bucket_ms)
-    }
-
-    /// The live bucket ends, newest first.
-    fn live_buckets(&self) -> Vec<u64> {
-        self.with_buckets(|buckets| buckets.keys().rev().copied().collect())
-    }
-
-    fn with_buckets<R>(&self, f: impl FnOnce(&mut Buckets) -> R) -> R {
-        match self.buckets.lock() {
-            Ok(mut buckets) => f(&mut buckets),
-            Err(poisoned) => f(&mut poisoned.into_inner()),
-        }
-    }
-
     fn get<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, LedgerError> {
         self.tree
             .get(key)
@@ -223,7 +165,75 @@ impl SledLedger {
     }
 }
 
+/// Stamps a new ledger with [`LAYOUT`], an older one it reads too; refuses
+/// one written in another.
+fn check_layout(tree: &sled::Tree, dir: &Path) -> Result<(), LedgerError> {
+    let stamp = || {
+        tree.insert(FORMAT, &LAYOUT.to_be_bytes())
+            .map(|_| ())
+            .map_err(storage)
+    };
+    let found = match tree.get(FORMAT).map_err(storage)? {
+        Some(v) => Some(u64::from_be_bytes(v.as_ref().try_into().map_err(|_| {
+            LedgerError::Corrupt {
+                key: printable(FORMAT),
+                detail: "expected 8 bytes".into(),
+            }
+        })?)),
+        None => None,
+    };
+    match found {
+        Some(LAYOUT) => Ok(()),
+        Some(older) if OLDER_LAYOUTS.contains(&older) => {
+            tracing::info!(dir = %dir.display(), from = older, to = LAYOUT, "ledger key layout read as the new one");
+            stamp()
+        }
+        None if tree.is_empty() => stamp(),
+        found => Err(LedgerError::Storage(format!(
+            "the ledger in {} has key layout {}, this build reads layouts \
+             {OLDER_LAYOUTS:?} and {LAYOUT} only; \
+             start it with the build that wrote it, or with an empty data_dir",
+            dir.display(),
+            found.unwrap_or(1)
+        ))),
+    }
+}
+
+#[cfg(test)]
 impl SledLedger {
+    pub(crate) fn tree(&self) -> &sled::Tree {
+        &self.tree
+    }
+
+    pub(crate) fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
+    pub(crate) fn idempotency_store(&self) -> &IdempotencyStore {
+        &self.idempotency
+    }
+
+    pub(crate) fn idempotency_store_mut(&mut self) -> &mut IdempotencyStore {
+        &mut self.idempotency
+    }
+}
+
+impl SledLedger {
+    /// Stores how far the idempotency records are in runs, flushes sled and
+    /// returns the position through which everything is durable.
+    fn sync(&self) -> Result<u64, LedgerError> {
+        // Read before the flush, which makes what they count durable.
+        let applied = self.applied.load(Ordering::Acquire);
+        let covered = self.idempotency.covered();
+        if self.stored_covered.swap(covered, Ordering::AcqRel) != covered {
+            self.tree
+                .insert(IDEMPOTENCY_POSITION, &covered.to_be_bytes())
+                .map_err(storage)?;
+        }
+        self.db.flush().map_err(storage)?;
+        Ok(applied.min(covered))
+    }
+
     /// The change block holding `seq`, if the log still has one there: the
     /// block with the greatest first seq not above `seq`.
     fn block_at(&self, seq: u64) -> Result<Option<(sled::IVec, Vec<ChangeRecord>)>, LedgerError> {
@@ -277,15 +287,15 @@ fn encode_changes(block: Vec<ChangeRecord>) -> Result<Vec<u8>, LedgerError> {
         .map_err(|e| LedgerError::Storage(e.to_string()))
 }
 
-fn storage(err: sled::Error) -> LedgerError {
+pub(super) fn storage(err: sled::Error) -> LedgerError {
     LedgerError::Storage(err.to_string())
 }
 
-fn encode<T: Serialize>(value: T) -> Result<Vec<u8>, LedgerError> {
+pub(super) fn encode<T: Serialize>(value: T) -> Result<Vec<u8>, LedgerError> {
     rmp_serde::to_vec_named(&Stored::V1(value)).map_err(|e| LedgerError::Storage(e.to_string()))
 }
 
-fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, LedgerError> {
+pub(super) fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, LedgerError> {
     match rmp_serde::from_slice::<Stored<T>>(bytes) {
         Ok(Stored::V1(value)) => Ok(value),
         Err(e) => Err(LedgerError::Corrupt {
@@ -295,7 +305,7 @@ fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, LedgerErro
     }
 }
 
-fn printable(key: &[u8]) -> String {
+pub(super) fn printable(key: &[u8]) -> String {
     String::from_utf8_lossy(key).replace('\0', "/")
 }
 
@@ -314,21 +324,6 @@ fn change_key(seq: u64) -> [u8; 9] {
     k
 }
 
-fn bucket_prefix(end: u64) -> [u8; 9] {
-    let mut k = [b'd'; 9];
-    k[1..].copy_from_slice(&end.to_be_bytes());
-    k
-}
-
-fn idempotency_key(bucket_end: u64, store: &str, key: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(11 + store.len() + key.len());
-    k.extend_from_slice(&bucket_prefix(bucket_end));
-    k.extend_from_slice(store.as_bytes());
-    k.push(0);
-    k.extend_from_slice(key.as_bytes());
-    k
-}
-
 impl Ledger for SledLedger {
     fn load(&self, key: &ItemKey) -> Result<Option<ItemRecord>, LedgerError> {
         self.get(&item_key(key))
@@ -339,27 +334,20 @@ impl Ledger for SledLedger {
         store: &str,
         key: &str,
     ) -> Result<Option<IdempotencyRecord>, LedgerError> {
-        // Newest bucket first: a key reused after an expiry answers with
-        // its newest record.
-        let live: Vec<(u64, Option<Arc<Bloom>>)> = self.with_buckets(|buckets| {
-            buckets
-                .iter()
-                .rev()
-                .map(|(end, filter)| (*end, filter.clone()))
-                .collect()
-        });
-        for (end, filter) in live {
-            if filter.is_some_and(|filter| !filter.may_contain(store, key)) {
-                continue;
-            }
-            if let Some(record) = self.get(&idempotency_key(end, store, key))? {
-                return Ok(Some(record));
-            }
-        }
-        Ok(None)
+        self.idempotency.lookup(store, key)
     }
 
     fn commit(&self, batch: &CommitBatch) -> Result<(), LedgerError> {
+        // Recovery replays the log from the idempotency position, which may
+        // be behind the tree's: a batch the tree already holds only brings
+        // its idempotency records back into memory.
+        let in_tree = batch.position > 0 && batch.position <= self.applied.load(Ordering::Acquire);
+        // Before the tree: a reader that finds the batch's items finds its
+        // records too.
+        self.idempotency.add(&batch.idempotency, batch.position);
+        if in_tree {
+            return Ok(());
+        }
         let mut b = sled::Batch::default();
         for write in &batch.writes {
             let change = &write.change;
@@ -382,34 +370,23 @@ impl Ledger for SledLedger {
                 .collect();
             b.insert(&change_key(first.change.seq), encode_changes(records)?);
         }
-        let mut ends = Vec::new();
-        for (store, key, record) in &batch.idempotency {
-            let end = self.bucket_end(record.at_ms);
-            ends.push((end, store.as_str(), key.as_str()));
-            b.insert(idempotency_key(end, store, key), encode(record)?);
-        }
         b.insert(HEAD, &batch.head.to_be_bytes());
         if batch.position > 0 {
             b.insert(POSITION, &batch.position.to_be_bytes());
         }
-        // Known (and filtered) before the batch lands, so a lookup never
-        // misses a bucket or a key that holds a committed record. A bucket
-        // new to this process gets a filter: all its keys pass through here.
-        self.with_buckets(|buckets| {
-            for (end, store, key) in ends {
-                let filter = buckets
-                    .entry(end)
-                    .or_insert_with(|| Some(Arc::new(Bloom::default())));
-                if let Some(filter) = filter {
-                    filter.insert(store, key);
-                }
-            }
-        });
-        self.tree.apply_batch(b).map_err(storage)
+        self.tree.apply_batch(b).map_err(storage)?;
+        self.applied.fetch_max(batch.position, Ordering::AcqRel);
+        Ok(())
     }
 
     fn flush(&self) -> Result<(), LedgerError> {
-        self.db.flush().map(|_| ()).map_err(storage)
+        self.idempotency.step(true)?;
+        self.sync().map(|_| ())
+    }
+
+    fn checkpoint(&self) -> Result<u64, LedgerError> {
+        self.idempotency.step(false)?;
+        self.sync()
     }
 
     fn head(&self) -> Result<u64, LedgerError> {
@@ -417,7 +394,10 @@ impl Ledger for SledLedger {
     }
 
     fn position(&self) -> Result<u64, LedgerError> {
-        Ok(self.get_u64(POSITION)?.unwrap_or(0))
+        let applied = self.get_u64(POSITION)?.unwrap_or(0);
+        // Layout 3 kept no idempotency record in memory.
+        let covered = self.get_u64(IDEMPOTENCY_POSITION)?.unwrap_or(applied);
+        Ok(applied.min(covered))
     }
 
     fn oldest(&self) -> Result<u64, LedgerError> {
@@ -511,34 +491,7 @@ impl Ledger for SledLedger {
     }
 
     fn expire_idempotency(&self, before_ms: u64, limit: usize) -> Result<usize, LedgerError> {
-        let expired: Vec<u64> = self
-            .live_buckets()
-            .into_iter()
-            .rev()
-            .take_while(|end| *end <= before_ms)
-            .collect();
-        let mut removed = 0;
-        for end in expired {
-            let mut b = sled::Batch::default();
-            let mut in_batch = 0;
-            for entry in self.tree.scan_prefix(bucket_prefix(end)) {
-                if removed + in_batch >= limit {
-                    break;
-                }
-                let (k, _) = entry.map_err(storage)?;
-                b.remove(k);
-                in_batch += 1;
-            }
-            self.tree.apply_batch(b).map_err(storage)?;
-            removed += in_batch;
-            if self.tree.scan_prefix(bucket_prefix(end)).next().is_none() {
-                self.with_buckets(|buckets| buckets.remove(&end));
-            }
-            if removed >= limit {
-                break;
-            }
-        }
-        Ok(removed)
+        self.idempotency.expire(before_ms, limit)
     }
 
     fn compact_changes(&self, retain: u64, limit: usize) -> Result<usize, LedgerError> {
@@ -740,12 +693,13 @@ pub(crate) mod tests {
         // Another width after the restart: the old buckets still answer.
         let ledger = reopen(dir.path(), Duration::from_secs(60));
         // The last bucket's end saturates at u64::MAX.
-        assert_eq!(ledger.live_buckets(), [u64::MAX, 30, 10]);
+        assert_eq!(ledger.idempotency.live_buckets(), [u64::MAX, 30, 10]);
         for (store, key, at) in [("store-1", "k1", 5), ("store-1", "k2", 25)] {
             assert_eq!(ledger.idempotency(store, key).unwrap(), Some(record(at)));
         }
-        assert_eq!(ledger.expire_idempotency(30, 100).unwrap(), 2);
-        assert_eq!(ledger.live_buckets(), [u64::MAX]);
+        // Each bucket holds a run of one chunk and its filter.
+        assert_eq!(ledger.expire_idempotency(30, 100).unwrap(), 4);
+        assert_eq!(ledger.idempotency.live_buckets(), [u64::MAX]);
         assert!(ledger.idempotency("store-1", "k1").unwrap().is_none());
     }
 }

@@ -1,0 +1,1048 @@
+//! Idempotency records of the sled ledger, stored so that a write adds no
+//! sled key of its own.
+//!
+//! A new sled key costs about 10 µs (sled grows and copies a leaf for it),
+//! several times an update of an existing key, and almost every write
+//! records an idempotency key never seen before. So records are kept like a
+//! small log-structured table:
+//!
+//! - **Recent records live in memory only.** [`IdempotencyStore::add`] puts
+//!   a committed batch's records into an in-memory table. They are durable
+//!   in the coordinator's write-ahead log, which keeps every group until
+//!   [`IdempotencyStore::covered`] (the position through which every record
+//!   is in a run) has passed it; recovery replays the log from there.
+//! - **Runs.** Once the table holds [`SEAL_RECORDS`] records, or its oldest
+//!   is [`SEAL_AFTER`] old, it is *sealed*: sorted by bucket and by a
+//!   fingerprint (a fixed 64-bit hash of store and key) and written to sled
+//!   as one run per bucket, in chunks of [`CHUNK`] records, a piece of about
+//!   [`PIECE_RECORDS`] records per [`IdempotencyStore::step`] (the pipeline
+//!   steps every 50 ms), so that the work is small and steady. A run's
+//!   filter (a Bloom filter over fingerprints) is written last and marks it
+//!   complete; chunks of an incomplete run are removed at open.
+//! - **Buckets.** Records still go into the time buckets of the ledger's
+//!   module docs, and expiry still removes whole buckets. A bucket created
+//!   by this process has a Bloom filter of every key recorded in it, so a
+//!   key never seen (nearly every write's) is answered from memory.
+//! - **Layout 3** stored one sled key per record under the bucket
+//!   (`d<end>` store `\0` key); such records are still read, one key each,
+//!   until their bucket expires.
+//!
+//! | key after `d<end>` (8 bytes BE) | value |
+//! |---|---|
+//! | `\x02` run (8 BE) first fingerprint (8 BE) chunk (4 BE) | up to [`CHUNK`] records, by fingerprint |
+//! | `\x03` run (8 BE) | the run's filter |
+//! | store `\0` key | one record (layout 3; read, never written) |
+//!
+//! Fingerprints only order and filter: every match compares the store and
+//! the key themselves.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::bloom::Bloom;
+use super::sled::{decode, encode, printable, storage};
+use super::{IdempotencyRecord, LedgerError};
+
+/// Records in memory that make the table sealed and written as runs.
+pub const SEAL_RECORDS: usize = 64 * 1024;
+/// Age of the oldest record in memory that seals the table anyway, so that
+/// a quiet coordinator's log does not keep growing behind it.
+pub const SEAL_AFTER: Duration = Duration::from_secs(30);
+/// Records written per step while a sealed table is being written.
+pub const PIECE_RECORDS: usize = 4 * 1024;
+/// Most records in one chunk of a run (a few KiB).
+pub const CHUNK: usize = 32;
+/// Filter bits per record in a run (about 1 % false positives with
+/// [`RUN_PROBES`] probes).
+const RUN_BITS_PER_RECORD: usize = 10;
+/// Bit probes per fingerprint in a run's filter.
+const RUN_PROBES: u64 = 7;
+
+const CHUNK_TAG: u8 = 2;
+const FILTER_TAG: u8 = 3;
+
+/// One record of a run chunk, as read.
+#[derive(Debug, Deserialize)]
+struct RunEntry {
+    fp: u64,
+    store: String,
+    key: String,
+    record: IdempotencyRecord,
+}
+
+/// One record of a run chunk, as written (the same fields, borrowed).
+#[derive(Serialize)]
+struct RunEntryRef<'a> {
+    fp: u64,
+    store: &'a str,
+    key: &'a str,
+    record: &'a IdempotencyRecord,
+}
+
+/// A run's Bloom filter over fingerprints; its size is a power of two.
+#[derive(Debug, Serialize, Deserialize)]
+struct RunFilter {
+    words: Vec<u64>,
+}
+
+impl RunFilter {
+    fn sized_for(records: usize) -> Self {
+        let bits = (records.max(1) * RUN_BITS_PER_RECORD)
+            .next_power_of_two()
+            .max(64);
+        RunFilter {
+            words: vec![0; bits / 64],
+        }
+    }
+
+    fn probes(&self, fp: u64) -> impl Iterator<Item = (usize, u64)> + use<> {
+        let mask = (self.words.len() as u64 * 64).wrapping_sub(1);
+        let (h1, h2) = (fp & 0xffff_ffff, (fp >> 32) | 1);
+        (0..RUN_PROBES).map(move |i| {
+            let bit = h1.wrapping_add(i.wrapping_mul(h2)) & mask;
+            ((bit / 64) as usize, 1u64 << (bit % 64))
+        })
+    }
+
+    fn insert(&mut self, fp: u64) {
+        for (word, bit) in self.probes(fp) {
+            if let Some(w) = self.words.get_mut(word) {
+                *w |= bit;
+            }
+        }
+    }
+
+    fn may_contain(&self, fp: u64) -> bool {
+        // A filter read from disk with no words (damaged) answers "maybe".
+        self.words.is_empty()
+            || self
+                .probes(fp)
+                .all(|(word, bit)| self.words.get(word).is_none_or(|w| w & bit != 0))
+    }
+}
+
+/// Records not in a run yet, by (store, key), with their bucket end.
+#[derive(Debug, Default)]
+struct Table {
+    records: HashMap<(String, String), (u64, IdempotencyRecord)>,
+    /// The lowest log position of a batch whose records are here.
+    from: Option<u64>,
+    /// When the first record came in.
+    since: Option<Instant>,
+}
+
+impl Table {
+    fn get(&self, store: &str, key: &str) -> Option<&(u64, IdempotencyRecord)> {
+        self.records.get(&(store.to_owned(), key.to_owned()))
+    }
+}
+
+/// A table being written as runs, all with the same run number.
+#[derive(Debug)]
+struct Sealed {
+    run: u64,
+    table: Table,
+}
+
+/// What memory holds of one bucket.
+#[derive(Debug, Default)]
+struct Bucket {
+    /// Filter of every key recorded in this bucket by this process; `None`
+    /// for a bucket found on disk at open.
+    filter: Option<Arc<Bloom>>,
+    /// The bucket's complete runs, oldest first.
+    runs: Vec<(u64, Arc<RunFilter>)>,
+    /// Whether the bucket holds layout-3 records (one key each).
+    legacy: bool,
+    /// Being expired: lookups skip it.
+    expiring: bool,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    buckets: BTreeMap<u64, Bucket>,
+    recent: Table,
+    sealed: Option<Arc<Sealed>>,
+    next_run: u64,
+    /// The highest log position added so far.
+    last_position: u64,
+    /// Records of buckets ending at or before this have expired: they no
+    /// longer answer and are not written.
+    expired_before: u64,
+}
+
+/// The writer's progress through the sealed table: its records in run
+/// order, each bucket's part of them with the part's filter, and how many
+/// are written.
+#[derive(Debug)]
+struct Pending {
+    sealed: Arc<Sealed>,
+    order: Vec<(u64, u64, String, String)>,
+    parts: Vec<(u64, Range<usize>, RunFilter)>,
+    written: usize,
+}
+
+/// The idempotency records of one sled tree.
+#[derive(Debug, Clone)]
+pub struct IdempotencyStore {
+    tree: sled::Tree,
+    /// Width of new buckets, milliseconds.
+    bucket_ms: u64,
+    /// [`SEAL_RECORDS`] and [`PIECE_RECORDS`] (smaller in tests).
+    seal_records: usize,
+    piece_records: usize,
+    state: Arc<Mutex<State>>,
+    /// Held while runs are written or buckets removed, one at a time.
+    writer: Arc<Mutex<Option<Pending>>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl IdempotencyStore {
+    /// Finds every bucket in `tree` with its complete runs (filters read
+    /// into memory) and whether it has layout-3 records; removes the chunks
+    /// of runs a crash left incomplete.
+    pub fn open(tree: sled::Tree, bucket_ms: u64) -> Result<Self, LedgerError> {
+        let mut state = State {
+            next_run: 1,
+            ..State::default()
+        };
+        let mut start = b"d".to_vec();
+        while let Some(entry) = tree.range(start..).next() {
+            let (k, _) = entry.map_err(storage)?;
+            if k.first() != Some(&b'd') {
+                break;
+            }
+            let end = number_at(&k, 1)?;
+            let mut bucket = Bucket::default();
+            for entry in tree.scan_prefix(tagged(end, FILTER_TAG)) {
+                let (k, v) = entry.map_err(storage)?;
+                let run = number_at(&k, 10)?;
+                state.next_run = state.next_run.max(run.saturating_add(1));
+                bucket.runs.push((run, Arc::new(decode(&k, &v)?)));
+            }
+            // The runs with chunks, one seek each.
+            let chunks = tagged(end, CHUNK_TAG);
+            let mut from = chunks.to_vec();
+            let mut incomplete = Vec::new();
+            while let Some(entry) = tree.range(from..).next() {
+                let (k, _) = entry.map_err(storage)?;
+                if !k.starts_with(&chunks) {
+                    break;
+                }
+                let run = number_at(&k, 10)?;
+                state.next_run = state.next_run.max(run.saturating_add(1));
+                if !bucket.runs.iter().any(|(r, _)| *r == run) {
+                    incomplete.push(run);
+                }
+                from = run_prefix(end, run.saturating_add(1)).to_vec();
+            }
+            for run in incomplete {
+                tracing::info!(
+                    bucket = end,
+                    run,
+                    "removing an idempotency run a crash left incomplete"
+                );
+                let mut batch = sled::Batch::default();
+                for entry in tree.scan_prefix(run_prefix(end, run)) {
+                    batch.remove(entry.map_err(storage)?.0);
+                }
+                tree.apply_batch(batch).map_err(storage)?;
+            }
+            // Layout-3 keys sort after the tags (a store id starts with a
+            // letter or digit).
+            bucket.legacy = tree
+                .range(tagged(end, FILTER_TAG + 1).to_vec()..)
+                .next()
+                .transpose()
+                .map_err(storage)?
+                .is_some_and(|(k, _)| k.starts_with(&bucket_prefix(end)));
+            state.buckets.insert(end, bucket);
+            match end.checked_add(1) {
+                Some(next) => start = bucket_prefix(next).to_vec(),
+                None => break,
+            }
+        }
+        Ok(IdempotencyStore {
+            tree,
+            bucket_ms: bucket_ms.max(1),
+            seal_records: SEAL_RECORDS,
+            piece_records: PIECE_RECORDS,
+            state: Arc::new(Mutex::new(state)),
+            writer: Arc::default(),
+        })
+    }
+
+    /// The end of the bucket a record decided at `at_ms` goes into.
+    fn bucket_end(&self, at_ms: u64) -> u64 {
+        (at_ms / self.bucket_ms)
+            .saturating_add(1)
+            .saturating_mul(self.bucket_ms)
+    }
+
+    /// Adds the records of the batch logged at `position` (0: not from the
+    /// log) to memory.
+    pub fn add(&self, records: &[(String, String, IdempotencyRecord)], position: u64) {
+        let mut state = lock(&self.state);
+        let state = &mut *state;
+        for (store, key, record) in records {
+            let end = self.bucket_end(record.at_ms);
+            let bucket = state.buckets.entry(end).or_insert_with(|| Bucket {
+                filter: Some(Arc::new(Bloom::default())),
+                ..Bucket::default()
+            });
+            if let Some(filter) = &bucket.filter {
+                filter.insert(store, key);
+            }
+            state
+                .recent
+                .records
+                .insert((store.clone(), key.clone()), (end, record.clone()));
+        }
+        if !records.is_empty() {
+            if position > 0 {
+                let from = state.recent.from.get_or_insert(position);
+                *from = (*from).min(position);
+            }
+            state.recent.since.get_or_insert_with(Instant::now);
+        }
+        state.last_position = state.last_position.max(position);
+    }
+
+    /// The log position through which every added record is in a complete
+    /// run (so durable after the next sled flush).
+    pub fn covered(&self) -> u64 {
+        let state = lock(&self.state);
+        let sealed = state.sealed.as_ref().and_then(|s| s.table.from);
+        match [sealed, state.recent.from].into_iter().flatten().min() {
+            Some(from) => from - 1,
+            None => state.last_position,
+        }
+    }
+
+    /// The recorded outcome of `(store, key)`, newest first.
+    pub fn lookup(&self, store: &str, key: &str) -> Result<Option<IdempotencyRecord>, LedgerError> {
+        let fp = fingerprint(store, key);
+        // What each bucket needs from disk, newest first; memory answers
+        // the rest under the lock.
+        let mut probes: Vec<(u64, Vec<u64>, bool)> = Vec::new();
+        {
+            let state = lock(&self.state);
+            // The bucket filters know every key this process recorded,
+            // those in memory included.
+            let candidates: Vec<(u64, &Bucket)> = state
+                .buckets
+                .iter()
+                .rev()
+                .filter(|(_, b)| {
+                    !b.expiring && b.filter.as_ref().is_none_or(|f| f.may_contain(store, key))
+                })
+                .map(|(end, b)| (*end, b))
+                .collect();
+            if candidates.is_empty() {
+                return Ok(None);
+            }
+            let sealed = state.sealed.as_ref().map(|s| &s.table);
+            for table in std::iter::once(&state.recent).chain(sealed) {
+                if let Some((end, record)) = table.get(store, key)
+                    && *end > state.expired_before
+                {
+                    return Ok(Some(record.clone()));
+                }
+            }
+            for (end, bucket) in candidates {
+                let runs: Vec<u64> = bucket
+                    .runs
+                    .iter()
+                    .rev()
+                    .filter(|(_, filter)| filter.may_contain(fp))
+                    .map(|(run, _)| *run)
+                    .collect();
+                if !runs.is_empty() || bucket.legacy {
+                    probes.push((end, runs, bucket.legacy));
+                }
+            }
+        }
+        for (end, runs, legacy) in probes {
+            for run in runs {
+                if let Some(record) = self.find_in_run(end, run, fp, store, key)? {
+                    return Ok(Some(record));
+                }
+            }
+            if legacy {
+                let k = legacy_key(end, store, key);
+                if let Some(v) = self.tree.get(&k).map_err(storage)? {
+                    return Ok(Some(decode(&k, &v)?));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Looks for `(store, key)` in the chunks of `run` where `fp` falls:
+    /// the last chunk starting at or before it, and earlier ones while
+    /// they start at `fp` itself (equal fingerprints may span chunks).
+    fn find_in_run(
+        &self,
+        end: u64,
+        run: u64,
+        fp: u64,
+        store: &str,
+        key: &str,
+    ) -> Result<Option<IdempotencyRecord>, LedgerError> {
+        let chunks = self
+            .tree
+            .range(chunk_key(end, run, 0, 0)..=chunk_key(end, run, fp, u32::MAX));
+        for entry in chunks.rev() {
+            let (k, v) = entry.map_err(storage)?;
+            let chunk: Vec<RunEntry> = decode(&k, &v)?;
+            let from = chunk.partition_point(|e| e.fp < fp);
+            for e in chunk.iter().skip(from).take_while(|e| e.fp == fp) {
+                if e.store == store && e.key == key {
+                    return Ok(Some(e.record.clone()));
+                }
+            }
+            if chunk.first().is_none_or(|e| e.fp < fp) {
+                break;
+            }
+        }
+        Ok(None)
+    }
+
+    /// Moves records from memory to runs: seals the table when it is due
+    /// (or has anything, with `all`), then writes one piece of the sealed
+    /// table (or all of it, with `all`). The sled batches it applies are
+    /// durable after the next sled flush.
+    pub fn step(&self, all: bool) -> Result<(), LedgerError> {
+        let mut writer = lock(&self.writer);
+        loop {
+            if writer.is_none() {
+                let Some(sealed) = self.seal(all) else {
+                    return Ok(());
+                };
+                *writer = Some(plan(sealed));
+            }
+            let Some(pending) = writer.as_mut() else {
+                return Ok(());
+            };
+            let budget = if all { usize::MAX } else { self.piece_records };
+            if self.write_piece(pending, budget)?
+                && let Some(pending) = writer.take()
+            {
+                self.finish(pending)?;
+            }
+            if !all {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Takes the in-memory table as the sealed one if it is due.
+    fn seal(&self, all: bool) -> Option<Arc<Sealed>> {
+        let mut state = lock(&self.state);
+        let recent = &state.recent;
+        let due = if all {
+            !recent.records.is_empty()
+        } else {
+            recent.records.len() >= self.seal_records
+                || recent.since.is_some_and(|t| t.elapsed() >= SEAL_AFTER)
+        };
+        if state.sealed.is_some() || !due {
+            return None;
+        }
+        let table = std::mem::take(&mut state.recent);
+        let run = state.next_run;
+        state.next_run += 1;
+        let sealed = Arc::new(Sealed { run, table });
+        state.sealed = Some(Arc::clone(&sealed));
+        Some(sealed)
+    }
+
+    /// Writes whole chunks of `pending` until about `budget` records are
+    /// written; true once all are.
+    fn write_piece(&self, pending: &mut Pending, budget: usize) -> Result<bool, LedgerError> {
+        let expired_before = lock(&self.state).expired_before;
+        let stop = pending.written.saturating_add(budget);
+        let mut batch = sled::Batch::default();
+        let Pending {
+            sealed,
+            order,
+            parts,
+            written,
+        } = pending;
+        for (end, range, _) in parts.iter() {
+            while *written < range.end && *written < stop {
+                let start = (*written).max(range.start);
+                let cut = chunk_end(order, start, range.end);
+                *written = cut;
+                if *end <= expired_before {
+                    continue;
+                }
+                let chunk: Vec<RunEntryRef> = order[start..cut]
+                    .iter()
+                    .filter_map(|(_, fp, store, key)| {
+                        let (_, record) = sealed.table.get(store, key)?;
+                        Some(RunEntryRef {
+                            fp: *fp,
+                            store,
+                            key,
+                            record,
+                        })
+                    })
+                    .collect();
+                let index = u32::try_from(start - range.start).unwrap_or(u32::MAX);
+                batch.insert(
+                    chunk_key(*end, sealed.run, order[start].1, index).to_vec(),
+                    encode(&chunk)?,
+                );
+            }
+        }
+        self.tree.apply_batch(batch).map_err(storage)?;
+        Ok(*written >= order.len())
+    }
+
+    /// Writes the filters of a fully written sealed table, which completes
+    /// its runs, then lets them answer in place of the table.
+    fn finish(&self, pending: Pending) -> Result<(), LedgerError> {
+        let expired_before = lock(&self.state).expired_before;
+        let run = pending.sealed.run;
+        let mut batch = sled::Batch::default();
+        let mut runs = Vec::new();
+        for (end, _, filter) in pending.parts {
+            if end <= expired_before {
+                continue;
+            }
+            batch.insert(filter_key(end, run).to_vec(), encode(&filter)?);
+            runs.push((end, Arc::new(filter)));
+        }
+        self.tree.apply_batch(batch).map_err(storage)?;
+        let mut state = lock(&self.state);
+        for (end, filter) in runs {
+            state
+                .buckets
+                .entry(end)
+                .or_default()
+                .runs
+                .push((run, filter));
+        }
+        state.sealed = None;
+        Ok(())
+    }
+
+    /// Seals at `seal` records and writes `piece` per step.
+    #[cfg(test)]
+    pub fn set_sizes(&mut self, seal: usize, piece: usize) {
+        self.seal_records = seal;
+        self.piece_records = piece;
+    }
+
+    /// The bucket ends that hold records, newest first.
+    #[cfg(test)]
+    pub fn live_buckets(&self) -> Vec<u64> {
+        lock(&self.state).buckets.keys().rev().copied().collect()
+    }
+
+    /// Removes up to `limit` records of the buckets that ended at or before
+    /// `before_ms`, oldest first (records in memory, then keys on disk);
+    /// returns how many went. A bucket is skipped by lookups from its
+    /// first removal on, and forgotten once empty.
+    pub fn expire(&self, before_ms: u64, limit: usize) -> Result<usize, LedgerError> {
+        // No run is written meanwhile, so none lands in a removed bucket.
+        let _writer = lock(&self.writer);
+        let (expired, mut removed) = {
+            let mut state = lock(&self.state);
+            state.expired_before = state.expired_before.max(before_ms);
+            let before = state.recent.records.len();
+            state.recent.records.retain(|_, (end, _)| *end > before_ms);
+            let removed = before - state.recent.records.len();
+            let expired: Vec<u64> = state
+                .buckets
+                .iter_mut()
+                .take_while(|(end, _)| **end <= before_ms)
+                .map(|(end, bucket)| {
+                    bucket.expiring = true;
+                    *end
+                })
+                .collect();
+            (expired, removed)
+        };
+        for end in expired {
+            let mut batch = sled::Batch::default();
+            let mut in_batch = 0;
+            for entry in self.tree.scan_prefix(bucket_prefix(end)) {
+                if removed + in_batch >= limit {
+                    break;
+                }
+                batch.remove(entry.map_err(storage)?.0);
+                in_batch += 1;
+            }
+            self.tree.apply_batch(batch).map_err(storage)?;
+            removed += in_batch;
+            if self.tree.scan_prefix(bucket_prefix(end)).next().is_none() {
+                lock(&self.state).buckets.remove(&end);
+            }
+            if removed >= limit {
+                break;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// Orders a sealed table for writing: by bucket, then fingerprint; each
+/// bucket's part gets its filter.
+fn plan(sealed: Arc<Sealed>) -> Pending {
+    let mut order: Vec<(u64, u64, String, String)> = sealed
+        .table
+        .records
+        .iter()
+        .map(|((store, key), (end, _))| (*end, fingerprint(store, key), store.clone(), key.clone()))
+        .collect();
+    order.sort_unstable_by_key(|(end, fp, _, _)| (*end, *fp));
+    let mut parts: Vec<(u64, Range<usize>, RunFilter)> = Vec::new();
+    let mut start = 0;
+    while start < order.len() {
+        let end = order[start].0;
+        let stop = start + order[start..].partition_point(|e| e.0 == end);
+        let mut filter = RunFilter::sized_for(stop - start);
+        for (_, fp, _, _) in &order[start..stop] {
+            filter.insert(*fp);
+        }
+        parts.push((end, start..stop, filter));
+        start = stop;
+    }
+    Pending {
+        sealed,
+        order,
+        parts,
+        written: 0,
+    }
+}
+
+/// Where the chunk starting at `start` ends: after [`CHUNK`] records, or
+/// later so that one fingerprint never spans a chunk edge, and never past
+/// `limit`.
+fn chunk_end(order: &[(u64, u64, String, String)], start: usize, limit: usize) -> usize {
+    let mut cut = (start + CHUNK).min(limit);
+    while cut < limit && cut > start && order[cut].1 == order[cut - 1].1 {
+        cut += 1;
+    }
+    cut
+}
+
+/// FNV-1a over store, a zero byte and key: stable across builds, since
+/// runs on disk are sorted by it. Not a defence against crafted keys; a
+/// collision only puts records side by side.
+fn fingerprint(store: &str, key: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in store.bytes().chain([0]).chain(key.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+fn bucket_prefix(end: u64) -> [u8; 9] {
+    let mut k = [b'd'; 9];
+    k[1..].copy_from_slice(&end.to_be_bytes());
+    k
+}
+
+fn tagged(end: u64, tag: u8) -> [u8; 10] {
+    let mut k = [tag; 10];
+    k[..9].copy_from_slice(&bucket_prefix(end));
+    k
+}
+
+fn run_prefix(end: u64, run: u64) -> [u8; 18] {
+    let mut k = [0u8; 18];
+    k[..10].copy_from_slice(&tagged(end, CHUNK_TAG));
+    k[10..].copy_from_slice(&run.to_be_bytes());
+    k
+}
+
+fn filter_key(end: u64, run: u64) -> [u8; 18] {
+    let mut k = run_prefix(end, run);
+    k[9] = FILTER_TAG;
+    k
+}
+
+fn chunk_key(end: u64, run: u64, first_fp: u64, index: u32) -> [u8; 30] {
+    let mut k = [0u8; 30];
+    k[..18].copy_from_slice(&run_prefix(end, run));
+    k[18..26].copy_from_slice(&first_fp.to_be_bytes());
+    k[26..].copy_from_slice(&index.to_be_bytes());
+    k
+}
+
+/// The layout-3 key of one record: `d<end>` store `\0` key.
+pub(super) fn legacy_key(end: u64, store: &str, key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(10 + store.len() + key.len());
+    k.extend_from_slice(&bucket_prefix(end));
+    k.extend_from_slice(store.as_bytes());
+    k.push(0);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+fn number_at(k: &[u8], at: usize) -> Result<u64, LedgerError> {
+    k.get(at..at + 8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| LedgerError::Corrupt {
+            key: printable(k),
+            detail: "short idempotency key".into(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use shelfsync_core::{ItemKey, Op};
+    use shelfsync_proto::{ErrorCode, WireError};
+
+    use super::*;
+    use crate::ledger::sled::tests::reopen;
+    use crate::ledger::{CommitBatch, Ledger, Outcome, SledLedger};
+
+    const BUCKET: Duration = Duration::from_millis(1000);
+
+    fn record(at_ms: u64, note: &str) -> IdempotencyRecord {
+        IdempotencyRecord {
+            key: ItemKey::new("s1", "a").unwrap(),
+            op: Op::Add { amount: 1 },
+            expected_version: None,
+            outcome: Outcome::Rejected(WireError::new(ErrorCode::NotFound, note)),
+            at_ms,
+        }
+    }
+
+    /// Commits records for keys `k<i>` of `store`, decided at `at_ms`, 50
+    /// to a batch, each batch at the next log position after `position`
+    /// (0: none); returns the last position used.
+    fn commit_records(
+        ledger: &SledLedger,
+        store: &str,
+        keys: Range<u32>,
+        at_ms: u64,
+        mut position: u64,
+    ) -> u64 {
+        let all: Vec<u32> = keys.collect();
+        for commit in all.chunks(50) {
+            let idempotency = commit
+                .iter()
+                .map(|i| {
+                    (
+                        store.to_owned(),
+                        format!("k{i}"),
+                        record(at_ms, &format!("r{i}")),
+                    )
+                })
+                .collect();
+            if position > 0 {
+                position += 1;
+            }
+            ledger
+                .commit(&CommitBatch {
+                    idempotency,
+                    position,
+                    ..CommitBatch::default()
+                })
+                .unwrap();
+        }
+        position
+    }
+
+    fn assert_all_found(ledger: &SledLedger, store: &str, keys: Range<u32>, at_ms: u64) {
+        for i in keys {
+            assert_eq!(
+                ledger.idempotency(store, &format!("k{i}")).unwrap(),
+                Some(record(at_ms, &format!("r{i}"))),
+                "{store} k{i}"
+            );
+        }
+    }
+
+    /// How many keys of the tree carry `tag` after a bucket prefix.
+    fn keys_with_tag(ledger: &SledLedger, tag: u8) -> usize {
+        ledger
+            .tree()
+            .scan_prefix(b"d")
+            .keys()
+            .filter(|k| k.as_ref().is_ok_and(|k| k.get(9) == Some(&tag)))
+            .count()
+    }
+
+    #[test]
+    fn records_stay_in_memory_until_sealed_then_are_found_in_runs_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let ledger = SledLedger::open_with(dir.path(), BUCKET).unwrap();
+            commit_records(&ledger, "store-1", 0..1000, 10, 0);
+            // Two buckets in one table.
+            commit_records(&ledger, "store-2", 0..120, 1500, 0);
+            assert_eq!(keys_with_tag(&ledger, CHUNK_TAG), 0, "nothing on disk yet");
+            // A step does not seal a table that is neither full nor old.
+            ledger.checkpoint().unwrap();
+            assert_eq!(keys_with_tag(&ledger, CHUNK_TAG), 0);
+            assert_all_found(&ledger, "store-1", 0..1000, 10);
+            ledger.flush().unwrap();
+            assert_eq!(keys_with_tag(&ledger, FILTER_TAG), 2, "one run per bucket");
+            assert_eq!(
+                keys_with_tag(&ledger, CHUNK_TAG),
+                1000usize.div_ceil(CHUNK) + 120usize.div_ceil(CHUNK)
+            );
+            assert_all_found(&ledger, "store-1", 0..1000, 10);
+            commit_records(&ledger, "store-1", 1000..1300, 20, 0);
+            ledger.flush().unwrap();
+        }
+        let ledger = reopen(dir.path(), BUCKET);
+        assert_all_found(&ledger, "store-1", 0..1000, 10);
+        assert_all_found(&ledger, "store-1", 1000..1300, 20);
+        assert_all_found(&ledger, "store-2", 0..120, 1500);
+        for (store, key) in [("store-1", "k1300"), ("store-2", "k500"), ("store-3", "k1")] {
+            assert_eq!(
+                ledger.idempotency(store, key).unwrap(),
+                None,
+                "{store} {key}"
+            );
+        }
+        // New runs after the restart do not reuse a number.
+        commit_records(&ledger, "store-3", 0..60, 40, 0);
+        ledger.flush().unwrap();
+        assert_eq!(keys_with_tag(&ledger, FILTER_TAG), 4);
+        assert_all_found(&ledger, "store-3", 0..60, 40);
+        assert_all_found(&ledger, "store-2", 0..120, 1500);
+    }
+
+    #[test]
+    fn a_sealed_table_is_written_in_pieces_and_answers_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = SledLedger::open_with(dir.path(), BUCKET).unwrap();
+        let (seal, piece) = (2000, 300);
+        ledger.idempotency_store_mut().set_sizes(seal, piece);
+        let n = u32::try_from(seal + 100).unwrap();
+        let last = commit_records(&ledger, "store-1", 0..n, 10, 0);
+        assert_eq!(last, 0);
+        let store = ledger.idempotency_store();
+        store.step(false).unwrap();
+        // Sealed, one piece written, no filter yet.
+        let chunks = keys_with_tag(&ledger, CHUNK_TAG);
+        assert!(chunks > 0 && chunks < seal / CHUNK, "{chunks}");
+        assert_eq!(keys_with_tag(&ledger, FILTER_TAG), 0);
+        // Records added meanwhile go into a new table.
+        commit_records(&ledger, "store-2", 0..10, 10, 0);
+        for i in (0..n).step_by(97) {
+            assert!(
+                ledger
+                    .idempotency("store-1", &format!("k{i}"))
+                    .unwrap()
+                    .is_some()
+            );
+        }
+        let mut steps = 1;
+        while keys_with_tag(&ledger, FILTER_TAG) == 0 {
+            store.step(false).unwrap();
+            steps += 1;
+            assert!(steps < 1000);
+        }
+        // Whole chunks per piece: a step writes a little over its budget.
+        assert_eq!(steps, (seal + 100).div_ceil(piece.next_multiple_of(CHUNK)));
+        assert_all_found(&ledger, "store-1", 0..n, 10);
+        assert_all_found(&ledger, "store-2", 0..10, 10);
+    }
+
+    #[test]
+    fn the_position_stays_behind_records_in_memory_and_recovery_brings_them_back() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let ledger = SledLedger::open_with(dir.path(), BUCKET).unwrap();
+            // Records from outside the log (position 0), then log
+            // positions 11..=14 (50 records each); a checkpoint seals
+            // nothing.
+            let last = commit_records(&ledger, "store-1", 0..200, 10, 0);
+            assert_eq!(last, 0);
+            let last = commit_records(&ledger, "store-2", 0..200, 10, 10);
+            assert_eq!(last, 14);
+            // The tree has batch 14, the records of 11..=14 are in memory.
+            assert_eq!(ledger.checkpoint().unwrap(), 10);
+            assert_eq!(ledger.position().unwrap(), 10);
+            // A crash: nothing flushes the records.
+        }
+        let ledger = reopen(dir.path(), BUCKET);
+        assert_eq!(ledger.position().unwrap(), 10);
+        for i in [0, 199] {
+            assert_eq!(
+                ledger.idempotency("store-2", &format!("k{i}")).unwrap(),
+                None
+            );
+        }
+        // What recovery does: the same batches again, from 11.
+        assert_eq!(commit_records(&ledger, "store-2", 0..200, 10, 10), 14);
+        assert_all_found(&ledger, "store-2", 0..200, 10);
+        ledger.flush().unwrap();
+        assert_eq!(ledger.position().unwrap(), 14);
+        // Flushed: a checkpoint with nothing in memory covers everything.
+        assert_eq!(ledger.checkpoint().unwrap(), 14);
+    }
+
+    #[test]
+    fn chunks_of_a_run_left_incomplete_by_a_crash_are_removed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut ledger = SledLedger::open_with(dir.path(), BUCKET).unwrap();
+            ledger.idempotency_store_mut().set_sizes(1000, 100);
+            let n = 1000;
+            commit_records(&ledger, "store-1", 0..n, 10, 0);
+            // One piece, then a crash.
+            ledger.idempotency_store().step(false).unwrap();
+            assert!(keys_with_tag(&ledger, CHUNK_TAG) > 0);
+            ledger.db().flush().unwrap();
+        }
+        let ledger = reopen(dir.path(), BUCKET);
+        assert_eq!(keys_with_tag(&ledger, CHUNK_TAG), 0);
+        assert_eq!(ledger.idempotency("store-1", "k0").unwrap(), None);
+    }
+
+    #[test]
+    fn equal_fingerprints_across_chunk_edges_are_all_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = SledLedger::open_with(dir.path(), BUCKET).unwrap();
+        let store = ledger.idempotency_store();
+        // 3 chunks' worth sharing one fingerprint, between others.
+        let mut table = Table::default();
+        let mut add = |key: String, fp_note: u64| {
+            table
+                .records
+                .insert(("s".into(), key.clone()), (1000, record(fp_note, &key)));
+        };
+        for i in 0..CHUNK * 3 {
+            add(format!("same{i}"), 1);
+        }
+        for i in 0..CHUNK * 2 {
+            add(format!("other{i}"), 2);
+        }
+        let mut pending = plan(Arc::new(Sealed { run: 1, table }));
+        // Fake fingerprints: 42 for "same", 41/43 alternating for "other".
+        for (i, entry) in pending.order.iter_mut().enumerate() {
+            entry.1 = if entry.3.starts_with("same") {
+                42
+            } else if i % 2 == 0 {
+                41
+            } else {
+                43
+            };
+        }
+        pending.order.sort_by_key(|e| e.1);
+        let fp_of = |key: &str, order: &[(u64, u64, String, String)]| {
+            order.iter().find(|e| e.3 == key).map(|e| e.1).unwrap()
+        };
+        let order = pending.order.clone();
+        // Chunk edges never split a fingerprint.
+        let mut start = 0;
+        while start < order.len() {
+            let cut = chunk_end(&order, start, order.len());
+            assert!(cut == order.len() || order[cut].1 != order[cut - 1].1);
+            start = cut;
+        }
+        assert!(store.write_piece(&mut pending, usize::MAX).unwrap());
+        for (_, _, _, key) in &order {
+            let found = store
+                .find_in_run(1000, 1, fp_of(key, &order), "s", key)
+                .unwrap();
+            assert_eq!(
+                found.map(|r| r.outcome),
+                Some(record(0, key).outcome),
+                "{key}"
+            );
+        }
+        assert_eq!(store.find_in_run(1000, 1, 42, "s", "other0").unwrap(), None);
+        assert_eq!(store.find_in_run(1000, 1, 44, "s", "x").unwrap(), None);
+    }
+
+    #[test]
+    fn layout_3_records_are_read_and_expire_with_their_bucket() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let tree = db.open_tree("ledger").unwrap();
+            tree.insert(b"mformat", &3u64.to_be_bytes()).unwrap();
+            tree.insert(b"mposition", &7u64.to_be_bytes()).unwrap();
+            tree.insert(
+                legacy_key(1000, "store-1", "old"),
+                encode(record(5, "old")).unwrap(),
+            )
+            .unwrap();
+            db.flush().unwrap();
+        }
+        let ledger = reopen(dir.path(), BUCKET);
+        // Layout 3 kept nothing in memory: its position is the tree's.
+        assert_eq!(ledger.position().unwrap(), 7);
+        assert_eq!(
+            ledger.idempotency("store-1", "old").unwrap(),
+            Some(record(5, "old"))
+        );
+        assert_eq!(ledger.idempotency("store-1", "new").unwrap(), None);
+        // New records of the same bucket go into a run beside it.
+        commit_records(&ledger, "store-1", 0..10, 500, 7);
+        assert_eq!(ledger.checkpoint().unwrap(), 7);
+        assert_eq!(ledger.position().unwrap(), 7);
+        ledger.flush().unwrap();
+        assert_all_found(&ledger, "store-1", 0..10, 500);
+        // The record, the run's chunk and its filter.
+        assert_eq!(ledger.expire_idempotency(1000, 100).unwrap(), 3);
+        assert_eq!(ledger.idempotency("store-1", "old").unwrap(), None);
+        assert_eq!(ledger.idempotency("store-1", "k1").unwrap(), None);
+        assert!(ledger.tree().scan_prefix(b"d").next().is_none());
+    }
+
+    #[test]
+    fn expiry_removes_records_in_memory_and_on_disk_and_stops_at_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = SledLedger::open_with(dir.path(), BUCKET).unwrap();
+        commit_records(&ledger, "store-1", 0..500, 100, 0);
+        ledger.flush().unwrap();
+        commit_records(&ledger, "store-1", 500..600, 200, 0);
+        commit_records(&ledger, "store-1", 600..700, 1500, 0);
+        // Bucket 1000: 100 records in memory, a run's chunks and filter;
+        // bucket 2000: 100 records in memory.
+        let keys = 500usize.div_ceil(CHUNK) + 1;
+        assert_eq!(ledger.expire_idempotency(1000, 103).unwrap(), 103);
+        // Half-expired: skipped by lookups, gone on the next round.
+        assert_eq!(ledger.idempotency("store-1", "k5").unwrap(), None);
+        assert_eq!(ledger.idempotency("store-1", "k550").unwrap(), None);
+        assert_eq!(ledger.expire_idempotency(1000, 100).unwrap(), keys - 3);
+        assert_eq!(ledger.idempotency_store().live_buckets(), [2000]);
+        assert_all_found(&ledger, "store-1", 600..700, 1500);
+        // Written later, the expired bucket's records stay gone.
+        ledger.flush().unwrap();
+        assert_eq!(ledger.idempotency_store().live_buckets(), [2000]);
+        assert_eq!(ledger.idempotency("store-1", "k1").unwrap(), None);
+        assert_all_found(&ledger, "store-1", 600..700, 1500);
+    }
+
+    #[test]
+    fn run_filters_never_forget_and_rarely_imagine() {
+        let mut filter = RunFilter::sized_for(10_000);
+        let fps: Vec<u64> = (0..10_000u32)
+            .map(|i| fingerprint("s", &format!("k{i}")))
+            .collect();
+        for fp in &fps {
+            filter.insert(*fp);
+        }
+        assert!(fps.iter().all(|fp| filter.may_contain(*fp)));
+        let imagined = (0..10_000u32)
+            .filter(|i| filter.may_contain(fingerprint("s", &format!("x{i}"))))
+            .count();
+        assert!(imagined < 200, "{imagined} false positives in 10,000");
+    }
+}
