@@ -128,7 +128,8 @@ impl RunFilter {
 /// Records not in a run yet, by (store, key), with their bucket end.
 #[derive(Debug, Default)]
 struct Table {
-    records: HashMap<(String, String), (u64, IdempotencyRecord)>,
+    /// Values boxed: a full table's slots stay a few MiB.
+    records: HashMap<(String, String), Box<(u64, IdempotencyRecord)>>,
     /// The lowest log position of a batch whose records are here.
     from: Option<u64>,
     /// When the first record came in.
@@ -136,8 +137,17 @@ struct Table {
 }
 
 impl Table {
+    fn with_capacity(records: usize) -> Self {
+        Table {
+            records: HashMap::with_capacity(records),
+            ..Table::default()
+        }
+    }
+
     fn get(&self, store: &str, key: &str) -> Option<&(u64, IdempotencyRecord)> {
-        self.records.get(&(store.to_owned(), key.to_owned()))
+        self.records
+            .get(&(store.to_owned(), key.to_owned()))
+            .map(|value| &**value)
     }
 }
 
@@ -186,6 +196,10 @@ struct Pending {
     written: usize,
 }
 
+/// The live buckets' filters, newest first (`None`: a bucket found on
+/// disk, which every lookup searches).
+type Filters = Arc<Vec<Option<Arc<Bloom>>>>;
+
 /// The idempotency records of one sled tree.
 #[derive(Debug, Clone)]
 pub struct IdempotencyStore {
@@ -196,6 +210,10 @@ pub struct IdempotencyStore {
     seal_records: usize,
     piece_records: usize,
     state: Arc<Mutex<State>>,
+    /// A copy of the buckets' filters, replaced whenever a bucket comes or
+    /// goes, so that a lookup of a key never recorded (nearly every
+    /// write's) and a commit's filter updates never wait for `state`.
+    filters: Arc<std::sync::RwLock<Filters>>,
     /// Held while runs are written or buckets removed, one at a time.
     writer: Arc<Mutex<Option<Pending>>>,
 }
@@ -271,14 +289,48 @@ impl IdempotencyStore {
                 None => break,
             }
         }
-        Ok(IdempotencyStore {
+        state.recent = Table::with_capacity(SEAL_RECORDS);
+        let store = IdempotencyStore {
             tree,
             bucket_ms: bucket_ms.max(1),
             seal_records: SEAL_RECORDS,
             piece_records: PIECE_RECORDS,
             state: Arc::new(Mutex::new(state)),
+            filters: Arc::default(),
             writer: Arc::default(),
-        })
+        };
+        store.publish_filters(&lock(&store.state));
+        Ok(store)
+    }
+
+    /// Replaces the copy of the buckets' filters; called under the state
+    /// lock after buckets change.
+    fn publish_filters(&self, state: &State) {
+        let filters: Vec<Option<Arc<Bloom>>> = state
+            .buckets
+            .values()
+            .rev()
+            .filter(|b| !b.expiring)
+            .map(|b| b.filter.clone())
+            .collect();
+        let mut published = self
+            .filters
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *published = Arc::new(filters);
+    }
+
+    /// Whether `(store, key)` may have a record: false when every live
+    /// bucket's filter says it has never been recorded.
+    fn may_contain(&self, store: &str, key: &str) -> bool {
+        let filters = self
+            .filters
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        filters
+            .iter()
+            .any(|f| f.as_ref().is_none_or(|f| f.may_contain(store, key)))
     }
 
     /// The end of the bucket a record decided at `at_ms` goes into.
@@ -291,23 +343,32 @@ impl IdempotencyStore {
     /// Adds the records of the batch logged at `position` (0: not from the
     /// log) to memory.
     pub fn add(&self, records: &[(String, String, IdempotencyRecord)], position: u64) {
-        let mut state = lock(&self.state);
-        let state = &mut *state;
+        // Copied and filtered before the lock: the sequencer looks up
+        // under it.
+        let mut filters: Vec<(u64, Option<Arc<Bloom>>)> = Vec::new();
+        let mut entries = Vec::with_capacity(records.len());
         for (store, key, record) in records {
             let end = self.bucket_end(record.at_ms);
-            let bucket = state.buckets.entry(end).or_insert_with(|| Bucket {
-                filter: Some(Arc::new(Bloom::default())),
-                ..Bucket::default()
-            });
-            if let Some(filter) = &bucket.filter {
+            let filter = match filters.iter().find(|(e, _)| *e == end) {
+                Some((_, filter)) => filter.clone(),
+                None => {
+                    let filter = self.filter_of(end);
+                    filters.push((end, filter.clone()));
+                    filter
+                }
+            };
+            if let Some(filter) = filter {
                 filter.insert(store, key);
             }
-            state
-                .recent
-                .records
-                .insert((store.clone(), key.clone()), (end, record.clone()));
+            entries.push((
+                (store.clone(), key.clone()),
+                Box::new((end, record.clone())),
+            ));
         }
-        if !records.is_empty() {
+        let mut state = lock(&self.state);
+        let state = &mut *state;
+        if !entries.is_empty() {
+            state.recent.records.extend(entries);
             if position > 0 {
                 let from = state.recent.from.get_or_insert(position);
                 *from = (*from).min(position);
@@ -315,6 +376,24 @@ impl IdempotencyStore {
             state.recent.since.get_or_insert_with(Instant::now);
         }
         state.last_position = state.last_position.max(position);
+    }
+
+    /// The filter of bucket `end`, made (with the bucket) if it is new.
+    fn filter_of(&self, end: u64) -> Option<Arc<Bloom>> {
+        let mut state = lock(&self.state);
+        if let Some(bucket) = state.buckets.get(&end) {
+            return bucket.filter.clone();
+        }
+        let filter = Arc::new(Bloom::default());
+        state.buckets.insert(
+            end,
+            Bucket {
+                filter: Some(filter.clone()),
+                ..Bucket::default()
+            },
+        );
+        self.publish_filters(&state);
+        Some(filter)
     }
 
     /// The log position through which every added record is in a complete
@@ -330,6 +409,9 @@ impl IdempotencyStore {
 
     /// The recorded outcome of `(store, key)`, newest first.
     pub fn lookup(&self, store: &str, key: &str) -> Result<Option<IdempotencyRecord>, LedgerError> {
+        if !self.may_contain(store, key) {
+            return Ok(None);
+        }
         let fp = fingerprint(store, key);
         // What each bucket needs from disk, newest first; memory answers
         // the rest under the lock.
@@ -458,7 +540,9 @@ impl IdempotencyStore {
         if state.sealed.is_some() || !due {
             return None;
         }
-        let table = std::mem::take(&mut state.recent);
+        // Room for a full table, so it never grows (and rehashes) under
+        // the lock.
+        let table = std::mem::replace(&mut state.recent, Table::with_capacity(self.seal_records));
         let run = state.next_run;
         state.next_run += 1;
         let sealed = Arc::new(Sealed { run, table });
@@ -534,6 +618,7 @@ impl IdempotencyStore {
                 .push((run, filter));
         }
         state.sealed = None;
+        self.publish_filters(&state);
         Ok(())
     }
 
@@ -561,7 +646,7 @@ impl IdempotencyStore {
             let mut state = lock(&self.state);
             state.expired_before = state.expired_before.max(before_ms);
             let before = state.recent.records.len();
-            state.recent.records.retain(|_, (end, _)| *end > before_ms);
+            state.recent.records.retain(|_, value| value.0 > before_ms);
             let removed = before - state.recent.records.len();
             let expired: Vec<u64> = state
                 .buckets
@@ -572,6 +657,7 @@ impl IdempotencyStore {
                     *end
                 })
                 .collect();
+            self.publish_filters(&state);
             (expired, removed)
         };
         for end in expired {
@@ -587,7 +673,9 @@ impl IdempotencyStore {
             self.tree.apply_batch(batch).map_err(storage)?;
             removed += in_batch;
             if self.tree.scan_prefix(bucket_prefix(end)).next().is_none() {
-                lock(&self.state).buckets.remove(&end);
+                let mut state = lock(&self.state);
+                state.buckets.remove(&end);
+                self.publish_filters(&state);
             }
             if removed >= limit {
                 break;
@@ -604,7 +692,7 @@ fn plan(sealed: Arc<Sealed>) -> Pending {
         .table
         .records
         .iter()
-        .map(|((store, key), (end, _))| (*end, fingerprint(store, key), store.clone(), key.clone()))
+        .map(|((store, key), value)| (value.0, fingerprint(store, key), store.clone(), key.clone()))
         .collect();
     order.sort_unstable_by_key(|(end, fp, _, _)| (*end, *fp));
     let mut parts: Vec<(u64, Range<usize>, RunFilter)> = Vec::new();
@@ -921,9 +1009,10 @@ mod tests {
         // 3 chunks' worth sharing one fingerprint, between others.
         let mut table = Table::default();
         let mut add = |key: String, fp_note: u64| {
-            table
-                .records
-                .insert(("s".into(), key.clone()), (1000, record(fp_note, &key)));
+            table.records.insert(
+                ("s".into(), key.clone()),
+                Box::new((1000, record(fp_note, &key))),
+            );
         };
         for i in 0..CHUNK * 3 {
             add(format!("same{i}"), 1);
