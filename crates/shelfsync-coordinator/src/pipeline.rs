@@ -20,7 +20,9 @@
 //!    see, so they only ever read durable changes. Every
 //!    [`LEDGER_FLUSH_EVERY`] it asks the ledger for a checkpoint
 //!    ([`Ledger::checkpoint`]); the log keeps every group until a
-//!    checkpoint reports it durable in the ledger.
+//!    checkpoint reports it durable in the ledger. It runs at a lower CPU
+//!    priority ([`APPLIER_NICE`]) than the threads that answer writes; the
+//!    logger waits for it only once [`LOGGED_DEPTH`] groups are queued.
 //!
 //! If the log cannot be written, nothing decided since is durable: the
 //! pipeline stops and answers every job with `unavailable`. If the ledger
@@ -51,6 +53,14 @@ const MAX_GROUP: usize = 4096;
 const QUEUE_DEPTH: usize = 16 * 1024;
 /// Item states the sequencer keeps in memory (about 250 bytes each).
 const ITEM_CACHE_ENTRIES: usize = 256 * 1024;
+/// Logged groups that may wait for the applier before the logger waits for
+/// it: a bound on what an applier that falls behind holds in memory.
+const LOGGED_DEPTH: usize = 4096;
+/// The applier thread's nice value. It is off the acknowledgement path, so
+/// when the CPUs are contended the threads that answer writes should win
+/// them; an applier that falls behind commits larger batches, which cost
+/// less per write (docs/performance.md).
+pub const APPLIER_NICE: i32 = 10;
 /// How often the applier asks the ledger for a checkpoint, so that the log
 /// can drop what it holds.
 pub const LEDGER_FLUSH_EVERY: Duration = Duration::from_millis(50);
@@ -123,7 +133,7 @@ impl Pipeline {
         let head = ledger.head()?;
         let (jobs_tx, jobs_rx) = mpsc::channel(QUEUE_DEPTH);
         let (decided_tx, decided_rx) = std::sync::mpsc::channel();
-        let (logged_tx, logged_rx) = std::sync::mpsc::channel();
+        let (logged_tx, logged_rx) = std::sync::mpsc::sync_channel(LOGGED_DEPTH);
         let (durable_tx, durable_rx) = watch::channel(head);
         let (logged_head_tx, logged_head_rx) = watch::channel(head);
         let failed = Arc::new(AtomicBool::new(false));
@@ -544,7 +554,7 @@ impl Logger {
     fn run(
         mut self,
         decided: std::sync::mpsc::Receiver<Decided>,
-        logged: std::sync::mpsc::Sender<Logged>,
+        logged: std::sync::mpsc::SyncSender<Logged>,
     ) {
         while let Ok(first) = decided.recv() {
             let mut groups = vec![first];
@@ -615,6 +625,7 @@ struct Applier {
 
 impl Applier {
     fn run(self, logged: std::sync::mpsc::Receiver<Logged>) {
+        yield_cpu_to_acknowledgements();
         let mut last_checkpoint = Instant::now();
         loop {
             // Woken at least every LEDGER_FLUSH_EVERY, so that a quiet
@@ -679,6 +690,16 @@ impl Applier {
         // Every acknowledged write is in the log: a restart applies it.
         tracing::error!(error = %err, "ledger commit failed; the pipeline stops, restart the coordinator");
         self.failed.store(true, Ordering::Release);
+    }
+}
+
+/// Lowers the calling thread's CPU priority to [`APPLIER_NICE`] (Linux
+/// applies a nice value per thread). Where that is refused, the thread
+/// runs at the normal priority, which is only slower.
+fn yield_cpu_to_acknowledgements() {
+    let thread = rustix::thread::gettid();
+    if let Err(err) = rustix::process::setpriority_process(Some(thread), APPLIER_NICE) {
+        tracing::info!(error = %err, "the applier runs at normal priority");
     }
 }
 

@@ -635,3 +635,56 @@ async fn concurrent_writes_share_flushes() {
     );
     assert_eq!(fx.read(&k).await.unwrap().quantity, 256);
 }
+
+/// The nice value of every pipeline thread of this process, by name
+/// (Linux keeps one per thread: field 19 of its stat).
+#[cfg(target_os = "linux")]
+fn pipeline_thread_nice() -> Vec<(String, i32)> {
+    let mut found = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap() {
+        let dir = task.unwrap().path();
+        // A thread may end between the listing and the reads.
+        let (Ok(name), Ok(stat)) = (
+            std::fs::read_to_string(dir.join("comm")),
+            std::fs::read_to_string(dir.join("stat")),
+        ) else {
+            continue;
+        };
+        let name = name.trim().to_string();
+        if !["applier", "sequencer", "logger"].contains(&name.as_str()) {
+            continue;
+        }
+        // Fields after the parenthesised name: state is field 3, nice 19.
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        found.push((name, after.split(' ').nth(16).unwrap().parse().unwrap()));
+    }
+    found.sort();
+    found
+}
+
+/// The applier runs at a lower CPU priority than the threads that answer
+/// writes.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn the_applier_thread_yields_the_cpu_to_acknowledgements() {
+    let _fx = Fixture::new();
+    let expected = |name: &str| {
+        if name == "applier" {
+            shelfsync_coordinator::pipeline::APPLIER_NICE
+        } else {
+            0
+        }
+    };
+    // Other tests of this binary start pipelines too, and a new applier
+    // lowers its priority a moment after it starts: wait for every one.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let found = pipeline_thread_nice();
+        let applier = found.iter().any(|(name, _)| name == "applier");
+        if applier && found.iter().all(|(name, nice)| *nice == expected(name)) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{found:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
