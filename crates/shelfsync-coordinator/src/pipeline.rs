@@ -24,6 +24,9 @@
 //!    priority ([`APPLIER_NICE`]) than the threads that answer writes; the
 //!    logger waits for it only once [`LOGGED_DEPTH`] groups are queued.
 //!
+//! The sequencer and the logger ask for a higher CPU priority
+//! ([`ACK_PATH_NICE`]), granted where the process may raise one.
+//!
 //! If the log cannot be written, nothing decided since is durable: the
 //! pipeline stops and answers every job with `unavailable`. If the ledger
 //! fails, the writes acknowledged are safe in the log; the pipeline stops
@@ -61,6 +64,12 @@ const LOGGED_DEPTH: usize = 4096;
 /// them; an applier that falls behind commits larger batches, which cost
 /// less per write (docs/performance.md).
 pub const APPLIER_NICE: i32 = 10;
+/// The nice value the sequencer and the logger ask for: above the default,
+/// so that the threads every acknowledgement waits for get a contended CPU
+/// first. Raising a priority needs a privilege (root, `CAP_SYS_NICE`, or
+/// an `RLIMIT_NICE` of at least 25, which the systemd unit grants with
+/// `LimitNICE=-5`); without it they run at the default priority.
+pub const ACK_PATH_NICE: i32 = -5;
 /// How often the applier asks the ledger for a checkpoint, so that the log
 /// can drop what it holds.
 pub const LEDGER_FLUSH_EVERY: Duration = Duration::from_millis(50);
@@ -341,6 +350,7 @@ struct Group {
 
 impl Sequencer {
     fn run(mut self, mut jobs: mpsc::Receiver<Job>, decided: std::sync::mpsc::Sender<Decided>) {
+        set_nice(ACK_PATH_NICE);
         while let Some(first) = jobs.blocking_recv() {
             if self.failed.load(Ordering::Acquire) {
                 // A later stage failed: the pipeline is stopping.
@@ -556,6 +566,7 @@ impl Logger {
         decided: std::sync::mpsc::Receiver<Decided>,
         logged: std::sync::mpsc::SyncSender<Logged>,
     ) {
+        set_nice(ACK_PATH_NICE);
         while let Ok(first) = decided.recv() {
             let mut groups = vec![first];
             groups.extend(decided.try_iter());
@@ -625,7 +636,7 @@ struct Applier {
 
 impl Applier {
     fn run(self, logged: std::sync::mpsc::Receiver<Logged>) {
-        yield_cpu_to_acknowledgements();
+        set_nice(APPLIER_NICE);
         let mut last_checkpoint = Instant::now();
         loop {
             // Woken at least every LEDGER_FLUSH_EVERY, so that a quiet
@@ -693,13 +704,14 @@ impl Applier {
     }
 }
 
-/// Lowers the calling thread's CPU priority to [`APPLIER_NICE`] (Linux
-/// applies a nice value per thread). Where that is refused, the thread
-/// runs at the normal priority, which is only slower.
-fn yield_cpu_to_acknowledgements() {
+/// Sets the calling thread's nice value (Linux keeps one per thread).
+/// Where that is refused, the thread runs at the priority it has, which is
+/// only slower.
+fn set_nice(nice: i32) {
     let thread = rustix::thread::gettid();
-    if let Err(err) = rustix::process::setpriority_process(Some(thread), APPLIER_NICE) {
-        tracing::info!(error = %err, "the applier runs at normal priority");
+    if let Err(err) = rustix::process::setpriority_process(Some(thread), nice) {
+        let name = std::thread::current().name().unwrap_or("").to_owned();
+        tracing::info!(thread = %name, nice, error = %err, "thread priority left as it is");
     }
 }
 
