@@ -12,9 +12,9 @@
 //! | `m` | `head` / `oldest` / `format` / `position` / `idemposition` | u64 big-endian |
 //! | `r` | store | [`StoredReport`] |
 //!
-//! Three choices keep a write at two inserts and a share of a third, since
-//! a new sled key is the dominant cost of the write path
-//! (docs/performance.md):
+//! Three choices keep a write at one sled insert (its item, usually an
+//! update) and a share of a new key, since a new sled key is the dominant
+//! cost of the write path (docs/performance.md):
 //!
 //! - **Change-log blocks.** The changes of one commit go into blocks of up to
 //!   [`CHANGE_BLOCK`] under the seq of their first change, so a group of
