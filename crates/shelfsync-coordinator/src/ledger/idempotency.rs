@@ -228,9 +228,12 @@ impl IdempotencyStore {
     /// Finds every bucket in `tree` with its complete runs (filters read
     /// into memory) and whether it has layout-3 records; removes the chunks
     /// of runs a crash left incomplete.
-    pub fn open(tree: sled::Tree, bucket_ms: u64) -> Result<Self, LedgerError> {
+    /// `position` is the last log position the tree holds: with nothing in
+    /// memory, everything up to it is covered.
+    pub fn open(tree: sled::Tree, bucket_ms: u64, position: u64) -> Result<Self, LedgerError> {
         let mut state = State {
             next_run: 1,
+            last_position: position,
             ..State::default()
         };
         let mut start = b"d".to_vec();
@@ -981,6 +984,26 @@ mod tests {
         assert_eq!(ledger.position().unwrap(), 14);
         // Flushed: a checkpoint with nothing in memory covers everything.
         assert_eq!(ledger.checkpoint().unwrap(), 14);
+    }
+
+    #[test]
+    fn a_reopened_ledger_with_nothing_in_memory_covers_its_position() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let ledger = SledLedger::open_with(dir.path(), BUCKET).unwrap();
+            for position in 1..=3 {
+                ledger
+                    .commit(&CommitBatch {
+                        position,
+                        ..CommitBatch::default()
+                    })
+                    .unwrap();
+            }
+            assert_eq!(ledger.checkpoint().unwrap(), 3);
+        }
+        let ledger = reopen(dir.path(), BUCKET);
+        assert_eq!(ledger.checkpoint().unwrap(), 3);
+        assert_eq!(ledger.position().unwrap(), 3);
     }
 
     #[test]

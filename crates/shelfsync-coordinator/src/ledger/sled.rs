@@ -128,17 +128,16 @@ impl SledLedger {
             .map_err(|e| LedgerError::Storage(format!("cannot open {}: {e}", dir.display())))?;
         let tree = db.open_tree("ledger").map_err(storage)?;
         check_layout(&tree, dir)?;
+        let applied = read_u64(&tree, POSITION)?.unwrap_or(0);
         let bucket_ms = u64::try_from(bucket.as_millis()).unwrap_or(u64::MAX);
-        let idempotency = IdempotencyStore::open(tree.clone(), bucket_ms)?;
+        let idempotency = IdempotencyStore::open(tree.clone(), bucket_ms, applied)?;
         let ledger = SledLedger {
             db,
             tree,
             idempotency,
-            applied: Arc::default(),
+            applied: Arc::new(AtomicU64::new(applied)),
             stored_covered: Arc::default(),
         };
-        let applied = ledger.get_u64(POSITION)?.unwrap_or(0);
-        ledger.applied.store(applied, Ordering::Release);
         // None stored (layout 3): the first sync stores one.
         let covered = ledger.get_u64(IDEMPOTENCY_POSITION)?.unwrap_or(u64::MAX);
         ledger.stored_covered.store(covered, Ordering::Release);
@@ -153,15 +152,20 @@ impl SledLedger {
     }
 
     fn get_u64(&self, key: &[u8]) -> Result<Option<u64>, LedgerError> {
-        match self.tree.get(key).map_err(storage)? {
-            None => Ok(None),
-            Some(v) => Ok(Some(u64::from_be_bytes(v.as_ref().try_into().map_err(
-                |_| LedgerError::Corrupt {
-                    key: printable(key),
-                    detail: "expected 8 bytes".into(),
-                },
-            )?))),
-        }
+        read_u64(&self.tree, key)
+    }
+}
+
+/// A u64 stored big-endian under `key`.
+fn read_u64(tree: &sled::Tree, key: &[u8]) -> Result<Option<u64>, LedgerError> {
+    match tree.get(key).map_err(storage)? {
+        None => Ok(None),
+        Some(v) => Ok(Some(u64::from_be_bytes(v.as_ref().try_into().map_err(
+            |_| LedgerError::Corrupt {
+                key: printable(key),
+                detail: "expected 8 bytes".into(),
+            },
+        )?))),
     }
 }
 
@@ -173,16 +177,7 @@ fn check_layout(tree: &sled::Tree, dir: &Path) -> Result<(), LedgerError> {
             .map(|_| ())
             .map_err(storage)
     };
-    let found = match tree.get(FORMAT).map_err(storage)? {
-        Some(v) => Some(u64::from_be_bytes(v.as_ref().try_into().map_err(|_| {
-            LedgerError::Corrupt {
-                key: printable(FORMAT),
-                detail: "expected 8 bytes".into(),
-            }
-        })?)),
-        None => None,
-    };
-    match found {
+    match read_u64(tree, FORMAT)? {
         Some(LAYOUT) => Ok(()),
         Some(older) if OLDER_LAYOUTS.contains(&older) => {
             tracing::info!(dir = %dir.display(), from = older, to = LAYOUT, "ledger key layout read as the new one");
