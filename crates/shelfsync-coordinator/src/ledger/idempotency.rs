@@ -228,8 +228,11 @@ impl IdempotencyStore {
     /// Finds every bucket in `tree` with its complete runs (filters read
     /// into memory) and whether it has layout-3 records; removes the chunks
     /// of runs a crash left incomplete.
-    /// `position` is the last log position the tree holds: with nothing in
-    /// memory, everything up to it is covered.
+    /// `position` is where the log's replay starts after ([`Ledger::position`]
+    /// of the ledger): everything up to it is covered, and the next batch
+    /// added holds the groups after it.
+    ///
+    /// [`Ledger::position`]: super::Ledger::position
     pub fn open(tree: sled::Tree, bucket_ms: u64, position: u64) -> Result<Self, LedgerError> {
         let mut state = State {
             next_run: 1,
@@ -343,8 +346,9 @@ impl IdempotencyStore {
             .saturating_mul(self.bucket_ms)
     }
 
-    /// Adds the records of the batch logged at `position` (0: not from the
-    /// log) to memory.
+    /// Adds the records of the batch that ends at log position `position`
+    /// (0: not from the log) to memory. Batches come in log order without
+    /// a gap, so a batch holds the groups after the previous one's position.
     pub fn add(&self, records: &[(String, String, IdempotencyRecord)], position: u64) {
         // Copied and filtered before the lock: the sequencer looks up
         // under it.
@@ -373,8 +377,12 @@ impl IdempotencyStore {
         if !entries.is_empty() {
             state.recent.records.extend(entries);
             if position > 0 {
-                let from = state.recent.from.get_or_insert(position);
-                *from = (*from).min(position);
+                // A batch may hold several logged groups (the applier
+                // merges what queued up): its records reach back to the
+                // group after the last one added, not just to `position`.
+                let first = state.last_position.saturating_add(1).min(position);
+                let from = state.recent.from.get_or_insert(first);
+                *from = (*from).min(first);
             }
             state.recent.since.get_or_insert_with(Instant::now);
         }
@@ -957,11 +965,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let ledger = SledLedger::open_with(dir.path(), BUCKET).unwrap();
-            // Records from outside the log (position 0), then log
-            // positions 11..=14 (50 records each); a checkpoint seals
-            // nothing.
+            // Records from outside the log (position 0), log positions up
+            // to 10 without records, then 11..=14 (50 records each); a
+            // checkpoint seals nothing.
             let last = commit_records(&ledger, "store-1", 0..200, 10, 0);
             assert_eq!(last, 0);
+            ledger
+                .commit(&CommitBatch {
+                    position: 10,
+                    ..CommitBatch::default()
+                })
+                .unwrap();
             let last = commit_records(&ledger, "store-2", 0..200, 10, 10);
             assert_eq!(last, 14);
             // The tree has batch 14, the records of 11..=14 are in memory.
@@ -984,6 +998,46 @@ mod tests {
         assert_eq!(ledger.position().unwrap(), 14);
         // Flushed: a checkpoint with nothing in memory covers everything.
         assert_eq!(ledger.checkpoint().unwrap(), 14);
+    }
+
+    #[test]
+    fn a_batch_of_several_groups_is_covered_from_its_first_group() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let ledger = SledLedger::open_with(dir.path(), BUCKET).unwrap();
+            let batch = |position, idempotency| CommitBatch {
+                position,
+                idempotency,
+                ..CommitBatch::default()
+            };
+            ledger.commit(&batch(1, Vec::new())).unwrap();
+            // Groups 2..=5 merged into one batch, with records.
+            let records = vec![("store-1".into(), "k".into(), record(10, "r"))];
+            ledger.commit(&batch(5, records)).unwrap();
+            assert_eq!(ledger.checkpoint().unwrap(), 1);
+        }
+        let ledger = reopen(dir.path(), BUCKET);
+        // Recovery replays groups 2.. one at a time.
+        assert_eq!(ledger.position().unwrap(), 1);
+        for position in 2..=5 {
+            let idempotency = if position == 3 {
+                vec![("store-1".into(), "k".into(), record(10, "r"))]
+            } else {
+                Vec::new()
+            };
+            ledger
+                .commit(&CommitBatch {
+                    position,
+                    idempotency,
+                    ..CommitBatch::default()
+                })
+                .unwrap();
+        }
+        assert_eq!(ledger.checkpoint().unwrap(), 2);
+        assert_eq!(
+            ledger.idempotency("store-1", "k").unwrap(),
+            Some(record(10, "r"))
+        );
     }
 
     #[test]

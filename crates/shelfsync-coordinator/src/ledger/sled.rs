@@ -129,8 +129,10 @@ impl SledLedger {
         let tree = db.open_tree("ledger").map_err(storage)?;
         check_layout(&tree, dir)?;
         let applied = read_u64(&tree, POSITION)?.unwrap_or(0);
+        let covered = read_u64(&tree, IDEMPOTENCY_POSITION)?;
+        let replay_after = applied.min(covered.unwrap_or(applied));
         let bucket_ms = u64::try_from(bucket.as_millis()).unwrap_or(u64::MAX);
-        let idempotency = IdempotencyStore::open(tree.clone(), bucket_ms, applied)?;
+        let idempotency = IdempotencyStore::open(tree.clone(), bucket_ms, replay_after)?;
         let ledger = SledLedger {
             db,
             tree,
@@ -139,8 +141,9 @@ impl SledLedger {
             stored_covered: Arc::default(),
         };
         // None stored (layout 3): the first sync stores one.
-        let covered = ledger.get_u64(IDEMPOTENCY_POSITION)?.unwrap_or(u64::MAX);
-        ledger.stored_covered.store(covered, Ordering::Release);
+        ledger
+            .stored_covered
+            .store(covered.unwrap_or(u64::MAX), Ordering::Release);
         Ok(ledger)
     }
     fn get<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, LedgerError> {
