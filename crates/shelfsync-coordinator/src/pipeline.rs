@@ -684,9 +684,9 @@ impl Applier {
             batch.head = more.batch.head;
             batch.position = more.batch.position;
         }
-        self.ledger.commit(&batch)?;
-        self.applied_group.store(number, Ordering::Release);
         let head = batch.head;
+        self.ledger.commit(batch)?;
+        self.applied_group.store(number, Ordering::Release);
         self.durable.send_if_modified(|current| {
             let raised = head > *current;
             if raised {

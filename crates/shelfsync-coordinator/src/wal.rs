@@ -159,7 +159,7 @@ pub fn recover(dir: &Path, ledger: &dyn Ledger) -> Result<Recovered, LedgerError
             }
             let mut batch = record.batch;
             batch.position = record.number;
-            ledger.commit(&batch)?;
+            ledger.commit(batch)?;
             last = last.max(record.number);
             replayed += 1;
         }
@@ -303,7 +303,7 @@ mod tests {
             // Group 1 reached the ledger before the crash; 2 and 3 did not.
             let mut applied = batch(3);
             applied.position = 1;
-            ledger.commit(&applied).unwrap();
+            ledger.commit(applied).unwrap();
             ledger.flush().unwrap();
         }
         let ledger = reopen(&data.path().join("ledger"), DEFAULT_IDEMPOTENCY_BUCKET);

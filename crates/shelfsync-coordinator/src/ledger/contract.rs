@@ -52,7 +52,7 @@ fn put(seq: u64, key: &ItemKey, version: u64, quantity: u64) -> CommittedWrite {
 fn commit_puts(ledger: &dyn Ledger, writes: Vec<CommittedWrite>) {
     let head = writes.last().map_or(0, |w| w.change.seq);
     ledger
-        .commit(&CommitBatch {
+        .commit(CommitBatch {
             writes,
             head,
             ..CommitBatch::default()
@@ -175,7 +175,7 @@ fn idempotency_records_round_trip_and_expire() {
             at_ms,
         };
         ledger
-            .commit(&CommitBatch {
+            .commit(CommitBatch {
                 writes: Vec::new(),
                 idempotency: vec![
                     ("store-1".into(), "old".into(), record(100)),
@@ -205,7 +205,7 @@ fn idempotency_records_round_trip_and_expire() {
         );
         // A key reused after expiry keeps its new record.
         ledger
-            .commit(&CommitBatch {
+            .commit(CommitBatch {
                 writes: Vec::new(),
                 idempotency: vec![("store-1".into(), "new".into(), record(2000))],
                 ..CommitBatch::default()

@@ -349,9 +349,9 @@ impl IdempotencyStore {
     /// Adds the records of the batch that ends at log position `position`
     /// (0: not from the log) to memory. Batches come in log order without
     /// a gap, so a batch holds the groups after the previous one's position.
-    pub fn add(&self, records: &[(String, String, IdempotencyRecord)], position: u64) {
-        // Copied and filtered before the lock: the sequencer looks up
-        // under it.
+    pub fn add(&self, records: Vec<(String, String, IdempotencyRecord)>, position: u64) {
+        // Filtered and boxed before the lock: the sequencer looks up under
+        // it.
         let mut filters: Vec<(u64, Option<Arc<Bloom>>)> = Vec::new();
         let mut entries = Vec::with_capacity(records.len());
         for (store, key, record) in records {
@@ -365,12 +365,9 @@ impl IdempotencyStore {
                 }
             };
             if let Some(filter) = filter {
-                filter.insert(store, key);
+                filter.insert(&store, &key);
             }
-            entries.push((
-                (store.clone(), key.clone()),
-                Box::new((end, record.clone())),
-            ));
+            entries.push(((store, key), Box::new((end, record))));
         }
         let mut state = lock(&self.state);
         let state = &mut *state;
@@ -851,7 +848,7 @@ mod tests {
                 position += 1;
             }
             ledger
-                .commit(&CommitBatch {
+                .commit(CommitBatch {
                     idempotency,
                     position,
                     ..CommitBatch::default()
@@ -971,7 +968,7 @@ mod tests {
             let last = commit_records(&ledger, "store-1", 0..200, 10, 0);
             assert_eq!(last, 0);
             ledger
-                .commit(&CommitBatch {
+                .commit(CommitBatch {
                     position: 10,
                     ..CommitBatch::default()
                 })
@@ -1010,10 +1007,10 @@ mod tests {
                 idempotency,
                 ..CommitBatch::default()
             };
-            ledger.commit(&batch(1, Vec::new())).unwrap();
+            ledger.commit(batch(1, Vec::new())).unwrap();
             // Groups 2..=5 merged into one batch, with records.
             let records = vec![("store-1".into(), "k".into(), record(10, "r"))];
-            ledger.commit(&batch(5, records)).unwrap();
+            ledger.commit(batch(5, records)).unwrap();
             assert_eq!(ledger.checkpoint().unwrap(), 1);
         }
         let ledger = reopen(dir.path(), BUCKET);
@@ -1026,7 +1023,7 @@ mod tests {
                 Vec::new()
             };
             ledger
-                .commit(&CommitBatch {
+                .commit(CommitBatch {
                     position,
                     idempotency,
                     ..CommitBatch::default()
@@ -1047,7 +1044,7 @@ mod tests {
             let ledger = SledLedger::open_with(dir.path(), BUCKET).unwrap();
             for position in 1..=3 {
                 ledger
-                    .commit(&CommitBatch {
+                    .commit(CommitBatch {
                         position,
                         ..CommitBatch::default()
                     })

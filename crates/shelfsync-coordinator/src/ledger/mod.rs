@@ -135,7 +135,8 @@ pub trait Ledger: Send + Sync + 'static {
     -> Result<Option<IdempotencyRecord>, LedgerError>;
 
     /// Applies a batch atomically. It need not be durable until [`Ledger::flush`].
-    fn commit(&self, batch: &CommitBatch) -> Result<(), LedgerError>;
+    /// The ledger takes the batch: a backend may keep parts of it in memory.
+    fn commit(&self, batch: CommitBatch) -> Result<(), LedgerError>;
 
     /// Makes every committed batch durable, in full: afterwards
     /// [`Ledger::position`] is the last committed position, so recovery

@@ -335,45 +335,55 @@ impl Ledger for SledLedger {
         self.idempotency.lookup(store, key)
     }
 
-    fn commit(&self, batch: &CommitBatch) -> Result<(), LedgerError> {
+    fn commit(&self, batch: CommitBatch) -> Result<(), LedgerError> {
+        let CommitBatch {
+            writes,
+            idempotency,
+            head,
+            position,
+        } = batch;
         // Recovery replays the log from the idempotency position, which may
         // be behind the tree's: a batch the tree already holds only brings
         // its idempotency records back into memory.
-        let in_tree = batch.position > 0 && batch.position <= self.applied.load(Ordering::Acquire);
+        let in_tree = position > 0 && position <= self.applied.load(Ordering::Acquire);
         // Before the tree: a reader that finds the batch's items finds its
         // records too.
-        self.idempotency.add(&batch.idempotency, batch.position);
+        self.idempotency.add(idempotency, position);
         if in_tree {
             return Ok(());
         }
+        /// An [`ItemRecord`] as written, borrowing the change's state.
+        #[derive(Serialize)]
+        struct ItemRecordRef<'a> {
+            state: &'a shelfsync_core::KeyState,
+            seq: u64,
+        }
         let mut b = sled::Batch::default();
-        for write in &batch.writes {
+        for write in &writes {
             let change = &write.change;
-            let record = ItemRecord {
-                state: change.state.clone(),
+            let record = ItemRecordRef {
+                state: &change.state,
                 seq: change.seq,
             };
             // A key written twice in one batch keeps its last state: the
             // batch is a map.
             b.insert(item_key(&change.key), encode(&record)?);
         }
-        for block in batch.writes.chunks(CHANGE_BLOCK) {
-            let Some(first) = block.first() else { continue };
-            let records = block
-                .iter()
-                .map(|write| ChangeRecord {
-                    change: write.change.clone(),
-                    prev_seq: write.prior_seq,
-                })
-                .collect();
-            b.insert(&change_key(first.change.seq), encode_changes(records)?);
+        let mut records = writes.into_iter().map(|write| ChangeRecord {
+            change: write.change,
+            prev_seq: write.prior_seq,
+        });
+        loop {
+            let block: Vec<ChangeRecord> = records.by_ref().take(CHANGE_BLOCK).collect();
+            let Some(first) = block.first() else { break };
+            b.insert(&change_key(first.change.seq), encode_changes(block)?);
         }
-        b.insert(HEAD, &batch.head.to_be_bytes());
-        if batch.position > 0 {
-            b.insert(POSITION, &batch.position.to_be_bytes());
+        b.insert(HEAD, &head.to_be_bytes());
+        if position > 0 {
+            b.insert(POSITION, &position.to_be_bytes());
         }
         self.tree.apply_batch(b).map_err(storage)?;
-        self.applied.fetch_max(batch.position, Ordering::AcqRel);
+        self.applied.fetch_max(position, Ordering::AcqRel);
         Ok(())
     }
 
@@ -637,7 +647,7 @@ pub(crate) mod tests {
             })
             .collect();
         ledger
-            .commit(&CommitBatch {
+            .commit(CommitBatch {
                 writes,
                 head: 5,
                 ..CommitBatch::default()
@@ -685,7 +695,7 @@ pub(crate) mod tests {
                 ],
                 ..CommitBatch::default()
             };
-            ledger.commit(&batch).unwrap();
+            ledger.commit(batch).unwrap();
             ledger.flush().unwrap();
         }
         // Another width after the restart: the old buckets still answer.
