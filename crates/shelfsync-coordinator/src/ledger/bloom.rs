@@ -107,13 +107,7 @@ impl Bloom {
     /// Records `(store, key)`.
     pub fn insert(&self, store: &str, key: &str) {
         let hashes = self.hashes(store, key);
-        let newest = {
-            let segments = self
-                .segments
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            segments.last().cloned()
-        };
+        let newest = self.read().last().cloned();
         let newest = match newest {
             Some(newest) if !newest.full() => newest,
             _ => self.grow(),
@@ -143,20 +137,21 @@ impl Bloom {
     /// False only when `(store, key)` was never inserted.
     pub fn may_contain(&self, store: &str, key: &str) -> bool {
         let hashes = self.hashes(store, key);
-        let segments = self
-            .segments
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        segments.iter().any(|s| s.may_contain(hashes))
+        self.read().iter().any(|s| s.may_contain(hashes))
     }
 
     /// How many segments the filter has grown to.
     #[cfg(test)]
     fn segments(&self) -> usize {
+        self.read().len()
+    }
+
+    /// The segments, for reading (a poisoned lock still holds whole
+    /// segments: they are only ever pushed).
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<Arc<Segment>>> {
         self.segments
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .len()
     }
 }
 
