@@ -69,7 +69,7 @@ impl Coordinator {
             config.stores.clone(),
         )?);
         let server_config = shelfsync_proto::tls::server_config(&config.tls)?;
-        let endpoint = quinn::Endpoint::server(server_config, config.listen)
+        let endpoint = shelfsync_proto::net::endpoint(config.listen, Some(server_config))
             .map_err(|e| anyhow::anyhow!("cannot listen on {} (QUIC): {e}", config.listen))?;
         let http = tokio::net::TcpListener::bind(config.http_listen)
             .await

@@ -16,15 +16,16 @@ use crate::codec::{FrameReader, FrameWriter, read_frame, write_frame};
 use crate::error::ProtoError;
 use crate::message::{Hello, HelloReply, Request, Response};
 
-/// A client endpoint (one UDP socket on an ephemeral port) from which
-/// `addr` can be reached: IPv6 for an IPv6 address, else IPv4.
+/// A client endpoint (one UDP socket on an ephemeral port, with the buffers
+/// of [`crate::net::bind_udp`]) from which `addr` can be reached: IPv6 for
+/// an IPv6 address, else IPv4.
 pub fn client_endpoint(addr: SocketAddr) -> std::io::Result<quinn::Endpoint> {
     let bind: SocketAddr = if addr.is_ipv6() {
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     } else {
         (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
     };
-    quinn::Endpoint::client(bind)
+    crate::net::endpoint(bind, None)
 }
 
 /// One connection to the coordinator, past its hello.

@@ -9,6 +9,7 @@ pub mod client;
 pub mod codec;
 pub mod error;
 pub mod message;
+pub mod net;
 pub mod process;
 pub mod time;
 pub mod tls;
