@@ -27,11 +27,16 @@
 # and hot-delta (one key); for shelfsync also uniform-optimistic opened at half
 # the writes/s it reached (--rate), for the latency at half of the peak.
 #
-# Rounds: the whole comparison runs --rounds times (default 3), each engine
-# on a fresh server each round, in a rotated order (round 1: PostgreSQL,
-# Redis, shelfsync; round 2: Redis, shelfsync, PostgreSQL; ...), so that a
-# slow spell of a shared machine falls on every engine rather than on one.
-# The table gives, per engine and workload, the median of the rounds (each
+# Rounds: the whole comparison runs --rounds times (default 3). A round
+# starts every engine afresh (and preloads its keys), then runs each
+# workload on every engine back to back, in an order rotated per round
+# (round 1: PostgreSQL, Redis, shelfsync; round 2: Redis, shelfsync,
+# PostgreSQL; ...), so the runs compared with each other lie seconds apart
+# and a slow spell of a shared machine falls on every engine rather than on
+# one. Before each run it waits (up to SETTLE_S, default 30 s) until the CPUs
+# are quiet, so that what the previous engine still does after its run
+# (checkpoints, vacuum, a ledger catching up) does not fall into it. The
+# table gives, per engine and workload, the median of the rounds (each
 # column on its own) and the range of ok writes/s; the ratios are of the
 # medians. It writes the table and every raw output under --out (default
 # target/bench/compare-<time>).
@@ -53,6 +58,7 @@ KEYS=10000
 ZIPF=1.01            # pgbench's random_zipfian needs an exponent > 1
 OUT=""
 ONLY="postgres,redis,shelfsync"
+SETTLE_S=${SETTLE_S:-30}
 
 # The header comment above, without its leading "# ".
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit "${1:-0}"; }
@@ -147,19 +153,21 @@ PY
 }
 
 # ---------------------------------------------------------------- PostgreSQL
-run_postgres() {
+PG_PORT=""
+pg_psql() { "$PGBIN/psql" -q -h 127.0.0.1 -p "$PG_PORT" -U bench -d postgres -v ON_ERROR_STOP=1 "$@"; }
+
+start_postgres() {
     PGDATA="$TMP/pg-r$ROUND"
     mkdir -p "$PGDATA" "$TMP/pgsock"
     chown -R postgres: "$PGDATA" "$TMP/pgsock" 2>/dev/null || true
-    local port; port=$(free_port)
-    log "PostgreSQL: initdb and start on 127.0.0.1:$port (fsync on, synchronous_commit on)"
+    PG_PORT=$(free_port)
+    log "PostgreSQL: initdb and start on 127.0.0.1:$PG_PORT (fsync on, synchronous_commit on)"
     as_pg "$PGBIN/initdb" -D "$PGDATA" -U bench --auth=trust >"$OUT/r$ROUND-postgres-initdb.log" 2>&1
     as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -l "$PGDATA/server.log" -w -t 60 start -o \
-        "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$TMP/pgsock \
+        "-c listen_addresses=127.0.0.1 -c port=$PG_PORT -c unix_socket_directories=$TMP/pgsock \
          -c fsync=on -c synchronous_commit=on -c max_connections=$((CLIENTS + 20)) \
          -c shared_buffers=256MB" >/dev/null
-    local psql=("$PGBIN/psql" -q -h 127.0.0.1 -p "$port" -U bench -d postgres -v ON_ERROR_STOP=1)
-    "${psql[@]}" <<SQL
+    pg_psql <<SQL
 CREATE TABLE items (
     location text NOT NULL, sku text NOT NULL, name text NOT NULL,
     quantity bigint NOT NULL, reserved bigint NOT NULL, version bigint NOT NULL,
@@ -173,6 +181,10 @@ INSERT INTO items
     FROM generate_series(0, $KEYS - 1) AS i;
 VACUUM ANALYZE items;
 SQL
+}
+
+run_postgres() {
+    local workload=$1
     local key_uniform="\\set k random(0, $((KEYS - 1)))"
     local key_zipf="\\set k random_zipfian(0, $((KEYS - 1)), $ZIPF)"
     local key_hot="\\set k 0"
@@ -190,110 +202,151 @@ COMMIT;"
            RETURNING location, sku, quantity, reserved, version)
 INSERT INTO changes (location, sku, op, quantity, reserved, version)
 SELECT location, sku, 'remove', quantity, reserved, version FROM u;"
-    local workload
-    for workload in "${WORKLOADS[@]}"; do
-        local script="$TMP/$workload.sql" keyline body
-        case "$workload" in
-            uniform-*) keyline=$key_uniform ;;
-            zipf-*) keyline=$key_zipf ;;
-            hot-*) keyline=$key_hot ;;
-        esac
-        case "$workload" in
-            *-optimistic) body=$optimistic ;;
-            *-delta) body=$delta ;;
-        esac
-        printf '%s\n%s\n' "$keyline" "$body" > "$script"
-        local before after
-        before=$("${psql[@]}" -tAc "SELECT count(*) FROM changes")
-        log "PostgreSQL $workload: pgbench, $CLIENTS clients, ${DURATION}s"
-        rm -f "$TMP"/pgbench_log.*
-        (cd "$TMP" && "$PGBIN/pgbench" -n -h 127.0.0.1 -p "$port" -U bench -c "$CLIENTS" -j 2 \
-            -T "$DURATION" -f "$script" -l postgres) > "$OUT/r$ROUND-postgres-$workload.txt" 2>&1
-        after=$("${psql[@]}" -tAc "SELECT count(*) FROM changes")
-        # pgbench log: client, transaction no, latency (us), script, epoch s, us.
-        awk '{ print $3 / 1000 }' "$TMP"/pgbench_log.* > "$TMP/lat.txt"
-        local total ok
-        total=$(wc -l < "$TMP/lat.txt")
-        ok=$((after - before))
-        record postgres "$workload" \
-            "$(awk -v n="$ok" -v d="$DURATION" 'BEGIN { printf "%.0f", n / d }')" \
-            "$(awk -v t="$total" -v n="$ok" 'BEGIN { printf "%.1f", t ? (t - n) * 100 / t : 0 }')" \
-            "$(percentile 50 "$TMP/lat.txt")" "$(percentile 99 "$TMP/lat.txt")"
-    done
+    local script="$TMP/$workload.sql" keyline body
+    case "$workload" in
+        uniform-*) keyline=$key_uniform ;;
+        zipf-*) keyline=$key_zipf ;;
+        hot-*) keyline=$key_hot ;;
+    esac
+    case "$workload" in
+        *-optimistic) body=$optimistic ;;
+        *-delta) body=$delta ;;
+    esac
+    printf '%s\n%s\n' "$keyline" "$body" > "$script"
+    local before after
+    before=$(pg_psql -tAc "SELECT count(*) FROM changes")
+    log "PostgreSQL $workload: pgbench, $CLIENTS clients, ${DURATION}s"
+    rm -f "$TMP"/pgbench_log.*
+    (cd "$TMP" && "$PGBIN/pgbench" -n -h 127.0.0.1 -p "$PG_PORT" -U bench -c "$CLIENTS" -j 2 \
+        -T "$DURATION" -f "$script" -l postgres) > "$OUT/r$ROUND-postgres-$workload.txt" 2>&1
+    after=$(pg_psql -tAc "SELECT count(*) FROM changes")
+    # pgbench log: client, transaction no, latency (us), script, epoch s, us.
+    awk '{ print $3 / 1000 }' "$TMP"/pgbench_log.* > "$TMP/lat.txt"
+    local total ok
+    total=$(wc -l < "$TMP/lat.txt")
+    ok=$((after - before))
+    record postgres "$workload" \
+        "$(awk -v n="$ok" -v d="$DURATION" 'BEGIN { printf "%.0f", n / d }')" \
+        "$(awk -v t="$total" -v n="$ok" 'BEGIN { printf "%.1f", t ? (t - n) * 100 / t : 0 }')" \
+        "$(percentile 50 "$TMP/lat.txt")" "$(percentile 99 "$TMP/lat.txt")"
+}
+
+stop_postgres() {
     as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -m fast stop >/dev/null
     rm -rf "$PGDATA"
     PGDATA=""
 }
 
 # ---------------------------------------------------------------- Redis
-run_redis() {
-    local port; port=$(free_port)
+REDIS_PORT=""
+REDIS_PID=""
+
+start_redis() {
+    REDIS_PORT=$(free_port)
     rm -rf "$TMP/redis"
     mkdir -p "$TMP/redis"
-    log "Redis: start on 127.0.0.1:$port (appendonly yes, appendfsync always)"
-    redis-server --bind 127.0.0.1 --port "$port" --dir "$TMP/redis" --appendonly yes \
+    log "Redis: start on 127.0.0.1:$REDIS_PORT (appendonly yes, appendfsync always)"
+    redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --dir "$TMP/redis" --appendonly yes \
         --appendfsync always --save "" --daemonize no --logfile "$TMP/redis/redis.log" &
-    local pid=$!
-    track "$pid"
-    local cli=(redis-cli -h 127.0.0.1 -p "$port")
-    wait_for 30 "${cli[@]}" ping
-    local common=(--addr "127.0.0.1:$port" --clients "$CLIENTS" --keys "$KEYS" --json)
+    REDIS_PID=$!
+    track "$REDIS_PID"
+    wait_for 30 redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping
+    REDIS_COMMON=(--addr "127.0.0.1:$REDIS_PORT" --clients "$CLIENTS" --keys "$KEYS" --json)
     log "Redis: preloading $KEYS keys"
-    "$LOADGEN" redis "${common[@]}" --preload --workload delta --ops 1 --warmup 0s > /dev/null
-    local workload
-    for workload in "${WORKLOADS[@]}"; do
-        log "Redis $workload: shelfsync-loadgen redis, $CLIENTS clients, ${DURATION}s"
-        "$LOADGEN" redis "${common[@]}" --distribution "$(distribution "$workload")" \
-            --workload "${workload#*-}" --duration "${DURATION}s" --label "redis $workload" \
-            > "$OUT/r$ROUND-redis-$workload.json"
-        record_loadgen redis "$workload" "$OUT/r$ROUND-redis-$workload.json"
-    done
-    "${cli[@]}" shutdown nosave >/dev/null 2>&1 || true
-    wait "$pid" 2>/dev/null || true
+    "$LOADGEN" redis "${REDIS_COMMON[@]}" --preload --workload delta --ops 1 --warmup 0s > /dev/null
+}
+
+run_redis() {
+    local workload=$1
+    log "Redis $workload: shelfsync-loadgen redis, $CLIENTS clients, ${DURATION}s"
+    "$LOADGEN" redis "${REDIS_COMMON[@]}" --distribution "$(distribution "$workload")" \
+        --workload "${workload#*-}" --duration "${DURATION}s" --label "redis $workload" \
+        > "$OUT/r$ROUND-redis-$workload.json"
+    record_loadgen redis "$workload" "$OUT/r$ROUND-redis-$workload.json"
+}
+
+stop_redis() {
+    redis-cli -h 127.0.0.1 -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true
+    wait "$REDIS_PID" 2>/dev/null || true
 }
 
 # ---------------------------------------------------------------- shelfsync
-run_shelfsync() {
-    local dir="$TMP/shelfsync-r$ROUND"
-    start_coordinator "$dir" "$CLIENTS"
-    local listen=$COORD_LISTEN
-    local common=(--coordinator "$listen" --certs "$dir" --connections "$CLIENTS"
-                  --keys "$KEYS" --json)
+SHELFSYNC_DIR=""
+
+start_shelfsync() {
+    SHELFSYNC_DIR="$TMP/shelfsync-r$ROUND"
+    start_coordinator "$SHELFSYNC_DIR" "$CLIENTS"
+    SHELFSYNC_COMMON=(--coordinator "$COORD_LISTEN" --certs "$SHELFSYNC_DIR"
+                      --connections "$CLIENTS" --keys "$KEYS" --json)
     log "shelfsync: preloading $KEYS keys"
-    "$LOADGEN" run "${common[@]}" --preload --distribution uniform --workload delta --ops 1 \
-        > /dev/null
-    local workload
-    for workload in "${WORKLOADS[@]}"; do
-        log "shelfsync $workload: shelfsync-loadgen, $CLIENTS connections, ${DURATION}s"
-        "$LOADGEN" run "${common[@]}" --distribution "$(distribution "$workload")" \
-            --workload "${workload#*-}" --duration "${DURATION}s" --label "shelfsync $workload" \
-            > "$OUT/r$ROUND-shelfsync-$workload.json"
-        record_loadgen shelfsync "$workload" "$OUT/r$ROUND-shelfsync-$workload.json"
-    done
-    # The latency at half of the measured peak: the uniform shape again,
-    # opened at half the writes/s it reached above.
+    "$LOADGEN" run "${SHELFSYNC_COMMON[@]}" --preload --distribution uniform --workload delta \
+        --ops 1 > /dev/null
+}
+
+run_shelfsync() {
+    local workload=$1
+    log "shelfsync $workload: shelfsync-loadgen, $CLIENTS connections, ${DURATION}s"
+    "$LOADGEN" run "${SHELFSYNC_COMMON[@]}" --distribution "$(distribution "$workload")" \
+        --workload "${workload#*-}" --duration "${DURATION}s" --label "shelfsync $workload" \
+        > "$OUT/r$ROUND-shelfsync-$workload.json"
+    record_loadgen shelfsync "$workload" "$OUT/r$ROUND-shelfsync-$workload.json"
+}
+
+# The latency at half of the measured peak: the uniform shape again, opened
+# at half the writes/s this round's uniform run reached.
+run_shelfsync_half_peak() {
     local half
     half=$(python3 -c 'import json,sys; print(round(json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])["writes_per_s"] / 2))' \
         "$OUT/r$ROUND-shelfsync-uniform-optimistic.json")
     log "shelfsync uniform-optimistic at half the peak: --rate $half"
-    "$LOADGEN" run "${common[@]}" --distribution uniform --workload optimistic \
+    "$LOADGEN" run "${SHELFSYNC_COMMON[@]}" --distribution uniform --workload optimistic \
         --duration "${DURATION}s" --rate "$half" --label "shelfsync half peak" \
         > "$OUT/r$ROUND-shelfsync-half-peak.json"
     record_loadgen shelfsync uniform-at-half-peak "$OUT/r$ROUND-shelfsync-half-peak.json"
+}
+
+stop_shelfsync() {
     kill -TERM "$COORD_PID" 2>/dev/null || true
     wait "$COORD_PID" 2>/dev/null || true
-    rm -rf "$dir"
+    rm -rf "$SHELFSYNC_DIR"
+}
+
+# ---------------------------------------------------------------- rounds
+# Waits (up to SETTLE_S) until the CPUs are quiet again, so that what one
+# engine still does after its run (PostgreSQL's checkpointer and autovacuum,
+# the coordinator's ledger catching up) does not fall into the next run.
+settle() {
+    local deadline=$((SECONDS + SETTLE_S)) busy
+    while busy=$(cpu_busy) && ((busy > BUSY_LIMIT)); do
+        if ((SECONDS >= deadline)); then
+            log "CPUs still ${busy}% busy after ${SETTLE_S}s; going on (see the range column)"
+            return
+        fi
+    done
 }
 
 ENGINES=(postgres redis shelfsync)
 for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
     require_idle
-    for ((i = 0; i < ${#ENGINES[@]}; i++)); do
-        engine=${ENGINES[$(((i + ROUND - 1) % ${#ENGINES[@]}))]}
-        wants "$engine" || continue
-        log "round $ROUND of $ROUNDS: $engine"
-        "run_$engine"
+    wants postgres && start_postgres
+    wants redis && start_redis
+    wants shelfsync && start_shelfsync
+    for workload in "${WORKLOADS[@]}"; do
+        for ((i = 0; i < ${#ENGINES[@]}; i++)); do
+            engine=${ENGINES[$(((i + ROUND - 1) % ${#ENGINES[@]}))]}
+            wants "$engine" || continue
+            settle
+            log "round $ROUND of $ROUNDS, $workload: $engine"
+            "run_$engine" "$workload"
+        done
     done
+    if wants shelfsync; then
+        settle
+        run_shelfsync_half_peak
+    fi
+    wants postgres && stop_postgres
+    wants redis && stop_redis
+    wants shelfsync && stop_shelfsync
 done
 
 # ---------------------------------------------------------------- report
@@ -319,5 +372,21 @@ for (engine, workload), rs in groups.items():
     print("%-10s %-20s %10.0f %15s %8.1f%% %9.3f %9.3f %13s" % (
         engine, workload, ok, spread, median("conflict_pct", rs),
         median("p50_ms", rs), median("p99_ms", rs), ratio))
+# The same ratios round by round: each pairs runs seconds apart.
+by_round = {(r["engine"], r["workload"], r["round"]): float(r["ok_per_s"]) for r in rows}
+lines = []
+for (engine, workload), rs in groups.items():
+    if engine == "shelfsync" or workload not in ours:
+        continue
+    ratios = []
+    for r in rs:
+        mine = by_round.get(("shelfsync", workload, r["round"]))
+        peer = float(r["ok_per_s"])
+        if mine is not None and peer > 0:
+            ratios.append("%.2fx" % (mine / peer))
+    lines.append("  %-10s %-20s %s" % (engine, workload, " ".join(ratios)))
+if lines:
+    print("shelfsync against each peer, round by round:")
+    print("\n".join(lines))
 PY
 log "results in $OUT"

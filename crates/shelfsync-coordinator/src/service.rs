@@ -59,6 +59,8 @@ pub struct Service {
     metrics: Arc<Metrics>,
     digests: Arc<Digests>,
     stores: Vec<StoreConfig>,
+    /// Index into `stores` by id: every request looks its store up.
+    store_index: HashMap<String, usize>,
     connected: Mutex<HashMap<String, usize>>,
     reports: Mutex<HashMap<String, StoredReport>>,
 }
@@ -81,12 +83,18 @@ impl Service {
         stores: Vec<StoreConfig>,
     ) -> Result<Self, LedgerError> {
         let reports = ledger.reports()?.into_iter().collect();
+        let store_index = stores
+            .iter()
+            .enumerate()
+            .map(|(i, store)| (store.id.clone(), i))
+            .collect();
         Ok(Service {
             ledger,
             pipeline,
             metrics,
             digests,
             stores,
+            store_index,
             connected: Mutex::new(HashMap::new()),
             reports: Mutex::new(reports),
         })
@@ -117,7 +125,7 @@ impl Service {
     }
 
     fn store(&self, id: &str) -> Option<&StoreConfig> {
-        self.stores.iter().find(|s| s.id == id)
+        self.store_index.get(id).and_then(|&i| self.stores.get(i))
     }
 
     /// Records that a peer connected; returns a guard that records the close.

@@ -27,6 +27,16 @@ pub fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     if let Err(err) = socket.set_recv_buffer_size(UDP_BUFFER_BYTES) {
         tracing::info!(error = %err, "cannot enlarge the UDP receive buffer");
     }
+    // Linux reports twice the size granted (it counts its bookkeeping).
+    if let Ok(granted) = socket.recv_buffer_size()
+        && granted < UDP_BUFFER_BYTES
+    {
+        tracing::info!(
+            granted,
+            wanted = UDP_BUFFER_BYTES,
+            "UDP receive buffer capped by the kernel; raise net.core.rmem_max to avoid drops under load"
+        );
+    }
     if let Err(err) = socket.set_send_buffer_size(UDP_BUFFER_BYTES) {
         tracing::info!(error = %err, "cannot enlarge the UDP send buffer");
     }
@@ -70,7 +80,10 @@ mod tests {
             };
             let max: usize = max.trim().parse().map_err(io::Error::other)?;
             let want = UDP_BUFFER_BYTES.min(max);
-            assert!(got >= want, "buffer {got} bytes, asked for {want} ({cap} {max})");
+            assert!(
+                got >= want,
+                "buffer {got} bytes, asked for {want} ({cap} {max})"
+            );
         }
         Ok(())
     }
