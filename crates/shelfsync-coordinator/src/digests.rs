@@ -62,7 +62,13 @@ impl Digests {
         let Ok(mut locations) = self.locations.lock() else {
             return;
         };
-        let entry = locations.entry(location.to_string()).or_default();
+        // Found without allocating, as for every write after the first.
+        if !locations.contains_key(location) {
+            locations.insert(location.to_string(), Default::default());
+        }
+        let Some(entry) = locations.get_mut(location) else {
+            return;
+        };
         if let Some(item) = old.item() {
             entry.digest.remove(item);
         }

@@ -306,7 +306,7 @@ struct Sequencer {
 /// Reading here first is always right: it holds the newest decision.
 #[derive(Default)]
 struct Overlay {
-    items: HashMap<ItemKey, (KeyState, Option<u64>, u64)>,
+    items: HashMap<ItemKey, Cached>,
     idempotency: HashMap<(String, String), (IdempotencyRecord, u64)>,
     /// Per decided group not yet pruned: its number and its idempotency keys.
     groups: VecDeque<(u64, Vec<(String, String)>)>,
@@ -338,6 +338,31 @@ impl Overlay {
             self.items.retain(|_, (_, _, group)| *group > applied);
         }
     }
+}
+
+/// A cached item: its state, the seq of the change that produced it, and
+/// the group that decided it (0 when read from the ledger).
+type Cached = (KeyState, Option<u64>, u64);
+
+/// The entry of `key` in the item cache, read from the ledger first when
+/// the cache has none. Not in memory means nothing about the key waits for
+/// the applier, so the ledger's state is the newest.
+fn cached<'a>(
+    items: &'a mut HashMap<ItemKey, Cached>,
+    ledger: &dyn Ledger,
+    key: &ItemKey,
+) -> Result<&'a mut Cached, LedgerError> {
+    if !items.contains_key(key) {
+        let (state, seq) = ledger
+            .load(key)?
+            .map_or((KeyState::Absent, None), |record: ItemRecord| {
+                (record.state, Some(record.seq))
+            });
+        items.insert(key.clone(), (state, seq, 0));
+    }
+    items
+        .get_mut(key)
+        .ok_or_else(|| LedgerError::Storage(format!("item cache lost {key}")))
 }
 
 /// The group being decided.
@@ -395,30 +420,15 @@ impl Sequencer {
         }
     }
 
-    /// The state of `key` as decided so far, and the seq of the change
-    /// that produced it.
-    fn state(&mut self, key: &ItemKey) -> Result<(KeyState, Option<u64>), LedgerError> {
-        if let Some((state, seq, _)) = self.overlay.items.get(key) {
-            return Ok((state.clone(), *seq));
-        }
-        // Not in memory: nothing about it is waiting for the applier, so the
-        // ledger's state is the newest.
-        let (state, seq) = self
-            .ledger
-            .load(key)?
-            .map_or((KeyState::Absent, None), |record: ItemRecord| {
-                (record.state, Some(record.seq))
-            });
-        self.overlay
-            .items
-            .insert(key.clone(), (state.clone(), seq, 0));
-        Ok((state, seq))
+    /// The state of `key` as decided so far.
+    fn state(&mut self, key: &ItemKey) -> Result<KeyState, LedgerError> {
+        cached(&mut self.overlay.items, self.ledger.as_ref(), key).map(|entry| entry.0.clone())
     }
 
     fn decide(&mut self, job: Job, group: &mut Group) -> Result<(), LedgerError> {
         match job {
             Job::Read { key, reply } => {
-                let response = match self.state(&key)?.0 {
+                let response = match self.state(&key)? {
                     KeyState::Live(item) => Response::Read(ReadReply {
                         item,
                         head: self.head,
@@ -481,10 +491,22 @@ impl Sequencer {
             });
         }
 
-        let (state, prior_seq) = self.state(&request.key)?;
-        let outcome = match apply(&request.key, &state, &request.op, request.expected_version) {
+        // Decided against the cached entry in place: no copy of the state
+        // and no second lookup of the key.
+        let entry = cached(&mut self.overlay.items, self.ledger.as_ref(), &request.key)?;
+        let outcome = match apply(
+            &request.key,
+            &entry.0,
+            &request.op,
+            request.expected_version,
+        ) {
             Ok(next) => {
                 self.head += 1;
+                self.digests
+                    .apply(&request.key.location, self.head, &entry.0, &next);
+                let prior_version = entry.0.version();
+                let prior_seq = entry.1;
+                *entry = (next.clone(), Some(self.head), self.group_number);
                 let change = Change {
                     seq: self.head,
                     key: request.key.clone(),
@@ -496,15 +518,9 @@ impl Sequencer {
                 };
                 group.batch.writes.push(CommittedWrite {
                     change,
-                    prior_version: state.version(),
+                    prior_version,
                     prior_seq,
                 });
-                self.overlay.items.insert(
-                    request.key.clone(),
-                    (next.clone(), Some(self.head), self.group_number),
-                );
-                self.digests
-                    .apply(&request.key.location, self.head, &state, &next);
                 self.metrics.count_write(op_kind, "accepted");
                 Outcome::Accepted {
                     seq: self.head,
@@ -512,7 +528,7 @@ impl Sequencer {
                 }
             }
             Err(rejection) => {
-                let err = WireError::rejected(&rejection, state.item());
+                let err = WireError::rejected(&rejection, entry.0.item());
                 if err.code == ErrorCode::VersionMismatch {
                     self.metrics.count_conflict(store);
                 } else {
