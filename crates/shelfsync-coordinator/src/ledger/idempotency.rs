@@ -19,6 +19,17 @@
 //!   steps every 50 ms), so that the work is small and steady. A run's
 //!   filter (a Bloom filter over fingerprints) is written last and marks it
 //!   complete; chunks of an incomplete run are removed at open.
+//! - **Merges.** Once a bucket has [`MERGE_FANIN`] runs of one size (the
+//!   length of their filters), a step with no sealed table to write merges
+//!   the oldest of them into one run, a piece per step: their chunks are
+//!   read in fingerprint order and written again. The new run's filter is
+//!   written with the sources' filters removed in one batch, so a crash
+//!   leaves either the sources or the merged run complete; then the
+//!   sources' chunks go. A lookup that chose runs a merge retired while it
+//!   read them looks again. Merging keeps the filters a lookup asks
+//!   logarithmic in the bucket's records: a 24 h bucket of a chain writing
+//!   a thousand times a second holds some 1,300 sealed runs, a few dozen
+//!   once merged.
 //! - **Buckets.** Records still go into the time buckets of the ledger's
 //!   module docs, and expiry still removes whole buckets. A bucket created
 //!   by this process has a Bloom filter of every key recorded in it, so a
@@ -36,7 +47,7 @@
 //! Fingerprints only order and filter: every match compares the store and
 //! the key themselves.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -61,12 +72,14 @@ pub const CHUNK: usize = 32;
 const RUN_BITS_PER_RECORD: usize = 10;
 /// Bit probes per fingerprint in a run's filter.
 const RUN_PROBES: u64 = 7;
+/// Runs of one size that a bucket gathers before they are merged into one.
+pub const MERGE_FANIN: usize = 8;
 
 const CHUNK_TAG: u8 = 2;
 const FILTER_TAG: u8 = 3;
 
-/// One record of a run chunk, as read.
-#[derive(Debug, Deserialize)]
+/// One record of a run chunk, as read (and as a merge writes it again).
+#[derive(Debug, Serialize, Deserialize)]
 struct RunEntry {
     fp: u64,
     store: String,
@@ -183,6 +196,40 @@ struct State {
     /// Records of buckets ending at or before this have expired: they no
     /// longer answer and are not written.
     expired_before: u64,
+    /// Counts merges that replaced runs: a lookup that read runs a merge
+    /// removed meanwhile looks again.
+    generation: u64,
+}
+
+/// What the writer works on: the sealed table first; a merge of runs when
+/// no table waits.
+#[derive(Debug, Default)]
+struct Writer {
+    pending: Option<Pending>,
+    merge: Option<Merge>,
+}
+
+/// A merge of [`MERGE_FANIN`] runs of one bucket, all of one size, into a
+/// new run: their records read in fingerprint order and written again as
+/// chunks, a piece per step. The new run's filter, written with the
+/// sources' filters removed in one batch, completes it and retires them.
+#[derive(Debug)]
+struct Merge {
+    end: u64,
+    run: u64,
+    sources: Vec<Source>,
+    /// Fingerprints written so far, for the new run's filter.
+    fps: Vec<u64>,
+}
+
+/// A run being merged: where its next chunk is read from, and the records
+/// read and not yet written.
+#[derive(Debug)]
+struct Source {
+    run: u64,
+    /// The key at or after which its next chunk lies; `None` once all is read.
+    next: Option<Vec<u8>>,
+    buffered: VecDeque<RunEntry>,
 }
 
 /// The writer's progress through the sealed table: its records in run
@@ -214,8 +261,9 @@ pub struct IdempotencyStore {
     /// goes, so that a lookup of a key never recorded (nearly every
     /// write's) and a commit's filter updates never wait for `state`.
     filters: Arc<std::sync::RwLock<Filters>>,
-    /// Held while runs are written or buckets removed, one at a time.
-    writer: Arc<Mutex<Option<Pending>>>,
+    /// Held while runs are written or merged or buckets removed, one at a
+    /// time.
+    writer: Arc<Mutex<Writer>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -273,7 +321,7 @@ impl IdempotencyStore {
                 tracing::info!(
                     bucket = end,
                     run,
-                    "removing an idempotency run a crash left incomplete"
+                    "removing the chunks of an idempotency run without a filter (cut short by a crash, or merged into another)"
                 );
                 let mut batch = sled::Batch::default();
                 for entry in tree.scan_prefix(run_prefix(end, run)) {
@@ -420,12 +468,29 @@ impl IdempotencyStore {
         if !self.may_contain(store, key) {
             return Ok(None);
         }
+        loop {
+            let (found, generation) = self.lookup_once(store, key)?;
+            if found.is_some() || lock(&self.state).generation == generation {
+                return Ok(found);
+            }
+            // A merge replaced runs this lookup was reading: look again.
+        }
+    }
+
+    /// One lookup, with the merge generation its runs were chosen at.
+    fn lookup_once(
+        &self,
+        store: &str,
+        key: &str,
+    ) -> Result<(Option<IdempotencyRecord>, u64), LedgerError> {
         let fp = fingerprint(store, key);
         // What each bucket needs from disk, newest first; memory answers
         // the rest under the lock.
         let mut probes: Vec<(u64, Vec<u64>, bool)> = Vec::new();
+        let generation;
         {
             let state = lock(&self.state);
+            generation = state.generation;
             // The bucket filters know every key this process recorded,
             // those in memory included.
             let candidates: Vec<(u64, &Bucket)> = state
@@ -438,14 +503,14 @@ impl IdempotencyStore {
                 .map(|(end, b)| (*end, b))
                 .collect();
             if candidates.is_empty() {
-                return Ok(None);
+                return Ok((None, generation));
             }
             let sealed = state.sealed.as_ref().map(|s| &s.table);
             for table in std::iter::once(&state.recent).chain(sealed) {
                 if let Some((end, record)) = table.get(store, key)
                     && *end > state.expired_before
                 {
-                    return Ok(Some(record.clone()));
+                    return Ok((Some(record.clone()), generation));
                 }
             }
             for (end, bucket) in candidates {
@@ -464,17 +529,17 @@ impl IdempotencyStore {
         for (end, runs, legacy) in probes {
             for run in runs {
                 if let Some(record) = self.find_in_run(end, run, fp, store, key)? {
-                    return Ok(Some(record));
+                    return Ok((Some(record), generation));
                 }
             }
             if legacy {
                 let k = legacy_key(end, store, key);
                 if let Some(v) = self.tree.get(&k).map_err(storage)? {
-                    return Ok(Some(decode(&k, &v)?));
+                    return Ok((Some(decode(&k, &v)?), generation));
                 }
             }
         }
-        Ok(None)
+        Ok((None, generation))
     }
 
     /// Looks for `(store, key)` in the chunks of `run` where `fp` falls:
@@ -514,18 +579,16 @@ impl IdempotencyStore {
     pub fn step(&self, all: bool) -> Result<(), LedgerError> {
         let mut writer = lock(&self.writer);
         loop {
-            if writer.is_none() {
+            if writer.pending.is_none() {
                 let Some(sealed) = self.seal(all) else {
-                    return Ok(());
+                    break;
                 };
-                *writer = Some(plan(sealed));
+                writer.pending = Some(plan(sealed));
             }
-            let Some(pending) = writer.as_mut() else {
-                return Ok(());
-            };
             let budget = if all { usize::MAX } else { self.piece_records };
-            if self.write_piece(pending, budget)?
-                && let Some(pending) = writer.take()
+            if let Some(pending) = writer.pending.as_mut()
+                && self.write_piece(pending, budget)?
+                && let Some(pending) = writer.pending.take()
             {
                 self.finish(pending)?;
             }
@@ -533,6 +596,180 @@ impl IdempotencyStore {
                 return Ok(());
             }
         }
+        // No table waits. A flush stops here (a merge only saves lookups
+        // work, and one cut short is redone); a step merges a piece.
+        if !all {
+            self.merge_piece(&mut writer)?;
+        }
+        Ok(())
+    }
+
+    /// Writes about one piece of the merge under way, first picking one if
+    /// a bucket has [`MERGE_FANIN`] runs of one size.
+    fn merge_piece(&self, writer: &mut Writer) -> Result<(), LedgerError> {
+        if writer.merge.is_none() {
+            writer.merge = self.plan_merge();
+        }
+        let Some(merge) = writer.merge.as_mut() else {
+            return Ok(());
+        };
+        if merge.end <= lock(&self.state).expired_before {
+            // The bucket expired meanwhile; its keys go with it.
+            writer.merge = None;
+            return Ok(());
+        }
+        let stop = merge.fps.len().saturating_add(self.piece_records);
+        let mut batch = sled::Batch::default();
+        let mut chunk: Vec<RunEntry> = Vec::with_capacity(CHUNK);
+        let read_all = loop {
+            for source in &mut merge.sources {
+                self.refill(merge.end, source)?;
+            }
+            let next = merge
+                .sources
+                .iter()
+                .enumerate()
+                .filter_map(|(i, source)| source.buffered.front().map(|e| (e.fp, i)))
+                .min();
+            let Some((fp, i)) = next else {
+                break true;
+            };
+            // Equal fingerprints stay in one chunk, as in a sealed run.
+            if chunk.len() >= CHUNK && chunk.last().is_some_and(|e| e.fp != fp) {
+                put_chunk(&mut batch, merge, &mut chunk)?;
+                if merge.fps.len() >= stop {
+                    break false;
+                }
+            }
+            if let Some(entry) = merge
+                .sources
+                .get_mut(i)
+                .and_then(|s| s.buffered.pop_front())
+            {
+                chunk.push(entry);
+            }
+        };
+        if !chunk.is_empty() {
+            put_chunk(&mut batch, merge, &mut chunk)?;
+        }
+        self.tree.apply_batch(batch).map_err(storage)?;
+        if read_all && let Some(merge) = writer.merge.take() {
+            self.complete_merge(merge)?;
+        }
+        Ok(())
+    }
+
+    /// The oldest [`MERGE_FANIN`] runs of one size (their filters' length)
+    /// in the oldest bucket that has as many, with a run number for the
+    /// merged one.
+    fn plan_merge(&self) -> Option<Merge> {
+        let mut state = lock(&self.state);
+        let expired_before = state.expired_before;
+        let (end, runs) = state
+            .buckets
+            .iter()
+            .filter(|(end, bucket)| **end > expired_before && !bucket.expiring)
+            .find_map(|(end, bucket)| {
+                let mut by_size: BTreeMap<usize, Vec<u64>> = BTreeMap::new();
+                for (run, filter) in &bucket.runs {
+                    by_size.entry(filter.words.len()).or_default().push(*run);
+                }
+                by_size
+                    .into_values()
+                    .find(|runs| runs.len() >= MERGE_FANIN)
+                    .map(|runs| (*end, runs))
+            })?;
+        let run = state.next_run;
+        state.next_run += 1;
+        let sources = runs
+            .into_iter()
+            .take(MERGE_FANIN)
+            .map(|run| Source {
+                run,
+                next: Some(run_prefix(end, run).to_vec()),
+                buffered: VecDeque::new(),
+            })
+            .collect();
+        Some(Merge {
+            end,
+            run,
+            sources,
+            fps: Vec::new(),
+        })
+    }
+
+    /// Reads the source's next chunk when it has no record buffered.
+    fn refill(&self, end: u64, source: &mut Source) -> Result<(), LedgerError> {
+        let prefix = run_prefix(end, source.run);
+        while source.buffered.is_empty() {
+            let Some(from) = source.next.take() else {
+                return Ok(());
+            };
+            let Some(entry) = self.tree.range(from..).next() else {
+                return Ok(());
+            };
+            let (k, v) = entry.map_err(storage)?;
+            if !k.starts_with(&prefix) {
+                return Ok(());
+            }
+            let records: Vec<RunEntry> = decode(&k, &v)?;
+            source.buffered = records.into();
+            // The key right after this one.
+            let mut next = k.to_vec();
+            next.push(0);
+            source.next = Some(next);
+        }
+        Ok(())
+    }
+
+    /// Completes a merged run: its filter is written and the sources'
+    /// filters removed in one batch, so a crash leaves either the sources
+    /// or the merged run complete (chunks of runs without a filter are
+    /// removed at open). Then the sources' chunks go.
+    fn complete_merge(&self, merge: Merge) -> Result<(), LedgerError> {
+        let mut filter = RunFilter::sized_for(merge.fps.len());
+        for fp in &merge.fps {
+            filter.insert(*fp);
+        }
+        let mut batch = sled::Batch::default();
+        batch.insert(filter_key(merge.end, merge.run).to_vec(), encode(&filter)?);
+        for source in &merge.sources {
+            batch.remove(filter_key(merge.end, source.run).to_vec());
+        }
+        self.tree.apply_batch(batch).map_err(storage)?;
+        let merged = |run: u64| merge.sources.iter().any(|s| s.run == run);
+        {
+            let mut state = lock(&self.state);
+            state.generation += 1;
+            if let Some(bucket) = state.buckets.get_mut(&merge.end) {
+                let at = bucket
+                    .runs
+                    .iter()
+                    .position(|(run, _)| merged(*run))
+                    .unwrap_or(bucket.runs.len());
+                bucket.runs.retain(|(run, _)| !merged(*run));
+                let at = at.min(bucket.runs.len());
+                bucket.runs.insert(at, (merge.run, Arc::new(filter)));
+            }
+        }
+        for source in &merge.sources {
+            let mut batch = sled::Batch::default();
+            for key in self
+                .tree
+                .scan_prefix(run_prefix(merge.end, source.run))
+                .keys()
+            {
+                batch.remove(key.map_err(storage)?);
+            }
+            self.tree.apply_batch(batch).map_err(storage)?;
+        }
+        tracing::debug!(
+            bucket = merge.end,
+            run = merge.run,
+            records = merge.fps.len(),
+            "merged idempotency runs"
+        );
+        Ok(())
     }
 
     /// Takes the in-memory table as the sealed one if it is due.
@@ -726,6 +963,25 @@ fn plan(sealed: Arc<Sealed>) -> Pending {
 /// Where the chunk starting at `start` ends: after [`CHUNK`] records, or
 /// later so that one fingerprint never spans a chunk edge, and never past
 /// `limit`.
+/// Adds `chunk` to `batch` as the merged run's next chunk, and empties it.
+fn put_chunk(
+    batch: &mut sled::Batch,
+    merge: &mut Merge,
+    chunk: &mut Vec<RunEntry>,
+) -> Result<(), LedgerError> {
+    let Some(first) = chunk.first() else {
+        return Ok(());
+    };
+    let index = u32::try_from(merge.fps.len()).unwrap_or(u32::MAX);
+    batch.insert(
+        chunk_key(merge.end, merge.run, first.fp, index).to_vec(),
+        encode(&*chunk)?,
+    );
+    merge.fps.extend(chunk.iter().map(|e| e.fp));
+    chunk.clear();
+    Ok(())
+}
+
 fn chunk_end(order: &[(u64, u64, String, String)], start: usize, limit: usize) -> usize {
     let mut cut = (start + CHUNK).min(limit);
     while cut < limit && cut > start && order[cut].1 == order[cut - 1].1 {
@@ -1191,6 +1447,100 @@ mod tests {
         assert_eq!(ledger.idempotency_store().live_buckets(), [2000]);
         assert_eq!(ledger.idempotency("store-1", "k1").unwrap(), None);
         assert_all_found(&ledger, "store-1", 600..700, 1500);
+    }
+
+    /// Writes `runs` runs of 40 records each (keys `k0`.. of `store-1`,
+    /// decided at 10 ms: bucket 1000) through steps that seal at 40.
+    fn ledger_with_runs(dir: &std::path::Path, runs: u32) -> SledLedger {
+        let mut ledger = SledLedger::open_with(dir, BUCKET).unwrap();
+        ledger.idempotency_store_mut().set_sizes(40, 64);
+        for i in 0..runs {
+            commit_records(&ledger, "store-1", i * 40..(i + 1) * 40, 10, 0);
+            // Seals the table and writes it whole; merges nothing yet.
+            ledger.idempotency_store().step(false).unwrap();
+        }
+        ledger
+    }
+
+    const FANIN: u32 = MERGE_FANIN as u32;
+
+    #[test]
+    fn runs_of_one_size_are_merged_into_one_and_every_record_stays_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = FANIN * 40;
+        {
+            let ledger = ledger_with_runs(dir.path(), FANIN);
+            assert_eq!(keys_with_tag(&ledger, FILTER_TAG), MERGE_FANIN);
+            let mut steps = 0;
+            while keys_with_tag(&ledger, FILTER_TAG) > 1 {
+                ledger.idempotency_store().step(false).unwrap();
+                steps += 1;
+                assert!(steps < 100, "the merge never completes");
+                // Found all along, in the sources or the merged run.
+                assert_all_found(&ledger, "store-1", 0..n, 10);
+            }
+            assert!(steps > 1, "written in pieces");
+            // The sources' chunks are gone; the merged run has its own.
+            assert_eq!(
+                keys_with_tag(&ledger, CHUNK_TAG),
+                (n as usize).div_ceil(CHUNK)
+            );
+            assert_all_found(&ledger, "store-1", 0..n, 10);
+            assert_eq!(
+                ledger.idempotency("store-1", &format!("k{n}")).unwrap(),
+                None
+            );
+            ledger.flush().unwrap();
+        }
+        let ledger = reopen(dir.path(), BUCKET);
+        assert_eq!(keys_with_tag(&ledger, FILTER_TAG), 1);
+        assert_all_found(&ledger, "store-1", 0..n, 10);
+    }
+
+    #[test]
+    fn a_merge_cut_short_leaves_the_runs_it_was_merging() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = FANIN * 40;
+        {
+            let ledger = ledger_with_runs(dir.path(), FANIN);
+            let before = keys_with_tag(&ledger, CHUNK_TAG);
+            ledger.idempotency_store().step(false).unwrap();
+            assert!(
+                keys_with_tag(&ledger, CHUNK_TAG) > before,
+                "a piece is written"
+            );
+            assert_eq!(keys_with_tag(&ledger, FILTER_TAG), MERGE_FANIN);
+            // A crash: the merge goes no further.
+        }
+        let ledger = reopen(dir.path(), BUCKET);
+        assert_eq!(keys_with_tag(&ledger, FILTER_TAG), MERGE_FANIN);
+        assert_eq!(
+            keys_with_tag(&ledger, CHUNK_TAG),
+            MERGE_FANIN * 40usize.div_ceil(CHUNK),
+            "the merged run's chunks are removed"
+        );
+        assert_all_found(&ledger, "store-1", 0..n, 10);
+    }
+
+    #[test]
+    fn a_bucket_that_expires_during_a_merge_ends_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = ledger_with_runs(dir.path(), FANIN);
+        let store = ledger.idempotency_store();
+        store.step(false).unwrap();
+        let on_disk = ledger.tree().scan_prefix(b"d").count();
+        assert_eq!(
+            ledger.expire_idempotency(1000, usize::MAX).unwrap(),
+            on_disk
+        );
+        for _ in 0..20 {
+            store.step(false).unwrap();
+        }
+        assert!(
+            ledger.tree().scan_prefix(b"d").next().is_none(),
+            "nothing written after expiry"
+        );
+        assert_eq!(store.live_buckets(), Vec::<u64>::new());
     }
 
     #[test]
