@@ -74,6 +74,10 @@ const RUN_BITS_PER_RECORD: usize = 10;
 const RUN_PROBES: u64 = 7;
 /// Runs of one size that a bucket gathers before they are merged into one.
 pub const MERGE_FANIN: usize = 8;
+/// Runs are not merged into one of more records than this (as their
+/// filters' sizes bound them): a merge holds the new run's fingerprints in
+/// memory, 8 bytes a record, and larger runs gain little.
+pub const MAX_MERGED_RECORDS: usize = 16 * 1024 * 1024;
 
 const CHUNK_TAG: u8 = 2;
 const FILTER_TAG: u8 = 3;
@@ -661,7 +665,8 @@ impl IdempotencyStore {
 
     /// The oldest [`MERGE_FANIN`] runs of one size (their filters' length)
     /// in the oldest bucket that has as many, with a run number for the
-    /// merged one.
+    /// merged one; none of a size whose merge could pass
+    /// [`MAX_MERGED_RECORDS`].
     fn plan_merge(&self) -> Option<Merge> {
         let mut state = lock(&self.state);
         let expired_before = state.expired_before;
@@ -675,9 +680,9 @@ impl IdempotencyStore {
                     by_size.entry(filter.words.len()).or_default().push(*run);
                 }
                 by_size
-                    .into_values()
-                    .find(|runs| runs.len() >= MERGE_FANIN)
-                    .map(|runs| (*end, runs))
+                    .into_iter()
+                    .find(|(words, runs)| mergeable(*words, runs.len()))
+                    .map(|(_, runs)| (*end, runs))
             })?;
         let run = state.next_run;
         state.next_run += 1;
@@ -963,6 +968,15 @@ fn plan(sealed: Arc<Sealed>) -> Pending {
 /// Where the chunk starting at `start` ends: after [`CHUNK`] records, or
 /// later so that one fingerprint never spans a chunk edge, and never past
 /// `limit`.
+/// Whether `runs` runs whose filters have `words` words each are merged:
+/// enough of them, and a merged run within [`MAX_MERGED_RECORDS`] (a
+/// filter has at least [`RUN_BITS_PER_RECORD`] bits per record, which
+/// bounds a run's records).
+fn mergeable(words: usize, runs: usize) -> bool {
+    let records = words.saturating_mul(64) / RUN_BITS_PER_RECORD;
+    runs >= MERGE_FANIN && records.saturating_mul(MERGE_FANIN) <= MAX_MERGED_RECORDS
+}
+
 /// Adds `chunk` to `batch` as the merged run's next chunk, and empties it.
 fn put_chunk(
     batch: &mut sled::Batch,
@@ -1541,6 +1555,17 @@ mod tests {
             "nothing written after expiry"
         );
         assert_eq!(store.live_buckets(), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn runs_are_merged_in_eights_up_to_a_few_million_records() {
+        let words = |records: usize| RunFilter::sized_for(records).words.len();
+        // A full sealed table's runs, then runs of eight of them.
+        assert!(mergeable(words(SEAL_RECORDS), MERGE_FANIN));
+        assert!(!mergeable(words(SEAL_RECORDS), MERGE_FANIN - 1));
+        assert!(mergeable(words(SEAL_RECORDS * 8), MERGE_FANIN));
+        // Runs of 64 sealed tables (about 4M records) stay as they are.
+        assert!(!mergeable(words(SEAL_RECORDS * 64), MERGE_FANIN));
     }
 
     #[test]
