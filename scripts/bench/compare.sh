@@ -38,7 +38,10 @@
 # (checkpoints, vacuum, a ledger catching up) does not fall into it. The
 # table gives, per engine and workload, the median of the rounds (each
 # column on its own) and the range of ok writes/s; the ratios are of the
-# medians. It writes the table and every raw output under --out (default
+# medians. The last two columns are CPU microseconds per answered write of
+# the server (its processes, from /proc) and of the client (pgbench or the
+# load generator): on a machine they share, what one spends the other
+# cannot. It writes the table and every raw output under --out (default
 # target/bench/compare-<time>).
 #
 # It refuses to report when the machine was busy before a round (CPU use over
@@ -52,6 +55,8 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 ROOT="$REPO"
 DURATION=15
+# Unmeasured seconds before each load generator measurement.
+WARMUP=2
 ROUNDS=3
 CLIENTS=64
 KEYS=10000
@@ -114,10 +119,46 @@ as_pg() {
 }
 
 RESULTS="$OUT/results.tsv"
-printf 'round\tengine\tworkload\tok_per_s\tconflict_pct\tp50_ms\tp99_ms\n' > "$RESULTS"
+printf 'round\tengine\tworkload\tok_per_s\tconflict_pct\tp50_ms\tp99_ms\tserver_us\tclient_us\n' > "$RESULTS"
 ROUND=1
-# record ENGINE WORKLOAD OK/S CONFLICT% P50 P99: one row of this round.
-record() { printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$ROUND" "$@" >> "$RESULTS"; }
+# record ENGINE WORKLOAD OK/S CONFLICT% P50 P99 SERVER_US CLIENT_US: one row
+# of this round (the last two: CPU microseconds per answered write).
+record() { printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$ROUND" "$@" >> "$RESULTS"; }
+
+# CPU used per write, by the server and by the client: on a machine they
+# share, what one spends the other cannot use. The server's is read from
+# /proc around the run (its process and its children, live or reaped); the
+# client's from the rusage of its process.
+CLK_TCK=$(getconf CLK_TCK)
+SERVER_PID=""
+# tree_ticks PID: CPU ticks PID and its children have used so far.
+tree_ticks() {
+    local ticks child
+    ticks=$(awk '{ sub(/.*\) /, ""); print $12 + $13 + $14 + $15 }' "/proc/$1/stat")
+    for child in $(pgrep -P "$1" || true); do
+        ticks=$((ticks + $(awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$child/stat" 2>/dev/null || echo 0)))
+    done
+    echo "$ticks"
+}
+# timed CMD...: runs CMD (its output where the caller sends it); its CPU
+# seconds go to $TMP/client_cpu.
+timed() {
+    python3 -c 'import resource, subprocess, sys
+code = subprocess.call(sys.argv[2:])
+r = resource.getrusage(resource.RUSAGE_CHILDREN)
+open(sys.argv[1], "w").write("%.3f\n" % (r.ru_utime + r.ru_stime))
+sys.exit(code)' "$TMP/client_cpu" "$@"
+}
+# per_write SECONDS WRITES: microseconds per write.
+per_write() { awk -v s="$1" -v n="$2" 'BEGIN { printf "%.0f", n ? s * 1e6 / n : 0 }'; }
+SERVER_BEFORE=0
+measure_start() { SERVER_BEFORE=$(tree_ticks "$SERVER_PID"); }
+# measure_end: sets SERVER_S and CLIENT_S, the seconds used since measure_start.
+measure_end() {
+    SERVER_S=$(awk -v a="$SERVER_BEFORE" -v b="$(tree_ticks "$SERVER_PID")" -v t="$CLK_TCK" \
+        'BEGIN { printf "%.3f", (b - a) / t }')
+    CLIENT_S=$(cat "$TMP/client_cpu")
+}
 
 # Percentile (0..100) of the numbers in a file (one per line), to stdout.
 percentile() {
@@ -140,15 +181,21 @@ distribution() {
 # line shelfsync-loadgen wrote to FILE (ok/s = accepted / duration, conflict
 # % = rejected / answered).
 record_loadgen() {
-    python3 - "$ROUND" "$@" >> "$RESULTS" <<'PY'
+    measure_end
+    python3 - "$ROUND" "$@" "$SERVER_S" "$CLIENT_S" "$WARMUP" >> "$RESULTS" <<'PY'
 import json, sys
-round_, engine, workload, path = sys.argv[1:5]
+round_, engine, workload, path, server_s, client_s, warmup = sys.argv[1:8]
 row = json.loads(open(path).read().strip().splitlines()[-1])
 rejected = sum(row["rejected"].values())
 total = row["accepted"] + rejected
-print("%s\t%s\t%s\t%.0f\t%.1f\t%.3f\t%.3f" % (
+# The CPU covers the warm-up too, the writes only the measured part: the
+# warm-up's share of the CPU is taken out pro rata.
+measured = row["duration_s"] / (row["duration_s"] + float(warmup))
+per = lambda s: float(s) * measured * 1e6 / total if total else 0.0
+print("%s\t%s\t%s\t%.0f\t%.1f\t%.3f\t%.3f\t%.0f\t%.0f" % (
     round_, engine, workload, row["accepted"] / row["duration_s"],
-    100.0 * rejected / total if total else 0.0, row["p50_ms"], row["p99_ms"]))
+    100.0 * rejected / total if total else 0.0, row["p50_ms"], row["p99_ms"],
+    per(server_s), per(client_s)))
 PY
 }
 
@@ -217,8 +264,11 @@ SELECT location, sku, 'remove', quantity, reserved, version FROM u;"
     before=$(pg_psql -tAc "SELECT count(*) FROM changes")
     log "PostgreSQL $workload: pgbench, $CLIENTS clients, ${DURATION}s"
     rm -f "$TMP"/pgbench_log.*
-    (cd "$TMP" && "$PGBIN/pgbench" -n -h 127.0.0.1 -p "$PG_PORT" -U bench -c "$CLIENTS" -j 2 \
+    SERVER_PID=$(head -n 1 "$PGDATA/postmaster.pid")
+    measure_start
+    (cd "$TMP" && timed "$PGBIN/pgbench" -n -h 127.0.0.1 -p "$PG_PORT" -U bench -c "$CLIENTS" -j 2 \
         -T "$DURATION" -f "$script" -l postgres) > "$OUT/r$ROUND-postgres-$workload.txt" 2>&1
+    measure_end
     after=$(pg_psql -tAc "SELECT count(*) FROM changes")
     # pgbench log: client, transaction no, latency (us), script, epoch s, us.
     awk '{ print $3 / 1000 }' "$TMP"/pgbench_log.* > "$TMP/lat.txt"
@@ -228,7 +278,8 @@ SELECT location, sku, 'remove', quantity, reserved, version FROM u;"
     record postgres "$workload" \
         "$(awk -v n="$ok" -v d="$DURATION" 'BEGIN { printf "%.0f", n / d }')" \
         "$(awk -v t="$total" -v n="$ok" 'BEGIN { printf "%.1f", t ? (t - n) * 100 / t : 0 }')" \
-        "$(percentile 50 "$TMP/lat.txt")" "$(percentile 99 "$TMP/lat.txt")"
+        "$(percentile 50 "$TMP/lat.txt")" "$(percentile 99 "$TMP/lat.txt")" \
+        "$(per_write "$SERVER_S" "$total")" "$(per_write "$CLIENT_S" "$total")"
 }
 
 stop_postgres() {
@@ -259,8 +310,10 @@ start_redis() {
 run_redis() {
     local workload=$1
     log "Redis $workload: shelfsync-loadgen redis, $CLIENTS clients, ${DURATION}s"
-    "$LOADGEN" redis "${REDIS_COMMON[@]}" --distribution "$(distribution "$workload")" \
-        --workload "${workload#*-}" --duration "${DURATION}s" --label "redis $workload" \
+    SERVER_PID=$REDIS_PID
+    measure_start
+    timed "$LOADGEN" redis "${REDIS_COMMON[@]}" --distribution "$(distribution "$workload")" \
+        --workload "${workload#*-}" --duration "${DURATION}s" --warmup "${WARMUP}s" --label "redis $workload" \
         > "$OUT/r$ROUND-redis-$workload.json"
     record_loadgen redis "$workload" "$OUT/r$ROUND-redis-$workload.json"
 }
@@ -286,8 +339,10 @@ start_shelfsync() {
 run_shelfsync() {
     local workload=$1
     log "shelfsync $workload: shelfsync-loadgen, $CLIENTS connections, ${DURATION}s"
-    "$LOADGEN" run "${SHELFSYNC_COMMON[@]}" --distribution "$(distribution "$workload")" \
-        --workload "${workload#*-}" --duration "${DURATION}s" --label "shelfsync $workload" \
+    SERVER_PID=$COORD_PID
+    measure_start
+    timed "$LOADGEN" run "${SHELFSYNC_COMMON[@]}" --distribution "$(distribution "$workload")" \
+        --workload "${workload#*-}" --duration "${DURATION}s" --warmup "${WARMUP}s" --label "shelfsync $workload" \
         > "$OUT/r$ROUND-shelfsync-$workload.json"
     record_loadgen shelfsync "$workload" "$OUT/r$ROUND-shelfsync-$workload.json"
 }
@@ -299,8 +354,10 @@ run_shelfsync_half_peak() {
     half=$(python3 -c 'import json,sys; print(round(json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])["writes_per_s"] / 2))' \
         "$OUT/r$ROUND-shelfsync-uniform-optimistic.json")
     log "shelfsync uniform-optimistic at half the peak: --rate $half"
-    "$LOADGEN" run "${SHELFSYNC_COMMON[@]}" --distribution uniform --workload optimistic \
-        --duration "${DURATION}s" --rate "$half" --label "shelfsync half peak" \
+    SERVER_PID=$COORD_PID
+    measure_start
+    timed "$LOADGEN" run "${SHELFSYNC_COMMON[@]}" --distribution uniform --workload optimistic \
+        --duration "${DURATION}s" --warmup "${WARMUP}s" --rate "$half" --label "shelfsync half peak" \
         > "$OUT/r$ROUND-shelfsync-half-peak.json"
     record_loadgen shelfsync uniform-at-half-peak "$OUT/r$ROUND-shelfsync-half-peak.json"
 }
@@ -360,8 +417,9 @@ def median(key, rs):
     return statistics.median(float(r[key]) for r in rs)
 ours = {w: median("ok_per_s", rs) for (e, w), rs in groups.items() if e == "shelfsync"}
 print("median of %s round(s) per row; ratios are of the medians" % sys.argv[2])
-print("%-10s %-20s %10s %15s %9s %9s %9s %13s" % (
-    "engine", "workload", "ok/s", "ok/s range", "conflict", "p50 ms", "p99 ms", "shelfsync is"))
+print("%-10s %-20s %10s %15s %9s %9s %9s %13s %9s %9s" % (
+    "engine", "workload", "ok/s", "ok/s range", "conflict", "p50 ms", "p99 ms", "shelfsync is",
+    "srv us/w", "cli us/w"))
 for (engine, workload), rs in groups.items():
     ok = median("ok_per_s", rs)
     spread = "%.0f-%.0f" % (min(float(r["ok_per_s"]) for r in rs),
@@ -369,9 +427,10 @@ for (engine, workload), rs in groups.items():
     ratio = ""
     if engine != "shelfsync" and workload in ours and ok > 0:
         ratio = "%.2fx" % (ours[workload] / ok)
-    print("%-10s %-20s %10.0f %15s %8.1f%% %9.3f %9.3f %13s" % (
+    print("%-10s %-20s %10.0f %15s %8.1f%% %9.3f %9.3f %13s %9.0f %9.0f" % (
         engine, workload, ok, spread, median("conflict_pct", rs),
-        median("p50_ms", rs), median("p99_ms", rs), ratio))
+        median("p50_ms", rs), median("p99_ms", rs), ratio,
+        median("server_us", rs), median("client_us", rs)))
 # The same ratios round by round: each pairs runs seconds apart.
 by_round = {(r["engine"], r["workload"], r["round"]): float(r["ok_per_s"]) for r in rows}
 lines = []
