@@ -492,7 +492,7 @@ impl Sequencer {
         }
 
         // Decided against the cached entry in place: no copy of the state
-        // and no second lookup of the key.
+        // to decide on, and no copy of the key to store the new one.
         let entry = cached(&mut self.overlay.items, self.ledger.as_ref(), &request.key)?;
         let outcome = match apply(
             &request.key,
