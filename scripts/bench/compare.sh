@@ -199,6 +199,20 @@ print("%s\t%s\t%s\t%.0f\t%.1f\t%.3f\t%.3f\t%.0f\t%.0f" % (
 PY
 }
 
+# loadgen_row ENGINE ROW PID ARGS...: one measured run of the load generator
+# (ARGS: its mode and options) against ENGINE's server PID, recorded as the
+# row ROW; its JSON stays in r<round>-ENGINE-ROW.json.
+loadgen_row() {
+    local engine=$1 row=$2 file
+    SERVER_PID=$3
+    shift 3
+    file="$OUT/r$ROUND-$engine-$row.json"
+    measure_start
+    timed "$LOADGEN" "$@" --duration "${DURATION}s" --warmup "${WARMUP}s" \
+        --label "$engine $row" > "$file"
+    record_loadgen "$engine" "$row" "$file"
+}
+
 # ---------------------------------------------------------------- PostgreSQL
 PG_PORT=""
 pg_psql() { "$PGBIN/psql" -q -h 127.0.0.1 -p "$PG_PORT" -U bench -d postgres -v ON_ERROR_STOP=1 "$@"; }
@@ -310,12 +324,8 @@ start_redis() {
 run_redis() {
     local workload=$1
     log "Redis $workload: shelfsync-loadgen redis, $CLIENTS clients, ${DURATION}s"
-    SERVER_PID=$REDIS_PID
-    measure_start
-    timed "$LOADGEN" redis "${REDIS_COMMON[@]}" --distribution "$(distribution "$workload")" \
-        --workload "${workload#*-}" --duration "${DURATION}s" --warmup "${WARMUP}s" --label "redis $workload" \
-        > "$OUT/r$ROUND-redis-$workload.json"
-    record_loadgen redis "$workload" "$OUT/r$ROUND-redis-$workload.json"
+    loadgen_row redis "$workload" "$REDIS_PID" redis "${REDIS_COMMON[@]}" \
+        --distribution "$(distribution "$workload")" --workload "${workload#*-}"
 }
 
 stop_redis() {
@@ -339,12 +349,8 @@ start_shelfsync() {
 run_shelfsync() {
     local workload=$1
     log "shelfsync $workload: shelfsync-loadgen, $CLIENTS connections, ${DURATION}s"
-    SERVER_PID=$COORD_PID
-    measure_start
-    timed "$LOADGEN" run "${SHELFSYNC_COMMON[@]}" --distribution "$(distribution "$workload")" \
-        --workload "${workload#*-}" --duration "${DURATION}s" --warmup "${WARMUP}s" --label "shelfsync $workload" \
-        > "$OUT/r$ROUND-shelfsync-$workload.json"
-    record_loadgen shelfsync "$workload" "$OUT/r$ROUND-shelfsync-$workload.json"
+    loadgen_row shelfsync "$workload" "$COORD_PID" run "${SHELFSYNC_COMMON[@]}" \
+        --distribution "$(distribution "$workload")" --workload "${workload#*-}"
 }
 
 # The latency at half of the measured peak: the uniform shape again, opened
@@ -354,12 +360,8 @@ run_shelfsync_half_peak() {
     half=$(python3 -c 'import json,sys; print(round(json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])["writes_per_s"] / 2))' \
         "$OUT/r$ROUND-shelfsync-uniform-optimistic.json")
     log "shelfsync uniform-optimistic at half the peak: --rate $half"
-    SERVER_PID=$COORD_PID
-    measure_start
-    timed "$LOADGEN" run "${SHELFSYNC_COMMON[@]}" --distribution uniform --workload optimistic \
-        --duration "${DURATION}s" --warmup "${WARMUP}s" --rate "$half" --label "shelfsync half peak" \
-        > "$OUT/r$ROUND-shelfsync-half-peak.json"
-    record_loadgen shelfsync uniform-at-half-peak "$OUT/r$ROUND-shelfsync-half-peak.json"
+    loadgen_row shelfsync uniform-at-half-peak "$COORD_PID" run "${SHELFSYNC_COMMON[@]}" \
+        --distribution uniform --workload optimistic --rate "$half"
 }
 
 stop_shelfsync() {
