@@ -1,31 +1,34 @@
 //! The write pipeline: per-key serialization, idempotency, group commit.
 //!
-//! Every write and every strong read passes through three stages, each on
-//! its own thread, so that one group is decided while the one before it is
-//! logged and the one before that reaches the ledger:
+//! Every write and every strong read passes through two threads:
 //!
 //! 1. The **sequencer** takes every job queued so far as one group, decides
 //!    each in arrival order with [`shelfsync_core::apply`] against the state
 //!    left by the jobs before it and numbers accepted writes in the change
 //!    log. Deciding in one place is what serializes writes to a key;
 //!    deciding a group at a time is what lets writes to different keys (and
-//!    to the same key) share one sync. State decided but not yet in the
-//!    ledger stays in the sequencer's overlay, which it reads before the
-//!    ledger, until the applier reports the group applied.
-//! 2. The **logger** appends every decided group queued so far to the
-//!    write-ahead log ([`crate::wal`]) with one `fdatasync`, then answers
-//!    their jobs: a write is acknowledged once it is durable.
-//! 3. The **applier** commits the logged groups to the ledger as one atomic
+//!    to the same key) share one sync. It then appends the group to the
+//!    write-ahead log ([`crate::wal`]) with one `fdatasync` (the
+//!    [`Logger`]) and answers its jobs: a write is acknowledged once it is
+//!    durable. Jobs that arrive during the sync form the next group. State
+//!    decided but not yet in the ledger stays in the sequencer's overlay,
+//!    which it reads before the ledger, until the applier reports the group
+//!    applied.
+//! 2. The **applier** commits the logged groups to the ledger as one atomic
 //!    batch (waiting up to [`APPLY_LINGER`] for more to join it), then
-//!    raises the head that readers (sync, snapshots, history) see, so they only ever read durable changes. Every
-//!    [`LEDGER_FLUSH_EVERY`] it asks the ledger for a checkpoint
-//!    ([`Ledger::checkpoint`]); the log keeps every group until a
-//!    checkpoint reports it durable in the ledger. It runs at a lower CPU
-//!    priority ([`APPLIER_NICE`]) than the threads that answer writes; the
-//!    logger waits for it only once [`LOGGED_DEPTH`] groups are queued.
+//!    raises the head that readers (sync, snapshots, history) see, so they
+//!    only ever read durable changes. Every [`LEDGER_FLUSH_EVERY`] it asks
+//!    the ledger for a checkpoint ([`Ledger::checkpoint`]); the log keeps
+//!    every group until a checkpoint reports it durable in the ledger. It
+//!    runs at a lower CPU priority ([`APPLIER_NICE`]) than the threads that
+//!    answer writes; the sequencer waits for it only once [`LOGGED_DEPTH`]
+//!    groups are queued.
 //!
-//! The sequencer and the logger ask for a higher CPU priority
-//! ([`ACK_PATH_NICE`]), granted where the process may raise one.
+//! Logging on the sequencer's own thread, rather than on a third one that
+//! syncs group n while group n + 1 is decided, costs a write no time (it
+//! waits for the sync under way either way) and saves a thread hand-off
+//! per group (docs/performance.md). The sequencer asks for a higher CPU
+//! priority ([`ACK_PATH_NICE`]), granted where the process may raise one.
 //!
 //! If the log cannot be written, nothing decided since is durable: the
 //! pipeline stops and answers every job with `unavailable`. If the ledger
@@ -56,7 +59,7 @@ const MAX_GROUP: usize = 4096;
 const QUEUE_DEPTH: usize = 16 * 1024;
 /// Item states the sequencer keeps in memory (about 250 bytes each).
 const ITEM_CACHE_ENTRIES: usize = 256 * 1024;
-/// Logged groups that may wait for the applier before the logger waits for
+/// Logged groups that may wait for the applier before the sequencer waits for
 /// it: a bound on what an applier that falls behind holds in memory.
 const LOGGED_DEPTH: usize = 4096;
 /// The applier thread's nice value. It is off the acknowledgement path, so
@@ -64,7 +67,7 @@ const LOGGED_DEPTH: usize = 4096;
 /// them; an applier that falls behind commits larger batches, which cost
 /// less per write (docs/performance.md).
 pub const APPLIER_NICE: i32 = 10;
-/// The nice value the sequencer and the logger ask for: above the default,
+/// The nice value the sequencer asks for: above the default,
 /// so that the threads every acknowledgement waits for get a contended CPU
 /// first. Raising a priority needs a privilege (root, `CAP_SYS_NICE`, or
 /// an `RLIMIT_NICE` of at least 25, which the systemd unit grants with
@@ -100,7 +103,7 @@ enum Job {
 /// Answers owed to the jobs of decided groups.
 type Replies = Vec<(oneshot::Sender<Response>, Response)>;
 
-/// A decided group on its way to the logger.
+/// A decided group on its way to the log.
 struct Decided {
     /// The group's number (they count up from 1).
     number: u64,
@@ -137,7 +140,7 @@ pub struct PipelineConfig {
 }
 
 impl Pipeline {
-    /// Starts the sequencer, logger and applier threads over `ledger` and
+    /// Starts the sequencer and applier threads over `ledger` and
     /// the log, which [`crate::wal::recover`] has brought the ledger up to.
     pub fn start(
         ledger: Arc<dyn Ledger>,
@@ -148,7 +151,6 @@ impl Pipeline {
         let Recovered { wal, last_group } = log;
         let head = ledger.head()?;
         let (jobs_tx, jobs_rx) = mpsc::channel(QUEUE_DEPTH);
-        let (decided_tx, decided_rx) = std::sync::mpsc::channel();
         let (logged_tx, logged_rx) = std::sync::mpsc::sync_channel(LOGGED_DEPTH);
         let (durable_tx, durable_rx) = watch::channel(head);
         let (logged_head_tx, logged_head_rx) = watch::channel(head);
@@ -167,7 +169,6 @@ impl Pipeline {
             group_number: last_group,
             applied_group: applied_group.clone(),
         };
-        let sequencer = spawn("sequencer", move || sequencer.run(jobs_rx, decided_tx))?;
         let logger = Logger {
             wal,
             flushed_group: flushed_group.clone(),
@@ -175,7 +176,9 @@ impl Pipeline {
             metrics,
             logged_head: logged_head_tx,
         };
-        let logger = spawn("logger", move || logger.run(decided_rx, logged_tx))?;
+        let sequencer = spawn("sequencer", move || {
+            sequencer.run(jobs_rx, logger, logged_tx);
+        })?;
         let applier = Applier {
             ledger,
             applied_group,
@@ -190,7 +193,7 @@ impl Pipeline {
             logged: logged_head_rx,
             durable: durable_rx,
             failed,
-            threads: Arc::new(std::sync::Mutex::new(vec![sequencer, logger, applier])),
+            threads: Arc::new(std::sync::Mutex::new(vec![sequencer, applier])),
         })
     }
 
@@ -381,7 +384,12 @@ struct Group {
 }
 
 impl Sequencer {
-    fn run(mut self, mut jobs: mpsc::Receiver<Job>, decided: std::sync::mpsc::Sender<Decided>) {
+    fn run(
+        mut self,
+        mut jobs: mpsc::Receiver<Job>,
+        mut logger: Logger,
+        logged: std::sync::mpsc::SyncSender<Logged>,
+    ) {
         set_nice(ACK_PATH_NICE);
         while let Some(first) = jobs.blocking_recv() {
             if self.failed.load(Ordering::Acquire) {
@@ -421,7 +429,7 @@ impl Sequencer {
                 batch: group.batch,
                 replies: group.replies,
             };
-            if decided.send(done).is_err() || stop {
+            if !logger.log(done, &logged) || stop {
                 return;
             }
         }
@@ -571,8 +579,9 @@ impl Sequencer {
     }
 }
 
-/// The logger: appends decided groups to the write-ahead log, answers
-/// their jobs once it is synced, and passes them on to the applier.
+/// The sequencer's logging step: appends a decided group to the
+/// write-ahead log, answers its jobs once it is synced, and passes it on to
+/// the applier.
 struct Logger {
     wal: Wal,
     /// The last group the ledger holds durably (the applier's flush).
@@ -584,66 +593,56 @@ struct Logger {
 }
 
 impl Logger {
-    fn run(
-        mut self,
-        decided: std::sync::mpsc::Receiver<Decided>,
-        logged: std::sync::mpsc::SyncSender<Logged>,
-    ) {
-        set_nice(ACK_PATH_NICE);
-        while let Ok(first) = decided.recv() {
-            let mut groups = vec![first];
-            groups.extend(decided.try_iter());
-            let started = Instant::now();
-            let appended = if self.failed.load(Ordering::Acquire) {
-                Err(LedgerError::Storage("the pipeline has stopped".into()))
-            } else {
-                self.wal.append(groups.iter().map(|g| (g.number, &g.batch)))
-            };
-            if let Err(err) = appended {
-                tracing::error!(error = %err, "write-ahead log append failed; the pipeline stops");
-                self.failed.store(true, Ordering::Release);
-                let replies = groups.into_iter().flat_map(|g| g.replies).collect();
-                refuse_all(replies, &decided, |group| group.replies);
-                return;
+    /// Appends `group` to the log with one `fdatasync`, answers its jobs
+    /// and passes it on to the applier. False when the pipeline must stop
+    /// (its jobs are then answered `unavailable`).
+    fn log(&mut self, group: Decided, logged: &std::sync::mpsc::SyncSender<Logged>) -> bool {
+        let started = Instant::now();
+        let appended = if self.failed.load(Ordering::Acquire) {
+            Err(LedgerError::Storage("the pipeline has stopped".into()))
+        } else {
+            self.wal
+                .append(std::iter::once((group.number, &group.batch)))
+        };
+        if let Err(err) = appended {
+            tracing::error!(error = %err, "write-ahead log append failed; the pipeline stops");
+            self.failed.store(true, Ordering::Release);
+            for (reply, _) in group.replies {
+                let _ = reply.send(unavailable());
             }
-            self.metrics.observe_flush(started.elapsed());
-            // Groups that queued up meanwhile reach the ledger as one batch.
-            let mut number = 0;
-            let mut batch = CommitBatch::default();
-            let mut replies = Vec::new();
-            for group in groups {
-                number = group.number;
-                batch.writes.extend(group.batch.writes);
-                batch.idempotency.extend(group.batch.idempotency);
-                batch.head = group.batch.head;
-                replies.extend(group.replies);
-            }
-            batch.position = number;
-            // Raised before anyone hears of these writes, so a reader that
-            // comes after an acknowledgement waits for them.
-            let head = batch.head;
-            self.logged_head.send_if_modified(|current| {
-                let raised = head > *current;
-                if raised {
-                    *current = head;
-                }
-                raised
-            });
-            self.metrics.set_head(head);
-            for (reply, response) in replies {
-                let _ = reply.send(response);
-            }
-            if logged.send(Logged { number, batch }).is_err() {
-                return;
-            }
-            let flushed = self.flushed_group.load(Ordering::Acquire);
-            if let Err(err) = self.wal.maybe_rotate(number + 1, flushed) {
-                tracing::error!(error = %err, "write-ahead log rotation failed; the pipeline stops");
-                self.failed.store(true, Ordering::Release);
-                refuse_all(Vec::new(), &decided, |group| group.replies);
-                return;
-            }
+            return false;
         }
+        self.metrics.observe_flush(started.elapsed());
+        let Decided {
+            number,
+            mut batch,
+            replies,
+        } = group;
+        batch.position = number;
+        // Raised before anyone hears of these writes, so a reader that
+        // comes after an acknowledgement waits for them.
+        let head = batch.head;
+        self.logged_head.send_if_modified(|current| {
+            let raised = head > *current;
+            if raised {
+                *current = head;
+            }
+            raised
+        });
+        self.metrics.set_head(head);
+        for (reply, response) in replies {
+            let _ = reply.send(response);
+        }
+        if logged.send(Logged { number, batch }).is_err() {
+            return false;
+        }
+        let flushed = self.flushed_group.load(Ordering::Acquire);
+        if let Err(err) = self.wal.maybe_rotate(number + 1, flushed) {
+            tracing::error!(error = %err, "write-ahead log rotation failed; the pipeline stops");
+            self.failed.store(true, Ordering::Release);
+            return false;
+        }
+        true
     }
 }
 
@@ -744,22 +743,5 @@ fn set_nice(nice: i32) {
     if let Err(err) = rustix::process::setpriority_process(Some(thread), nice) {
         let name = std::thread::current().name().unwrap_or("").to_owned();
         tracing::info!(thread = %name, nice, error = %err, "thread priority left as it is");
-    }
-}
-
-/// Answers every job of `replies`, and of every group still to come, with
-/// `unavailable`: nothing of theirs is durable.
-fn refuse_all<T>(
-    replies: Replies,
-    later: &std::sync::mpsc::Receiver<T>,
-    replies_of: impl Fn(T) -> Replies,
-) {
-    for (reply, _) in replies {
-        let _ = reply.send(unavailable());
-    }
-    for group in later.iter() {
-        for (reply, _) in replies_of(group) {
-            let _ = reply.send(unavailable());
-        }
     }
 }
