@@ -46,6 +46,13 @@
 #
 # It refuses to report when the machine was busy before a round (CPU use over
 # BUSY_LIMIT % in a sample), since the engines' figures would not be comparable.
+# It also reads, per run, the share of CPU time the hypervisor gave to other
+# guests (steal, from /proc/stat; the "steal" column): a round with a run
+# over STEAL_LIMIT % (default 5) was measured on a machine busy with
+# something else, and is run again, up to REDO_LIMIT times in all (default:
+# --rounds). Its rows go to discarded.tsv; the table says how many rounds
+# were run again, and when the limit is reached the last attempt is kept
+# with a warning.
 # Everything it starts lives in a temp dir and is stopped and removed on exit,
 # also on Ctrl-C. Needs Debian's postgresql-15 and redis-server packages (the
 # latter brings redis-cli); they are installed with apt-get when missing (as
@@ -64,6 +71,7 @@ ZIPF=1.01            # pgbench's random_zipfian needs an exponent > 1
 OUT=""
 ONLY="postgres,redis,shelfsync"
 SETTLE_S=${SETTLE_S:-30}
+STEAL_LIMIT=${STEAL_LIMIT:-5}
 
 # The header comment above, without its leading "# ".
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit "${1:-0}"; }
@@ -80,6 +88,9 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || { echo "--rounds must be a whole number above 0" >&2; exit 2; }
+REDO_LIMIT=${REDO_LIMIT:-$ROUNDS}
+[[ "$REDO_LIMIT" =~ ^[0-9]+$ && "$STEAL_LIMIT" =~ ^[0-9]+$ ]] ||
+    { echo "REDO_LIMIT and STEAL_LIMIT must be whole numbers" >&2; exit 2; }
 OUT="${OUT:-$ROOT/target/bench/compare-$(date +%Y%m%d-%H%M%S)}"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
@@ -119,11 +130,14 @@ as_pg() {
 }
 
 RESULTS="$OUT/results.tsv"
-printf 'round\tengine\tworkload\tok_per_s\tconflict_pct\tp50_ms\tp99_ms\tserver_us\tclient_us\n' > "$RESULTS"
+HEADER='round\tengine\tworkload\tok_per_s\tconflict_pct\tp50_ms\tp99_ms\tserver_us\tclient_us\tsteal_pct\n'
+# shellcheck disable=SC2059 # the header is the format
+printf "$HEADER" > "$RESULTS"
 ROUND=1
-# record ENGINE WORKLOAD OK/S CONFLICT% P50 P99 SERVER_US CLIENT_US: one row
-# of this round (the last two: CPU microseconds per answered write).
-record() { printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$ROUND" "$@" >> "$RESULTS"; }
+# record ENGINE WORKLOAD OK/S CONFLICT% P50 P99 SERVER_US CLIENT_US STEAL%:
+# one row of this round (SERVER_US, CLIENT_US: CPU microseconds per
+# answered write; STEAL%: the hypervisor's share of the run's CPU time).
+record() { printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$ROUND" "$@" >> "$RESULTS"; }
 
 # CPU used per write, by the server and by the client: on a machine they
 # share, what one spends the other cannot use. The server's is read from
@@ -152,12 +166,20 @@ sys.exit(code)' "$TMP/client_cpu" "$@"
 # per_write SECONDS WRITES: microseconds per write.
 per_write() { awk -v s="$1" -v n="$2" 'BEGIN { printf "%.0f", n ? s * 1e6 / n : 0 }'; }
 SERVER_BEFORE=0
-measure_start() { SERVER_BEFORE=$(tree_ticks "$SERVER_PID"); }
-# measure_end: sets SERVER_S and CLIENT_S, the seconds used since measure_start.
+STEAL_BEFORE="0 0"
+measure_start() {
+    SERVER_BEFORE=$(tree_ticks "$SERVER_PID")
+    STEAL_BEFORE=$(cpu_steal_ticks)
+}
+# measure_end: sets SERVER_S and CLIENT_S, the seconds used since
+# measure_start, and STEAL_PCT, the hypervisor's share of that time.
 measure_end() {
     SERVER_S=$(awk -v a="$SERVER_BEFORE" -v b="$(tree_ticks "$SERVER_PID")" -v t="$CLK_TCK" \
         'BEGIN { printf "%.3f", (b - a) / t }')
     CLIENT_S=$(cat "$TMP/client_cpu")
+    # shellcheck disable=SC2086 # two numbers each
+    STEAL_PCT=$(echo $STEAL_BEFORE $(cpu_steal_ticks) |
+        awk '{ printf "%.1f", ($4 > $2) ? ($3 - $1) * 100 / ($4 - $2) : 0 }')
 }
 
 # Percentile (0..100) of the numbers in a file (one per line), to stdout.
@@ -182,9 +204,9 @@ distribution() {
 # % = rejected / answered).
 record_loadgen() {
     measure_end
-    python3 - "$ROUND" "$@" "$SERVER_S" "$CLIENT_S" "$WARMUP" >> "$RESULTS" <<'PY'
+    python3 - "$ROUND" "$@" "$SERVER_S" "$CLIENT_S" "$WARMUP" "$STEAL_PCT" >> "$RESULTS" <<'PY'
 import json, sys
-round_, engine, workload, path, server_s, client_s, warmup = sys.argv[1:8]
+round_, engine, workload, path, server_s, client_s, warmup, steal = sys.argv[1:9]
 row = json.loads(open(path).read().strip().splitlines()[-1])
 rejected = sum(row["rejected"].values())
 total = row["accepted"] + rejected
@@ -192,10 +214,10 @@ total = row["accepted"] + rejected
 # warm-up's share of the CPU is taken out pro rata.
 measured = row["duration_s"] / (row["duration_s"] + float(warmup))
 per = lambda s: float(s) * measured * 1e6 / total if total else 0.0
-print("%s\t%s\t%s\t%.0f\t%.1f\t%.3f\t%.3f\t%.0f\t%.0f" % (
+print("%s\t%s\t%s\t%.0f\t%.1f\t%.3f\t%.3f\t%.0f\t%.0f\t%s" % (
     round_, engine, workload, row["accepted"] / row["duration_s"],
     100.0 * rejected / total if total else 0.0, row["p50_ms"], row["p99_ms"],
-    per(server_s), per(client_s)))
+    per(server_s), per(client_s), steal))
 PY
 }
 
@@ -293,7 +315,7 @@ SELECT location, sku, 'remove', quantity, reserved, version FROM u;"
         "$(awk -v n="$ok" -v d="$DURATION" 'BEGIN { printf "%.0f", n / d }')" \
         "$(awk -v t="$total" -v n="$ok" 'BEGIN { printf "%.1f", t ? (t - n) * 100 / t : 0 }')" \
         "$(percentile 50 "$TMP/lat.txt")" "$(percentile 99 "$TMP/lat.txt")" \
-        "$(per_write "$SERVER_S" "$total")" "$(per_write "$CLIENT_S" "$total")"
+        "$(per_write "$SERVER_S" "$total")" "$(per_write "$CLIENT_S" "$total")" "$STEAL_PCT"
 }
 
 stop_postgres() {
@@ -384,8 +406,24 @@ settle() {
     done
 }
 
+# discard_round: moves this round's rows to discarded.tsv and its raw
+# output to discarded/<attempt>/, so that the round can run again.
+DISCARDED="$OUT/discarded.tsv"
+discard_round() {
+    # shellcheck disable=SC2059 # the header is the format
+    [[ -f "$DISCARDED" ]] || printf "$HEADER" > "$DISCARDED"
+    awk -F'\t' -v r="$ROUND" 'NR > 1 && $1 == r' "$RESULTS" >> "$DISCARDED"
+    awk -F'\t' -v r="$ROUND" 'NR == 1 || $1 != r' "$RESULTS" > "$TMP/results.tsv"
+    cp "$TMP/results.tsv" "$RESULTS"
+    mkdir -p "$OUT/discarded/$REDONE"
+    mv "$OUT/r$ROUND"-* "$OUT/discarded/$REDONE/" 2>/dev/null || true
+}
+
 ENGINES=(postgres redis shelfsync)
-for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
+REDONE=0
+DISTURBED_KEPT=""
+ROUND=1
+while ((ROUND <= ROUNDS)); do
     require_idle
     wants postgres && start_postgres
     wants redis && start_redis
@@ -406,10 +444,26 @@ for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
     wants postgres && stop_postgres
     wants redis && stop_redis
     wants shelfsync && stop_shelfsync
+    # The run of this round with the most steal: "PERCENT ENGINE WORKLOAD".
+    read -r steal worst_engine worst_workload < <(awk -F'\t' -v r="$ROUND" \
+        'NR > 1 && $1 == r && $10 + 0 >= m { m = $10 + 0; w = $2 " " $3 } END { print m + 0, w }' \
+        "$RESULTS")
+    if awk -v s="$steal" -v l="$STEAL_LIMIT" 'BEGIN { exit !(s > l) }'; then
+        what="the hypervisor took ${steal}% of the CPU time during $worst_engine $worst_workload (STEAL_LIMIT ${STEAL_LIMIT}%)"
+        if ((REDONE < REDO_LIMIT)); then
+            log "round $ROUND: $what; running the round again"
+            discard_round
+            REDONE=$((REDONE + 1))
+            continue
+        fi
+        log "round $ROUND: $what; REDO_LIMIT ($REDO_LIMIT) reached, keeping it"
+        DISTURBED_KEPT="$DISTURBED_KEPT $ROUND"
+    fi
+    ROUND=$((ROUND + 1))
 done
 
 # ---------------------------------------------------------------- report
-python3 - "$RESULTS" "$ROUNDS" <<'PY' | tee "$OUT/table.txt"
+python3 - "$RESULTS" "$ROUNDS" "$REDONE" "$DISTURBED_KEPT" "$STEAL_LIMIT" <<'PY' | tee "$OUT/table.txt"
 import csv, statistics, sys
 rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
 groups = {}
@@ -418,10 +472,17 @@ for r in rows:
 def median(key, rs):
     return statistics.median(float(r[key]) for r in rs)
 ours = {w: median("ok_per_s", rs) for (e, w), rs in groups.items() if e == "shelfsync"}
+redone, kept, limit = int(sys.argv[3]), sys.argv[4].split(), sys.argv[5]
 print("median of %s round(s) per row; ratios are of the medians" % sys.argv[2])
-print("%-10s %-20s %10s %15s %9s %9s %9s %13s %9s %9s" % (
+if redone:
+    print("%d round(s) run again: the hypervisor took over %s%% of the CPU time during a run"
+          " (discarded.tsv)" % (redone, limit))
+if kept:
+    print("WARNING: round(s) %s kept with a run over %s%% steal (REDO_LIMIT reached):"
+          " the machine was busy with something else" % (", ".join(kept), limit))
+print("%-10s %-20s %10s %15s %9s %9s %9s %13s %9s %9s %6s" % (
     "engine", "workload", "ok/s", "ok/s range", "conflict", "p50 ms", "p99 ms", "shelfsync is",
-    "srv us/w", "cli us/w"))
+    "srv us/w", "cli us/w", "steal"))
 for (engine, workload), rs in groups.items():
     ok = median("ok_per_s", rs)
     spread = "%.0f-%.0f" % (min(float(r["ok_per_s"]) for r in rs),
@@ -429,10 +490,10 @@ for (engine, workload), rs in groups.items():
     ratio = ""
     if engine != "shelfsync" and workload in ours and ok > 0:
         ratio = "%.2fx" % (ours[workload] / ok)
-    print("%-10s %-20s %10.0f %15s %8.1f%% %9.3f %9.3f %13s %9.0f %9.0f" % (
+    print("%-10s %-20s %10.0f %15s %8.1f%% %9.3f %9.3f %13s %9.0f %9.0f %5.1f%%" % (
         engine, workload, ok, spread, median("conflict_pct", rs),
         median("p50_ms", rs), median("p99_ms", rs), ratio,
-        median("server_us", rs), median("client_us", rs)))
+        median("server_us", rs), median("client_us", rs), median("steal_pct", rs)))
 # The same ratios round by round: each pairs runs seconds apart.
 by_round = {(r["engine"], r["workload"], r["round"]): float(r["ok_per_s"]) for r in rows}
 lines = []

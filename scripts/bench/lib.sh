@@ -1,7 +1,7 @@
 # Shared pieces of the benchmark scripts; sourced, not run.
 #
 # Provides: REPO and BIN (release binaries), log, free_port, wait_for,
-# cpu_busy / require_idle (refuse a busy machine), a cleanup trap that stops
+# cpu_busy / require_idle (refuse a busy machine), cpu_steal_ticks, a cleanup trap that stops
 # every process registered with `track PID` and removes every dir registered
 # with `track_dir DIR` (also on Ctrl-C), and start_coordinator / start_agent
 # over a `shelfsync-loadgen setup` directory.
@@ -61,6 +61,15 @@ cpu_busy() {
     read -r _ u n s i w x y z _ < /proc/stat
     local busy2=$((u + n + s + x + y + z)) total2=$((u + n + s + i + w + x + y + z))
     echo $(( (busy2 - busy1) * 100 / (total2 - total1 + 1) ))
+}
+
+# "STEAL TOTAL": CPU ticks the hypervisor gave other guests (steal), and
+# all ticks, since boot, from /proc/stat. Two readings give the share of a
+# stretch of time the machine spent on something else than this guest.
+cpu_steal_ticks() {
+    local u n s i w x y z
+    read -r _ u n s i w x y z _ < /proc/stat
+    echo "$z $((u + n + s + i + w + x + y + z))"
 }
 
 # Exits 3 when the machine is busier than BUSY_LIMIT percent.
