@@ -38,7 +38,7 @@
 # (checkpoints, vacuum, a ledger catching up) does not fall into it. The
 # table gives, per engine and workload, the median of the rounds (each
 # column on its own) and the range of ok writes/s; the ratios are of the
-# medians. The last two columns are CPU microseconds per answered write of
+# medians. The srv and cli columns are CPU microseconds per answered write of
 # the server (its processes, from /proc) and of the client (pgbench or the
 # load generator): on a machine they share, what one spends the other
 # cannot. It writes the table and every raw output under --out (default
