@@ -73,6 +73,11 @@ pub const APPLIER_NICE: i32 = 10;
 /// an `RLIMIT_NICE` of at least 25, which the systemd unit grants with
 /// `LimitNICE=-5`); without it they run at the default priority.
 pub const ACK_PATH_NICE: i32 = -5;
+/// How long the sequencer lets a group gather before deciding it, when the
+/// group before had more than one job: under load, more writers then share
+/// one sync, and each `fdatasync` costs CPU in the kernel as well as time.
+/// A lone writer (the group before was a single job) does not wait.
+pub const GROUP_LINGER: Duration = Duration::from_micros(200);
 /// How long the applier waits for more logged groups to commit with the
 /// first one. Off the acknowledgement path: at 10,000 writes/s it saved
 /// about 15 % of the coordinator's CPU per write, with the p99 unchanged
@@ -391,7 +396,11 @@ impl Sequencer {
         logged: std::sync::mpsc::SyncSender<Logged>,
     ) {
         set_nice(ACK_PATH_NICE);
+        let mut last_group = 0;
         while let Some(first) = jobs.blocking_recv() {
+            if last_group > 1 {
+                std::thread::sleep(GROUP_LINGER);
+            }
             if self.failed.load(Ordering::Acquire) {
                 // A later stage failed: the pipeline is stopping.
                 return;
@@ -419,6 +428,7 @@ impl Sequencer {
                 };
             }
             group.batch.head = self.head;
+            last_group = group.replies.len();
             self.metrics
                 .observe_group(group.replies.len(), group.batch.writes.len());
             self.overlay
