@@ -8,8 +8,8 @@
 //!    log. Deciding in one place is what serializes writes to a key;
 //!    deciding a group at a time is what lets writes to different keys (and
 //!    to the same key) share one sync. It then appends the group to the
-//!    write-ahead log ([`crate::wal`]) with one `fdatasync` (the
-//!    [`Logger`]) and answers its jobs: a write is acknowledged once it is
+//!    write-ahead log ([`crate::wal`]) with one `fdatasync` (its logging
+//!    step) and answers its jobs: a write is acknowledged once it is
 //!    durable. Jobs that arrive during the sync form the next group. State
 //!    decided but not yet in the ledger stays in the sequencer's overlay,
 //!    which it reads before the ledger, until the applier reports the group
@@ -67,11 +67,11 @@ const LOGGED_DEPTH: usize = 4096;
 /// them; an applier that falls behind commits larger batches, which cost
 /// less per write (docs/performance.md).
 pub const APPLIER_NICE: i32 = 10;
-/// The nice value the sequencer asks for: above the default,
-/// so that the threads every acknowledgement waits for get a contended CPU
-/// first. Raising a priority needs a privilege (root, `CAP_SYS_NICE`, or
-/// an `RLIMIT_NICE` of at least 25, which the systemd unit grants with
-/// `LimitNICE=-5`); without it they run at the default priority.
+/// The nice value the sequencer asks for: above the default, so that the
+/// thread every acknowledgement waits for gets a contended CPU first.
+/// Raising a priority needs a privilege (root, `CAP_SYS_NICE`, or an
+/// `RLIMIT_NICE` of at least 25, which the systemd unit grants with
+/// `LimitNICE=-5`); without it the sequencer runs at the default priority.
 pub const ACK_PATH_NICE: i32 = -5;
 /// How long the sequencer lets a group gather before deciding it, when the
 /// group before had more than one job: under load, more writers then share
@@ -632,13 +632,7 @@ impl Logger {
         // Raised before anyone hears of these writes, so a reader that
         // comes after an acknowledgement waits for them.
         let head = batch.head;
-        self.logged_head.send_if_modified(|current| {
-            let raised = head > *current;
-            if raised {
-                *current = head;
-            }
-            raised
-        });
+        raise(&self.logged_head, head);
         self.metrics.set_head(head);
         for (reply, response) in replies {
             let _ = reply.send(response);
@@ -728,13 +722,7 @@ impl Applier {
         let head = batch.head;
         self.ledger.commit(batch)?;
         self.applied_group.store(number, Ordering::Release);
-        self.durable.send_if_modified(|current| {
-            let raised = head > *current;
-            if raised {
-                *current = head;
-            }
-            raised
-        });
+        raise(&self.durable, head);
         Ok(())
     }
 
@@ -743,6 +731,18 @@ impl Applier {
         tracing::error!(error = %err, "ledger commit failed; the pipeline stops, restart the coordinator");
         self.failed.store(true, Ordering::Release);
     }
+}
+
+/// Raises `watched` to `head`; a lower head changes nothing and wakes no
+/// one.
+fn raise(watched: &watch::Sender<u64>, head: u64) {
+    watched.send_if_modified(|current| {
+        let raised = head > *current;
+        if raised {
+            *current = head;
+        }
+        raised
+    });
 }
 
 /// Sets the calling thread's nice value (Linux keeps one per thread).
