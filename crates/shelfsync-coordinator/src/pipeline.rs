@@ -192,6 +192,10 @@ impl Pipeline {
             durable: durable_tx,
         };
         let applier = spawn("applier", move || applier.run(logged_rx))?;
+        // sled writes its log on a pool of its own threads, which the
+        // applier's commits and flushes wait for: off the acknowledgement
+        // path like the applier, and at its priority.
+        renice_threads(LEDGER_IO_THREADS, APPLIER_NICE);
 
         Ok(Pipeline {
             jobs: jobs_tx,
@@ -743,6 +747,34 @@ fn raise(watched: &watch::Sender<u64>, head: u64) {
         }
         raised
     });
+}
+
+/// The name that sled gives the threads of its I/O pool (`sled-io-<n>`).
+const LEDGER_IO_THREADS: &str = "sled-io-";
+
+/// Sets the nice value of this process's threads whose names start with
+/// `prefix`. sled starts seven of them when it opens and more, briefly,
+/// under load; those inherit the nice value of the thread that needs them,
+/// the applier's. Where Linux's `/proc` is not there to name them, they
+/// keep the priority they have.
+fn renice_threads(prefix: &str, nice: i32) {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return;
+    };
+    for task in tasks.flatten() {
+        let named = std::fs::read_to_string(task.path().join("comm"))
+            .is_ok_and(|comm| comm.starts_with(prefix));
+        let tid = task
+            .file_name()
+            .to_str()
+            .and_then(|tid| tid.parse::<i32>().ok())
+            .and_then(rustix::process::Pid::from_raw);
+        if let (true, Some(tid)) = (named, tid)
+            && let Err(err) = rustix::process::setpriority_process(Some(tid), nice)
+        {
+            tracing::info!(thread = prefix, nice, error = %err, "thread priority left as it is");
+        }
+    }
 }
 
 /// Sets the calling thread's nice value (Linux keeps one per thread).

@@ -26,10 +26,9 @@
 //!   written with the sources' filters removed in one batch, so a crash
 //!   leaves either the sources or the merged run complete; then the
 //!   sources' chunks go. A lookup that chose runs a merge retired while it
-//!   read them looks again. Merging keeps the filters a lookup asks
-//!   logarithmic in the bucket's records: a 24 h bucket of a chain writing
-//!   a thousand times a second holds some 1,300 sealed runs, a few dozen
-//!   once merged.
+//!   read them looks again. Merging keeps the filters a lookup asks few: a
+//!   24 h bucket of a chain writing a thousand times a second holds some
+//!   1,300 sealed runs, 40 to 70 once merged.
 //! - **Buckets.** Records still go into the time buckets of the ledger's
 //!   module docs, and expiry still removes whole buckets. A bucket created
 //!   by this process has a Bloom filter of every key recorded in it, so a
@@ -73,7 +72,14 @@ const RUN_BITS_PER_RECORD: usize = 10;
 /// Bit probes per fingerprint in a run's filter.
 const RUN_PROBES: u64 = 7;
 /// Runs of one size that a bucket gathers before they are merged into one.
-pub const MERGE_FANIN: usize = 8;
+/// Each merge rewrites its records, so a wide one rewrites each record
+/// fewer times: with 32, a record is written once in a sealed run and once
+/// more in a merged one (of about 2M records, which are not merged again
+/// under [`MAX_MERGED_RECORDS`]). With 8 a record was rewritten twice, and
+/// merges began after half a million records: in a run at half of the peak
+/// that followed one at the peak, they took 14 % of the coordinator's CPU
+/// (docs/performance.md).
+pub const MERGE_FANIN: usize = 32;
 /// Runs are not merged into one of more records than this (as their
 /// filters' sizes bound them): a merge holds the new run's fingerprints in
 /// memory, 8 bytes a record, and larger runs gain little.
@@ -1558,14 +1564,16 @@ mod tests {
     }
 
     #[test]
-    fn runs_are_merged_in_eights_up_to_a_few_million_records() {
+    fn sealed_runs_are_merged_once_in_thirty_twos() {
         let words = |records: usize| RunFilter::sized_for(records).words.len();
-        // A full sealed table's runs, then runs of eight of them.
+        // A full sealed table's runs merge once there are 32 of them.
+        assert_eq!(MERGE_FANIN, 32);
         assert!(mergeable(words(SEAL_RECORDS), MERGE_FANIN));
         assert!(!mergeable(words(SEAL_RECORDS), MERGE_FANIN - 1));
-        assert!(mergeable(words(SEAL_RECORDS * 8), MERGE_FANIN));
-        // Runs of 64 sealed tables (about 4M records) stay as they are.
-        assert!(!mergeable(words(SEAL_RECORDS * 64), MERGE_FANIN));
+        // Smaller runs (a table sealed for its age) merge the same way.
+        assert!(mergeable(words(SEAL_RECORDS / 4), MERGE_FANIN));
+        // Merged runs (32 sealed tables, about 2M records) stay as they are.
+        assert!(!mergeable(words(SEAL_RECORDS * 32), MERGE_FANIN));
     }
 
     #[test]
