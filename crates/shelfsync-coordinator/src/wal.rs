@@ -21,7 +21,7 @@
 //! filesystem allocates the new blocks and writes the file's new size (on a
 //! journaling filesystem, with a journal commit). On this project's test
 //! machines (ext4) a sync of an overwritten, already written range took
-//! about 40 % less time than one of an append (docs/performance.md). So
+//! 20 to 40 % less time than one of an append (docs/performance.md). So
 //! once a log has taken [`PREPARE_AFTER`] bytes, a background thread
 //! prepares a **spare**: a segment file written full of zeros and synced
 //! (`wal/spare.tmp`, renamed `wal/spare` when complete). The next segment is
