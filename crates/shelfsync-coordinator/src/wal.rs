@@ -47,6 +47,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -424,21 +425,29 @@ impl Drop for Spares {
     }
 }
 
+/// Bytes of zeros a spare is written and synced in at a time, and the pause
+/// after each: about 50 MB/s, a 64 MiB spare in some 1.5 s, and at most a
+/// quarter of a MiB for a log sync to queue behind. Written at once, the
+/// zeros made syncs of the log wait up to 20 ms (docs/performance.md).
+const SPARE_CHUNK: usize = 256 * 1024;
+const SPARE_PAUSE: Duration = Duration::from_millis(4);
+
 /// Writes `bytes` of zeros to `dir/spare.tmp`, syncs it and renames it to
 /// `dir/spare`, which it returns. Gives up early when `stop` is set.
 fn prepare(dir: &Path, bytes: u64, stop: &AtomicBool) -> Result<PathBuf, LedgerError> {
-    const CHUNK: usize = 1024 * 1024;
     let tmp = dir.join(SPARE_TMP);
     let mut file = File::create(&tmp).map_err(|e| io("create", &tmp, e))?;
-    let zeros = vec![0u8; CHUNK];
+    let zeros = vec![0u8; SPARE_CHUNK];
     let mut written = 0u64;
     while written < bytes {
+        if written > 0 {
+            std::thread::sleep(SPARE_PAUSE);
+        }
         if stop.load(Ordering::Relaxed) {
             return Err(LedgerError::Storage("the log closed".into()));
         }
-        let len = usize::try_from(bytes - written).map_or(CHUNK, |left| left.min(CHUNK));
-        // Synced chunk by chunk: one sync of the whole file would be a
-        // burst of writes that the log's own syncs queue behind.
+        let len =
+            usize::try_from(bytes - written).map_or(SPARE_CHUNK, |left| left.min(SPARE_CHUNK));
         file.write_all(&zeros[..len])
             .and_then(|()| file.sync_data())
             .map_err(|e| io("write", &tmp, e))?;
