@@ -27,8 +27,8 @@
 //! (`wal/spare.tmp`, renamed `wal/spare` when complete). The next segment is
 //! the spare, renamed; records overwrite its zeros in place, and a sync
 //! writes data only. A log that does not yet have a prepared segment
-//! switches to the spare as soon as it is ready. A record of zeros' length
-//! (a header of eight zero bytes) marks the end of what was written. At start,
+//! switches to the spare as soon as it is ready. A header of eight zero
+//! bytes (no record is empty) marks the end of what was written. At start,
 //! [`recover`] puts every record the ledger does not hold yet into it
 //! (the ledger stores the number of the last group it applied), flushes the
 //! ledger and deletes the segments.
