@@ -94,7 +94,7 @@ impl Metrics {
         );
         registry.register(
             "flush_seconds",
-            "Duration of one ledger flush (fsync)",
+            "Duration of one group's write-ahead log append and sync (fdatasync)",
             flush.clone(),
         );
         registry.register(
