@@ -44,6 +44,7 @@ pub struct Metrics {
     key_wait: Histogram,
     group_size: Histogram,
     flush: Histogram,
+    write: Histogram,
     connected: Gauge,
     head: Gauge,
     recent: Mutex<HashMap<String, Vec<RecentBucket>>>,
@@ -70,6 +71,7 @@ impl Metrics {
         let key_wait = Histogram::new(exponential_buckets(0.000_01, 4.0, 10));
         let group_size = Histogram::new(exponential_buckets(1.0, 2.0, 13));
         let flush = Histogram::new(exponential_buckets(0.000_05, 2.5, 12));
+        let write = Histogram::new(exponential_buckets(0.000_05, 2.0, 12));
         let connected = Gauge::default();
         let head = Gauge::default();
         registry.register(
@@ -86,6 +88,11 @@ impl Metrics {
             "key_wait_seconds",
             "Time a write waited for its key (queued before the sequencer decided it)",
             key_wait.clone(),
+        );
+        registry.register(
+            "write_seconds",
+            "Time from a write request read off its stream to its answer (decided, logged and synced)",
+            write.clone(),
         );
         registry.register(
             "commit_group_size",
@@ -114,6 +121,7 @@ impl Metrics {
             key_wait,
             group_size,
             flush,
+            write,
             connected,
             head,
             recent: Mutex::new(HashMap::new()),
@@ -157,6 +165,10 @@ impl Metrics {
 
     pub(crate) fn observe_group(&self, jobs: usize, _writes: usize) {
         self.group_size.observe(jobs as f64);
+    }
+
+    pub(crate) fn observe_write(&self, took: Duration) {
+        self.write.observe(took.as_secs_f64());
     }
 
     pub(crate) fn observe_flush(&self, took: Duration) {

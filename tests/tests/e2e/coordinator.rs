@@ -610,6 +610,9 @@ async fn coordinator_metrics_are_prometheus_text() {
     assert!(body.contains("shelfsync_flush_seconds"), "{body}");
     let flushes = sample(body, "shelfsync_flush_seconds_count", &[]).unwrap_or(0.0);
     assert!(flushes >= 1.0, "no flush counted in:\n{body}");
+    // Each of the three writes was answered, so each was timed.
+    let timed = sample(body, "shelfsync_write_seconds_count", &[]);
+    assert_eq!(timed, Some(3.0), "write_seconds_count in:\n{body}");
     let head = sample(body, "shelfsync_head_sequence", &[]);
     assert!(
         head.is_some_and(|h| h >= last.seq as f64),
