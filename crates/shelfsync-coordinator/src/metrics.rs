@@ -91,7 +91,7 @@ impl Metrics {
         );
         registry.register(
             "write_seconds",
-            "Time from a write request read off its stream to its answer (decided, logged and synced)",
+            "Time from a decoded write request to its answer (checked, decided, logged and synced)",
             write.clone(),
         );
         registry.register(

@@ -7,7 +7,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use shelfsync_proto::codec::{FrameReader, FrameWriter, read_frame, write_frame};
 use shelfsync_proto::{ErrorCode, ProtoError, Request, Response, WireError, tls};
@@ -149,14 +149,6 @@ async fn serve_stream(
     let mut responses = FrameWriter::new(send);
     loop {
         let response = match requests.next::<Request>().await {
-            Ok(Some(request @ Request::Write(_))) => {
-                // Timed from the decoded request to its answer: the
-                // coordinator's share of a write's latency, QUIC aside.
-                let started = Instant::now();
-                let response = service.handle(peer, request).await;
-                service.metrics().observe_write(started.elapsed());
-                response
-            }
             Ok(Some(request)) => service.handle(peer, request).await,
             Ok(None) => break,
             Err(err) => {

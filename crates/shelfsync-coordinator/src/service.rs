@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use shelfsync_core::ItemKey;
 use shelfsync_proto::{
@@ -168,7 +169,13 @@ impl Service {
     pub async fn handle(&self, peer: &Peer, request: Request) -> Response {
         let result = match request {
             Request::Hello(hello) => Ok(self.hello(peer, &hello)),
-            Request::Write(write) => self.write(peer, write).await,
+            Request::Write(write) => {
+                // The coordinator's share of a write's latency, QUIC aside.
+                let started = Instant::now();
+                let answer = self.write(peer, write).await;
+                self.metrics.observe_write(started.elapsed());
+                answer
+            }
             Request::Read(read) => match self.check(peer, Access::Read, &read.key.location) {
                 Ok(()) => Ok(self.pipeline.read(read.key).await),
                 Err(err) => Err(err),
