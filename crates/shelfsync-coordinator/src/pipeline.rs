@@ -780,7 +780,7 @@ fn renice_threads(prefix: &str, nice: i32) {
 /// Sets the calling thread's nice value (Linux keeps one per thread).
 /// Where that is refused, the thread runs at the priority it has, which is
 /// only slower.
-fn set_nice(nice: i32) {
+pub(crate) fn set_nice(nice: i32) {
     let thread = rustix::thread::gettid();
     if let Err(err) = rustix::process::setpriority_process(Some(thread), nice) {
         let name = std::thread::current().name().unwrap_or("").to_owned();

@@ -366,9 +366,15 @@ impl Spares {
         }
         let stop = Arc::new(AtomicBool::new(false));
         let (dir, stopped) = (dir.to_path_buf(), stop.clone());
+        // Started from the sequencer, the thread would inherit its raised
+        // priority; zero-filling a segment is background work, like the
+        // applier's.
         let spawned = std::thread::Builder::new()
             .name("wal-spare".into())
-            .spawn(move || prepare(&dir, bytes, &stopped));
+            .spawn(move || {
+                crate::pipeline::set_nice(crate::pipeline::APPLIER_NICE);
+                prepare(&dir, bytes, &stopped)
+            });
         match spawned {
             Ok(thread) => self.preparing = Some((thread, stop)),
             Err(err) => self.give_up(&LedgerError::Storage(format!(

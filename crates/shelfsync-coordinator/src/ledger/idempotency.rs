@@ -14,9 +14,11 @@
 //! - **Runs.** Once the table holds [`SEAL_RECORDS`] records, or its oldest
 //!   is [`SEAL_AFTER`] old, it is *sealed*: sorted by bucket and by a
 //!   fingerprint (a fixed 64-bit hash of store and key) and written to sled
-//!   as one run per bucket, in chunks of [`CHUNK`] records, a piece of about
-//!   [`PIECE_RECORDS`] records per [`IdempotencyStore::step`] (the pipeline
-//!   steps every 50 ms), so that the work is small and steady. A run's
+//!   as one run per bucket, in chunks of [`CHUNK`] records, a piece per
+//!   [`IdempotencyStore::step`] (the pipeline steps every 50 ms). A piece
+//!   is twice the records added since the step before, and at least
+//!   [`PIECE_RECORDS`]: the writing keeps pace with the writes, twice
+//!   over, in pieces that stay small and steady at any rate. A run's
 //!   filter (a Bloom filter over fingerprints) is written last and marks it
 //!   complete; chunks of an incomplete run are removed at open.
 //! - **Merges.** Once a bucket has [`MERGE_FANIN`] runs of one size (the
@@ -62,8 +64,16 @@ pub const SEAL_RECORDS: usize = 64 * 1024;
 /// Age of the oldest record in memory that seals the table anyway, so that
 /// a quiet coordinator's log does not keep growing behind it.
 pub const SEAL_AFTER: Duration = Duration::from_secs(30);
-/// Records written per step while a sealed table is being written.
-pub const PIECE_RECORDS: usize = 4 * 1024;
+/// Fewest records a step writes while a sealed table or a merge waits.
+///
+/// A step writes [`PIECE_INTAKE_FACTOR`] times the records added since the
+/// step before when that is more. Writing a fixed 4,096 records a step
+/// made a burst of work every 50 ms whatever the rate, and those bursts set
+/// the tail of the write latency at moderate load (docs/performance.md).
+pub const PIECE_RECORDS: usize = 512;
+/// How much faster than records come in a step writes them: at twice the
+/// intake, a sealed table is written before the next one fills.
+pub const PIECE_INTAKE_FACTOR: usize = 2;
 /// Most records in one chunk of a run (a few KiB).
 pub const CHUNK: usize = 32;
 /// Filter bits per record in a run (about 1 % false positives with
@@ -209,6 +219,8 @@ struct State {
     /// Counts merges that replaced runs: a lookup that read runs a merge
     /// removed meanwhile looks again.
     generation: u64,
+    /// Records added since the last step: what sizes its piece.
+    intake: usize,
 }
 
 /// What the writer works on: the sealed table first; a merge of runs when
@@ -430,6 +442,7 @@ impl IdempotencyStore {
         let mut state = lock(&self.state);
         let state = &mut *state;
         if !entries.is_empty() {
+            state.intake = state.intake.saturating_add(entries.len());
             state.recent.records.extend(entries);
             if position > 0 {
                 // A batch may hold several logged groups (the applier
@@ -588,6 +601,10 @@ impl IdempotencyStore {
     /// durable after the next sled flush.
     pub fn step(&self, all: bool) -> Result<(), LedgerError> {
         let mut writer = lock(&self.writer);
+        let intake = std::mem::take(&mut lock(&self.state).intake);
+        let piece = self
+            .piece_records
+            .max(intake.saturating_mul(PIECE_INTAKE_FACTOR));
         loop {
             if writer.pending.is_none() {
                 let Some(sealed) = self.seal(all) else {
@@ -595,7 +612,7 @@ impl IdempotencyStore {
                 };
                 writer.pending = Some(plan(sealed));
             }
-            let budget = if all { usize::MAX } else { self.piece_records };
+            let budget = if all { usize::MAX } else { piece };
             if let Some(pending) = writer.pending.as_mut()
                 && self.write_piece(pending, budget)?
                 && let Some(pending) = writer.pending.take()
@@ -609,14 +626,14 @@ impl IdempotencyStore {
         // No table waits. A flush stops here (a merge only saves lookups
         // work, and one cut short is redone); a step merges a piece.
         if !all {
-            self.merge_piece(&mut writer)?;
+            self.merge_piece(&mut writer, piece)?;
         }
         Ok(())
     }
 
-    /// Writes about one piece of the merge under way, first picking one if
-    /// a bucket has [`MERGE_FANIN`] runs of one size.
-    fn merge_piece(&self, writer: &mut Writer) -> Result<(), LedgerError> {
+    /// Writes about `piece` records of the merge under way, first picking
+    /// one if a bucket has [`MERGE_FANIN`] runs of one size.
+    fn merge_piece(&self, writer: &mut Writer, piece: usize) -> Result<(), LedgerError> {
         if writer.merge.is_none() {
             writer.merge = self.plan_merge();
         }
@@ -628,7 +645,7 @@ impl IdempotencyStore {
             writer.merge = None;
             return Ok(());
         }
-        let stop = merge.fps.len().saturating_add(self.piece_records);
+        let stop = merge.fps.len().saturating_add(piece);
         let mut batch = sled::Batch::default();
         let mut chunk: Vec<RunEntry> = Vec::with_capacity(CHUNK);
         let read_all = loop {
@@ -1202,16 +1219,21 @@ mod tests {
         let mut ledger = SledLedger::open_with(dir.path(), BUCKET).unwrap();
         let (seal, piece) = (2000, 300);
         ledger.idempotency_store_mut().set_sizes(seal, piece);
-        let n = u32::try_from(seal + 100).unwrap();
-        let last = commit_records(&ledger, "store-1", 0..n, 10, 0);
-        assert_eq!(last, 0);
         let store = ledger.idempotency_store();
-        store.step(false).unwrap();
+        // Records come in 100 between steps, as writes go on between the
+        // pipeline's steps: twice that is under the smallest piece.
+        let seal_at = u32::try_from(seal).unwrap();
+        for from in (0..seal_at).step_by(100) {
+            commit_records(&ledger, "store-1", from..from + 100, 10, 0);
+            store.step(false).unwrap();
+        }
         // Sealed, one piece written, no filter yet.
         let chunks = keys_with_tag(&ledger, CHUNK_TAG);
         assert!(chunks > 0 && chunks < seal / CHUNK, "{chunks}");
         assert_eq!(keys_with_tag(&ledger, FILTER_TAG), 0);
         // Records added meanwhile go into a new table.
+        let n = seal_at + 100;
+        commit_records(&ledger, "store-1", seal_at..n, 10, 0);
         commit_records(&ledger, "store-2", 0..10, 10, 0);
         for i in (0..n).step_by(97) {
             assert!(
@@ -1228,9 +1250,48 @@ mod tests {
             assert!(steps < 1000);
         }
         // Whole chunks per piece: a step writes a little over its budget.
-        assert_eq!(steps, (seal + 100).div_ceil(piece.next_multiple_of(CHUNK)));
+        assert_eq!(steps, seal.div_ceil(piece.next_multiple_of(CHUNK)));
         assert_all_found(&ledger, "store-1", 0..n, 10);
         assert_all_found(&ledger, "store-2", 0..10, 10);
+    }
+
+    #[test]
+    fn a_step_writes_twice_what_came_in_since_the_step_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = SledLedger::open_with(dir.path(), BUCKET).unwrap();
+        ledger.idempotency_store_mut().set_sizes(1000, 100);
+        let store = ledger.idempotency_store();
+        // 1,000 records since the last step: the step seals them and may
+        // write 2,000, so it writes the table whole, where pieces of the
+        // smallest size would take ten steps.
+        commit_records(&ledger, "store-1", 0..1000, 10, 0);
+        store.step(false).unwrap();
+        assert_eq!(keys_with_tag(&ledger, FILTER_TAG), 1);
+        assert_eq!(keys_with_tag(&ledger, CHUNK_TAG), 1000usize.div_ceil(CHUNK));
+        // The next table fills 100 records between steps: the step that
+        // seals it writes twice those (200, in whole chunks 224), the
+        // steps after it, with nothing coming in, the smallest piece (100,
+        // in whole chunks 128).
+        for from in (1000..1900).step_by(100) {
+            commit_records(&ledger, "store-1", from..from + 100, 10, 0);
+            store.step(false).unwrap();
+        }
+        let chunks = || keys_with_tag(&ledger, CHUNK_TAG);
+        let before = chunks();
+        commit_records(&ledger, "store-1", 1900..2000, 10, 0);
+        store.step(false).unwrap();
+        assert_eq!(chunks() - before, 224 / CHUNK);
+        let before = chunks();
+        store.step(false).unwrap();
+        assert_eq!(chunks() - before, 128 / CHUNK);
+        let mut steps = 2;
+        while keys_with_tag(&ledger, FILTER_TAG) == 1 {
+            store.step(false).unwrap();
+            steps += 1;
+            assert!(steps < 100);
+        }
+        assert_eq!(steps, 1 + (1000 - 224usize).div_ceil(128));
+        assert_all_found(&ledger, "store-1", 0..2000, 10);
     }
 
     #[test]
@@ -1339,8 +1400,11 @@ mod tests {
         {
             let mut ledger = SledLedger::open_with(dir.path(), BUCKET).unwrap();
             ledger.idempotency_store_mut().set_sizes(1000, 100);
-            let n = 1000;
-            commit_records(&ledger, "store-1", 0..n, 10, 0);
+            // A step between, so that the step that seals has seen 100
+            // records come in, not 1,000, and writes a piece only.
+            commit_records(&ledger, "store-1", 0..900, 10, 0);
+            ledger.idempotency_store().step(false).unwrap();
+            commit_records(&ledger, "store-1", 900..1000, 10, 0);
             // One piece, then a crash.
             ledger.idempotency_store().step(false).unwrap();
             assert!(keys_with_tag(&ledger, CHUNK_TAG) > 0);
