@@ -73,12 +73,13 @@ pub const SEAL_AFTER: Duration = Duration::from_secs(30);
 pub const PIECE_RECORDS: usize = 512;
 /// How much faster than records come in a step writes them: at twice the
 /// intake, a sealed table is written before the next one fills.
-///
-/// Merges take the steps that find no sealed table waiting, about half of
-/// them, and write twice a piece in each: [`MERGE_FANIN`] runs are merged
-/// in about half the time the next [`MERGE_FANIN`] take to gather. (At one
-/// piece, merging would only just keep up with sealing.)
 pub const PIECE_INTAKE_FACTOR: usize = 2;
+/// Pieces a merge writes per step. Merges take the steps that find no
+/// sealed table waiting, about half of them: at two pieces a step,
+/// [`MERGE_FANIN`] runs are merged in about half the time the next
+/// [`MERGE_FANIN`] take to gather (at one, merging would only just keep up
+/// with sealing).
+pub const MERGE_PIECES: usize = 2;
 /// Most records in one chunk of a run (a few KiB).
 pub const CHUNK: usize = 32;
 /// Filter bits per record in a run (about 1 % false positives with
@@ -629,9 +630,9 @@ impl IdempotencyStore {
             }
         }
         // No table waits. A flush stops here (a merge only saves lookups
-        // work, and one cut short is redone); a step merges a piece.
+        // work, and one cut short is redone); a step merges some pieces.
         if !all {
-            self.merge_piece(&mut writer, piece.saturating_mul(2))?;
+            self.merge_piece(&mut writer, piece.saturating_mul(MERGE_PIECES))?;
         }
         Ok(())
     }
@@ -1594,11 +1595,11 @@ mod tests {
             let ledger = ledger_with_runs(dir.path(), FANIN);
             let before = keys_with_tag(&ledger, CHUNK_TAG);
             ledger.idempotency_store().step(false).unwrap();
-            // Nothing came in since the last step: a merge piece is twice
-            // the smallest piece (64), 128 records in 4 chunks.
+            // Nothing came in since the last step: a merge step writes
+            // MERGE_PIECES of the smallest piece (64), in whole chunks.
             assert_eq!(
                 keys_with_tag(&ledger, CHUNK_TAG) - before,
-                2 * 64 / CHUNK,
+                MERGE_PIECES * 64 / CHUNK,
                 "a piece is written"
             );
             assert_eq!(keys_with_tag(&ledger, FILTER_TAG), MERGE_FANIN);
