@@ -164,11 +164,19 @@ impl RunFilter {
     }
 }
 
+/// The key of an idempotency record: its store and its idempotency key.
+type RecordKey = (String, String);
+
+/// A record of a sealed table in run order: its bucket's end, its
+/// fingerprint and its key (which finds the record in the table without a
+/// copy).
+type Planned = (u64, u64, RecordKey);
+
 /// Records not in a run yet, by (store, key), with their bucket end.
 #[derive(Debug, Default)]
 struct Table {
     /// Values boxed: a full table's slots stay a few MiB.
-    records: HashMap<(String, String), Box<(u64, IdempotencyRecord)>>,
+    records: HashMap<RecordKey, Box<(u64, IdempotencyRecord)>>,
     /// The lowest log position of a batch whose records are here.
     from: Option<u64>,
     /// When the first record came in.
@@ -183,6 +191,8 @@ impl Table {
         }
     }
 
+    /// The record of `(store, key)`. Copies both to look up: only lookups
+    /// that a filter let through come here.
     fn get(&self, store: &str, key: &str) -> Option<&(u64, IdempotencyRecord)> {
         self.records
             .get(&(store.to_owned(), key.to_owned()))
@@ -266,7 +276,7 @@ struct Source {
 #[derive(Debug)]
 struct Pending {
     sealed: Arc<Sealed>,
-    order: Vec<(u64, u64, String, String)>,
+    order: Vec<Planned>,
     parts: Vec<(u64, Range<usize>, RunFilter)>,
     written: usize,
 }
@@ -851,12 +861,12 @@ impl IdempotencyStore {
                 }
                 let chunk: Vec<RunEntryRef> = order[start..cut]
                     .iter()
-                    .filter_map(|(_, fp, store, key)| {
-                        let (_, record) = sealed.table.get(store, key)?;
+                    .filter_map(|(_, fp, record_key)| {
+                        let (_, record) = &**sealed.table.records.get(record_key)?;
                         Some(RunEntryRef {
                             fp: *fp,
-                            store,
-                            key,
+                            store: &record_key.0,
+                            key: &record_key.1,
                             record,
                         })
                     })
@@ -967,20 +977,23 @@ impl IdempotencyStore {
 /// Orders a sealed table for writing: by bucket, then fingerprint; each
 /// bucket's part gets its filter.
 fn plan(sealed: Arc<Sealed>) -> Pending {
-    let mut order: Vec<(u64, u64, String, String)> = sealed
+    let mut order: Vec<Planned> = sealed
         .table
         .records
         .iter()
-        .map(|((store, key), value)| (value.0, fingerprint(store, key), store.clone(), key.clone()))
+        .map(|(record_key, value)| {
+            let fp = fingerprint(&record_key.0, &record_key.1);
+            (value.0, fp, record_key.clone())
+        })
         .collect();
-    order.sort_unstable_by_key(|(end, fp, _, _)| (*end, *fp));
+    order.sort_unstable_by_key(|(end, fp, _)| (*end, *fp));
     let mut parts: Vec<(u64, Range<usize>, RunFilter)> = Vec::new();
     let mut start = 0;
     while start < order.len() {
         let end = order[start].0;
         let stop = start + order[start..].partition_point(|e| e.0 == end);
         let mut filter = RunFilter::sized_for(stop - start);
-        for (_, fp, _, _) in &order[start..stop] {
+        for (_, fp, _) in &order[start..stop] {
             filter.insert(*fp);
         }
         parts.push((end, start..stop, filter));
@@ -1025,7 +1038,7 @@ fn put_chunk(
     Ok(())
 }
 
-fn chunk_end(order: &[(u64, u64, String, String)], start: usize, limit: usize) -> usize {
+fn chunk_end(order: &[Planned], start: usize, limit: usize) -> usize {
     let mut cut = (start + CHUNK).min(limit);
     while cut < limit && cut > start && order[cut].1 == order[cut - 1].1 {
         cut += 1;
@@ -1443,7 +1456,7 @@ mod tests {
         let mut pending = plan(Arc::new(Sealed { run: 1, table }));
         // Fake fingerprints: 42 for "same", 41/43 alternating for "other".
         for (i, entry) in pending.order.iter_mut().enumerate() {
-            entry.1 = if entry.3.starts_with("same") {
+            entry.1 = if entry.2.1.starts_with("same") {
                 42
             } else if i % 2 == 0 {
                 41
@@ -1452,8 +1465,8 @@ mod tests {
             };
         }
         pending.order.sort_by_key(|e| e.1);
-        let fp_of = |key: &str, order: &[(u64, u64, String, String)]| {
-            order.iter().find(|e| e.3 == key).map(|e| e.1).unwrap()
+        let fp_of = |key: &str, order: &[Planned]| {
+            order.iter().find(|e| e.2.1 == key).map(|e| e.1).unwrap()
         };
         let order = pending.order.clone();
         // Chunk edges never split a fingerprint.
@@ -1464,7 +1477,7 @@ mod tests {
             start = cut;
         }
         assert!(store.write_piece(&mut pending, usize::MAX).unwrap());
-        for (_, _, _, key) in &order {
+        for (_, _, (_, key)) in &order {
             let found = store
                 .find_in_run(1000, 1, fp_of(key, &order), "s", key)
                 .unwrap();
