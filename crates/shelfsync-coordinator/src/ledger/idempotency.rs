@@ -20,7 +20,10 @@
 //!   [`PIECE_RECORDS`]: the writing keeps pace with the writes, twice
 //!   over, in pieces that stay small and steady at any rate. A run's
 //!   filter (a Bloom filter over fingerprints) is written last and marks it
-//!   complete; chunks of an incomplete run are removed at open.
+//!   complete; chunks of an incomplete run are removed at open. A written
+//!   table is then freed a piece per step as well ([`Retired`]): dropped
+//!   whole, its 65,536 records and their plan (some half a million small
+//!   allocations) took one step tens of milliseconds.
 //! - **Merges.** Once a bucket has [`MERGE_FANIN`] runs of one size (the
 //!   length of their filters), a step with no sealed table to write merges
 //!   the oldest of them into one run, a piece per step: their chunks are
@@ -245,6 +248,17 @@ struct State {
 struct Writer {
     pending: Option<Pending>,
     merge: Option<Merge>,
+    /// Written tables still to free, oldest first.
+    retired: VecDeque<Retired>,
+}
+
+/// A sealed table whose runs are complete, with its plan: freed a piece
+/// per step ([`IdempotencyStore::free_piece`]) rather than at once, so that
+/// freeing it is no burst of work either. No lookup finds it any more.
+#[derive(Debug)]
+struct Retired {
+    sealed: Arc<Sealed>,
+    order: Vec<Planned>,
 }
 
 /// A merge of [`MERGE_FANIN`] runs of one bucket, all of one size, into a
@@ -633,18 +647,34 @@ impl IdempotencyStore {
                 && self.write_piece(pending, budget)?
                 && let Some(pending) = writer.pending.take()
             {
-                self.finish(pending)?;
+                let retired = self.finish(pending)?;
+                writer.retired.push_back(retired);
             }
             if !all {
+                free_piece(&mut writer.retired, piece);
                 return Ok(());
             }
         }
         // No table waits. A flush stops here (a merge only saves lookups
         // work, and one cut short is redone); a step merges some pieces.
-        if !all {
+        if all {
+            writer.retired.clear();
+        } else {
+            free_piece(&mut writer.retired, piece);
             self.merge_piece(&mut writer, piece.saturating_mul(MERGE_PIECES))?;
         }
         Ok(())
+    }
+
+    /// Records of written tables not yet freed (their plans' entries
+    /// aside).
+    #[cfg(test)]
+    fn retired_records(&self) -> usize {
+        lock(&self.writer)
+            .retired
+            .iter()
+            .map(|r| r.sealed.table.records.len())
+            .sum()
     }
 
     /// Writes about `piece` records of the merge under way, first picking
@@ -883,8 +913,9 @@ impl IdempotencyStore {
     }
 
     /// Writes the filters of a fully written sealed table, which completes
-    /// its runs, then lets them answer in place of the table.
-    fn finish(&self, pending: Pending) -> Result<(), LedgerError> {
+    /// its runs, then lets them answer in place of the table; returns the
+    /// table and its plan, to be freed.
+    fn finish(&self, pending: Pending) -> Result<Retired, LedgerError> {
         let expired_before = lock(&self.state).expired_before;
         let run = pending.sealed.run;
         let mut batch = sled::Batch::default();
@@ -908,7 +939,10 @@ impl IdempotencyStore {
         }
         state.sealed = None;
         self.publish_filters(&state);
-        Ok(())
+        Ok(Retired {
+            sealed: pending.sealed,
+            order: pending.order,
+        })
     }
 
     /// Seals at `seal` records and writes `piece` per step.
@@ -971,6 +1005,37 @@ impl IdempotencyStore {
             }
         }
         Ok(removed)
+    }
+}
+
+/// Frees about `budget` records of the written tables in `retired`,
+/// oldest first: the plan's entries, then the table's records once no
+/// lookup still holds the table (one that does lets go within the lookup;
+/// the next step goes on). A table is forgotten once both are empty.
+fn free_piece(retired: &mut VecDeque<Retired>, budget: usize) {
+    let mut left = budget;
+    while left > 0 {
+        let Some(front) = retired.front_mut() else {
+            return;
+        };
+        let n = left.min(front.order.len());
+        front.order.truncate(front.order.len() - n);
+        left -= n;
+        if left == 0 {
+            return;
+        }
+        let Some(sealed) = Arc::get_mut(&mut front.sealed) else {
+            return;
+        };
+        left -= sealed
+            .table
+            .records
+            .extract_if(|_, _| true)
+            .take(left)
+            .count();
+        if sealed.table.records.is_empty() {
+            retired.pop_front();
+        }
     }
 }
 
@@ -1272,6 +1337,62 @@ mod tests {
         assert_eq!(steps, seal.div_ceil(piece.next_multiple_of(CHUNK)));
         assert_all_found(&ledger, "store-1", 0..n, 10);
         assert_all_found(&ledger, "store-2", 0..10, 10);
+    }
+
+    /// Seals a table of `seal` records (100 coming in per step, pieces
+    /// of `piece`) and steps until its runs are complete.
+    fn write_one_table(ledger: &SledLedger, seal: u32) {
+        let store = ledger.idempotency_store();
+        for from in (0..seal).step_by(100) {
+            commit_records(ledger, "store-1", from..from + 100, 10, 0);
+            store.step(false).unwrap();
+        }
+        while keys_with_tag(ledger, FILTER_TAG) == 0 {
+            store.step(false).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_written_table_is_freed_a_piece_per_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = SledLedger::open_with(dir.path(), BUCKET).unwrap();
+        let (seal, piece) = (2000, 300);
+        ledger.idempotency_store_mut().set_sizes(seal, piece);
+        write_one_table(&ledger, 2000);
+        let store = ledger.idempotency_store();
+        // Complete: the runs answer, and the step that wrote the filter
+        // freed only its plan's first entries, none of the records.
+        assert_all_found(&ledger, "store-1", 0..2000, 10);
+        assert_eq!(store.retired_records(), seal);
+        // Then a piece a step: the plan's rest (2,000 - 300), then the
+        // records, 300 a step at most, until none is left.
+        let mut left = seal;
+        let mut steps = 0;
+        while left > 0 {
+            store.step(false).unwrap();
+            let now = store.retired_records();
+            assert!(now <= left && left - now <= piece, "{left} -> {now}");
+            left = now;
+            steps += 1;
+            assert!(steps < 100);
+        }
+        // 2 x 2,000 entries, 300 a step: 14 steps, the one that finished
+        // the table among them.
+        assert_eq!(steps + 1, (2 * seal).div_ceil(piece));
+        assert_all_found(&ledger, "store-1", 0..2000, 10);
+    }
+
+    #[test]
+    fn a_flush_frees_written_tables_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = SledLedger::open_with(dir.path(), BUCKET).unwrap();
+        ledger.idempotency_store_mut().set_sizes(2000, 300);
+        write_one_table(&ledger, 2000);
+        let store = ledger.idempotency_store();
+        assert_eq!(store.retired_records(), 2000);
+        store.step(true).unwrap();
+        assert_eq!(store.retired_records(), 0);
+        assert_all_found(&ledger, "store-1", 0..2000, 10);
     }
 
     #[test]
