@@ -7,12 +7,12 @@
 //! current digest of those locations *is* the digest at the cursor, and the
 //! two must be equal. Otherwise the check waits for a quieter report.
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 
 use shelfsync_core::KeyState;
 use shelfsync_core::digest::Digest;
 
+use crate::FastMap;
 use crate::ledger::{Ledger, LedgerError};
 
 /// Page size when building the digests at start.
@@ -27,13 +27,13 @@ struct LocationDigest {
 /// The digests of every location, kept in step by the sequencer.
 #[derive(Debug, Default)]
 pub struct Digests {
-    locations: Mutex<HashMap<String, LocationDigest>>,
+    locations: Mutex<FastMap<String, LocationDigest>>,
 }
 
 impl Digests {
     /// Builds the digests from every item in the ledger.
     pub fn load(ledger: &dyn Ledger) -> Result<Self, LedgerError> {
-        let mut locations: HashMap<String, LocationDigest> = HashMap::new();
+        let mut locations: FastMap<String, LocationDigest> = FastMap::default();
         for location in ledger.locations()? {
             let entry = locations.entry(location.clone()).or_default();
             let mut after: Option<String> = None;

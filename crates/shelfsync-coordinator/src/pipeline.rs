@@ -36,7 +36,7 @@
 //! just the same, and a restart puts them into the ledger
 //! ([`crate::wal::recover`]).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -45,6 +45,7 @@ use shelfsync_core::{ItemKey, KeyState, apply};
 use shelfsync_proto::{Change, ErrorCode, ReadReply, Response, WireError, WriteAck, WriteRequest};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::FastMap;
 use crate::digests::Digests;
 use crate::ledger::{
     CommitBatch, CommittedWrite, IdempotencyRecord, ItemRecord, Ledger, LedgerError, Outcome,
@@ -325,8 +326,8 @@ struct Sequencer {
 /// Reading here first is always right: it holds the newest decision.
 #[derive(Default)]
 struct Overlay {
-    items: HashMap<ItemKey, Cached>,
-    idempotency: HashMap<(String, String), (IdempotencyRecord, u64)>,
+    items: FastMap<ItemKey, Cached>,
+    idempotency: FastMap<(String, String), (IdempotencyRecord, u64)>,
     /// Per decided group not yet pruned: its number and its idempotency keys.
     groups: VecDeque<(u64, Vec<(String, String)>)>,
 }
@@ -367,7 +368,7 @@ type Cached = (KeyState, Option<u64>, u64);
 /// the cache has none. Not in memory means nothing about the key waits for
 /// the applier, so the ledger's state is the newest.
 fn cached<'a>(
-    items: &'a mut HashMap<ItemKey, Cached>,
+    items: &'a mut FastMap<ItemKey, Cached>,
     ledger: &dyn Ledger,
     key: &ItemKey,
 ) -> Result<&'a mut Cached, LedgerError> {

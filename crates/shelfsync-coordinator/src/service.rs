@@ -18,6 +18,7 @@ use shelfsync_proto::{
     WireError, WriteRequest,
 };
 
+use crate::FastMap;
 use crate::config::StoreConfig;
 use crate::digests::Digests;
 use crate::ledger::{Ledger, LedgerError, StoredReport};
@@ -61,7 +62,7 @@ pub struct Service {
     digests: Arc<Digests>,
     stores: Vec<StoreConfig>,
     /// Index into `stores` by id: every request looks its store up.
-    store_index: HashMap<String, usize>,
+    store_index: FastMap<String, usize>,
     connected: Mutex<HashMap<String, usize>>,
     reports: Mutex<HashMap<String, StoredReport>>,
 }

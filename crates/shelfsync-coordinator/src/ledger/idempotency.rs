@@ -51,7 +51,7 @@
 //! Fingerprints only order and filter: every match compares the store and
 //! the key themselves.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -61,6 +61,7 @@ use serde::{Deserialize, Serialize};
 use super::bloom::Bloom;
 use super::sled::{decode, encode, printable, storage};
 use super::{IdempotencyRecord, LedgerError};
+use crate::FastMap;
 
 /// Records in memory that make the table sealed and written as runs.
 pub const SEAL_RECORDS: usize = 64 * 1024;
@@ -179,7 +180,7 @@ type Planned = (u64, u64, RecordKey);
 #[derive(Debug, Default)]
 struct Table {
     /// Values boxed: a full table's slots stay a few MiB.
-    records: HashMap<RecordKey, Box<(u64, IdempotencyRecord)>>,
+    records: FastMap<RecordKey, Box<(u64, IdempotencyRecord)>>,
     /// The lowest log position of a batch whose records are here.
     from: Option<u64>,
     /// When the first record came in.
@@ -189,7 +190,7 @@ struct Table {
 impl Table {
     fn with_capacity(records: usize) -> Self {
         Table {
-            records: HashMap::with_capacity(records),
+            records: FastMap::with_capacity_and_hasher(records, Default::default()),
             ..Table::default()
         }
     }
