@@ -15,11 +15,12 @@ use prometheus_client::registry::Registry;
 
 use shelfsync_proto::time::now_ms;
 
-/// Labels of the write counter.
+/// Labels of the write counter: both from fixed sets (op kinds, outcomes
+/// and wire codes), so counting a write allocates nothing.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct WriteLabels {
-    op: String,
-    outcome: String,
+    op: &'static str,
+    outcome: &'static str,
 }
 
 /// Labels of the per-store conflict counter.
@@ -137,12 +138,9 @@ impl Metrics {
         out
     }
 
-    pub(crate) fn count_write(&self, op: &str, outcome: &str) {
+    pub(crate) fn count_write(&self, op: &'static str, outcome: &'static str) {
         self.writes
-            .get_or_create(&WriteLabels {
-                op: op.to_string(),
-                outcome: outcome.to_string(),
-            })
+            .get_or_create(&WriteLabels { op, outcome })
             .inc();
     }
 
@@ -192,7 +190,14 @@ impl Metrics {
         let Ok(mut recent) = self.recent.lock() else {
             return;
         };
-        let buckets = recent.entry(store.to_string()).or_default();
+        // Found without allocating, as for every rejection after a store's
+        // first.
+        if !recent.contains_key(store) {
+            recent.insert(store.to_string(), Vec::new());
+        }
+        let Some(buckets) = recent.get_mut(store) else {
+            return;
+        };
         buckets.retain(|(b, _, _)| b + BUCKETS > bucket);
         match buckets.last_mut() {
             Some((b, c, r)) if *b == bucket => {
