@@ -254,7 +254,7 @@ struct Writer {
 }
 
 /// A sealed table whose runs are complete, with its plan: freed a piece
-/// per step ([`IdempotencyStore::free_piece`]) rather than at once, so that
+/// per step ([`free_piece`]) rather than at once, so that
 /// freeing it is no burst of work either. No lookup finds it any more.
 #[derive(Debug)]
 struct Retired {
@@ -1340,26 +1340,28 @@ mod tests {
         assert_all_found(&ledger, "store-2", 0..10, 10);
     }
 
-    /// Seals a table of `seal` records (100 coming in per step, pieces
-    /// of `piece`) and steps until its runs are complete.
-    fn write_one_table(ledger: &SledLedger, seal: u32) {
+    /// A ledger whose idempotency store seals at 2,000 records and writes
+    /// pieces of 300, with one table of 2,000 records (100 coming in per
+    /// step) written: its runs complete, the table not yet freed.
+    fn one_written_table() -> (tempfile::TempDir, SledLedger) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = SledLedger::open_with(dir.path(), BUCKET).unwrap();
+        ledger.idempotency_store_mut().set_sizes(2000, 300);
         let store = ledger.idempotency_store();
-        for from in (0..seal).step_by(100) {
-            commit_records(ledger, "store-1", from..from + 100, 10, 0);
+        for from in (0..2000).step_by(100) {
+            commit_records(&ledger, "store-1", from..from + 100, 10, 0);
             store.step(false).unwrap();
         }
-        while keys_with_tag(ledger, FILTER_TAG) == 0 {
+        while keys_with_tag(&ledger, FILTER_TAG) == 0 {
             store.step(false).unwrap();
         }
+        (dir, ledger)
     }
 
     #[test]
     fn a_written_table_is_freed_a_piece_per_step() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut ledger = SledLedger::open_with(dir.path(), BUCKET).unwrap();
+        let (_dir, ledger) = one_written_table();
         let (seal, piece) = (2000, 300);
-        ledger.idempotency_store_mut().set_sizes(seal, piece);
-        write_one_table(&ledger, 2000);
         let store = ledger.idempotency_store();
         // Complete: the runs answer, and the step that wrote the filter
         // freed only its plan's first entries, none of the records.
@@ -1385,10 +1387,7 @@ mod tests {
 
     #[test]
     fn a_flush_frees_written_tables_at_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut ledger = SledLedger::open_with(dir.path(), BUCKET).unwrap();
-        ledger.idempotency_store_mut().set_sizes(2000, 300);
-        write_one_table(&ledger, 2000);
+        let (_dir, ledger) = one_written_table();
         let store = ledger.idempotency_store();
         assert_eq!(store.retired_records(), 2000);
         store.step(true).unwrap();
