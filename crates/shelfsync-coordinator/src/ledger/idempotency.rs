@@ -27,7 +27,9 @@
 //! - **Merges.** Once a bucket has [`MERGE_FANIN`] runs of one size (the
 //!   length of their filters), a step with no sealed table to write merges
 //!   the oldest of them into one run, a piece per step: their chunks are
-//!   read in fingerprint order and written again. The new run's filter is
+//!   read in fingerprint order and their records copied, as the bytes they
+//!   are stored as, into the new run's chunks (a merge decodes only each
+//!   record's fingerprint). The new run's filter is
 //!   written with the sources' filters removed in one batch, so a crash
 //!   leaves either the sources or the merged run complete; then the
 //!   sources' chunks go. A lookup that chose runs a merge retired while it
@@ -124,6 +126,23 @@ struct RunEntryRef<'a> {
     store: &'a str,
     key: &'a str,
     record: &'a IdempotencyRecord,
+}
+
+/// One record of a run chunk as the bytes it is stored as: what a merge
+/// reads and copies, so that it neither decodes nor encodes a record.
+#[derive(Debug)]
+struct RawEntry {
+    fp: u64,
+    /// The chunk the record was read from (shared, not copied).
+    chunk: sled::IVec,
+    /// Where in `chunk` the record's encoding lies.
+    span: Range<usize>,
+}
+
+/// A run entry's fingerprint; its other fields are skipped unread.
+#[derive(Deserialize)]
+struct EntryFp {
+    fp: u64,
 }
 
 /// A run's Bloom filter over fingerprints; its size is a power of two.
@@ -282,7 +301,7 @@ struct Source {
     run: u64,
     /// The key at or after which its next chunk lies; `None` once all is read.
     next: Option<Vec<u8>>,
-    buffered: VecDeque<RunEntry>,
+    buffered: VecDeque<RawEntry>,
 }
 
 /// The writer's progress through the sealed table: its records in run
@@ -694,7 +713,7 @@ impl IdempotencyStore {
         }
         let stop = merge.fps.len().saturating_add(piece);
         let mut batch = sled::Batch::default();
-        let mut chunk: Vec<RunEntry> = Vec::with_capacity(CHUNK);
+        let mut chunk: Vec<RawEntry> = Vec::with_capacity(CHUNK);
         let read_all = loop {
             for source in &mut merge.sources {
                 self.refill(merge.end, source)?;
@@ -787,8 +806,7 @@ impl IdempotencyStore {
             if !k.starts_with(&prefix) {
                 return Ok(());
             }
-            let records: Vec<RunEntry> = decode(&k, &v)?;
-            source.buffered = records.into();
+            source.buffered = split_chunk(&k, &v)?.into();
             // The key right after this one.
             let mut next = k.to_vec();
             next.push(0);
@@ -1089,7 +1107,7 @@ fn mergeable(words: usize, runs: usize) -> bool {
 fn put_chunk(
     batch: &mut sled::Batch,
     merge: &mut Merge,
-    chunk: &mut Vec<RunEntry>,
+    chunk: &mut Vec<RawEntry>,
 ) -> Result<(), LedgerError> {
     let Some(first) = chunk.first() else {
         return Ok(());
@@ -1097,11 +1115,77 @@ fn put_chunk(
     let index = u32::try_from(merge.fps.len()).unwrap_or(u32::MAX);
     batch.insert(
         chunk_key(merge.end, merge.run, first.fp, index).to_vec(),
-        encode(&*chunk)?,
+        join_chunk(chunk)?,
     );
     merge.fps.extend(chunk.iter().map(|e| e.fp));
     chunk.clear();
     Ok(())
+}
+
+/// The tag of the stored-value envelope ([`encode`]) that a run chunk is
+/// written under: a map of this one key to the array of entries.
+const CHUNK_VERSION: &str = "V1";
+
+/// The records of a run chunk as spans of its bytes, each with its
+/// fingerprint: the chunk's envelope and array are read, each entry's
+/// fields but `fp` skipped. Damaged bytes are a [`LedgerError::Corrupt`].
+fn split_chunk(key: &[u8], chunk: &sled::IVec) -> Result<Vec<RawEntry>, LedgerError> {
+    let corrupt = |detail: String| LedgerError::Corrupt {
+        key: printable(key),
+        detail,
+    };
+    let mut rd = std::io::Cursor::new(chunk.as_ref());
+    let fields = rmp::decode::read_map_len(&mut rd).map_err(|e| corrupt(e.to_string()))?;
+    let tag_len = rmp::decode::read_str_len(&mut rd).map_err(|e| corrupt(e.to_string()))?;
+    let mut tag = [0u8; CHUNK_VERSION.len()];
+    if fields != 1
+        || usize::try_from(tag_len).ok() != Some(tag.len())
+        || std::io::Read::read_exact(&mut rd, &mut tag).is_err()
+        || tag != CHUNK_VERSION.as_bytes()
+    {
+        return Err(corrupt(format!(
+            "a run chunk is not a {CHUNK_VERSION} record"
+        )));
+    }
+    let n = rmp::decode::read_array_len(&mut rd).map_err(|e| corrupt(e.to_string()))?;
+    // The count comes from disk: reserve no more than a chunk's worth.
+    let mut entries = Vec::with_capacity(usize::try_from(n).unwrap_or(0).min(CHUNK));
+    for _ in 0..n {
+        let start = position(&rd);
+        let EntryFp { fp } = EntryFp::deserialize(&mut rmp_serde::Deserializer::new(&mut rd))
+            .map_err(|e| corrupt(e.to_string()))?;
+        entries.push(RawEntry {
+            fp,
+            chunk: chunk.clone(),
+            span: start..position(&rd),
+        });
+    }
+    Ok(entries)
+}
+
+/// How far `rd` has read into its slice (never past its end).
+fn position(rd: &std::io::Cursor<&[u8]>) -> usize {
+    usize::try_from(rd.position()).map_or(rd.get_ref().len(), |p| p.min(rd.get_ref().len()))
+}
+
+/// The bytes of a run chunk of `entries`: the same as [`encode`] gives
+/// for the records they were read from, built by copying their spans.
+fn join_chunk(entries: &[RawEntry]) -> Result<Vec<u8>, LedgerError> {
+    let failed = |e: rmp::encode::ValueWriteError| LedgerError::Storage(e.to_string());
+    let bytes: usize = entries.iter().map(|e| e.span.len()).sum();
+    let mut out = Vec::with_capacity(bytes + 16);
+    rmp::encode::write_map_len(&mut out, 1).map_err(failed)?;
+    rmp::encode::write_str(&mut out, CHUNK_VERSION).map_err(failed)?;
+    let n = u32::try_from(entries.len())
+        .map_err(|_| LedgerError::Storage("a run chunk of over 4G records".into()))?;
+    rmp::encode::write_array_len(&mut out, n).map_err(failed)?;
+    for entry in entries {
+        let record = entry.chunk.get(entry.span.clone()).ok_or_else(|| {
+            LedgerError::Storage("a run entry's span lies outside its chunk".into())
+        })?;
+        out.extend_from_slice(record);
+    }
+    Ok(out)
 }
 
 fn chunk_end(order: &[Planned], start: usize, limit: usize) -> usize {
@@ -1781,6 +1865,111 @@ mod tests {
         assert!(mergeable(words(SEAL_RECORDS / 4), MERGE_FANIN));
         // Merged runs (32 sealed tables, about 2M records) stay as they are.
         assert!(!mergeable(words(SEAL_RECORDS * 32), MERGE_FANIN));
+    }
+
+    /// Run entries of every shape a record takes: rejected, accepted with
+    /// an item (and an optional field set), accepted as a delete.
+    fn varied_entries() -> Vec<RunEntry> {
+        let key = ItemKey::new("s1", "milk").unwrap();
+        let item = shelfsync_core::Item {
+            location: key.location.clone(),
+            sku: key.sku.clone(),
+            name: "Milk 1 l, \u{e9}t\u{e9}".into(),
+            quantity: u64::MAX,
+            reserved: 3,
+            version: 7,
+        };
+        let accepted = |state, op, expected_version| IdempotencyRecord {
+            key: key.clone(),
+            op,
+            expected_version,
+            outcome: Outcome::Accepted { seq: 42, state },
+            at_ms: 1_700_000_000_000,
+        };
+        let records = [
+            record(5, "rejected"),
+            accepted(
+                shelfsync_core::KeyState::Live(item),
+                Op::Create {
+                    name: "Milk".into(),
+                    quantity: 9,
+                },
+                Some(6),
+            ),
+            accepted(
+                shelfsync_core::KeyState::Deleted { version: 8 },
+                Op::Delete,
+                None,
+            ),
+            record(u64::MAX, &"x".repeat(300)),
+        ];
+        records
+            .into_iter()
+            .enumerate()
+            .map(|(i, record)| RunEntry {
+                fp: fingerprint("store-1", &format!("k{i}")),
+                store: "store-1".into(),
+                key: format!("k{i}"),
+                record,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_merged_chunk_is_byte_for_byte_the_encoding_of_its_records() {
+        let entries = varied_entries();
+        let chunk = sled::IVec::from(encode(&entries).unwrap());
+        let raw = split_chunk(b"k", &chunk).unwrap();
+        assert_eq!(
+            raw.iter().map(|e| e.fp).collect::<Vec<_>>(),
+            entries.iter().map(|e| e.fp).collect::<Vec<_>>()
+        );
+        // All of them, and a selection drawn from two chunks, as a merge
+        // takes them: the bytes that encoding the records gives.
+        assert_eq!(join_chunk(&raw).unwrap(), chunk.to_vec());
+        let other = sled::IVec::from(encode(&entries[2..]).unwrap());
+        let mut picked = split_chunk(b"k", &other).unwrap();
+        picked.insert(0, split_chunk(b"k", &chunk).unwrap().remove(1));
+        let expected: Vec<&RunEntry> = vec![&entries[1], &entries[2], &entries[3]];
+        let joined = join_chunk(&picked).unwrap();
+        assert_eq!(joined, encode(&expected).unwrap());
+        let read: Vec<RunEntry> = decode(b"k", &joined).unwrap();
+        assert_eq!(read[0].record, entries[1].record);
+        assert_eq!(
+            join_chunk(&[]).unwrap(),
+            encode(Vec::<RunEntry>::new()).unwrap()
+        );
+    }
+
+    #[test]
+    fn a_damaged_chunk_is_corrupt_not_a_panic() {
+        let chunk = encode(varied_entries()).unwrap();
+        for cut in 0..chunk.len() {
+            let damaged = sled::IVec::from(&chunk[..cut]);
+            assert!(
+                matches!(
+                    split_chunk(b"k", &damaged),
+                    Err(LedgerError::Corrupt { .. })
+                ),
+                "cut at {cut}"
+            );
+        }
+        let other_version = sled::IVec::from(
+            rmp_serde::to_vec_named(&std::collections::BTreeMap::from([("V9", 0u8)])).unwrap(),
+        );
+        assert!(matches!(
+            split_chunk(b"k", &other_version),
+            Err(LedgerError::Corrupt { .. })
+        ));
+        // A count far past the bytes there: an error, and no huge reservation.
+        let mut lying = Vec::new();
+        rmp::encode::write_map_len(&mut lying, 1).unwrap();
+        rmp::encode::write_str(&mut lying, CHUNK_VERSION).unwrap();
+        rmp::encode::write_array_len(&mut lying, u32::MAX).unwrap();
+        assert!(matches!(
+            split_chunk(b"k", &sled::IVec::from(lying)),
+            Err(LedgerError::Corrupt { .. })
+        ));
     }
 
     #[test]
