@@ -80,7 +80,10 @@ pub struct ChangeRecord {
     pub prev_seq: Option<u64>,
 }
 
-/// Version envelope of every stored value.
+/// Version envelope of every stored value. A merge of idempotency runs
+/// writes this envelope by hand around copied records
+/// (`idempotency::join_chunk`, tag `CHUNK_VERSION`): a new version of run
+/// chunks must be taught there too.
 #[derive(Serialize, Deserialize)]
 enum Stored<T> {
     /// The first record format.
