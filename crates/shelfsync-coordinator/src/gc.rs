@@ -1,19 +1,37 @@
 //! Background collection: expired idempotency records and change-log
 //! entries beyond `retain_changes`.
 //!
-//! Work is done in small slices so that a large backlog never holds the
-//! storage engine for long; writes go on between slices.
+//! Collection runs on a thread of its own ([`COLLECTOR_THREAD`]) at the
+//! applier's low CPU priority ([`APPLIER_NICE`]), a round every
+//! `gc_interval`. Work is done in slices of [`SLICE`] entries, and after
+//! each slice the collector rests [`REST_FACTOR`] times as long as the
+//! slice took. A burst of writes leaves hundreds of thousands of changes
+//! past retention for the next round; done at once, at the priority of
+//! the threads that answer writes, that took one core for a quarter of a
+//! second and more (docs/performance.md). Paced, it takes at most a
+//! quarter of a core, writes go on between slices and take a contended
+//! CPU first, and no slice holds the storage engine for long.
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use crate::config::Config;
-use crate::ledger::Ledger;
+use crate::ledger::{Ledger, LedgerError};
+use crate::pipeline::{APPLIER_NICE, set_nice};
 use shelfsync_proto::time::now_ms;
 
 /// Entries handled per slice.
 const SLICE: usize = 1000;
+/// How much longer than a slice took the collector rests after it: at 3,
+/// collection takes at most a quarter of one core.
+pub const REST_FACTOR: u32 = 3;
+/// The longest rest after one slice, so that a slice slowed down by a busy
+/// machine does not stall the round (or shutdown) for long.
+const MAX_REST: Duration = Duration::from_millis(100);
+/// The name of the collector's thread.
+pub const COLLECTOR_THREAD: &str = "gc";
 
 /// When and what to collect.
 #[derive(Debug, Clone)]
@@ -36,50 +54,212 @@ impl From<&Config> for GcConfig {
     }
 }
 
-/// Runs rounds every `interval` until `shutdown` resolves.
+/// Starts a round every `interval` on the collector thread until
+/// `shutdown` resolves; a round still under way at a tick is not doubled.
+/// At shutdown the round under way stops after its current slice.
 pub async fn run(ledger: Arc<dyn Ledger>, config: GcConfig, shutdown: impl Future<Output = ()>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    // One tick may wait while a round runs; more would only repeat it.
+    let (tick_tx, tick_rx) = std::sync::mpsc::sync_channel::<()>(1);
+    let collector = {
+        let stop = stop.clone();
+        let config = config.clone();
+        std::thread::Builder::new()
+            .name(COLLECTOR_THREAD.into())
+            .spawn(move || collect(ledger.as_ref(), &config, &tick_rx, &stop))
+    };
+    let collector = match collector {
+        Ok(thread) => thread,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot start the garbage collector thread; old changes and expired idempotency records stay");
+            return;
+        }
+    };
     tokio::pin!(shutdown);
     let mut ticker = tokio::time::interval(config.interval);
     loop {
         tokio::select! {
-            _ = ticker.tick() => {}
-            () = &mut shutdown => return,
+            _ = ticker.tick() => {
+                // Full: a round is under way and another already waits.
+                let _ = tick_tx.try_send(());
+            }
+            () = &mut shutdown => break,
         }
-        let ledger = ledger.clone();
-        let config = config.clone();
-        match tokio::task::spawn_blocking(move || round(ledger.as_ref(), &config)).await {
-            Ok(Ok((expired, compacted))) if expired + compacted > 0 => {
+    }
+    stop.store(true, Ordering::Release);
+    drop(tick_tx);
+    if tokio::task::spawn_blocking(move || collector.join())
+        .await
+        .is_err()
+    {
+        tracing::error!("garbage collector thread could not be joined");
+    }
+}
+
+/// The collector thread: a paced round per tick, until the ticks end.
+fn collect(
+    ledger: &dyn Ledger,
+    config: &GcConfig,
+    ticks: &std::sync::mpsc::Receiver<()>,
+    stop: &AtomicBool,
+) {
+    set_nice(APPLIER_NICE);
+    let mut rest = |slice: Duration| {
+        if stop.load(Ordering::Acquire) {
+            return false;
+        }
+        std::thread::sleep(slice.saturating_mul(REST_FACTOR).min(MAX_REST));
+        !stop.load(Ordering::Acquire)
+    };
+    while ticks.recv().is_ok() {
+        match round(ledger, config, &mut rest) {
+            Ok((expired, compacted)) if expired + compacted > 0 => {
                 tracing::info!(expired, compacted, "garbage collected");
             }
-            Ok(Ok(_)) => {}
-            Ok(Err(err)) => tracing::error!(error = %err, "garbage collection failed"),
-            Err(err) => tracing::error!(error = %err, "garbage collection panicked"),
+            Ok(_) => {}
+            Err(err) => tracing::error!(error = %err, "garbage collection failed"),
         }
     }
 }
 
-/// One round: every expired record and every change past retention, in slices.
+/// One round: every expired record and every change past retention, in
+/// slices. After each slice `pace` gets the time it took and returns
+/// whether to go on (false ends the round early; the next one resumes).
 pub fn round(
     ledger: &dyn Ledger,
     config: &GcConfig,
-) -> Result<(usize, usize), crate::ledger::LedgerError> {
+    pace: &mut dyn FnMut(Duration) -> bool,
+) -> Result<(usize, usize), LedgerError> {
     let ttl = u64::try_from(config.idempotency_ttl.as_millis()).unwrap_or(u64::MAX);
     let before = now_ms().saturating_sub(ttl);
     let mut expired = 0;
     loop {
+        let started = Instant::now();
         let n = ledger.expire_idempotency(before, SLICE)?;
         expired += n;
         if n < SLICE {
             break;
         }
+        if !pace(started.elapsed()) {
+            return Ok((expired, 0));
+        }
     }
     let mut compacted = 0;
     loop {
+        let started = Instant::now();
         let n = ledger.compact_changes(config.retain_changes, SLICE)?;
         compacted += n;
         if n < SLICE {
             break;
         }
+        if !pace(started.elapsed()) {
+            break;
+        }
     }
     Ok((expired, compacted))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::sled::SledLedger;
+    use crate::ledger::{CommitBatch, CommittedWrite};
+    use shelfsync_core::{Item, ItemKey, KeyState, Op};
+    use shelfsync_proto::Change;
+
+    /// A ledger holding `n` changes, each a new key.
+    fn ledger_with_changes(n: u64) -> (tempfile::TempDir, SledLedger) {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = SledLedger::open(dir.path()).unwrap();
+        let writes = (1..=n)
+            .map(|seq| {
+                let key = ItemKey::new("store-1", format!("sku-{seq}")).unwrap();
+                CommittedWrite {
+                    change: Change {
+                        seq,
+                        key: key.clone(),
+                        state: KeyState::Live(Item {
+                            location: key.location.clone(),
+                            sku: key.sku.clone(),
+                            name: "n".into(),
+                            quantity: 1,
+                            reserved: 0,
+                            version: 1,
+                        }),
+                        op: Op::Add { amount: 1 },
+                        store: "store-1".into(),
+                        idempotency_key: format!("k{seq}"),
+                        at_ms: 1000 + seq,
+                    },
+                    prior_version: 0,
+                    prior_seq: None,
+                }
+            })
+            .collect();
+        ledger
+            .commit(CommitBatch {
+                writes,
+                head: n,
+                ..CommitBatch::default()
+            })
+            .unwrap();
+        (dir, ledger)
+    }
+
+    fn config(retain_changes: u64) -> GcConfig {
+        GcConfig {
+            interval: Duration::from_secs(60),
+            idempotency_ttl: Duration::from_secs(3600),
+            retain_changes,
+        }
+    }
+
+    #[test]
+    fn a_round_is_paced_after_every_slice_and_collects_all() {
+        let (_dir, ledger) = ledger_with_changes(5_500);
+        let mut slices = Vec::new();
+        let (_, compacted) = round(&ledger, &config(500), &mut |took| {
+            slices.push(took);
+            true
+        })
+        .unwrap();
+        assert_eq!(compacted, 5_000);
+        assert_eq!(ledger.oldest().unwrap(), 5_001);
+        // Five full slices: paced after each, the short last one ends it.
+        assert_eq!(slices.len(), 5);
+    }
+
+    #[test]
+    fn a_round_told_to_stop_leaves_the_rest_to_the_next() {
+        let (_dir, ledger) = ledger_with_changes(5_500);
+        let (_, compacted) = round(&ledger, &config(500), &mut |_| false).unwrap();
+        assert_eq!(compacted, SLICE);
+        assert_eq!(ledger.oldest().unwrap(), SLICE as u64 + 1);
+        let (_, rest) = round(&ledger, &config(500), &mut |_| true).unwrap();
+        assert_eq!(rest, 4_000);
+        assert_eq!(ledger.oldest().unwrap(), 5_001);
+    }
+
+    #[tokio::test]
+    async fn the_collector_thread_collects_on_a_tick_and_stops_with_shutdown() {
+        let (_dir, ledger) = ledger_with_changes(2_500);
+        let ledger = Arc::new(ledger);
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let gc = tokio::spawn(run(ledger.clone(), config(100), async {
+            let _ = stop_rx.await;
+        }));
+        // The first tick comes at once; the round ends when the oldest
+        // change kept is the 2,401st.
+        let mut waited = 0;
+        while ledger.oldest().unwrap() != 2_401 {
+            assert!(waited < 1000, "no round within 10 s");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            waited += 1;
+        }
+        let _ = stop_tx.send(());
+        tokio::time::timeout(Duration::from_secs(10), gc)
+            .await
+            .expect("the collector stops after shutdown")
+            .unwrap();
+    }
 }
