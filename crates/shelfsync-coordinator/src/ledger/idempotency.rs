@@ -47,8 +47,14 @@
 //! | key after `d<end>` (8 bytes BE) | value |
 //! |---|---|
 //! | `\x02` run (8 BE) first fingerprint (8 BE) chunk (4 BE) | up to [`CHUNK`] records, by fingerprint |
-//! | `\x03` run (8 BE) | the run's filter |
+//! | `\x03` run (8 BE) | the run's filter (layout 4; moved at open) |
 //! | store `\0` key | one record (layout 3; read, never written) |
+//!
+//! A run's filter lives in a tree of its own, [`FILTER_TREE`], in pieces
+//! of [`FILTER_PIECE_WORDS`] words under end (8 BE), run (8 BE) and piece
+//! (4 BE), all of them written (and removed) in one batch. Whole filters
+//! of 128 KiB and more, among the chunks and next to the items, made sled
+//! rewrite every node near them as a file of its own at each write to it.
 //!
 //! Fingerprints only order and filter: every match compares the store and
 //! the key themselves.
@@ -108,7 +114,18 @@ pub const MERGE_FANIN: usize = 32;
 pub const MAX_MERGED_RECORDS: usize = 16 * 1024 * 1024;
 
 const CHUNK_TAG: u8 = 2;
+/// The tag of a run's filter in the ledger's tree (layout 4): read at open
+/// and moved to [`FILTER_TREE`].
 const FILTER_TAG: u8 = 3;
+/// The sled tree that holds the runs' filters.
+pub const FILTER_TREE: &str = "idempotency-filters";
+/// Words of a filter stored under one key (4 KiB, some 4.6 KiB encoded).
+/// sled writes a node past 128 KiB as a file of its own, and rewrites a
+/// whole node when it consolidates one; a filter of a sealed run alone is
+/// 128 KiB, so whole filters made every node near them such a file, at
+/// each write to any of its keys (docs/performance.md). Sixteen pieces,
+/// sled's most keys in a leaf, stay far below that.
+const FILTER_PIECE_WORDS: usize = 512;
 
 /// One record of a run chunk, as read (and as a merge writes it again).
 #[derive(Debug, Serialize, Deserialize)]
@@ -323,6 +340,8 @@ type Filters = Arc<Vec<Option<Arc<Bloom>>>>;
 #[derive(Debug, Clone)]
 pub struct IdempotencyStore {
     tree: sled::Tree,
+    /// The runs' filters, in pieces ([`FILTER_TREE`]).
+    filter_tree: sled::Tree,
     /// Width of new buckets, milliseconds.
     bucket_ms: u64,
     /// [`SEAL_RECORDS`] and [`PIECE_RECORDS`] (smaller in tests).
@@ -353,7 +372,12 @@ impl IdempotencyStore {
     /// added holds the groups after it.
     ///
     /// [`Ledger::position`]: super::Ledger::position
-    pub fn open(tree: sled::Tree, bucket_ms: u64, position: u64) -> Result<Self, LedgerError> {
+    pub fn open(
+        tree: sled::Tree,
+        filter_tree: sled::Tree,
+        bucket_ms: u64,
+        position: u64,
+    ) -> Result<Self, LedgerError> {
         let mut state = State {
             next_run: 1,
             last_position: position,
@@ -366,12 +390,11 @@ impl IdempotencyStore {
                 break;
             }
             let end = number_at(&k, 1)?;
+            move_filters(&tree, &filter_tree, end)?;
             let mut bucket = Bucket::default();
-            for entry in tree.scan_prefix(tagged(end, FILTER_TAG)) {
-                let (k, v) = entry.map_err(storage)?;
-                let run = number_at(&k, 10)?;
+            for (run, filter) in read_filters(&filter_tree, end)? {
                 state.next_run = state.next_run.max(run.saturating_add(1));
-                bucket.runs.push((run, Arc::new(decode(&k, &v)?)));
+                bucket.runs.push((run, Arc::new(filter)));
             }
             // The runs with chunks, one seek each.
             let chunks = tagged(end, CHUNK_TAG);
@@ -415,9 +438,11 @@ impl IdempotencyStore {
                 None => break,
             }
         }
+        remove_orphan_filters(&filter_tree, &state)?;
         state.recent = Table::with_capacity(SEAL_RECORDS);
         let store = IdempotencyStore {
             tree,
+            filter_tree,
             bucket_ms: bucket_ms.max(1),
             seal_records: SEAL_RECORDS,
             piece_records: PIECE_RECORDS,
@@ -825,11 +850,11 @@ impl IdempotencyStore {
             filter.insert(*fp);
         }
         let mut batch = sled::Batch::default();
-        batch.insert(filter_key(merge.end, merge.run).to_vec(), encode(&filter)?);
+        put_filter(&mut batch, merge.end, merge.run, &filter)?;
         for source in &merge.sources {
-            batch.remove(filter_key(merge.end, source.run).to_vec());
+            remove_filter(&self.filter_tree, &mut batch, merge.end, source.run)?;
         }
-        self.tree.apply_batch(batch).map_err(storage)?;
+        self.filter_tree.apply_batch(batch).map_err(storage)?;
         let merged = |run: u64| merge.sources.iter().any(|s| s.run == run);
         {
             let mut state = lock(&self.state);
@@ -943,10 +968,10 @@ impl IdempotencyStore {
             if end <= expired_before {
                 continue;
             }
-            batch.insert(filter_key(end, run).to_vec(), encode(&filter)?);
+            put_filter(&mut batch, end, run, &filter)?;
             runs.push((end, Arc::new(filter)));
         }
-        self.tree.apply_batch(batch).map_err(storage)?;
+        self.filter_tree.apply_batch(batch).map_err(storage)?;
         let mut state = lock(&self.state);
         for (end, filter) in runs {
             state
@@ -1003,6 +1028,22 @@ impl IdempotencyStore {
             (expired, removed)
         };
         for end in expired {
+            // Filters first: a run without one is removed at open, a
+            // filter without its run would only answer "maybe".
+            let mut batch = sled::Batch::default();
+            let mut in_batch = 0;
+            for entry in self.filter_tree.scan_prefix(end.to_be_bytes()) {
+                if removed + in_batch >= limit {
+                    break;
+                }
+                batch.remove(entry.map_err(storage)?.0);
+                in_batch += 1;
+            }
+            self.filter_tree.apply_batch(batch).map_err(storage)?;
+            removed += in_batch;
+            if removed >= limit {
+                break;
+            }
             let mut batch = sled::Batch::default();
             let mut in_batch = 0;
             for entry in self.tree.scan_prefix(bucket_prefix(end)) {
@@ -1227,10 +1268,141 @@ fn run_prefix(end: u64, run: u64) -> [u8; 18] {
     k
 }
 
-fn filter_key(end: u64, run: u64) -> [u8; 18] {
-    let mut k = run_prefix(end, run);
-    k[9] = FILTER_TAG;
+/// The key of a filter piece in [`FILTER_TREE`]: bucket end, run and
+/// piece, each big-endian.
+fn filter_piece_key(end: u64, run: u64, piece: u32) -> [u8; 20] {
+    let mut k = [0u8; 20];
+    k[..16].copy_from_slice(&filter_run_prefix(end, run));
+    k[16..].copy_from_slice(&piece.to_be_bytes());
     k
+}
+
+fn filter_run_prefix(end: u64, run: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&end.to_be_bytes());
+    k[8..].copy_from_slice(&run.to_be_bytes());
+    k
+}
+
+/// Adds the pieces of `filter`, the filter of run `run` of bucket `end`,
+/// to `batch` (of [`FILTER_TREE`]).
+fn put_filter(
+    batch: &mut sled::Batch,
+    end: u64,
+    run: u64,
+    filter: &RunFilter,
+) -> Result<(), LedgerError> {
+    for (piece, words) in filter.words.chunks(FILTER_PIECE_WORDS).enumerate() {
+        let piece = u32::try_from(piece).unwrap_or(u32::MAX);
+        batch.insert(filter_piece_key(end, run, piece).to_vec(), encode(words)?);
+    }
+    Ok(())
+}
+
+/// Adds the removal of every piece of run `run`'s filter to `batch`.
+fn remove_filter(
+    filter_tree: &sled::Tree,
+    batch: &mut sled::Batch,
+    end: u64,
+    run: u64,
+) -> Result<(), LedgerError> {
+    for key in filter_tree.scan_prefix(filter_run_prefix(end, run)).keys() {
+        batch.remove(key.map_err(storage)?);
+    }
+    Ok(())
+}
+
+/// The filters of bucket `end`'s runs, by run. Pieces are written and
+/// removed a filter at a time in one batch, so a gap among them, or a
+/// filter whose length is not a power of two, is damage.
+fn read_filters(filter_tree: &sled::Tree, end: u64) -> Result<Vec<(u64, RunFilter)>, LedgerError> {
+    let mut filters: Vec<(u64, RunFilter)> = Vec::new();
+    let mut last_key = Vec::new();
+    let mut expected = 0u32;
+    for entry in filter_tree.scan_prefix(end.to_be_bytes()) {
+        let (k, v) = entry.map_err(storage)?;
+        let run = number_at(&k, 8)?;
+        let piece = k
+            .get(16..20)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_be_bytes)
+            .ok_or_else(|| filter_damage(&k, "short key"))?;
+        if filters.last().is_none_or(|(r, _)| *r != run) {
+            check_filter(&last_key, filters.last())?;
+            filters.push((run, RunFilter { words: Vec::new() }));
+            expected = 0;
+        }
+        if piece != expected {
+            return Err(filter_damage(&k, "a piece is missing"));
+        }
+        expected = expected.saturating_add(1);
+        let words: Vec<u64> = decode(&k, &v)?;
+        if let Some((_, filter)) = filters.last_mut() {
+            filter.words.extend(words);
+        }
+        last_key = k.to_vec();
+    }
+    check_filter(&last_key, filters.last())?;
+    Ok(filters)
+}
+
+fn check_filter(key: &[u8], filter: Option<&(u64, RunFilter)>) -> Result<(), LedgerError> {
+    match filter {
+        Some((_, f)) if !f.words.len().is_power_of_two() => Err(filter_damage(
+            key,
+            "a filter's length is not a power of two",
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn filter_damage(key: &[u8], detail: &str) -> LedgerError {
+    LedgerError::Corrupt {
+        key: printable(key),
+        detail: format!("idempotency run filter: {detail}"),
+    }
+}
+
+/// Moves the filters that layout 4 kept in the ledger's tree (`\x03` run
+/// after the bucket) to [`FILTER_TREE`]: the pieces first, then the old
+/// key, so a crash between leaves both and the next open moves it again.
+fn move_filters(tree: &sled::Tree, filter_tree: &sled::Tree, end: u64) -> Result<(), LedgerError> {
+    for entry in tree.scan_prefix(tagged(end, FILTER_TAG)) {
+        let (k, v) = entry.map_err(storage)?;
+        let run = number_at(&k, 10)?;
+        let filter: RunFilter = decode(&k, &v)?;
+        let mut batch = sled::Batch::default();
+        put_filter(&mut batch, end, run, &filter)?;
+        filter_tree.apply_batch(batch).map_err(storage)?;
+        tree.remove(&k).map_err(storage)?;
+    }
+    Ok(())
+}
+
+/// Removes the filters of buckets that have no key left in the ledger's
+/// tree (an expiry cut short between the two trees).
+fn remove_orphan_filters(filter_tree: &sled::Tree, state: &State) -> Result<(), LedgerError> {
+    let mut from = Vec::new();
+    while let Some(entry) = filter_tree.range(from.clone()..).next() {
+        let (k, _) = entry.map_err(storage)?;
+        let end = number_at(&k, 0)?;
+        if !state.buckets.contains_key(&end) {
+            tracing::info!(
+                bucket = end,
+                "removing the filters of an idempotency bucket that has no records"
+            );
+            let mut batch = sled::Batch::default();
+            for key in filter_tree.scan_prefix(end.to_be_bytes()).keys() {
+                batch.remove(key.map_err(storage)?);
+            }
+            filter_tree.apply_batch(batch).map_err(storage)?;
+        }
+        match end.checked_add(1) {
+            Some(next) => from = next.to_be_bytes().to_vec(),
+            None => break,
+        }
+    }
+    Ok(())
 }
 
 fn chunk_key(end: u64, run: u64, first_fp: u64, index: u32) -> [u8; 30] {
@@ -1330,6 +1502,18 @@ mod tests {
         }
     }
 
+    /// How many runs have a filter in the filter tree.
+    fn filters_stored(ledger: &SledLedger) -> usize {
+        let tree = ledger.db().open_tree(FILTER_TREE).unwrap();
+        tree.iter()
+            .keys()
+            .filter(|k| {
+                k.as_ref()
+                    .is_ok_and(|k| k.get(16..20) == Some(&[0, 0, 0, 0][..]))
+            })
+            .count()
+    }
+
     /// How many keys of the tree carry `tag` after a bucket prefix.
     fn keys_with_tag(ledger: &SledLedger, tag: u8) -> usize {
         ledger
@@ -1354,7 +1538,7 @@ mod tests {
             assert_eq!(keys_with_tag(&ledger, CHUNK_TAG), 0);
             assert_all_found(&ledger, "store-1", 0..1000, 10);
             ledger.flush().unwrap();
-            assert_eq!(keys_with_tag(&ledger, FILTER_TAG), 2, "one run per bucket");
+            assert_eq!(filters_stored(&ledger), 2, "one run per bucket");
             assert_eq!(
                 keys_with_tag(&ledger, CHUNK_TAG),
                 1000usize.div_ceil(CHUNK) + 120usize.div_ceil(CHUNK)
@@ -1377,7 +1561,7 @@ mod tests {
         // New runs after the restart do not reuse a number.
         commit_records(&ledger, "store-3", 0..60, 40, 0);
         ledger.flush().unwrap();
-        assert_eq!(keys_with_tag(&ledger, FILTER_TAG), 4);
+        assert_eq!(filters_stored(&ledger), 4);
         assert_all_found(&ledger, "store-3", 0..60, 40);
         assert_all_found(&ledger, "store-2", 0..120, 1500);
     }
@@ -1399,7 +1583,7 @@ mod tests {
         // Sealed, one piece written, no filter yet.
         let chunks = keys_with_tag(&ledger, CHUNK_TAG);
         assert!(chunks > 0 && chunks < seal / CHUNK, "{chunks}");
-        assert_eq!(keys_with_tag(&ledger, FILTER_TAG), 0);
+        assert_eq!(filters_stored(&ledger), 0);
         // Records added meanwhile go into a new table.
         let n = seal_at + 100;
         commit_records(&ledger, "store-1", seal_at..n, 10, 0);
@@ -1413,7 +1597,7 @@ mod tests {
             );
         }
         let mut steps = 1;
-        while keys_with_tag(&ledger, FILTER_TAG) == 0 {
+        while filters_stored(&ledger) == 0 {
             store.step(false).unwrap();
             steps += 1;
             assert!(steps < 1000);
@@ -1436,7 +1620,7 @@ mod tests {
             commit_records(&ledger, "store-1", from..from + 100, 10, 0);
             store.step(false).unwrap();
         }
-        while keys_with_tag(&ledger, FILTER_TAG) == 0 {
+        while filters_stored(&ledger) == 0 {
             store.step(false).unwrap();
         }
         (dir, ledger)
@@ -1490,7 +1674,7 @@ mod tests {
         // smallest size would take ten steps.
         commit_records(&ledger, "store-1", 0..1000, 10, 0);
         store.step(false).unwrap();
-        assert_eq!(keys_with_tag(&ledger, FILTER_TAG), 1);
+        assert_eq!(filters_stored(&ledger), 1);
         assert_eq!(keys_with_tag(&ledger, CHUNK_TAG), 1000usize.div_ceil(CHUNK));
         // The next table fills 100 records between steps: the step that
         // seals it writes twice those (200, in whole chunks 224), the
@@ -1509,7 +1693,7 @@ mod tests {
         store.step(false).unwrap();
         assert_eq!(chunks() - before, 128 / CHUNK);
         let mut steps = 2;
-        while keys_with_tag(&ledger, FILTER_TAG) == 1 {
+        while filters_stored(&ledger) == 1 {
             store.step(false).unwrap();
             steps += 1;
             assert!(steps < 100);
@@ -1778,9 +1962,9 @@ mod tests {
         let n = FANIN * 40;
         {
             let ledger = ledger_with_runs(dir.path(), FANIN);
-            assert_eq!(keys_with_tag(&ledger, FILTER_TAG), MERGE_FANIN);
+            assert_eq!(filters_stored(&ledger), MERGE_FANIN);
             let mut steps = 0;
-            while keys_with_tag(&ledger, FILTER_TAG) > 1 {
+            while filters_stored(&ledger) > 1 {
                 ledger.idempotency_store().step(false).unwrap();
                 steps += 1;
                 assert!(steps < 100, "the merge never completes");
@@ -1801,7 +1985,7 @@ mod tests {
             ledger.flush().unwrap();
         }
         let ledger = reopen(dir.path(), BUCKET);
-        assert_eq!(keys_with_tag(&ledger, FILTER_TAG), 1);
+        assert_eq!(filters_stored(&ledger), 1);
         assert_all_found(&ledger, "store-1", 0..n, 10);
     }
 
@@ -1820,11 +2004,11 @@ mod tests {
                 MERGE_PIECES * 64 / CHUNK,
                 "a piece is written"
             );
-            assert_eq!(keys_with_tag(&ledger, FILTER_TAG), MERGE_FANIN);
+            assert_eq!(filters_stored(&ledger), MERGE_FANIN);
             // A crash: the merge goes no further.
         }
         let ledger = reopen(dir.path(), BUCKET);
-        assert_eq!(keys_with_tag(&ledger, FILTER_TAG), MERGE_FANIN);
+        assert_eq!(filters_stored(&ledger), MERGE_FANIN);
         assert_eq!(
             keys_with_tag(&ledger, CHUNK_TAG),
             MERGE_FANIN * 40usize.div_ceil(CHUNK),
@@ -1839,7 +2023,8 @@ mod tests {
         let ledger = ledger_with_runs(dir.path(), FANIN);
         let store = ledger.idempotency_store();
         store.step(false).unwrap();
-        let on_disk = ledger.tree().scan_prefix(b"d").count();
+        let filter_tree = ledger.db().open_tree(FILTER_TREE).unwrap();
+        let on_disk = ledger.tree().scan_prefix(b"d").count() + filter_tree.len();
         assert_eq!(
             ledger.expire_idempotency(1000, usize::MAX).unwrap(),
             on_disk
@@ -1848,7 +2033,7 @@ mod tests {
             store.step(false).unwrap();
         }
         assert!(
-            ledger.tree().scan_prefix(b"d").next().is_none(),
+            ledger.tree().scan_prefix(b"d").next().is_none() && filter_tree.is_empty(),
             "nothing written after expiry"
         );
         assert_eq!(store.live_buckets(), Vec::<u64>::new());
@@ -1986,5 +2171,121 @@ mod tests {
             .filter(|i| filter.may_contain(fingerprint("s", &format!("x{i}"))))
             .count();
         assert!(imagined < 200, "{imagined} false positives in 10,000");
+    }
+
+    #[test]
+    fn a_sealed_runs_filter_is_stored_in_pieces_that_keep_sled_nodes_small() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let tree = db.open_tree(FILTER_TREE).unwrap();
+        // A run of SEAL_RECORDS records: a filter of 128 KiB.
+        let mut filter = RunFilter::sized_for(SEAL_RECORDS);
+        assert_eq!(filter.words.len() * 8, 128 * 1024);
+        for i in 0..SEAL_RECORDS as u64 {
+            filter.insert(fingerprint("s", &format!("k{i}")));
+        }
+        let mut batch = sled::Batch::default();
+        put_filter(&mut batch, 7, 3, &filter).unwrap();
+        tree.apply_batch(batch).unwrap();
+        assert_eq!(tree.len(), filter.words.len() / FILTER_PIECE_WORDS);
+        // sled writes a node past 128 KiB as a file of its own; a leaf holds
+        // at most 16 keys.
+        for entry in tree.iter() {
+            let (k, v) = entry.unwrap();
+            assert!(
+                16 * (k.len() + v.len()) < 100 * 1024,
+                "a piece of {} bytes",
+                v.len()
+            );
+        }
+        let read = read_filters(&tree, 7).unwrap();
+        assert_eq!(read.len(), 1);
+        assert_eq!(read[0].0, 3);
+        assert_eq!(read[0].1.words, filter.words);
+        assert!(read_filters(&tree, 8).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_filter_missing_a_piece_is_corrupt_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let tree = db.open_tree(FILTER_TREE).unwrap();
+        let filter = RunFilter::sized_for(SEAL_RECORDS);
+        let mut batch = sled::Batch::default();
+        put_filter(&mut batch, 7, 3, &filter).unwrap();
+        tree.apply_batch(batch).unwrap();
+        tree.remove(filter_piece_key(7, 3, 5)).unwrap();
+        assert!(matches!(
+            read_filters(&tree, 7),
+            Err(LedgerError::Corrupt { .. })
+        ));
+        // The last piece gone: a length that is no power of two.
+        let last = u32::try_from(filter.words.len() / FILTER_PIECE_WORDS - 1).unwrap();
+        tree.clear().unwrap();
+        let mut batch = sled::Batch::default();
+        put_filter(&mut batch, 7, 3, &filter).unwrap();
+        tree.apply_batch(batch).unwrap();
+        tree.remove(filter_piece_key(7, 3, last)).unwrap();
+        assert!(matches!(
+            read_filters(&tree, 7),
+            Err(LedgerError::Corrupt { .. })
+        ));
+        // A piece that is not an array of words.
+        tree.insert(filter_piece_key(7, 3, last), b"\x91\xc0".to_vec())
+            .unwrap();
+        assert!(matches!(
+            read_filters(&tree, 7),
+            Err(LedgerError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn filters_a_layout_4_ledger_kept_in_its_tree_are_moved_and_every_record_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let runs = 3;
+        {
+            let ledger = ledger_with_runs(dir.path(), runs);
+            ledger.idempotency_store().step(false).unwrap();
+            // Back to layout 4: whole filters under `\x03` run in the
+            // ledger's tree, none in the filter tree.
+            let filter_tree = ledger.db().open_tree(FILTER_TREE).unwrap();
+            let end = ledger.idempotency_store().live_buckets()[0];
+            for (run, filter) in read_filters(&filter_tree, end).unwrap() {
+                let mut old = run_prefix(end, run);
+                old[9] = FILTER_TAG;
+                ledger.tree().insert(old, encode(&filter).unwrap()).unwrap();
+            }
+            filter_tree.clear().unwrap();
+            ledger
+                .tree()
+                .insert(b"mformat", &4u64.to_be_bytes())
+                .unwrap();
+            ledger.flush().unwrap();
+        }
+        let ledger = reopen(dir.path(), BUCKET);
+        assert_eq!(filters_stored(&ledger), runs as usize);
+        assert_eq!(keys_with_tag(&ledger, FILTER_TAG), 0);
+        assert_eq!(
+            ledger.tree().get(b"mformat").unwrap().as_deref(),
+            Some(&5u64.to_be_bytes()[..])
+        );
+        assert_all_found(&ledger, "store-1", 0..runs * 40, 10);
+    }
+
+    #[test]
+    fn filters_of_a_bucket_without_records_are_removed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let ledger = ledger_with_runs(dir.path(), 2);
+            let filter_tree = ledger.db().open_tree(FILTER_TREE).unwrap();
+            let mut batch = sled::Batch::default();
+            put_filter(&mut batch, 1, 1, &RunFilter::sized_for(40)).unwrap();
+            filter_tree.apply_batch(batch).unwrap();
+            assert_eq!(filters_stored(&ledger), 3);
+            ledger.flush().unwrap();
+        }
+        let ledger = reopen(dir.path(), BUCKET);
+        assert_eq!(filters_stored(&ledger), 2);
+        assert_all_found(&ledger, "store-1", 0..80, 10);
     }
 }

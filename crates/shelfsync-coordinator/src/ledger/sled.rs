@@ -2,13 +2,15 @@
 //!
 //! Everything lives in one sled tree under one-byte prefixes, so that one
 //! `sled::Batch` covers a group's items, change-log entries and the new
-//! head: after a crash they are all present or all absent.
+//! head: after a crash they are all present or all absent. The one
+//! exception is the filters of idempotency runs, which have a tree of
+//! their own (`idempotency-filters`, [`super::idempotency`]).
 //!
 //! | prefix | key | value |
 //! |---|---|---|
 //! | `i` | location `\0` sku | [`ItemRecord`] |
 //! | `c` | seq of the block's first change (8 bytes, big-endian) | a block of up to [`CHANGE_BLOCK`] [`ChangeRecord`]s with consecutive seqs: each change and the seq of its key's previous change |
-//! | `d` | bucket end (8 bytes BE), then a run's chunk or filter | idempotency records ([`super::idempotency`]) |
+//! | `d` | bucket end (8 bytes BE), then a run's chunk | idempotency records ([`super::idempotency`]) |
 //! | `m` | `head` / `oldest` / `format` / `position` / `idemposition` | u64 big-endian |
 //! | `r` | store | [`StoredReport`] |
 //!
@@ -36,9 +38,10 @@
 //!   and recovery replays the log from there (a batch the tree already
 //!   holds only gives back its records).
 //!
-//! Layouts 2 and 3 stored one idempotency record per key; layout 4 reads
-//! them until their bucket expires, so an older ledger opens as it is and
-//! is stamped layout 4.
+//! Layouts 2 and 3 stored one idempotency record per key; this code reads
+//! them until their bucket expires. Layout 4 kept the runs' filters whole
+//! in this tree; they are moved to their own at open. So an older ledger
+//! opens as it is and is stamped layout 5.
 //!
 //! Values are msgpack wrapped in a version envelope (`Stored`); the key
 //! layout has its own number under `mformat`, checked at open.
@@ -53,7 +56,7 @@ use serde::{Deserialize, Serialize};
 use shelfsync_core::ItemKey;
 use shelfsync_proto::Change;
 
-use super::idempotency::IdempotencyStore;
+use super::idempotency::{FILTER_TREE, IdempotencyStore};
 use super::{CommitBatch, IdempotencyRecord, ItemRecord, Ledger, LedgerError, StoredReport};
 
 const HEAD: &[u8] = b"mhead";
@@ -62,10 +65,11 @@ const POSITION: &[u8] = b"mposition";
 const IDEMPOTENCY_POSITION: &[u8] = b"midemposition";
 const FORMAT: &[u8] = b"mformat";
 /// The key layout this code writes (see the module docs).
-const LAYOUT: u64 = 4;
+const LAYOUT: u64 = 5;
 /// The older layouts this code also reads: 2 stored one change per `c`
-/// key, 2 and 3 one idempotency record per `d` key.
-const OLDER_LAYOUTS: [u64; 2] = [2, 3];
+/// key, 2 and 3 one idempotency record per `d` key, 4 the runs' filters
+/// in this tree (moved to their own at open).
+const OLDER_LAYOUTS: [u64; 3] = [2, 3, 4];
 /// Most changes stored under one `c` key.
 pub const CHANGE_BLOCK: usize = 64;
 /// Bucket width of idempotency records when none is given.
@@ -135,7 +139,9 @@ impl SledLedger {
         let covered = read_u64(&tree, IDEMPOTENCY_POSITION)?;
         let replay_after = applied.min(covered.unwrap_or(applied));
         let bucket_ms = u64::try_from(bucket.as_millis()).unwrap_or(u64::MAX);
-        let idempotency = IdempotencyStore::open(tree.clone(), bucket_ms, replay_after)?;
+        let filter_tree = db.open_tree(FILTER_TREE).map_err(storage)?;
+        let idempotency =
+            IdempotencyStore::open(tree.clone(), filter_tree, bucket_ms, replay_after)?;
         let ledger = SledLedger {
             db,
             tree,
