@@ -92,8 +92,15 @@ pub const PIECE_INTAKE_FACTOR: usize = 2;
 /// [`MERGE_FANIN`] take to gather (at one, merging would only just keep up
 /// with sealing).
 pub const MERGE_PIECES: usize = 2;
-/// Most records in one chunk of a run (a few KiB).
+/// Most records in one chunk of a run.
 pub const CHUNK: usize = 32;
+/// Most bytes of one chunk of a run (fewer records when they are large).
+/// sled keeps up to 16 keys in a leaf (17 before it splits) and writes a
+/// node past 128 KiB as a file of its own, created anew whenever the node
+/// is rewritten: 32 records of some 350 bytes (an accepted write's record
+/// holds the item) made every leaf of a run such a file
+/// (docs/performance.md).
+pub const CHUNK_BYTES: usize = 6 * 1024;
 /// Filter bits per record in a run (about 1 % false positives with
 /// [`RUN_PROBES`] probes).
 const RUN_BITS_PER_RECORD: usize = 10;
@@ -753,7 +760,14 @@ impl IdempotencyStore {
                 break true;
             };
             // Equal fingerprints stay in one chunk, as in a sealed run.
-            if chunk.len() >= CHUNK && chunk.last().is_some_and(|e| e.fp != fp) {
+            let next_len = merge
+                .sources
+                .get(i)
+                .and_then(|s| s.buffered.front())
+                .map_or(0, |e| e.span.len());
+            let full = chunk.len() >= CHUNK
+                || chunk_bytes(&chunk).saturating_add(next_len) > CHUNK_BYTES - CHUNK_ENVELOPE;
+            if full && chunk.last().is_some_and(|e| e.fp != fp) {
                 put_chunk(&mut batch, merge, &mut chunk)?;
                 if merge.fps.len() >= stop {
                     break false;
@@ -925,30 +939,44 @@ impl IdempotencyStore {
             parts,
             written,
         } = pending;
+        // Records per chunk: halved while a chunk encodes past CHUNK_BYTES,
+        // doubled again (up to CHUNK) after one that takes under half.
+        let mut per_chunk = CHUNK;
         for (end, range, _) in parts.iter() {
             while *written < range.end && *written < stop {
                 let start = (*written).max(range.start);
-                let cut = chunk_end(order, start, range.end);
-                *written = cut;
                 if *end <= expired_before {
+                    *written = chunk_end(order, start, range.end, per_chunk);
                     continue;
                 }
-                let chunk: Vec<RunEntryRef> = order[start..cut]
-                    .iter()
-                    .filter_map(|(_, fp, record_key)| {
-                        let (_, record) = &**sealed.table.records.get(record_key)?;
-                        Some(RunEntryRef {
-                            fp: *fp,
-                            store: &record_key.0,
-                            key: &record_key.1,
-                            record,
+                let (cut, encoded) = loop {
+                    let cut = chunk_end(order, start, range.end, per_chunk);
+                    let chunk: Vec<RunEntryRef> = order[start..cut]
+                        .iter()
+                        .filter_map(|(_, fp, record_key)| {
+                            let (_, record) = &**sealed.table.records.get(record_key)?;
+                            Some(RunEntryRef {
+                                fp: *fp,
+                                store: &record_key.0,
+                                key: &record_key.1,
+                                record,
+                            })
                         })
-                    })
-                    .collect();
+                        .collect();
+                    let encoded = encode(&chunk)?;
+                    if encoded.len() <= CHUNK_BYTES || per_chunk == 1 {
+                        if encoded.len() * 2 <= CHUNK_BYTES {
+                            per_chunk = (per_chunk * 2).min(CHUNK);
+                        }
+                        break (cut, encoded);
+                    }
+                    per_chunk /= 2;
+                };
+                *written = cut;
                 let index = u32::try_from(start - range.start).unwrap_or(u32::MAX);
                 batch.insert(
                     chunk_key(*end, sealed.run, order[start].1, index).to_vec(),
-                    encode(&chunk)?,
+                    encoded,
                 );
             }
         }
@@ -1132,7 +1160,7 @@ fn plan(sealed: Arc<Sealed>) -> Pending {
     }
 }
 
-/// Where the chunk starting at `start` ends: after [`CHUNK`] records, or
+/// Where the chunk starting at `start` ends: after `records` records, or
 /// later so that one fingerprint never spans a chunk edge, and never past
 /// `limit`.
 /// Whether `runs` runs whose filters have `words` words each are merged:
@@ -1161,6 +1189,14 @@ fn put_chunk(
     merge.fps.extend(chunk.iter().map(|e| e.fp));
     chunk.clear();
     Ok(())
+}
+
+/// Room left in a merged chunk for its envelope and array header.
+const CHUNK_ENVELOPE: usize = 16;
+
+/// The bytes of the records of `chunk`.
+fn chunk_bytes(chunk: &[RawEntry]) -> usize {
+    chunk.iter().map(|e| e.span.len()).sum()
 }
 
 /// The tag of the stored-value envelope ([`encode`]) that a run chunk is
@@ -1229,8 +1265,8 @@ fn join_chunk(entries: &[RawEntry]) -> Result<Vec<u8>, LedgerError> {
     Ok(out)
 }
 
-fn chunk_end(order: &[Planned], start: usize, limit: usize) -> usize {
-    let mut cut = (start + CHUNK).min(limit);
+fn chunk_end(order: &[Planned], start: usize, limit: usize, records: usize) -> usize {
+    let mut cut = (start + records.max(1)).min(limit);
     while cut < limit && cut > start && order[cut].1 == order[cut - 1].1 {
         cut += 1;
     }
@@ -1861,7 +1897,7 @@ mod tests {
         // Chunk edges never split a fingerprint.
         let mut start = 0;
         while start < order.len() {
-            let cut = chunk_end(&order, start, order.len());
+            let cut = chunk_end(&order, start, order.len(), CHUNK);
             assert!(cut == order.len() || order[cut].1 != order[cut - 1].1);
             start = cut;
         }
@@ -2287,5 +2323,60 @@ mod tests {
         let ledger = reopen(dir.path(), BUCKET);
         assert_eq!(filters_stored(&ledger), 2);
         assert_all_found(&ledger, "store-1", 0..80, 10);
+    }
+
+    #[test]
+    fn chunks_of_large_records_stay_under_chunk_bytes_in_sealed_and_merged_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        // Records of some 600 bytes: 32 to a chunk would take 19 KiB.
+        let note = |i: u32| format!("r{i}-{}", "n".repeat(560));
+        let store = "s".repeat(20);
+        let n = FANIN * 40;
+        let mut ledger = SledLedger::open_with(dir.path(), BUCKET).unwrap();
+        ledger.idempotency_store_mut().set_sizes(40, 64);
+        for run in 0..FANIN {
+            let idempotency = (run * 40..(run + 1) * 40)
+                .map(|i| (store.clone(), format!("k{i}"), record(10, &note(i))))
+                .collect();
+            ledger
+                .commit(CommitBatch {
+                    idempotency,
+                    ..CommitBatch::default()
+                })
+                .unwrap();
+            ledger.idempotency_store().step(false).unwrap();
+        }
+        let chunk_sizes = |ledger: &SledLedger| -> Vec<usize> {
+            ledger
+                .tree()
+                .scan_prefix(b"d")
+                .filter_map(Result::ok)
+                .filter(|(k, _)| k.get(9) == Some(&CHUNK_TAG))
+                .map(|(_, v)| v.len())
+                .collect()
+        };
+        let sealed = chunk_sizes(&ledger);
+        assert!(
+            sealed.len() > (n as usize).div_ceil(CHUNK) * 2,
+            "{} chunks",
+            sealed.len()
+        );
+        assert!(sealed.iter().all(|&len| len <= CHUNK_BYTES), "{sealed:?}");
+        let mut steps = 0;
+        while filters_stored(&ledger) > 1 {
+            ledger.idempotency_store().step(false).unwrap();
+            steps += 1;
+            assert!(steps < 1000, "the merge never completes");
+        }
+        let merged = chunk_sizes(&ledger);
+        assert!(merged.iter().all(|&len| len <= CHUNK_BYTES), "{merged:?}");
+        // Filled close to the limit, not one record each.
+        assert!(merged.len() < (n as usize) / 4, "{} chunks", merged.len());
+        for i in 0..n {
+            assert_eq!(
+                ledger.idempotency(&store, &format!("k{i}")).unwrap(),
+                Some(record(10, &note(i)))
+            );
+        }
     }
 }

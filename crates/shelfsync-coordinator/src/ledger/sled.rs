@@ -19,7 +19,7 @@
 //! cost of the write path (docs/performance.md):
 //!
 //! - **Change-log blocks.** The changes of one commit go into blocks of up to
-//!   [`CHANGE_BLOCK`] under the seq of their first change, so a group of
+//!   [`CHANGE_BLOCK`] (and [`CHANGE_BLOCK_BYTES`]) under the seq of their first change, so a group of
 //!   writes adds one key per block instead of one per change. A change is
 //!   found by its seq in the block with the greatest first seq not above it.
 //!   Compaction removes whole blocks and rewrites the one it cuts through.
@@ -72,6 +72,16 @@ const LAYOUT: u64 = 5;
 const OLDER_LAYOUTS: [u64; 3] = [2, 3, 4];
 /// Most changes stored under one `c` key.
 pub const CHANGE_BLOCK: usize = 64;
+/// Most bytes of one change-log block, as [`estimated_size`] counts them.
+/// sled keeps up to 16 keys in a leaf (17 before it splits) and writes a
+/// node past 128 KiB as a file of its own, created anew whenever the node
+/// is rewritten. Blocks of 64 changes of some 270 bytes made every
+/// change-log leaf such a file (docs/performance.md); 17 blocks of this
+/// size stay under 100 KiB.
+pub const CHANGE_BLOCK_BYTES: usize = 6 * 1024;
+/// What [`estimated_size`] allows a change for everything but its strings:
+/// field names, numbers, the op and the envelope (about 170 bytes encoded).
+const CHANGE_FIXED_BYTES: usize = 256;
 /// Bucket width of idempotency records when none is given.
 pub const DEFAULT_IDEMPOTENCY_BUCKET: Duration = Duration::from_secs(24 * 60 * 60);
 
@@ -289,6 +299,53 @@ fn decode_changes(key: &[u8], bytes: &[u8]) -> Result<Vec<ChangeRecord>, LedgerE
     }
 }
 
+/// Cuts `records` into blocks of at most [`CHANGE_BLOCK`] changes and
+/// [`CHANGE_BLOCK_BYTES`] (a single larger change makes a block alone).
+fn blocks(
+    records: &mut impl Iterator<Item = ChangeRecord>,
+) -> impl Iterator<Item = Vec<ChangeRecord>> {
+    let mut records = records.peekable();
+    std::iter::from_fn(move || {
+        let mut block = Vec::new();
+        let mut bytes = 0usize;
+        while let Some(next) = records.peek() {
+            let size = estimated_size(next);
+            if !block.is_empty()
+                && (block.len() >= CHANGE_BLOCK || bytes.saturating_add(size) > CHANGE_BLOCK_BYTES)
+            {
+                break;
+            }
+            bytes = bytes.saturating_add(size);
+            block.extend(records.next());
+        }
+        (!block.is_empty()).then_some(block)
+    })
+}
+
+/// An upper estimate of a change record's encoded size: its strings, and
+/// [`CHANGE_FIXED_BYTES`] for the rest.
+fn estimated_size(record: &ChangeRecord) -> usize {
+    let change = &record.change;
+    let state = match &change.state {
+        shelfsync_core::KeyState::Live(item) => {
+            item.location.len() + item.sku.len() + item.name.len()
+        }
+        _ => 0,
+    };
+    let op = match &change.op {
+        shelfsync_core::Op::Create { name, .. } => name.len(),
+        shelfsync_core::Op::Set { name, .. } => name.as_ref().map_or(0, String::len),
+        _ => 0,
+    };
+    CHANGE_FIXED_BYTES
+        + change.key.location.len()
+        + change.key.sku.len()
+        + state
+        + op
+        + change.store.len()
+        + change.idempotency_key.len()
+}
+
 fn encode_changes(block: Vec<ChangeRecord>) -> Result<Vec<u8>, LedgerError> {
     rmp_serde::to_vec_named(&StoredChanges::V2(block))
         .map_err(|e| LedgerError::Storage(e.to_string()))
@@ -382,8 +439,7 @@ impl Ledger for SledLedger {
             change: write.change,
             prev_seq: write.prior_seq,
         });
-        loop {
-            let block: Vec<ChangeRecord> = records.by_ref().take(CHANGE_BLOCK).collect();
+        for block in blocks(&mut records) {
             let Some(first) = block.first() else { break };
             b.insert(&change_key(first.change.seq), encode_changes(block)?);
         }
@@ -718,5 +774,117 @@ pub(crate) mod tests {
         assert_eq!(ledger.expire_idempotency(30, 100).unwrap(), 4);
         assert_eq!(ledger.idempotency.live_buckets(), [u64::MAX]);
         assert!(ledger.idempotency("store-1", "k1").unwrap().is_none());
+    }
+
+    /// A change to key `sku-<seq>` with strings `long` characters long
+    /// (names up to 200), alternating the op and the state's kind.
+    fn change_record(seq: u64, long: usize) -> ChangeRecord {
+        use shelfsync_core::{Item, KeyState, Op};
+        let text = |n: usize| "x".repeat(n);
+        let key = ItemKey::new(text(long.min(64)), format!("{seq}{}", text(long.min(44)))).unwrap();
+        let name = text(long.min(200));
+        let (op, state) = match seq % 3 {
+            0 => (
+                Op::Create {
+                    name: name.clone(),
+                    quantity: u64::MAX,
+                },
+                KeyState::Live(Item {
+                    location: key.location.clone(),
+                    sku: key.sku.clone(),
+                    name,
+                    quantity: u64::MAX,
+                    reserved: u64::MAX,
+                    version: u64::MAX,
+                }),
+            ),
+            1 => (
+                Op::Set {
+                    name: Some(name.clone()),
+                    quantity: Some(u64::MAX),
+                },
+                KeyState::Live(Item {
+                    location: key.location.clone(),
+                    sku: key.sku.clone(),
+                    name,
+                    quantity: u64::MAX,
+                    reserved: 0,
+                    version: u64::MAX,
+                }),
+            ),
+            _ => (Op::Delete, KeyState::Deleted { version: u64::MAX }),
+        };
+        ChangeRecord {
+            change: Change {
+                seq,
+                key,
+                state,
+                op,
+                store: text(long.min(64)),
+                idempotency_key: text(long.min(128)),
+                at_ms: u64::MAX,
+            },
+            prev_seq: Some(u64::MAX),
+        }
+    }
+
+    #[test]
+    fn the_size_estimate_of_a_change_is_never_below_its_encoding() {
+        for long in [1, 10, 40, 64, 200] {
+            for seq in [u64::MAX - 2, u64::MAX - 1, u64::MAX] {
+                let record = change_record(seq, long);
+                let encoded = encode_changes(vec![record.clone()]).unwrap().len();
+                assert!(
+                    estimated_size(&record) >= encoded,
+                    "estimate {} < {encoded} bytes (strings of {long})",
+                    estimated_size(&record)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn change_blocks_stay_small_enough_for_sled_to_keep_leaves_in_its_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = SledLedger::open(dir.path()).unwrap();
+        for long in [8, 200] {
+            let from = ledger.head().unwrap() + 1;
+            let writes = (from..from + 500)
+                .map(|seq| {
+                    let record = change_record(seq, long);
+                    super::super::CommittedWrite {
+                        prior_version: 0,
+                        prior_seq: None,
+                        change: record.change,
+                    }
+                })
+                .collect();
+            ledger
+                .commit(CommitBatch {
+                    writes,
+                    head: from + 499,
+                    ..CommitBatch::default()
+                })
+                .unwrap();
+        }
+        let mut blocks = 0;
+        for entry in ledger.tree().scan_prefix(b"c") {
+            let (_, v) = entry.unwrap();
+            assert!(
+                v.len() <= CHANGE_BLOCK_BYTES,
+                "a block of {} bytes",
+                v.len()
+            );
+            blocks += 1;
+        }
+        // Short changes fill blocks by count, long ones by size.
+        assert!(blocks >= 500usize.div_ceil(CHANGE_BLOCK) + 500 * 600 / CHANGE_BLOCK_BYTES);
+        let seqs: Vec<u64> = ledger
+            .changes(0, 1000, 2000)
+            .unwrap()
+            .iter()
+            .map(|c| c.seq)
+            .collect();
+        assert_eq!(seqs, (1..=1000).collect::<Vec<_>>());
     }
 }
