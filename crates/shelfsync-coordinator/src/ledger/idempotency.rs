@@ -1160,9 +1160,6 @@ fn plan(sealed: Arc<Sealed>) -> Pending {
     }
 }
 
-/// Where the chunk starting at `start` ends: after `records` records, or
-/// later so that one fingerprint never spans a chunk edge, and never past
-/// `limit`.
 /// Whether `runs` runs whose filters have `words` words each are merged:
 /// enough of them, and a merged run within [`MAX_MERGED_RECORDS`] (a
 /// filter has at least [`RUN_BITS_PER_RECORD`] bits per record, which
@@ -1265,6 +1262,9 @@ fn join_chunk(entries: &[RawEntry]) -> Result<Vec<u8>, LedgerError> {
     Ok(out)
 }
 
+/// Where the chunk starting at `start` ends: after `records` records, or
+/// later so that one fingerprint never spans a chunk edge, and never past
+/// `limit`.
 fn chunk_end(order: &[Planned], start: usize, limit: usize, records: usize) -> usize {
     let mut cut = (start + records.max(1)).min(limit);
     while cut < limit && cut > start && order[cut].1 == order[cut - 1].1 {
@@ -1416,7 +1416,9 @@ fn move_filters(tree: &sled::Tree, filter_tree: &sled::Tree, end: u64) -> Result
 }
 
 /// Removes the filters of buckets that have no key left in the ledger's
-/// tree (an expiry cut short between the two trees).
+/// tree. Expiry removes a bucket's filters before its chunks, so only a
+/// damaged or hand-edited database has such filters; they would only make
+/// lookups read a bucket that holds nothing.
 fn remove_orphan_filters(filter_tree: &sled::Tree, state: &State) -> Result<(), LedgerError> {
     let mut from = Vec::new();
     while let Some(entry) = filter_tree.range(from.clone()..).next() {
