@@ -162,47 +162,17 @@ pub fn round(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ledger::contract::{commit_puts, key, put};
     use crate::ledger::sled::SledLedger;
-    use crate::ledger::{CommitBatch, CommittedWrite};
-    use shelfsync_core::{Item, ItemKey, KeyState, Op};
-    use shelfsync_proto::Change;
 
     /// A ledger holding `n` changes, each a new key.
     fn ledger_with_changes(n: u64) -> (tempfile::TempDir, SledLedger) {
         let dir = tempfile::tempdir().unwrap();
         let ledger = SledLedger::open(dir.path()).unwrap();
         let writes = (1..=n)
-            .map(|seq| {
-                let key = ItemKey::new("store-1", format!("sku-{seq}")).unwrap();
-                CommittedWrite {
-                    change: Change {
-                        seq,
-                        key: key.clone(),
-                        state: KeyState::Live(Item {
-                            location: key.location.clone(),
-                            sku: key.sku.clone(),
-                            name: "n".into(),
-                            quantity: 1,
-                            reserved: 0,
-                            version: 1,
-                        }),
-                        op: Op::Add { amount: 1 },
-                        store: "store-1".into(),
-                        idempotency_key: format!("k{seq}"),
-                        at_ms: 1000 + seq,
-                    },
-                    prior_version: 0,
-                    prior_seq: None,
-                }
-            })
+            .map(|seq| put(seq, &key("store-1", &format!("sku-{seq}")), 1, 1))
             .collect();
-        ledger
-            .commit(CommitBatch {
-                writes,
-                head: n,
-                ..CommitBatch::default()
-            })
-            .unwrap();
+        commit_puts(&ledger, writes);
         (dir, ledger)
     }
 

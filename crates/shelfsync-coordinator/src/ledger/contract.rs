@@ -21,11 +21,12 @@ fn backends() -> Vec<Backend> {
     })]
 }
 
-fn key(location: &str, sku: &str) -> ItemKey {
+pub(crate) fn key(location: &str, sku: &str) -> ItemKey {
     ItemKey::new(location, sku).unwrap()
 }
 
-fn put(seq: u64, key: &ItemKey, version: u64, quantity: u64) -> CommittedWrite {
+/// A write of `key` at `seq`, setting it live at `version`.
+pub(crate) fn put(seq: u64, key: &ItemKey, version: u64, quantity: u64) -> CommittedWrite {
     CommittedWrite {
         change: Change {
             seq,
@@ -49,7 +50,8 @@ fn put(seq: u64, key: &ItemKey, version: u64, quantity: u64) -> CommittedWrite {
     }
 }
 
-fn commit_puts(ledger: &dyn Ledger, writes: Vec<CommittedWrite>) {
+/// Commits `writes` as one batch, the head at the last one.
+pub(crate) fn commit_puts(ledger: &dyn Ledger, writes: Vec<CommittedWrite>) {
     let head = writes.last().map_or(0, |w| w.change.seq);
     ledger
         .commit(CommitBatch {

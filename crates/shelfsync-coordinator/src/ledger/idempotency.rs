@@ -425,11 +425,7 @@ impl IdempotencyStore {
                     run,
                     "removing the chunks of an idempotency run without a filter (cut short by a crash, or merged into another)"
                 );
-                let mut batch = sled::Batch::default();
-                for entry in tree.scan_prefix(run_prefix(end, run)) {
-                    batch.remove(entry.map_err(storage)?.0);
-                }
-                tree.apply_batch(batch).map_err(storage)?;
+                remove_prefix(&tree, run_prefix(end, run), usize::MAX)?;
             }
             // Layout-3 keys sort after the tags (a store id starts with a
             // letter or digit).
@@ -885,15 +881,7 @@ impl IdempotencyStore {
             }
         }
         for source in &merge.sources {
-            let mut batch = sled::Batch::default();
-            for key in self
-                .tree
-                .scan_prefix(run_prefix(merge.end, source.run))
-                .keys()
-            {
-                batch.remove(key.map_err(storage)?);
-            }
-            self.tree.apply_batch(batch).map_err(storage)?;
+            remove_prefix(&self.tree, run_prefix(merge.end, source.run), usize::MAX)?;
         }
         tracing::debug!(
             bucket = merge.end,
@@ -1058,31 +1046,11 @@ impl IdempotencyStore {
         for end in expired {
             // Filters first: a run without one is removed at open, a
             // filter without its run would only answer "maybe".
-            let mut batch = sled::Batch::default();
-            let mut in_batch = 0;
-            for entry in self.filter_tree.scan_prefix(end.to_be_bytes()) {
-                if removed + in_batch >= limit {
-                    break;
-                }
-                batch.remove(entry.map_err(storage)?.0);
-                in_batch += 1;
-            }
-            self.filter_tree.apply_batch(batch).map_err(storage)?;
-            removed += in_batch;
+            removed += remove_prefix(&self.filter_tree, end.to_be_bytes(), limit - removed)?;
             if removed >= limit {
                 break;
             }
-            let mut batch = sled::Batch::default();
-            let mut in_batch = 0;
-            for entry in self.tree.scan_prefix(bucket_prefix(end)) {
-                if removed + in_batch >= limit {
-                    break;
-                }
-                batch.remove(entry.map_err(storage)?.0);
-                in_batch += 1;
-            }
-            self.tree.apply_batch(batch).map_err(storage)?;
-            removed += in_batch;
+            removed += remove_prefix(&self.tree, bucket_prefix(end), limit - removed)?;
             if self.tree.scan_prefix(bucket_prefix(end)).next().is_none() {
                 let mut state = lock(&self.state);
                 state.buckets.remove(&end);
@@ -1399,6 +1367,23 @@ fn filter_damage(key: &[u8], detail: &str) -> LedgerError {
     }
 }
 
+/// Removes up to `limit` keys of `tree` under `prefix` in one batch;
+/// returns how many.
+fn remove_prefix(
+    tree: &sled::Tree,
+    prefix: impl AsRef<[u8]>,
+    limit: usize,
+) -> Result<usize, LedgerError> {
+    let mut batch = sled::Batch::default();
+    let mut removed = 0;
+    for key in tree.scan_prefix(prefix).keys().take(limit) {
+        batch.remove(key.map_err(storage)?);
+        removed += 1;
+    }
+    tree.apply_batch(batch).map_err(storage)?;
+    Ok(removed)
+}
+
 /// Moves the filters that layout 4 kept in the ledger's tree (`\x03` run
 /// after the bucket) to [`FILTER_TREE`]: the pieces first, then the old
 /// key, so a crash between leaves both and the next open moves it again.
@@ -1429,11 +1414,7 @@ fn remove_orphan_filters(filter_tree: &sled::Tree, state: &State) -> Result<(), 
                 bucket = end,
                 "removing the filters of an idempotency bucket that has no records"
             );
-            let mut batch = sled::Batch::default();
-            for key in filter_tree.scan_prefix(end.to_be_bytes()).keys() {
-                batch.remove(key.map_err(storage)?);
-            }
-            filter_tree.apply_batch(batch).map_err(storage)?;
+            remove_prefix(filter_tree, end.to_be_bytes(), usize::MAX)?;
         }
         match end.checked_add(1) {
             Some(next) => from = next.to_be_bytes().to_vec(),

@@ -211,4 +211,4 @@ pub struct StoredReport {
 }
 
 #[cfg(test)]
-mod contract;
+pub(crate) mod contract;
