@@ -1,9 +1,9 @@
 //! Write forwarding: every write goes to the coordinator, which decides.
 //!
 //! A write carries its idempotency key, so it is retried (on transport
-//! errors only, always with the same key) until the forward timeout is
-//! spent; the coordinator applies it at most once whatever happens to the
-//! answers. An accepted write is applied to the replica before the caller
+//! errors only, always with the same key, each attempt bounded by
+//! [`ATTEMPT_TIMEOUT`]) until the forward timeout is spent; the
+//! coordinator applies it at most once whatever happens to the answers. An accepted write is applied to the replica before the caller
 //! hears of it, so the client reads its own write from this agent at once.
 
 use std::sync::Arc;
@@ -20,6 +20,13 @@ use crate::replica::{Replica, ReplicaError};
 
 /// First pause between two attempts; doubled each time.
 const FIRST_RETRY: Duration = Duration::from_millis(50);
+/// The longest one attempt may take before it is given up and sent again
+/// (with the same idempotency key) on a fresh connection. A coordinator
+/// answers in milliseconds; an attempt silent for this long is on a
+/// connection that has died (a restarted coordinator, a lost path), whose
+/// retransmissions back off for seconds, so waiting for it would spend the
+/// whole forward timeout on one dead call.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Why a forwarded request has no answer from the coordinator.
 #[derive(Debug, thiserror::Error)]
@@ -84,7 +91,7 @@ impl Forwarder {
         let mut pause = FIRST_RETRY;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let err = match self.link.call(&request, left).await {
+            let err = match self.link.call(&request, left.min(ATTEMPT_TIMEOUT)).await {
                 Ok(Response::Error(err)) if err.code == ErrorCode::Unavailable => {
                     ProtoError::Refused(err)
                 }
@@ -106,6 +113,7 @@ impl Forwarder {
         let key = request.key.clone();
         match self.send("write", Request::Write(request)).await? {
             Response::Write(ack) => {
+                crate::failpoints::crash_point(crate::failpoints::AFTER_FORWARD_BEFORE_APPLY);
                 let replica = self.replica.clone();
                 let state = ack.state.clone();
                 tokio::task::spawn_blocking(move || replica.apply_local(&key, state))

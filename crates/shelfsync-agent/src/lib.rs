@@ -7,6 +7,7 @@
 //! and [`Agent`], which wires them together.
 
 pub mod config;
+pub mod failpoints;
 pub mod forward;
 pub mod link;
 pub mod metrics;
@@ -27,6 +28,12 @@ use crate::metrics::Metrics;
 use crate::replica::Replica;
 use crate::rest::AppState;
 use crate::sync::Syncer;
+
+/// The least time one sync call (a page of changes or of a snapshot, a
+/// report) may take before the sync gives it up and tries again on a fresh
+/// connection; the forward timeout when that is longer. A page is a few
+/// hundred KiB at most: a call silent this long is on a dead connection.
+const MIN_SYNC_CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How often idle rate-limiter entries are dropped.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
@@ -61,7 +68,7 @@ impl Agent {
             link.clone(),
             config.locations.clone(),
             config.sync_interval,
-            config.forward_timeout.max(Duration::from_secs(10)),
+            config.forward_timeout.max(MIN_SYNC_CALL_TIMEOUT),
             metrics.clone(),
         ));
         let forwarder = Arc::new(Forwarder::new(
@@ -138,5 +145,6 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    failpoints::setup_from_env().map_err(anyhow::Error::msg)?;
     Agent::bind(config).await?.run(shutdown).await
 }

@@ -9,7 +9,9 @@
 //! | `m` | `meta` | [`Meta`]: cursor, bootstrap progress, epoch, digest, last sync time |
 //!
 //! Every change to the replica is one `sled::Batch` that writes the items and
-//! the new [`Meta`] together, so after a crash the items and the cursor agree.
+//! the new [`Meta`] together, so after a crash the items and the cursor agree,
+//! and is flushed before its caller goes on, so that nothing a client was
+//! answered from is lost in a crash.
 //! Applying a state never moves a key to a lower version, so replayed or
 //! overlapping pages are harmless.
 //!
@@ -205,8 +207,21 @@ impl Pending<'_> {
             ..
         } = self;
         batch.insert(META, encode(&meta)?);
+        fail::fail_point!(crate::failpoints::REPLICA_WRITE, |arg| Err(
+            ReplicaError::Storage(format!("injected: {}", crate::failpoints::io_error(arg)))
+        ));
         replica.tree.apply_batch(batch).map_err(storage)?;
         *guard = meta;
+        drop(guard);
+        // Durable before the caller answers from it: a write acknowledged
+        // to a client must still be there after a crash, or the replica
+        // would go back in time (found by the fault suite, seed 1: a write
+        // acknowledged at version 249, the agent crashed, and its replica
+        // showed 248 after the restart). Flushed after the guard is
+        // released, so that concurrent commits share one flush. A local
+        // read in the moment between the batch and the flush can still see
+        // a state that a crash right then loses.
+        replica.db.flush().map_err(storage)?;
         Ok(())
     }
 }
@@ -357,6 +372,7 @@ impl Replica {
                 pending.meta.last_sync_ms = Some(now_ms);
             }
         }
+        crate::failpoints::crash_point(crate::failpoints::MID_REPLICA_PAGE);
         pending.commit()
     }
 
@@ -399,6 +415,7 @@ impl Replica {
         if now_ms.is_some() {
             pending.meta.last_sync_ms = now_ms;
         }
+        crate::failpoints::crash_point(crate::failpoints::MID_REPLICA_PAGE);
         pending.commit()
     }
 

@@ -5,6 +5,11 @@
 //! gets a 4xx with a message, never a 500. Every response carries
 //! `X-Replica-Cursor` and `X-Replica-Age-Ms`, so a client can tell how fresh
 //! the replica is, also when the coordinator is away.
+//!
+//! A build with failpoints (the fault suite's) also serves
+//! `PUT /debug/failpoints/{name}` and `GET /debug/failpoints`
+//! ([`crate::failpoints`]); they stay out of [`route_table`] and of
+//! docs/openapi.json, which describe the API every build serves.
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
@@ -150,8 +155,10 @@ pub fn route_table() -> Vec<(Method, &'static str)> {
 
 /// The routes, with body limit, CORS, rate limit and replica headers.
 pub fn router(state: Arc<AppState>, cors_origins: &[String]) -> Result<Router, String> {
-    let mut router = routes()
-        .router
+    let routes = routes().router;
+    #[cfg(feature = "failpoints")]
+    let routes = routes.merge(debug_routes());
+    let mut router = routes
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn_with_state(
@@ -573,6 +580,23 @@ async fn delete_item(
     };
     forward(&state, &headers, key, Op::Delete, Some(expected)).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// The fault suite's failpoint routes (a build with failpoints only).
+#[cfg(feature = "failpoints")]
+fn debug_routes() -> Router<Arc<AppState>> {
+    use axum::routing::put;
+
+    async fn configure(Path(name): Path<String>, actions: String) -> Result<Response> {
+        crate::failpoints::set(&name, &actions).map_err(Problem::bad_request)?;
+        Ok((StatusCode::OK, "ok\n").into_response())
+    }
+    async fn list() -> Response {
+        axum::Json(crate::failpoints::list()).into_response()
+    }
+    Router::new()
+        .route("/debug/failpoints", get(list))
+        .route("/debug/failpoints/{name}", put(configure))
 }
 
 async fn openapi() -> Response {

@@ -2,6 +2,9 @@
 //! used stops the agent at once with exit code 2 and a message naming the
 //! file and the problem, before anything listens or opens the replica.
 //!
+//! Beside them: the failpoints of a build with the `failpoints` feature
+//! (the fault suite's), and their HTTP routes, which no other build has.
+//!
 //! (These tests also make `cargo test --workspace` build the agent binary,
 //! which the end-to-end tests in `tests/` and `shelfctl demo` run.)
 
@@ -63,4 +66,143 @@ fn an_unknown_key_exits_2_naming_the_key() {
         !data.exists(),
         "the replica was opened for a config that is refused"
     );
+}
+
+/// One HTTP/1.1 exchange: the status and the body.
+async fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nhost: test\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The failpoint routes answer in a build with failpoints (the fault
+/// suite's) and are not there (404) in any other.
+#[tokio::test]
+async fn the_failpoint_routes_exist_only_in_a_build_with_failpoints() {
+    #[cfg(feature = "failpoints")]
+    let _scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    shelfsync_proto::certs::init(&certs, &["store-1".into()], &[], false).unwrap();
+    let path = dir.path().join("agent.toml");
+    let config = VALID
+        .replace("DATA_DIR", &dir.path().join("data").display().to_string())
+        // Nothing listens there: the agent serves its replica regardless.
+        .replace("127.0.0.1:7400", "127.0.0.1:9")
+        .replace("\"ca.pem", &format!("\"{}/ca.pem", certs.display()))
+        .replace("\"store-1.", &format!("\"{}/store-1.", certs.display()));
+    std::fs::write(&path, config).unwrap();
+    let agent = shelfsync_agent::Agent::bind(shelfsync_agent::Config::load(&path).unwrap())
+        .await
+        .unwrap();
+    let addr = agent.http_addr;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(agent.run(async move {
+        let _ = stopped.await;
+    }));
+
+    let (list, body) = http(addr, "GET", "/debug/failpoints", "").await;
+    let (set, _) = http(addr, "PUT", "/debug/failpoints/agent-replica-write", "off").await;
+    let (bad, problem) = http(
+        addr,
+        "PUT",
+        "/debug/failpoints/agent-replica-write",
+        "nope(",
+    )
+    .await;
+    if cfg!(feature = "failpoints") {
+        assert_eq!((list, set, bad), (200, 200, 400), "{body} {problem}");
+        assert!(problem.contains("bad_request"), "{problem}");
+        let (_, body) = http(addr, "GET", "/debug/failpoints", "").await;
+        assert!(body.contains(r#""agent-replica-write":"off""#), "{body}");
+    } else {
+        assert_eq!((list, set, bad), (404, 404, 404), "{body}");
+    }
+    let _ = stop.send(());
+    run.await.unwrap().unwrap();
+}
+
+/// The agent's failpoints (a build with the `failpoints` feature).
+/// Failpoints are global to the process: each test that sets one holds a
+/// [`fail::FailScenario`], which serializes them and clears every
+/// failpoint when it ends.
+#[cfg(feature = "failpoints")]
+mod failpoints {
+    use super::*;
+    use shelfsync_agent::failpoints as points;
+    use shelfsync_agent::replica::{Replica, ReplicaError};
+    use shelfsync_core::{Item, ItemKey, KeyState};
+
+    fn item(sku: &str, version: u64) -> Item {
+        Item {
+            location: "store-1".into(),
+            sku: sku.into(),
+            name: "n".into(),
+            quantity: 1,
+            reserved: 0,
+            version,
+        }
+    }
+
+    #[test]
+    fn a_replica_write_that_fails_changes_nothing() {
+        let _scenario = fail::FailScenario::setup();
+        let dir = tempfile::tempdir().unwrap();
+        let replica = Replica::open(dir.path()).unwrap();
+        let key = ItemKey::new("store-1", "a").unwrap();
+        fail::cfg(points::REPLICA_WRITE, "return").unwrap();
+        let err = replica
+            .apply_local(&key, KeyState::Live(item("a", 1)))
+            .unwrap_err();
+        assert!(matches!(err, ReplicaError::Storage(_)), "{err}");
+        assert!(replica.begin_bootstrap(1).is_err());
+        assert_eq!(replica.get(&key).unwrap(), None);
+        assert_eq!(replica.meta(), Default::default());
+        fail::cfg(points::REPLICA_WRITE, "off").unwrap();
+        replica
+            .apply_local(&key, KeyState::Live(item("a", 1)))
+            .unwrap();
+        assert_eq!(replica.get(&key).unwrap(), Some(item("a", 1)));
+    }
+
+    #[test]
+    fn a_failpoints_variable_that_does_not_parse_stops_the_agent() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        let data = dir.path().join("data");
+        std::fs::write(
+            &path,
+            VALID.replace("DATA_DIR", &data.display().to_string()),
+        )
+        .unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_shelfsync-agent"))
+            .arg("--config")
+            .arg(&path)
+            .env_remove("SHELFSYNC_CONFIG")
+            .env("FAILPOINTS", "agent-replica-write")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("FAILPOINTS entry \"agent-replica-write\""),
+            "{}",
+            stderr(&out)
+        );
+    }
 }

@@ -1,4 +1,5 @@
-//! The coordinator's HTTP side: `/healthz`, `/readyz` and `/metrics`.
+//! The coordinator's HTTP side: `/healthz`, `/readyz` and `/metrics`; in a
+//! build with failpoints also `/debug/failpoints` ([`crate::failpoints`]).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -13,11 +14,13 @@ use crate::service::Service;
 
 /// The HTTP routes.
 pub fn router(service: Arc<Service>) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .with_state(service)
+        .route("/metrics", get(metrics));
+    #[cfg(feature = "failpoints")]
+    let router = router.merge(crate::failpoints::routes());
+    router.with_state(service)
 }
 
 async fn readyz(State(service): State<Arc<Service>>) -> impl IntoResponse {

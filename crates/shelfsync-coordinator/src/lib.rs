@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod digests;
+pub mod failpoints;
 pub mod gc;
 pub mod http;
 pub mod ledger;
@@ -37,6 +38,11 @@ use crate::service::Service;
 /// seed is drawn at random per map, like std's, so a store cannot aim its
 /// keys at one map's buckets from outside.
 pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::quality::RandomState>;
+
+/// The file in `data_dir` that keeps the QUIC stateless-reset key across
+/// restarts, so that agents connected before a restart learn of it at their
+/// next packet ([`shelfsync_proto::net::reset_key`]).
+pub const RESET_KEY_FILE: &str = "quic-reset-key";
 
 /// A coordinator that has bound its sockets and opened its ledger.
 pub struct Coordinator {
@@ -79,8 +85,16 @@ impl Coordinator {
             config.stores.clone(),
         )?);
         let server_config = shelfsync_proto::tls::server_config(&config.tls)?;
-        let endpoint = shelfsync_proto::net::endpoint(config.listen, Some(server_config))
-            .map_err(|e| anyhow::anyhow!("cannot listen on {} (QUIC): {e}", config.listen))?;
+        let reset_key_path = config.data_dir.join(RESET_KEY_FILE);
+        let reset_key = shelfsync_proto::net::reset_key(&reset_key_path).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot load the QUIC reset key {}: {e}",
+                reset_key_path.display()
+            )
+        })?;
+        let endpoint =
+            shelfsync_proto::net::server_endpoint(config.listen, server_config, &reset_key)
+                .map_err(|e| anyhow::anyhow!("cannot listen on {} (QUIC): {e}", config.listen))?;
         let http = tokio::net::TcpListener::bind(config.http_listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {} (HTTP): {e}", config.http_listen))?;
@@ -95,7 +109,9 @@ impl Coordinator {
         })
     }
 
-    /// Serves until `shutdown` resolves, then flushes the ledger.
+    /// Serves until `shutdown` resolves, then flushes the ledger. Ends with
+    /// an error when the storage fails (the write-ahead log or the ledger
+    /// refuses a write): see [`pipeline`].
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -114,13 +130,29 @@ impl Coordinator {
             self.service.clone(),
             stopped(),
         ));
-        shutdown.await;
-        tracing::info!("shutting down");
+        // A storage failure ends the run like a shutdown, but with an error,
+        // so the process exits non-zero and its supervisor restarts it. Going
+        // on is not safe after a failed fdatasync (the kernel may have dropped
+        // the pages); the restart's recovery reads what the log really holds
+        // and brings back every acknowledged write.
+        let failed = tokio::select! {
+            () = shutdown => None,
+            cause = self.service.pipeline().failed() => Some(cause),
+        };
+        match &failed {
+            None => tracing::info!("shutting down"),
+            Some(cause) => tracing::error!("coordinator stopping: storage failed: {cause}"),
+        }
         stop_handle.stop();
         let _ = quic.await;
         let _ = http.await;
         let _ = gc.await;
         self.service.pipeline().stop().await;
+        if let Some(cause) = failed {
+            // No flush of a ledger that may have failed: what it lacks, the
+            // log has.
+            anyhow::bail!("storage failed: {cause}");
+        }
         let ledger = self.ledger.clone();
         tokio::task::spawn_blocking(move || ledger.flush()).await??;
         tracing::info!("ledger flushed; bye");
@@ -133,5 +165,6 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    failpoints::setup_from_env().map_err(anyhow::Error::msg)?;
     Coordinator::bind(config).await?.run(shutdown).await
 }

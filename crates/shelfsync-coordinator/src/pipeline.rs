@@ -30,11 +30,15 @@
 //! per group (docs/performance.md). The sequencer asks for a higher CPU
 //! priority ([`ACK_PATH_NICE`]), granted where the process may raise one.
 //!
-//! If the log cannot be written, nothing decided since is durable: the
-//! pipeline stops and answers every job with `unavailable`. If the ledger
-//! fails, the writes acknowledged are safe in the log; the pipeline stops
-//! just the same, and a restart puts them into the ledger
-//! ([`crate::wal::recover`]).
+//! If the log cannot be written or synced, nothing decided since is
+//! durable: the pipeline stops and answers every job with `unavailable`.
+//! If the ledger fails, the writes acknowledged are safe in the log; the
+//! pipeline stops just the same. Either way [`Pipeline::failed`] resolves,
+//! the coordinator's run ends with an error and the process exits for its
+//! supervisor to restart it; the restart puts every acknowledged write into
+//! the ledger ([`crate::wal::recover`]). The pipeline does not go on after
+//! a failed `fdatasync`: the kernel may have dropped the pages it could not
+//! write, so what the log holds is no longer known until it is read again.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -47,6 +51,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::FastMap;
 use crate::digests::Digests;
+use crate::failpoints;
 use crate::ledger::{
     CommitBatch, CommittedWrite, IdempotencyRecord, ItemRecord, Ledger, LedgerError, Outcome,
 };
@@ -132,7 +137,7 @@ pub struct Pipeline {
     logged: watch::Receiver<u64>,
     /// The head the ledger holds: what readers may read.
     durable: watch::Receiver<u64>,
-    failed: Arc<AtomicBool>,
+    failed: Failure,
     threads: Arc<std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>>,
 }
 
@@ -160,7 +165,7 @@ impl Pipeline {
         let (logged_tx, logged_rx) = std::sync::mpsc::sync_channel(LOGGED_DEPTH);
         let (durable_tx, durable_rx) = watch::channel(head);
         let (logged_head_tx, logged_head_rx) = watch::channel(head);
-        let failed = Arc::new(AtomicBool::new(false));
+        let failed = Failure::default();
         let applied_group = Arc::new(AtomicU64::new(last_group));
         let flushed_group = Arc::new(AtomicU64::new(last_group));
 
@@ -226,7 +231,7 @@ impl Pipeline {
     }
 
     async fn submit(&self, job: Job, rx: oneshot::Receiver<Response>) -> Response {
-        if self.failed.load(Ordering::Acquire) || self.jobs.send(job).await.is_err() {
+        if self.failed.is_set() || self.jobs.send(job).await.is_err() {
             return unavailable();
         }
         rx.await.unwrap_or_else(|_| unavailable())
@@ -277,14 +282,71 @@ impl Pipeline {
 
     /// Whether the pipeline stopped after a storage failure.
     pub fn has_failed(&self) -> bool {
-        self.failed.load(Ordering::Acquire)
+        self.failed.is_set()
+    }
+
+    /// Resolves, with the failure's message, once the pipeline has stopped
+    /// after a storage failure; pending as long as it has not.
+    pub fn failed(&self) -> impl Future<Output = String> + Send + 'static {
+        let mut cause = self.failed.cause.subscribe();
+        async move {
+            // Taken out of the watch at once: its guard must not live
+            // across an await.
+            let cause = cause
+                .wait_for(Option::is_some)
+                .await
+                .map(|cause| cause.clone().unwrap_or_default());
+            match cause {
+                Ok(cause) => cause,
+                // The pipeline is gone without a failure: none to report.
+                Err(_) => std::future::pending().await,
+            }
+        }
+    }
+}
+
+/// Whether the pipeline has stopped after a storage failure, and why: set
+/// once, by whichever thread meets a failure first.
+#[derive(Clone)]
+struct Failure {
+    /// Read before every job: one load, no lock.
+    flag: Arc<AtomicBool>,
+    /// The first failure's message, for [`Pipeline::failed`].
+    cause: Arc<watch::Sender<Option<String>>>,
+}
+
+impl Default for Failure {
+    fn default() -> Self {
+        Failure {
+            flag: Arc::new(AtomicBool::new(false)),
+            cause: Arc::new(watch::channel(None).0),
+        }
+    }
+}
+
+impl Failure {
+    /// Records `err` (unless a failure was recorded before) and stops the
+    /// pipeline.
+    fn set(&self, err: &LedgerError) {
+        self.cause.send_if_modified(|cause| {
+            let first = cause.is_none();
+            if first {
+                *cause = Some(err.to_string());
+            }
+            first
+        });
+        self.flag.store(true, Ordering::Release);
+    }
+
+    fn is_set(&self) -> bool {
+        self.flag.load(Ordering::Acquire)
     }
 }
 
 fn unavailable() -> Response {
     Response::Error(WireError::new(
         ErrorCode::Unavailable,
-        "the coordinator's storage failed; it must be restarted",
+        "the coordinator's storage failed or it is stopping; retry once it is back",
     ))
 }
 
@@ -303,7 +365,7 @@ struct Sequencer {
     ttl_ms: u64,
     head: u64,
     metrics: Arc<Metrics>,
-    failed: Arc<AtomicBool>,
+    failed: Failure,
     digests: Arc<Digests>,
     overlay: Overlay,
     /// The number of the group decided last.
@@ -406,7 +468,7 @@ impl Sequencer {
             if last_group > 1 {
                 std::thread::sleep(GROUP_LINGER);
             }
-            if self.failed.load(Ordering::Acquire) {
+            if self.failed.is_set() {
                 // A later stage failed: the pipeline is stopping.
                 return;
             }
@@ -423,7 +485,7 @@ impl Sequencer {
                 }
                 if let Err(err) = self.decide(next, &mut group) {
                     tracing::error!(error = %err, "ledger read failed; the pipeline stops");
-                    self.failed.store(true, Ordering::Release);
+                    self.failed.set(&err);
                     return;
                 }
                 job = if group.replies.len() < MAX_GROUP {
@@ -498,7 +560,9 @@ impl Sequencer {
             Some((record, _)) => Some(record.clone()),
             None => self.ledger.idempotency(store, &request.idempotency_key)?,
         }
-        .filter(|record| record.at_ms.saturating_add(self.ttl_ms) > now);
+        .filter(|record| record.at_ms.saturating_add(self.ttl_ms) > now)
+        // A deliberate bug for the fault suite: a retry is decided anew.
+        .filter(|_| !failpoints::triggered(failpoints::SKIP_IDEMPOTENCY_LOOKUP));
         if let Some(record) = recorded {
             if !record.same_request(&request.key, &request.op, request.expected_version) {
                 self.metrics.count_write(op_kind, "idempotency_key_reused");
@@ -601,7 +665,7 @@ struct Logger {
     wal: Wal,
     /// The last group the ledger holds durably (the applier's flush).
     flushed_group: Arc<AtomicU64>,
-    failed: Arc<AtomicBool>,
+    failed: Failure,
     metrics: Arc<Metrics>,
     /// Raised once a group is logged: the head acknowledged writes reached.
     logged_head: watch::Sender<u64>,
@@ -613,20 +677,25 @@ impl Logger {
     /// (its jobs are then answered `unavailable`).
     fn log(&mut self, group: Decided, logged: &std::sync::mpsc::SyncSender<Logged>) -> bool {
         let started = Instant::now();
-        let appended = if self.failed.load(Ordering::Acquire) {
+        let appended = if self.failed.is_set() {
             Err(LedgerError::Storage("the pipeline has stopped".into()))
+        } else if failpoints::triggered(failpoints::ACK_BEFORE_DURABLE) {
+            // A deliberate bug for the fault suite: answered before durable.
+            Ok(())
         } else {
             self.wal
                 .append(std::iter::once((group.number, &group.batch)))
         };
         if let Err(err) = appended {
             tracing::error!(error = %err, "write-ahead log append failed; the pipeline stops");
-            self.failed.store(true, Ordering::Release);
+            self.failed.set(&err);
             for (reply, _) in group.replies {
                 let _ = reply.send(unavailable());
             }
             return false;
         }
+        // Durable and not yet acknowledged: where the fault suite crashes.
+        failpoints::crash_point(failpoints::AFTER_LOG_BEFORE_ACK);
         self.metrics.observe_flush(started.elapsed());
         let Decided {
             number,
@@ -648,7 +717,7 @@ impl Logger {
         let flushed = self.flushed_group.load(Ordering::Acquire);
         if let Err(err) = self.wal.maybe_rotate(number + 1, flushed) {
             tracing::error!(error = %err, "write-ahead log rotation failed; the pipeline stops");
-            self.failed.store(true, Ordering::Release);
+            self.failed.set(&err);
             return false;
         }
         true
@@ -661,7 +730,7 @@ struct Applier {
     ledger: Arc<dyn Ledger>,
     applied_group: Arc<AtomicU64>,
     flushed_group: Arc<AtomicU64>,
-    failed: Arc<AtomicBool>,
+    failed: Failure,
     durable: watch::Sender<u64>,
 }
 
@@ -725,6 +794,12 @@ impl Applier {
             batch.position = more.batch.position;
         }
         let head = batch.head;
+        fail::fail_point!(failpoints::LEDGER_COMMIT, |arg| Err(LedgerError::Storage(
+            format!(
+                "cannot commit to the ledger (injected): {}",
+                failpoints::io_error(arg)
+            )
+        )));
         self.ledger.commit(batch)?;
         self.applied_group.store(number, Ordering::Release);
         raise(&self.durable, head);
@@ -733,8 +808,8 @@ impl Applier {
 
     fn fail(&self, err: &LedgerError) {
         // Every acknowledged write is in the log: a restart applies it.
-        tracing::error!(error = %err, "ledger commit failed; the pipeline stops, restart the coordinator");
-        self.failed.store(true, Ordering::Release);
+        tracing::error!(error = %err, "ledger commit failed; the pipeline stops");
+        self.failed.set(err);
     }
 }
 

@@ -35,7 +35,11 @@
 //!
 //! A crash can only cut the last record of the last segment short: the
 //! writer appends and syncs before anyone is answered, so a short or
-//! mismatching record there was never acknowledged and is dropped. The same
+//! mismatching record there was never acknowledged and is dropped. A write
+//! or sync that fails is the same case: nothing is appended after it (the
+//! pipeline stops and the coordinator exits), so whatever part of that
+//! record reached the disk is the log's last, and is replayed whole if its
+//! length and CRC-32 check out, else dropped. The same
 //! anywhere else means the files were damaged, and the coordinator refuses
 //! to start rather than skip acknowledged writes; so does anything but zeros
 //! after the end of an earlier segment's records.
@@ -288,9 +292,8 @@ impl Wal {
             self.buffer[start + 4..start + HEADER].copy_from_slice(&crc.to_be_bytes());
         }
         let path = self.current_path().to_path_buf();
-        self.file
-            .write_all_at(&self.buffer, self.size)
-            .and_then(|()| self.file.sync_data())
+        write_at(&self.file, &self.buffer, self.size)
+            .and_then(|()| sync_data(&self.file))
             .map_err(|e| io("write", &path, e))?;
         self.size += self.buffer.len() as u64;
         Ok(())
@@ -332,6 +335,24 @@ impl Wal {
         }
         Ok(())
     }
+}
+
+/// Writes `bytes` at `offset` of a segment (where the fault suite's
+/// `coordinator-wal-write` failpoint refuses it).
+fn write_at(file: &File, bytes: &[u8], offset: u64) -> std::io::Result<()> {
+    fail::fail_point!(crate::failpoints::WAL_WRITE, |arg| Err(
+        crate::failpoints::io_error(arg)
+    ));
+    file.write_all_at(bytes, offset)
+}
+
+/// `fdatasync`s a segment (where the fault suite's `coordinator-wal-sync`
+/// failpoint refuses it).
+fn sync_data(file: &File) -> std::io::Result<()> {
+    fail::fail_point!(crate::failpoints::WAL_SYNC, |arg| Err(
+        crate::failpoints::io_error(arg)
+    ));
+    file.sync_data()
 }
 
 fn open_segment(path: &Path) -> Result<File, LedgerError> {

@@ -8,6 +8,7 @@ pub mod certs;
 pub mod client;
 pub mod codec;
 pub mod error;
+pub mod failpoints;
 pub mod message;
 pub mod net;
 pub mod process;

@@ -1,0 +1,58 @@
+//! The coordinator's failpoints, for the fault suite (docs/testing.md).
+//!
+//! The points sit where the faults happen ([`crate::pipeline`],
+//! [`crate::wal`]), named by the constants below; those names are an
+//! interface of the fault suite. They are configured from `FAILPOINTS` at
+//! start ([`crate::run`]) and through `PUT /debug/failpoints/{name}` (the
+//! actions as the body) and `GET /debug/failpoints` on the HTTP listener
+//! ([`routes`]); [`shelfsync_proto::failpoints`] holds that shared
+//! machinery. All of it is compiled in only with the `failpoints` cargo
+//! feature: in any other build the points do nothing and the routes answer
+//! 404.
+
+#[cfg(feature = "failpoints")]
+pub use shelfsync_proto::failpoints::set;
+pub use shelfsync_proto::failpoints::{crash_point, io_error, setup_from_env, triggered};
+
+/// Crash (`abort`, as a `kill -9` would) after a group's log append and
+/// `fdatasync` succeeded and before any of its jobs is answered: durable,
+/// not acknowledged. Any triggered action crashes.
+pub const AFTER_LOG_BEFORE_ACK: &str = "coordinator-after-log-before-ack";
+/// The write-ahead log's write fails: `return` or `return(eio)` with EIO,
+/// `return(enospc)` with ENOSPC.
+pub const WAL_WRITE: &str = "coordinator-wal-write";
+/// The write-ahead log's `fdatasync` fails, with the error chosen as for
+/// [`WAL_WRITE`].
+pub const WAL_SYNC: &str = "coordinator-wal-sync";
+/// The applier's ledger commit fails with a storage error (its argument
+/// chosen as for [`WAL_WRITE`]).
+pub const LEDGER_COMMIT: &str = "coordinator-ledger-commit";
+/// A deliberate bug, to prove the fault suite catches it: the logger skips
+/// the log append and sync and answers the group at once, so a crash
+/// before the ledger has the group loses acknowledged writes.
+pub const ACK_BEFORE_DURABLE: &str = "coordinator-ack-before-durable";
+/// A deliberate bug, to prove the fault suite catches it: the sequencer
+/// ignores existing idempotency records, so a retried write is applied
+/// again.
+pub const SKIP_IDEMPOTENCY_LOOKUP: &str = "coordinator-skip-idempotency-lookup";
+
+/// `PUT /debug/failpoints/{name}` and `GET /debug/failpoints`.
+#[cfg(feature = "failpoints")]
+pub fn routes<S: Clone + Send + Sync + 'static>() -> axum::Router<S> {
+    use axum::extract::Path;
+    use axum::http::StatusCode;
+    use axum::routing::{get, put};
+
+    async fn configure(Path(name): Path<String>, actions: String) -> (StatusCode, String) {
+        match set(&name, &actions) {
+            Ok(()) => (StatusCode::OK, "ok\n".into()),
+            Err(err) => (StatusCode::BAD_REQUEST, format!("{err}\n")),
+        }
+    }
+    async fn list() -> axum::Json<std::collections::BTreeMap<String, String>> {
+        axum::Json(shelfsync_proto::failpoints::list())
+    }
+    axum::Router::new()
+        .route("/debug/failpoints", get(list))
+        .route("/debug/failpoints/{name}", put(configure))
+}
