@@ -69,6 +69,12 @@ impl Cluster {
         self.dir.path()
     }
 
+    /// Keeps the temp dir (logs, data) after the cluster is dropped, for a
+    /// look at a failed run.
+    pub fn keep_dir(&mut self) {
+        self.dir.disable_cleanup(true);
+    }
+
     /// The certificates.
     pub fn certs(&self) -> &Certs {
         &self.certs
@@ -130,13 +136,26 @@ impl Cluster {
         spec: AgentSpec,
         wait: Wait,
     ) -> anyhow::Result<&mut AgentProcess> {
+        let coordinator = self.coordinator.quic_addr();
+        self.start_agent_via(spec, wait, coordinator).await
+    }
+
+    /// Like [`Cluster::start_agent_with`], with the agent reaching the
+    /// coordinator at `coordinator` (a fault proxy in front of it, say).
+    /// [`Cluster::restart_coordinator`] points such an agent at the
+    /// coordinator itself if it moves: a caller with a proxy should restart
+    /// the coordinator through [`Cluster::coordinator_mut`] instead.
+    pub async fn start_agent_via(
+        &mut self,
+        spec: AgentSpec,
+        wait: Wait,
+        coordinator: std::net::SocketAddr,
+    ) -> anyhow::Result<&mut AgentProcess> {
         if self.agents.iter().any(|a| a.store_id() == spec.store_id) {
             anyhow::bail!("store {} already has an agent", spec.store_id);
         }
         let dir = self.dir.path().join(format!("agent-{}", spec.store_id));
-        let agent =
-            AgentProcess::start(&dir, &self.certs, spec, self.coordinator.quic_addr(), wait)
-                .await?;
+        let agent = AgentProcess::start(&dir, &self.certs, spec, coordinator, wait).await?;
         self.agents.push(agent);
         let last = self.agents.len() - 1;
         Ok(&mut self.agents[last])

@@ -84,6 +84,9 @@ pub struct CoordinatorSpec {
     pub idempotency_ttl: Option<Duration>,
     /// `gc_interval`.
     pub gc_interval: Option<Duration>,
+    /// Environment variables the process is started with (every start),
+    /// e.g. `FAILPOINTS` for a build with failpoints compiled in.
+    pub env: Vec<(String, String)>,
 }
 
 impl CoordinatorSpec {
@@ -184,7 +187,7 @@ impl CoordinatorProcess {
         for _ in 0..MAX_START_ATTEMPTS {
             let (quic_addr, http_addr) = (free_udp_addr()?, free_tcp_addr()?);
             write_config(&config_path, &spec, quic_addr, http_addr, &data_dir, certs)?;
-            match launch(&config_path, dir, &log_path, &http, http_addr).await {
+            match launch(&config_path, dir, &log_path, &http, http_addr, &spec.env).await {
                 Ok(process) => {
                     return Ok(CoordinatorProcess {
                         process,
@@ -240,6 +243,7 @@ impl CoordinatorProcess {
                 &self.log_path,
                 &self.http,
                 self.http_addr,
+                &self.spec.env,
             )
             .await
             {
@@ -353,6 +357,7 @@ async fn launch(
     log_path: &Path,
     http: &reqwest::Client,
     http_addr: SocketAddr,
+    env: &[(String, String)],
 ) -> Result<Process, StartError> {
     let mut command = Command::new(binary("shelfsync-coordinator"));
     command
@@ -362,7 +367,8 @@ async fn launch(
         .env_remove("SHELFSYNC_CONFIG")
         // The refusal tests read log lines; keep them at info and free of colour codes.
         .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1");
+        .env("NO_COLOR", "1")
+        .envs(env.iter().map(|(k, v)| (k, v)));
     let ready_url = format!("http://{http_addr}/readyz");
     spawn_ready(
         "shelfsync-coordinator",

@@ -33,6 +33,7 @@ pub mod cluster;
 pub mod coordinator;
 pub mod http;
 pub mod launch;
+pub mod nemesis;
 pub mod poll;
 pub mod ports;
 pub mod process;

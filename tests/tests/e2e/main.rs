@@ -15,3 +15,4 @@
 mod agent;
 mod coordinator;
 mod harness;
+mod recovery;

@@ -1,0 +1,317 @@
+//! The processes and proxies of a fault run, and how each fault is
+//! injected and healed ([`Rig`]); the run's loop is in [`super::run`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use shelfsync_proto::Client;
+
+use crate::nemesis::check;
+use crate::nemesis::faults::Fault;
+use crate::nemesis::history::{Change, Final, Key};
+use crate::nemesis::proxy::FaultProxy;
+use crate::nemesis::readback::{read_histories, read_replica, strong_read};
+use crate::nemesis::run::{CONVERGENCE_PATIENCE, SHARED};
+use crate::nemesis::workload::Targets;
+use crate::rest::item_path;
+use crate::{Cluster, Wait};
+
+/// The processes and proxies of a run.
+pub(crate) struct Rig {
+    /// The coordinator and agents.
+    pub(crate) cluster: Cluster,
+    /// One proxy per agent, in store order.
+    pub(crate) proxies: Vec<FaultProxy>,
+    /// The store ids, in order.
+    pub(crate) stores: Vec<String>,
+    /// Where the clients send.
+    pub(crate) targets: Arc<Targets>,
+    /// For failpoint requests.
+    pub(crate) http: reqwest::Client,
+}
+
+/// How a fault was healed.
+pub(crate) struct Healed {
+    /// What was done, for the report.
+    pub(crate) what: String,
+    /// After a coordinator restart: per store, how long until a strong
+    /// read went through its agent again.
+    pub(crate) recoveries: Option<Vec<(String, Duration)>>,
+}
+
+impl Healed {
+    fn plain(what: &str) -> Self {
+        Healed {
+            what: what.to_string(),
+            recoveries: None,
+        }
+    }
+}
+
+impl Rig {
+    pub(crate) async fn inject(&mut self, fault: &Fault) -> anyhow::Result<()> {
+        match fault {
+            Fault::Partition {
+                agent,
+                to_coordinator,
+            } => self.proxies[*agent].partition(Fault::partition_direction(*to_coordinator)),
+            Fault::Flaky { .. } => {
+                if let Some(faults) = fault.proxy_faults() {
+                    for proxy in &self.proxies {
+                        proxy.set_both(faults);
+                    }
+                }
+            }
+            Fault::KillCoordinator => self.cluster.coordinator_mut().kill9(),
+            Fault::KillAgent { agent } => {
+                let store = self.stores[*agent].clone();
+                self.cluster.agent_mut(&store).kill9();
+            }
+            Fault::PauseCoordinator => signal(self.cluster.coordinator().pid(), Signal::Stop),
+            Fault::PauseAgent { agent } => {
+                signal(self.cluster.agent(&self.stores[*agent]).pid(), Signal::Stop);
+            }
+            Fault::CoordinatorFailpoint { name, actions } => {
+                let url = self.cluster.coordinator().url(&failpoint_path(name));
+                // A coordinator that is not up is fine: nothing to break.
+                let _ = self.put(&url, actions).await;
+            }
+            Fault::AgentFailpoint {
+                agent,
+                name,
+                actions,
+            } => {
+                let url = self
+                    .cluster
+                    .agent(&self.stores[*agent])
+                    .url(&failpoint_path(name));
+                let _ = self.put(&url, actions).await;
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn heal(&mut self, fault: &Fault) -> anyhow::Result<Healed> {
+        Ok(match fault {
+            Fault::Partition { agent, .. } => {
+                self.proxies[*agent].heal();
+                Healed::plain("network healed")
+            }
+            Fault::Flaky { .. } => {
+                for proxy in &self.proxies {
+                    proxy.heal();
+                }
+                Healed::plain("network healed")
+            }
+            Fault::PauseCoordinator => {
+                signal(self.cluster.coordinator().pid(), Signal::Cont);
+                Healed::plain("coordinator continued")
+            }
+            Fault::PauseAgent { agent } => {
+                signal(self.cluster.agent(&self.stores[*agent]).pid(), Signal::Cont);
+                Healed::plain("agent continued")
+            }
+            Fault::KillAgent { agent } => {
+                self.restart_agent(*agent).await?;
+                Healed::plain("agent restarted")
+            }
+            Fault::AgentFailpoint { agent, name, .. } => {
+                let store = self.stores[*agent].clone();
+                if self.cluster.agent_mut(&store).is_running() {
+                    let url = self.cluster.agent(&store).url(&failpoint_path(name));
+                    self.put(&url, "off").await?;
+                    Healed::plain("failpoint off")
+                } else {
+                    self.restart_agent(*agent).await?;
+                    Healed::plain("agent restarted")
+                }
+            }
+            Fault::KillCoordinator | Fault::CoordinatorFailpoint { .. } => {
+                let name = match fault {
+                    Fault::CoordinatorFailpoint { name, .. } => Some(name.as_str()),
+                    _ => None,
+                };
+                let running = self.cluster.coordinator_mut().is_running();
+                match (running, name) {
+                    (true, Some(name)) => {
+                        let url = self.cluster.coordinator().url(&failpoint_path(name));
+                        self.put(&url, "off").await?;
+                        Healed::plain("failpoint off")
+                    }
+                    _ => {
+                        let recoveries = self.restart_coordinator().await?;
+                        Healed {
+                            what: "coordinator restarted".into(),
+                            recoveries: Some(recoveries),
+                        }
+                    }
+                }
+            }
+        })
+    }
+
+    /// Ends every fault: the network heals, paused processes go on,
+    /// stopped ones start again.
+    pub(crate) async fn heal_all(&mut self) -> anyhow::Result<()> {
+        for proxy in &self.proxies {
+            proxy.heal();
+        }
+        signal(self.cluster.coordinator().pid(), Signal::Cont);
+        if !self.cluster.coordinator_mut().is_running() {
+            self.restart_coordinator().await?;
+        }
+        for i in 0..self.stores.len() {
+            let store = self.stores[i].clone();
+            signal(self.cluster.agent(&store).pid(), Signal::Cont);
+            if !self.cluster.agent_mut(&store).is_running() {
+                self.restart_agent(i).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn restart_agent(&mut self, agent: usize) -> anyhow::Result<()> {
+        let store = self.stores[agent].clone();
+        let process = self.cluster.agent_mut(&store);
+        process.restart_waiting(Wait::Serving).await?;
+        self.targets.set(&store, process.rest());
+        Ok(())
+    }
+
+    /// Restarts the coordinator (on a new port if it must; the proxies
+    /// follow it), then measures how long each agent takes to get a
+    /// strong read through.
+    async fn restart_coordinator(&mut self) -> anyhow::Result<Vec<(String, Duration)>> {
+        self.cluster.coordinator_mut().restart().await?;
+        let addr = self.cluster.coordinator().quic_addr();
+        for proxy in &self.proxies {
+            proxy.set_upstream(addr);
+        }
+        let ready = Instant::now();
+        let mut recoveries = Vec::new();
+        let probes = self.stores.iter().map(|store| {
+            let rest = self.cluster.agent(store).rest();
+            let store = store.clone();
+            async move {
+                let path = format!("{}?consistency=strong", item_path(SHARED, "k0"));
+                let deadline = ready + CONVERGENCE_PATIENCE;
+                loop {
+                    let answered = rest
+                        .get(&path)
+                        .await
+                        .is_ok_and(|r| matches!(r.status, 200 | 404));
+                    if answered || Instant::now() >= deadline {
+                        return (store, ready.elapsed());
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        });
+        for (store, took) in futures_join(probes).await {
+            recoveries.push((store, took));
+        }
+        Ok(recoveries)
+    }
+
+    async fn put(&self, url: &str, body: &str) -> anyhow::Result<()> {
+        let reply = self
+            .http
+            .put(url)
+            .body(body.to_string())
+            .send()
+            .await
+            .with_context(|| format!("PUT {url}"))?;
+        if !reply.status().is_success() {
+            anyhow::bail!("PUT {url} {body:?}: {}", reply.status());
+        }
+        Ok(())
+    }
+
+    /// Polls until every replica holds what the coordinator holds for
+    /// `keys` and its digest is confirmed; returns how long that took and
+    /// what was read last.
+    pub(crate) async fn wait_converged(
+        &self,
+        keys: &[Key],
+        interval: Duration,
+    ) -> anyhow::Result<(Duration, Final)> {
+        let admin = self.cluster.connect("admin").await?;
+        let histories = read_histories(&admin, keys).await?;
+        let started = Instant::now();
+        loop {
+            let fin = self.read_final(&admin, keys, &histories).await?;
+            let equal = check::converged(&fin).is_empty();
+            if equal || started.elapsed() >= CONVERGENCE_PATIENCE {
+                return Ok((started.elapsed(), fin));
+            }
+            tokio::time::sleep(interval / 10).await;
+        }
+    }
+
+    async fn read_final(
+        &self,
+        admin: &Client,
+        keys: &[Key],
+        histories: &[(Key, Vec<Change>)],
+    ) -> anyhow::Result<Final> {
+        let mut coordinator = Vec::new();
+        for key in keys {
+            coordinator.push((key.clone(), strong_read(admin, key).await?));
+        }
+        let mut replicas = Vec::new();
+        for store in &self.stores {
+            let rest = self.cluster.agent(store).rest();
+            replicas.push(read_replica(store, &rest, keys).await?);
+        }
+        Ok(Final {
+            histories: histories.to_vec(),
+            coordinator,
+            replicas,
+        })
+    }
+}
+
+/// `/debug/failpoints/{name}`.
+fn failpoint_path(name: &str) -> String {
+    format!("/debug/failpoints/{name}")
+}
+
+/// The signals the run sends.
+#[derive(Debug, Clone, Copy)]
+enum Signal {
+    Stop,
+    Cont,
+}
+
+/// Sends `sig` to `pid`; nothing when the process is gone.
+fn signal(pid: Option<u32>, sig: Signal) {
+    let Some(pid) = pid
+        .and_then(|p| i32::try_from(p).ok())
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return;
+    };
+    let sig = match sig {
+        Signal::Stop => rustix::process::Signal::STOP,
+        Signal::Cont => rustix::process::Signal::CONT,
+    };
+    // Fails only when the process has just exited: nothing to pause then.
+    let _ = rustix::process::kill_process(pid, sig);
+}
+
+/// Runs the futures concurrently and collects their outputs in order.
+async fn futures_join<F>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let tasks: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for task in tasks {
+        if let Ok(value) = task.await {
+            out.push(value);
+        }
+    }
+    out
+}
