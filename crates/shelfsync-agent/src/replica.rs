@@ -221,6 +221,9 @@ impl Pending<'_> {
         // released, so that concurrent commits share one flush. A local
         // read in the moment between the batch and the flush can still see
         // a state that a crash right then loses.
+        fail::fail_point!(crate::failpoints::REPLICA_FLUSH, |arg| Err(
+            ReplicaError::Storage(format!("injected: {}", crate::failpoints::io_error(arg)))
+        ));
         replica.db.flush().map_err(storage)?;
         Ok(())
     }

@@ -305,14 +305,21 @@ impl Syncer {
         };
         match self.call(Request::Report(report)).await {
             Ok(Response::ReportAck(ack)) => {
-                if let Ok(mut p) = self.progress.lock() {
-                    p.digest_ok = ack.digest_ok;
-                }
+                let before = self
+                    .progress
+                    .lock()
+                    .map(|mut p| std::mem::replace(&mut p.digest_ok, ack.digest_ok))
+                    .unwrap_or_default();
                 if ack.digest_ok == Some(false) {
                     tracing::warn!("replica digest differs from the coordinator's; resyncing");
                     let replica = self.replica.clone();
                     blocking(move || replica.reset_cursor()).await?;
-                    self.wake();
+                    // At once the first time; if a fresh copy differs too,
+                    // at the next interval, not in a tight loop of
+                    // bootstraps against the coordinator.
+                    if before != Some(false) {
+                        self.wake();
+                    }
                 }
                 Ok(())
             }

@@ -27,6 +27,9 @@ pub const WAL_SYNC: &str = "coordinator-wal-sync";
 /// The applier's ledger commit fails with a storage error (its argument
 /// chosen as for [`WAL_WRITE`]).
 pub const LEDGER_COMMIT: &str = "coordinator-ledger-commit";
+/// The applier's ledger checkpoint (the ledger's flush to disk) fails, with
+/// the error chosen as for [`WAL_WRITE`].
+pub const LEDGER_FLUSH: &str = "coordinator-ledger-flush";
 /// A deliberate bug, to prove the fault suite catches it: the logger skips
 /// the log append and sync and answers the group at once, so a crash
 /// before the ledger has the group loses acknowledged writes.

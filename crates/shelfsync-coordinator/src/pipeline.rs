@@ -752,7 +752,7 @@ impl Applier {
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
             }
             if last_checkpoint.elapsed() >= LEDGER_FLUSH_EVERY {
-                match self.ledger.checkpoint() {
+                match self.checkpoint() {
                     Ok(durable) => self.flushed_group.store(durable, Ordering::Release),
                     Err(err) => {
                         self.fail(&err);
@@ -804,6 +804,17 @@ impl Applier {
         self.applied_group.store(number, Ordering::Release);
         raise(&self.durable, head);
         Ok(())
+    }
+
+    /// Asks the ledger for a checkpoint (its flush to disk).
+    fn checkpoint(&self) -> Result<u64, LedgerError> {
+        fail::fail_point!(failpoints::LEDGER_FLUSH, |arg| Err(LedgerError::Storage(
+            format!(
+                "cannot flush the ledger (injected): {}",
+                failpoints::io_error(arg)
+            )
+        )));
+        self.ledger.checkpoint()
     }
 
     fn fail(&self, err: &LedgerError) {

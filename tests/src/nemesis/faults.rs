@@ -166,6 +166,10 @@ impl Default for Mix {
     }
 }
 
+/// How long a pause holds, in ms: longer than a sync interval of a second
+/// (a paused agent misses syncs, a paused coordinator misses everyone's).
+const PAUSE_MS: (u64, u64) = (1500, 3000);
+
 /// The coordinator's crash and disk failpoints the schedule draws from,
 /// with the actions that trigger them (see docs/testing.md).
 const COORDINATOR_FAILPOINTS: &[(&str, &str)] = &[
@@ -173,6 +177,7 @@ const COORDINATOR_FAILPOINTS: &[(&str, &str)] = &[
     ("coordinator-wal-write", "1*return(enospc)"),
     ("coordinator-wal-sync", "1*return(eio)"),
     ("coordinator-ledger-commit", "1*return(eio)"),
+    ("coordinator-ledger-flush", "1*return(enospc)"),
 ];
 
 /// The agents' failpoints the schedule draws from.
@@ -180,6 +185,7 @@ const AGENT_FAILPOINTS: &[(&str, &str)] = &[
     ("agent-mid-replica-page", "1*return"),
     ("agent-after-forward-before-apply", "1*return"),
     ("agent-replica-write", "return(eio)"),
+    ("agent-replica-flush", "return(eio)"),
 ];
 
 /// The steps for a run of `duration_ms` with `agents` agents, drawn from
@@ -190,13 +196,17 @@ pub fn schedule(seed: u64, duration_ms: u64, agents: usize, mix: &Mix) -> Vec<St
     let mut at = between(&mut rng, mix.gap_ms);
     let agents = agents.max(1) as u64;
     loop {
-        let hold_ms = between(&mut rng, mix.hold_ms);
-        if at + hold_ms >= duration_ms {
-            return steps;
-        }
         let Some(fault) = draw(&mut rng, agents, mix) else {
             return steps;
         };
+        let hold = match fault {
+            Fault::PauseCoordinator | Fault::PauseAgent { .. } => PAUSE_MS,
+            _ => mix.hold_ms,
+        };
+        let hold_ms = between(&mut rng, hold);
+        if at + hold_ms >= duration_ms {
+            return steps;
+        }
         steps.push(Step {
             at_ms: at,
             hold_ms,

@@ -1,8 +1,15 @@
 //! Reading back what a run left: the coordinator's change log and state,
-//! and each replica's items and digest check.
+//! each replica's items and digest check, and `shelfctl history` beside
+//! the change log.
 
+use anyhow::Context;
+use serde_json::Value;
 use shelfsync_core::{ItemKey, KeyState};
 use shelfsync_proto::{ChangesRequest, Client, ReadRequest, Request, Response};
+
+use crate::Cluster;
+use crate::binaries::binary;
+use crate::nemesis::check::Anomaly;
 
 use crate::nemesis::history::{Change, ItemState, Key, Replica};
 use crate::nemesis::run::SHARED;
@@ -92,4 +99,98 @@ pub(crate) async fn read_replica(
         items,
         digest_ok: status["digest_ok"].as_bool(),
     })
+}
+
+/// Entries `shelfctl history` shows at most (its `--limit` cap).
+const SHELFCTL_HISTORY_LIMIT: usize = 1000;
+
+/// Runs the real `shelfctl history --json` for every key with changes and
+/// reports where it does not show the newest entries of the change log as
+/// read above (seq, version and idempotency key, newest first): the
+/// exactly-once checker judges the log, and admins read it with shelfctl.
+pub(crate) async fn compare_shelfctl_history(
+    cluster: &Cluster,
+    histories: &[(Key, Vec<Change>)],
+) -> anyhow::Result<Vec<Anomaly>> {
+    let tls = cluster.certs().tls_files("admin");
+    let config = cluster.dir().join("shelfctl.toml");
+    let text = format!(
+        "coordinator = {:?}\nserver_name = {:?}\n\n[tls]\nca_cert = {:?}\ncert = {:?}\nkey = {:?}\n",
+        cluster.coordinator().quic_addr().to_string(),
+        crate::SERVER_NAME,
+        tls.ca_cert.display().to_string(),
+        tls.cert.display().to_string(),
+        tls.key.display().to_string(),
+    );
+    std::fs::write(&config, text).with_context(|| format!("cannot write {}", config.display()))?;
+    let mut anomalies = Vec::new();
+    for (key, changes) in histories.iter().filter(|(_, c)| !c.is_empty()) {
+        let args = [
+            "--config".to_string(),
+            config.display().to_string(),
+            "history".into(),
+            key.location.clone(),
+            key.sku.clone(),
+            "--json".into(),
+            "--limit".into(),
+            SHELFCTL_HISTORY_LIMIT.to_string(),
+        ];
+        let output = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(binary("shelfctl"))
+                .args(&args)
+                .output()
+        })
+        .await?
+        .context("cannot run shelfctl history")?;
+        if !output.status.success() {
+            anyhow::bail!(
+                "shelfctl history {key} failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        let shown: Value = serde_json::from_slice(&output.stdout)
+            .with_context(|| format!("shelfctl history {key}: not JSON"))?;
+        let shown: Vec<(Option<u64>, Option<u64>, Option<String>)> = shown["changes"]
+            .as_array()
+            .map(|entries| {
+                entries
+                    .iter()
+                    .map(|e| {
+                        (
+                            e["seq"].as_u64(),
+                            e["version"].as_u64(),
+                            e["idempotency_key"].as_str().map(str::to_string),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let logged: Vec<(Option<u64>, Option<u64>, Option<String>)> = changes
+            .iter()
+            .rev()
+            .take(SHELFCTL_HISTORY_LIMIT)
+            .map(|c| {
+                (
+                    Some(c.seq),
+                    Some(c.version),
+                    Some(c.idempotency_key.clone()),
+                )
+            })
+            .collect();
+        if shown != logged {
+            anomalies.push(Anomaly {
+                checker: "exactly_once",
+                key: Some(key.clone()),
+                detail: format!(
+                    "shelfctl history shows {} entries that differ from the change log's newest \
+                     {} (first shown: {:?}; first logged: {:?})",
+                    shown.len(),
+                    logged.len(),
+                    shown.first(),
+                    logged.first()
+                ),
+            });
+        }
+    }
+    Ok(anomalies)
 }

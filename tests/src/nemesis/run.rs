@@ -27,6 +27,7 @@ use crate::nemesis::check::{self, Anomaly};
 use crate::nemesis::faults::{self, Mix, Step};
 use crate::nemesis::history::{Event, Key};
 use crate::nemesis::proxy::{FaultProxy, ProxyStats};
+use crate::nemesis::readback::compare_shelfctl_history;
 use crate::nemesis::rig::Rig;
 use crate::nemesis::workload::{self, Control, Recorder, Targets, Workload};
 use crate::{AgentSpec, Cluster, Wait};
@@ -37,9 +38,9 @@ pub const SHARED: &str = "online";
 /// get a strong read through it again (the fault-suite issue asks for
 /// "about a second"; the rest is room for a debug build under load).
 pub const RECOVERY_LIMIT: Duration = Duration::from_secs(3);
-/// What convergence may take beyond two sync intervals: a process started
-/// again at the end needs a moment before its first sync.
-const CONVERGENCE_SLACK: Duration = Duration::from_secs(3);
+/// What convergence may take beyond two sync intervals: the time to read
+/// the coordinator and every replica back.
+const CONVERGENCE_SLACK: Duration = Duration::from_millis(500);
 /// How long the run waits for convergence at most before it reads back
 /// whatever the replicas hold.
 pub(crate) const CONVERGENCE_PATIENCE: Duration = Duration::from_secs(30);
@@ -315,6 +316,7 @@ pub async fn run(spec: &RunSpec) -> anyhow::Result<Report> {
             ),
         });
     }
+    anomalies.extend(compare_shelfctl_history(&rig.cluster, &fin.histories).await?);
     let events = recorder.events();
     anomalies.extend(check::check_all(&events, &fin));
 
