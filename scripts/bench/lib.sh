@@ -119,7 +119,8 @@ restart_coordinator() {
 
 # start_agent DIR STORE LOCATION: an agent for store STORE (a load store of
 # DIR) replicating LOCATION; waits up to AGENT_READY_S (default 600) for
-# its /readyz; sets AGENT_HTTP and AGENT_PID.
+# its /readyz; sets AGENT_HTTP and AGENT_PID. AGENT_BIN names another
+# agent binary to run.
 start_agent() {
     local dir=$1 store=$2 location=$3
     AGENT_HTTP="127.0.0.1:$(free_port)"
@@ -138,7 +139,7 @@ cert = "$dir/$store.pem"
 key = "$dir/$store.key"
 TOML
     log "agent $store: HTTP $AGENT_HTTP"
-    "$BIN/shelfsync-agent" --config "$dir/agent-$store/agent.toml" \
+    "${AGENT_BIN:-$BIN/shelfsync-agent}" --config "$dir/agent-$store/agent.toml" \
         >> "$dir/agent-$store/agent.log" 2>&1 &
     AGENT_PID=$!
     track "$AGENT_PID"

@@ -1,8 +1,8 @@
 //! Write forwarding: every write goes to the coordinator, which decides.
 //!
 //! A write carries its idempotency key, so it is retried (on transport
-//! errors only, always with the same key, each attempt bounded by
-//! [`ATTEMPT_TIMEOUT`]) until the forward timeout is spent; the
+//! errors only, always with the same key, each attempt bounded as
+//! [`Link::attempt`] says) until the forward timeout is spent; the
 //! coordinator applies it at most once whatever happens to the answers. An accepted write is applied to the replica before the caller
 //! hears of it, so the client reads its own write from this agent at once.
 
@@ -20,13 +20,6 @@ use crate::replica::{Replica, ReplicaError};
 
 /// First pause between two attempts; doubled each time.
 const FIRST_RETRY: Duration = Duration::from_millis(50);
-/// The longest one attempt may take before it is given up and sent again
-/// (with the same idempotency key) on a fresh connection. A coordinator
-/// answers in milliseconds; an attempt silent for this long is on a
-/// connection that has died (a restarted coordinator, a lost path), whose
-/// retransmissions back off for seconds, so waiting for it would spend the
-/// whole forward timeout on one dead call.
-pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Why a forwarded request has no answer from the coordinator.
 #[derive(Debug, thiserror::Error)]
@@ -91,7 +84,7 @@ impl Forwarder {
         let mut pause = FIRST_RETRY;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let err = match self.link.call(&request, left.min(ATTEMPT_TIMEOUT)).await {
+            let err = match self.link.attempt(&request, left).await {
                 Ok(Response::Error(err)) if err.code == ErrorCode::Unavailable => {
                     ProtoError::Refused(err)
                 }

@@ -30,10 +30,12 @@ use crate::rest::AppState;
 use crate::sync::Syncer;
 
 /// The least time one sync call (a page of changes or of a snapshot, a
-/// report) may take before the sync gives it up and tries again on a fresh
-/// connection; the forward timeout when that is longer. A page is a few
-/// hundred KiB at most: a call silent this long is on a dead connection.
-const MIN_SYNC_CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// report) may take, connect included, before the sync gives it up and
+/// tries again; the forward timeout when that is longer. A page is a few
+/// hundred KiB at most, which a slow link needs seconds for; a restarted
+/// coordinator ends a call on a dead connection at once (a stateless
+/// reset), and a handshake is bounded on its own ([`link::Link::client`]).
+const MIN_SYNC_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How often idle rate-limiter entries are dropped.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);

@@ -102,6 +102,11 @@ impl Client {
         &self.hello
     }
 
+    /// The connection's current round-trip time estimate.
+    pub fn rtt(&self) -> Duration {
+        self.conn.rtt()
+    }
+
     /// Whether the connection has been closed (by either side or a timeout).
     pub fn is_closed(&self) -> bool {
         self.conn.close_reason().is_some()

@@ -214,6 +214,30 @@ impl Rig {
         Ok(recoveries)
     }
 
+    /// Fails, saying how to build them, unless the coordinator and every
+    /// agent serve `/debug/failpoints`: binaries built without the
+    /// `failpoints` feature (a `cargo build`, or `cargo test -p` of one
+    /// crate, leaves such binaries in `target/`) would ignore every
+    /// failpoint fault and the run would prove nothing.
+    pub(crate) async fn require_failpoints(&self) -> anyhow::Result<()> {
+        let mut urls = vec![self.cluster.coordinator().url("/debug/failpoints")];
+        for store in &self.stores {
+            urls.push(self.cluster.agent(store).url("/debug/failpoints"));
+        }
+        for url in urls {
+            let status = self.http.get(&url).send().await?.status();
+            if !status.is_success() {
+                anyhow::bail!(
+                    "GET {url} answered {status}: the binaries in {} were built without \
+                     failpoints; build them with `cargo test --workspace --no-run` (or \
+                     `cargo build --features shelfsync-coordinator/failpoints,shelfsync-agent/failpoints`)",
+                    crate::binaries::bin_dir().display()
+                );
+            }
+        }
+        Ok(())
+    }
+
     async fn put(&self, url: &str, body: &str) -> anyhow::Result<()> {
         let reply = self
             .http
