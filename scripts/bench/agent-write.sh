@@ -26,7 +26,7 @@ track_dir "$WORK"
 start_coordinator "$WORK/c" 1
 log "creating $KEYS items"
 "$BIN/shelfsync-loadgen" run --coordinator "$COORD_LISTEN" --certs "$WORK/c" \
-    --connections 8 --keys "$KEYS" --workload delta --ops 1 --warmup 0s --preload \
+    --connections 1 --keys "$KEYS" --workload delta --ops 1 --warmup 0s --preload \
     > "$WORK/preload.txt"
 [[ -n "${AGENT_BIN:-}" ]] && log "agent binary: $AGENT_BIN"
 AGENT_READY_S=120 start_agent "$WORK/c" load-1 bench
