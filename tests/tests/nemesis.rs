@@ -8,7 +8,8 @@
 //! the same fault schedule:
 //!
 //! ```text
-//! SHELFSYNC_NEMESIS_SEEDS=1234 cargo test --workspace --test nemesis
+//! cargo test --workspace --no-run     # the binaries, with failpoints
+//! SHELFSYNC_NEMESIS_SEEDS=1234 cargo test -p shelfsync-tests --test nemesis
 //! scripts/nemesis.sh --seed 1234 --duration 60s
 //! ```
 //!

@@ -426,9 +426,18 @@ impl Replica {
     /// agent's clients read their own writes at once. The cursor stays: the
     /// change will come again with the next sync and be ignored.
     pub fn apply_local(&self, key: &ItemKey, state: KeyState) -> Result<(), ReplicaError> {
+        self.apply_local_many(std::slice::from_ref(&(key.clone(), state)))
+    }
+
+    /// Like [`Replica::apply_local`] for several states at once: one batch
+    /// and one flush for all of them (the forwarded writes answered
+    /// together by the forwarder's local-apply thread).
+    pub fn apply_local_many(&self, states: &[(ItemKey, KeyState)]) -> Result<(), ReplicaError> {
         let mut pending = self.pending()?;
         let epoch = pending.meta.epoch;
-        pending.merge(key, state, epoch, false)?;
+        for (key, state) in states {
+            pending.merge(key, state.clone(), epoch, false)?;
+        }
         pending.commit()
     }
 
@@ -495,6 +504,28 @@ mod tests {
         let mut d = Digest::default();
         items.iter().for_each(|i| d.add(i));
         d
+    }
+
+    #[test]
+    fn states_applied_together_keep_the_newest_of_each_key_and_the_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let replica = Replica::open(dir.path()).unwrap();
+        let (a, b) = (
+            ItemKey::new("s1", "a").unwrap(),
+            ItemKey::new("s1", "b").unwrap(),
+        );
+        // Two answers for one key in one batch, the newer first.
+        replica
+            .apply_local_many(&[
+                (a.clone(), KeyState::Live(item("a", 3, 2))),
+                (b.clone(), KeyState::Live(item("b", 7, 1))),
+                (a.clone(), KeyState::Live(item("a", 1, 1))),
+            ])
+            .unwrap();
+        let items = replica.items().unwrap();
+        assert_eq!(items, vec![item("a", 3, 2), item("b", 7, 1)]);
+        assert_eq!(replica.meta().digest(), digest_of(&items));
+        assert_eq!(replica.meta().cursor, None, "a local apply moves no cursor");
     }
 
     #[test]
