@@ -9,7 +9,7 @@
 # package `wrk`, installed with apt-get when missing) with 2 threads and
 # CONNECTIONS connections, each request a `remove 1` of a random key with an
 # Idempotency-Key of its own, and prints writes/s, the latency percentiles
-# and the non-2xx count. AGENT_BIN runs another agent binary against the
+# the non-2xx count and the agent's CPU time per write. AGENT_BIN runs another agent binary against the
 # same coordinator build (to compare two agents side by side). Refuses a
 # busy machine; everything it started is stopped and removed on exit.
 set -euo pipefail
@@ -51,9 +51,14 @@ LUA
 require_idle
 url="http://$AGENT_HTTP"
 log "wrk: 2 threads, $CONNECTIONS connections, ${DURATION}s of remove 1 over $KEYS keys at $url"
+cpu_before=$(cpu_ticks "$AGENT_PID")
 wrk -t 2 -c "$CONNECTIONS" -d "${DURATION}s" --latency -s "$WORK/remove.lua" "$url" | tee "$WORK/wrk.txt"
+cpu_after=$(cpu_ticks "$AGENT_PID")
 writes=$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' "$WORK/wrk.txt")
+requests=$(awk '/requests in/ { print $1 }' "$WORK/wrk.txt")
+# The agent's CPU time (user + system, all threads) per request, in µs.
+us_per_write=$(( (cpu_after - cpu_before) * 1000000 / $(getconf CLK_TCK) / (requests > 0 ? requests : 1) ))
 p99=$(awk '$1 == "99%" { print $2 }' "$WORK/wrk.txt")
 errors=$(awk '/Non-2xx or 3xx responses:/ { print $NF }' "$WORK/wrk.txt")
 echo
-echo "agent write ($(nproc) cores, $(uname -m)): ${writes} writes/s, p99 ${p99}, non-2xx ${errors:-0}"
+echo "agent write ($(nproc) cores, $(uname -m)): ${writes} writes/s, p99 ${p99}, non-2xx ${errors:-0}, agent CPU ${us_per_write} µs/write"

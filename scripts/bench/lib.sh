@@ -154,3 +154,9 @@ rss_mib() {
     awk '/^VmRSS:/ { r = $2 } /^VmHWM:/ { h = $2 } END { printf "%.0f %.0f\n", r / 1024, h / 1024 }' \
         "/proc/$1/status"
 }
+
+# cpu_ticks PID: the CPU time (user + system, every thread) PID has used,
+# in clock ticks (getconf CLK_TCK per second).
+cpu_ticks() {
+    awk '{ print $14 + $15 }' "/proc/$1/stat"
+}
