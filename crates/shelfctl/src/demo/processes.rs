@@ -171,7 +171,7 @@ impl Running {
     /// so its pid cannot belong to anyone else.
     fn terminate(&mut self) {
         if self.exit_status().is_none() {
-            send_signal(self.pid, "TERM");
+            send_signal(self.pid, Signal::Term);
         }
     }
 
@@ -449,7 +449,7 @@ pub async fn stop_leftovers(layout: &Layout) -> anyhow::Result<usize> {
         .filter(|e| e.binary != DEMO_BINARY && runs(e.pid, &e.binary, &dir))
         .collect();
     for entry in &leftovers {
-        send_signal(entry.pid, "TERM");
+        send_signal(entry.pid, Signal::Term);
     }
     let still_running = |leftovers: &[&PidEntry]| -> Vec<u32> {
         leftovers
@@ -461,7 +461,7 @@ pub async fn stop_leftovers(layout: &Layout) -> anyhow::Result<usize> {
     let mut left = wait_gone(STOP_TIMEOUT, || still_running(&leftovers)).await;
     if !left.is_empty() {
         for pid in &left {
-            send_signal(*pid, "KILL");
+            send_signal(*pid, Signal::Kill);
         }
         left = wait_gone(KILL_TIMEOUT, || still_running(&leftovers)).await;
     }
@@ -513,24 +513,29 @@ pub fn runs(pid: u32, binary: &str, marker: &str) -> bool {
         .any(|arg| String::from_utf8_lossy(arg).contains(marker))
 }
 
-/// Sends `SIG<signal>` to `pid` with the `kill` command (or the shell's
-/// `kill` where there is no such command). Best effort: the process may be
-/// gone already.
-fn send_signal(pid: u32, signal: &str) {
-    let quiet = |command: &mut Command| {
-        command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
+/// The signals the demo sends.
+#[derive(Debug, Clone, Copy)]
+enum Signal {
+    /// Stop, flushing what it holds.
+    Term,
+    /// Stop now.
+    Kill,
+}
+
+/// Sends `signal` to `pid`. Best effort: the process may be gone already.
+fn send_signal(pid: u32, signal: Signal) {
+    let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return;
     };
-    let pid = pid.to_string();
-    let sent = quiet(Command::new("kill").args(["-s", signal, &pid]));
-    if let Err(err) = sent
-        && err.kind() == io::ErrorKind::NotFound
-    {
-        let _ = quiet(Command::new("sh").args(["-c", "kill -s \"$0\" \"$1\"", signal, &pid]));
-    }
+    let signal = match signal {
+        Signal::Term => rustix::process::Signal::TERM,
+        Signal::Kill => rustix::process::Signal::KILL,
+    };
+    // Fails only when the process is gone (or not ours): nothing to stop.
+    let _ = rustix::process::kill_process(pid, signal);
 }
 
 #[cfg(test)]
