@@ -173,12 +173,12 @@ impl LocalApplier {
                             Err(_) => break,
                         }
                     }
-                    let states: Vec<(ItemKey, KeyState)> = group
-                        .iter()
-                        .map(|(key, state, _)| (key.clone(), state.clone()))
-                        .collect();
-                    let result = replica.apply_local_many(&states);
-                    for (_, _, done) in group {
+                    let (states, waiting): (Vec<_>, Vec<_>) = group
+                        .into_iter()
+                        .map(|(key, state, done)| ((key, state), done))
+                        .unzip();
+                    let result = replica.apply_local_many(states);
+                    for done in waiting {
                         let answer = match &result {
                             Ok(()) => Ok(()),
                             Err(err) => Err(ReplicaError::Storage(err.to_string())),

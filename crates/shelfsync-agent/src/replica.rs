@@ -426,17 +426,17 @@ impl Replica {
     /// agent's clients read their own writes at once. The cursor stays: the
     /// change will come again with the next sync and be ignored.
     pub fn apply_local(&self, key: &ItemKey, state: KeyState) -> Result<(), ReplicaError> {
-        self.apply_local_many(std::slice::from_ref(&(key.clone(), state)))
+        self.apply_local_many(vec![(key.clone(), state)])
     }
 
     /// Like [`Replica::apply_local`] for several states at once: one batch
     /// and one flush for all of them (the forwarded writes answered
     /// together by the forwarder's local-apply thread).
-    pub fn apply_local_many(&self, states: &[(ItemKey, KeyState)]) -> Result<(), ReplicaError> {
+    pub fn apply_local_many(&self, states: Vec<(ItemKey, KeyState)>) -> Result<(), ReplicaError> {
         let mut pending = self.pending()?;
         let epoch = pending.meta.epoch;
         for (key, state) in states {
-            pending.merge(key, state.clone(), epoch, false)?;
+            pending.merge(&key, state, epoch, false)?;
         }
         pending.commit()
     }
@@ -516,10 +516,10 @@ mod tests {
         );
         // Two answers for one key in one batch, the newer first.
         replica
-            .apply_local_many(&[
+            .apply_local_many(vec![
                 (a.clone(), KeyState::Live(item("a", 3, 2))),
-                (b.clone(), KeyState::Live(item("b", 7, 1))),
-                (a.clone(), KeyState::Live(item("a", 1, 1))),
+                (b, KeyState::Live(item("b", 7, 1))),
+                (a, KeyState::Live(item("a", 1, 1))),
             ])
             .unwrap();
         let items = replica.items().unwrap();
