@@ -107,6 +107,12 @@ impl Client {
         self.conn.rtt()
     }
 
+    /// Closes the connection at once, without waiting for the peer: calls
+    /// in flight on it fail with a connection error.
+    pub fn abandon(&self) {
+        self.conn.close(0u32.into(), b"abandoned");
+    }
+
     /// Whether the connection has been closed (by either side or a timeout).
     pub fn is_closed(&self) -> bool {
         self.conn.close_reason().is_some()
