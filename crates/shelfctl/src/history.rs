@@ -161,6 +161,7 @@ mod tests {
             store: "store-1".into(),
             idempotency_key: format!("k{seq}"),
             at_ms: 1_740_821_400_000 + seq,
+            commit_end: 0,
         }
     }
 

@@ -27,6 +27,7 @@ fn page(round: u64) -> Vec<Change> {
                 store: "store-1".into(),
                 idempotency_key: format!("k-{i}"),
                 at_ms: 0,
+                commit_end: 0,
             }
         })
         .collect()

@@ -497,6 +497,7 @@ mod tests {
             store: "x".into(),
             idempotency_key: "k".into(),
             at_ms: 0,
+            commit_end: 0,
         }
     }
 

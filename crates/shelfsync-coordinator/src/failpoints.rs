@@ -1,7 +1,6 @@
 //! The coordinator's failpoints, for the fault suite (docs/testing.md).
 //!
-//! The points sit where the faults happen ([`crate::pipeline`],
-//! [`crate::wal`]), named by the constants below; those names are an
+//! The points sit where the faults happen ([`crate::pipeline`]), named by the constants below; those names are an
 //! interface of the fault suite. They are configured from `FAILPOINTS` at
 //! start ([`crate::run`]) and through `PUT /debug/failpoints/{name}` (the
 //! actions as the body) and `GET /debug/failpoints` on the HTTP listener
@@ -14,25 +13,16 @@
 pub use shelfsync_proto::failpoints::set;
 pub use shelfsync_proto::failpoints::{crash_point, io_error, setup_from_env, triggered};
 
-/// Crash (`abort`, as a `kill -9` would) after a group's log append and
-/// `fdatasync` succeeded and before any of its jobs is answered: durable,
-/// not acknowledged. Any triggered action crashes.
-pub const AFTER_LOG_BEFORE_ACK: &str = "coordinator-after-log-before-ack";
-/// The write-ahead log's write fails: `return` or `return(eio)` with EIO,
-/// `return(enospc)` with ENOSPC.
-pub const WAL_WRITE: &str = "coordinator-wal-write";
-/// The write-ahead log's `fdatasync` fails, with the error chosen as for
-/// [`WAL_WRITE`].
-pub const WAL_SYNC: &str = "coordinator-wal-sync";
-/// The applier's ledger commit fails with a storage error (its argument
-/// chosen as for [`WAL_WRITE`]).
+/// Crash (`abort`, as a `kill -9` would) after a group's ledger commit
+/// returned (durable) and before any of its jobs is answered. Any
+/// triggered action crashes.
+pub const AFTER_COMMIT_BEFORE_ACK: &str = "coordinator-after-commit-before-ack";
+/// The sequencer's ledger commit fails before anything is written:
+/// `return` or `return(eio)` with EIO, `return(enospc)` with ENOSPC.
 pub const LEDGER_COMMIT: &str = "coordinator-ledger-commit";
-/// The applier's ledger checkpoint (the ledger's flush to disk) fails, with
-/// the error chosen as for [`WAL_WRITE`].
-pub const LEDGER_FLUSH: &str = "coordinator-ledger-flush";
-/// A deliberate bug, to prove the fault suite catches it: the logger skips
-/// the log append and sync and answers the group at once, so a crash
-/// before the ledger has the group loses acknowledged writes.
+/// A deliberate bug, to prove the fault suite catches it: the sequencer
+/// answers a group before committing it and commits it 50 ms later, so a
+/// crash in between loses acknowledged writes.
 pub const ACK_BEFORE_DURABLE: &str = "coordinator-ack-before-durable";
 /// A deliberate bug, to prove the fault suite catches it: the sequencer
 /// ignores existing idempotency records, so a retried write is applied

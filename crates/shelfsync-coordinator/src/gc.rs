@@ -1,9 +1,9 @@
-//! Background collection: expired idempotency records and change-log
+//! Background collection: expired idempotency buckets and change-log
 //! entries beyond `retain_changes`.
 //!
-//! Collection runs on a thread of its own ([`COLLECTOR_THREAD`]) at the
-//! applier's low CPU priority ([`APPLIER_NICE`]), a round every
-//! `gc_interval`. Work is done in slices of [`SLICE`] entries, and after
+//! Collection runs on a thread of its own ([`COLLECTOR_THREAD`]) at a low
+//! CPU priority ([`BACKGROUND_NICE`]), a round every `gc_interval`.
+//! Compaction is done in slices of [`SLICE`] changes, and after
 //! each slice the collector rests [`REST_FACTOR`] times as long as the
 //! slice took. A burst of writes leaves hundreds of thousands of changes
 //! past retention for the next round; done at once, at the priority of
@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::ledger::{Ledger, LedgerError};
-use crate::pipeline::{APPLIER_NICE, set_nice};
+use crate::pipeline::{BACKGROUND_NICE, set_nice};
 use shelfsync_proto::time::now_ms;
 
 /// Entries handled per slice.
@@ -103,7 +103,7 @@ fn collect(
     ticks: &std::sync::mpsc::Receiver<()>,
     stop: &AtomicBool,
 ) {
-    set_nice(APPLIER_NICE);
+    set_nice(BACKGROUND_NICE);
     let mut rest = |slice: Duration| {
         if stop.load(Ordering::Acquire) {
             return false;
@@ -122,8 +122,8 @@ fn collect(
     }
 }
 
-/// One round: every expired record and every change past retention, in
-/// slices. After each slice `pace` gets the time it took and returns
+/// One round: every expired idempotency bucket, then every change past
+/// retention, in slices. After each slice `pace` gets the time it took and returns
 /// whether to go on (false ends the round early; the next one resumes).
 pub fn round(
     ledger: &dyn Ledger,
@@ -132,18 +132,8 @@ pub fn round(
 ) -> Result<(usize, usize), LedgerError> {
     let ttl = u64::try_from(config.idempotency_ttl.as_millis()).unwrap_or(u64::MAX);
     let before = now_ms().saturating_sub(ttl);
-    let mut expired = 0;
-    loop {
-        let started = Instant::now();
-        let n = ledger.expire_idempotency(before, SLICE)?;
-        expired += n;
-        if n < SLICE {
-            break;
-        }
-        if !pace(started.elapsed()) {
-            return Ok((expired, 0));
-        }
-    }
+    // Whole buckets: dropping one is a metadata change, not a slice of work.
+    let expired = ledger.expire_idempotency(before)?;
     let mut compacted = 0;
     loop {
         let started = Instant::now();
@@ -163,12 +153,12 @@ pub fn round(
 mod tests {
     use super::*;
     use crate::ledger::contract::{commit_puts, key, put};
-    use crate::ledger::sled::SledLedger;
+    use crate::ledger::{FjallLedger, contract};
 
     /// A ledger holding `n` changes, each a new key.
-    fn ledger_with_changes(n: u64) -> (tempfile::TempDir, SledLedger) {
+    fn ledger_with_changes(n: u64) -> (tempfile::TempDir, FjallLedger) {
         let dir = tempfile::tempdir().unwrap();
-        let ledger = SledLedger::open(dir.path()).unwrap();
+        let ledger = FjallLedger::open(dir.path(), contract::BUCKETS).unwrap();
         let writes = (1..=n)
             .map(|seq| put(seq, &key("store-1", &format!("sku-{seq}")), 1, 1))
             .collect();

@@ -1,7 +1,8 @@
 //! shelfsync's coordinator: the chain's single authority for every item.
 //!
 //! Read in this order: [`config`] (what it is told), [`ledger`] (what it
-//! keeps), [`pipeline`] (how a write is decided and made durable),
+//! keeps), [`sequencer`] (how a group of writes is decided), [`pipeline`]
+//! (the thread that decides and commits),
 //! [`service`] (what it answers), [`server`] and [`http`] (how it listens),
 //! and [`run`], which wires them together.
 
@@ -13,9 +14,9 @@ pub mod http;
 pub mod ledger;
 pub mod metrics;
 pub mod pipeline;
+pub mod sequencer;
 pub mod server;
 pub mod service;
-pub mod wal;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -24,7 +25,7 @@ use std::sync::Arc;
 pub use config::Config;
 
 use crate::digests::Digests;
-use crate::ledger::{Ledger, SledLedger};
+use crate::ledger::{Buckets, FjallLedger, Ledger};
 use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, PipelineConfig};
 use crate::service::Service;
@@ -43,6 +44,8 @@ pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::qualit
 /// restarts, so that agents connected before a restart learn of it at their
 /// next packet ([`shelfsync_proto::net::reset_key`]).
 pub const RESET_KEY_FILE: &str = "quic-reset-key";
+/// The directory in `data_dir` that holds the ledger.
+pub const LEDGER_DIR: &str = "ledger";
 
 /// A coordinator that has bound its sockets and opened its ledger.
 pub struct Coordinator {
@@ -60,17 +63,15 @@ pub struct Coordinator {
 impl Coordinator {
     /// Opens the ledger, starts the pipeline and binds both listeners.
     pub async fn bind(config: Config) -> anyhow::Result<Self> {
-        let ledger: Arc<dyn Ledger> = Arc::new(SledLedger::open_with(
-            &config.data_dir,
-            config.idempotency_ttl,
+        let ledger: Arc<dyn Ledger> = Arc::new(FjallLedger::open(
+            &config.data_dir.join(LEDGER_DIR),
+            Buckets::for_ttl(config.idempotency_ttl),
         )?);
-        let log = wal::recover(&config.data_dir.join("wal"), ledger.as_ref())?;
         tracing::info!(data_dir = %config.data_dir.display(), head = ledger.head()?, "ledger opened");
         let metrics = Arc::new(Metrics::new());
         let digests = Arc::new(Digests::load(ledger.as_ref())?);
         let pipeline = Pipeline::start(
             ledger.clone(),
-            log,
             PipelineConfig {
                 idempotency_ttl: config.idempotency_ttl,
                 digests: digests.clone(),
@@ -109,9 +110,8 @@ impl Coordinator {
         })
     }
 
-    /// Serves until `shutdown` resolves, then flushes the ledger. Ends with
-    /// an error when the storage fails (the write-ahead log or the ledger
-    /// refuses a write): see [`pipeline`].
+    /// Serves until `shutdown` resolves. Ends with an error when the
+    /// storage fails (a ledger commit fails): see [`pipeline`].
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -133,8 +133,8 @@ impl Coordinator {
         // A storage failure ends the run like a shutdown, but with an error,
         // so the process exits non-zero and its supervisor restarts it. Going
         // on is not safe after a failed fdatasync (the kernel may have dropped
-        // the pages); the restart's recovery reads what the log really holds
-        // and brings back every acknowledged write.
+        // the pages); the restart reads what the ledger really holds, which
+        // has every acknowledged write.
         let failed = tokio::select! {
             () = shutdown => None,
             cause = self.service.pipeline().failed() => Some(cause),
@@ -149,13 +149,9 @@ impl Coordinator {
         let _ = gc.await;
         self.service.pipeline().stop().await;
         if let Some(cause) = failed {
-            // No flush of a ledger that may have failed: what it lacks, the
-            // log has.
             anyhow::bail!("storage failed: {cause}");
         }
-        let ledger = self.ledger.clone();
-        tokio::task::spawn_blocking(move || ledger.flush()).await??;
-        tracing::info!("ledger flushed; bye");
+        tracing::info!("bye");
         Ok(())
     }
 }

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use shelfsync_core::ItemKey;
 use shelfsync_proto::{
-    ADMIN_IDENTITY, ChangesPage, ChangesRequest, ErrorCode, Hello, HelloReply, HistoryReply,
+    ADMIN_IDENTITY, Change, ChangesPage, ChangesRequest, ErrorCode, Hello, HelloReply, HistoryReply,
     HistoryRequest, PROTOCOL_VERSION, ReportAck, Request, Response, SOFTWARE_VERSION,
     SUPPORTED_VERSIONS, SnapshotPage, SnapshotRequest, StatusReply, StoreReport, StoreStatus,
     WireError, WriteRequest,
@@ -28,10 +28,9 @@ use shelfsync_proto::time::now_ms;
 
 /// Most changes or snapshot items in one page.
 pub const MAX_PAGE: u32 = 1000;
-/// Most change-log entries examined for one changes page, so that a store
-/// whose locations see few writes still gets a bounded answer and a cursor
-/// that moves on.
-const MAX_SCAN: usize = 20_000;
+/// Most changes of one commit to one location (a commit has at most a few
+/// hundred lines).
+const MAX_COMMIT: usize = 100_000;
 /// Longest idempotency key accepted.
 const MAX_IDEMPOTENCY_KEY: usize = 128;
 
@@ -162,7 +161,7 @@ impl Service {
             identity: peer.name().to_string(),
             writable,
             readable,
-            head: self.pipeline.acknowledged_head(),
+            head: self.pipeline.read_head(),
         })
     }
 
@@ -244,7 +243,7 @@ impl Service {
 
     async fn changes(&self, peer: &Peer, req: ChangesRequest) -> Result<Response, WireError> {
         self.check_locations(peer, &req.locations)?;
-        let head = self.pipeline.read_head().await;
+        let head = self.pipeline.read_head();
         let ledger = self.ledger.clone();
         let limit = req.limit.clamp(1, MAX_PAGE) as usize;
         blocking(move || {
@@ -253,28 +252,13 @@ impl Service {
             if expired(oldest) {
                 return Ok(Response::CursorExpired { oldest, head });
             }
-            let mut changes = Vec::new();
-            let mut next = req.after;
-            let mut scanned = 0;
-            'scan: while next < head && scanned < MAX_SCAN {
-                let batch = ledger.changes(next, head, 1000)?;
-                if batch.is_empty() {
-                    next = head;
-                    break;
-                }
-                for change in batch {
-                    next = change.seq;
-                    scanned += 1;
-                    if req.locations.contains(&change.key.location) {
-                        changes.push(change);
-                        if changes.len() >= limit {
-                            break 'scan;
-                        }
-                    }
-                }
-            }
-            // Compaction may have run during the scan and removed entries we
-            // skipped over; then the page is not complete and must not count.
+            let mut locations = req.locations;
+            locations.sort();
+            locations.dedup();
+            let (changes, next) =
+                changes_page(ledger.as_ref(), &locations, req.after, head, limit)?;
+            // Compaction may have run during the read and removed entries
+            // of the page; then the page is not complete and must not count.
             let oldest = ledger.oldest()?;
             if expired(oldest) {
                 return Ok(Response::CursorExpired { oldest, head });
@@ -290,7 +274,7 @@ impl Service {
 
     async fn snapshot(&self, peer: &Peer, req: SnapshotRequest) -> Result<Response, WireError> {
         self.check_locations(peer, &req.locations)?;
-        let head = self.pipeline.read_head().await;
+        let head = self.pipeline.read_head();
         let ledger = self.ledger.clone();
         let limit = req.limit.clamp(1, MAX_PAGE) as usize;
         let (page, newest) = blocking(move || {
@@ -360,7 +344,7 @@ impl Service {
         let digest_ok = self.digests.verify(
             &report.locations,
             report.cursor,
-            self.pipeline.acknowledged_head(),
+            self.pipeline.read_head(),
             shelfsync_core::digest::Digest {
                 sum: report.digest,
                 count: report.item_count,
@@ -388,14 +372,14 @@ impl Service {
             reports.insert(id.clone(), stored.clone());
         }
         Ok(Response::ReportAck(ReportAck {
-            head: self.pipeline.acknowledged_head(),
+            head: self.pipeline.read_head(),
             digest_ok: stored.digest_ok,
         }))
     }
 
     fn status(&self, peer: &Peer) -> Result<Response, WireError> {
         require_admin(peer)?;
-        let head = self.pipeline.acknowledged_head();
+        let head = self.pipeline.read_head();
         let connected = self.connected.lock().map(|c| c.clone()).unwrap_or_default();
         let reports = self.reports.lock().map(|r| r.clone()).unwrap_or_default();
         let stores = self
@@ -432,7 +416,7 @@ impl Service {
             .validate()
             .map_err(|e| WireError::rejected(&e, None))?;
         let ledger = self.ledger.clone();
-        let head = self.pipeline.read_head().await;
+        let head = self.pipeline.read_head();
         let limit = req.limit.clamp(1, MAX_PAGE) as usize;
         blocking(move || {
             let mut changes = ledger.history(&req.key, limit + 64)?;
@@ -486,6 +470,45 @@ fn internal(err: &LedgerError) -> WireError {
     WireError::new(ErrorCode::Internal, "the coordinator's storage failed")
 }
 
+/// The changes to `locations` (sorted, distinct) after `after` up to
+/// `until`: at most `limit` of them, more only to finish a commit, since a
+/// page never ends inside one. Returns them with the cursor to send next.
+/// Reads each location's index, so its cost follows the changes returned,
+/// not the chain's.
+pub fn changes_page(
+    ledger: &dyn Ledger,
+    locations: &[String],
+    after: u64,
+    until: u64,
+    limit: usize,
+) -> Result<(Vec<Change>, u64), LedgerError> {
+    let mut changes = Vec::new();
+    let mut truncated = false;
+    for location in locations {
+        let found = ledger.location_changes(location, after, until, limit)?;
+        truncated |= found.len() >= limit;
+        changes.extend(found);
+    }
+    changes.sort_unstable_by_key(|c| c.seq);
+    if !truncated {
+        return Ok((changes, until));
+    }
+    // Every change up to the limit-th is here: a location whose list was
+    // cut holds `limit` changes at or before it.
+    changes.truncate(limit);
+    let Some(last) = changes.last() else {
+        return Ok((changes, until));
+    };
+    let (cut, end) = (last.seq, last.commit_end());
+    if end > cut {
+        for location in locations {
+            changes.extend(ledger.location_changes(location, cut, end, MAX_COMMIT)?);
+        }
+        changes.sort_unstable_by_key(|c| c.seq);
+    }
+    Ok((changes, end.max(cut)))
+}
+
 /// Runs ledger work off the async threads.
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, LedgerError> + Send + 'static,
@@ -497,5 +520,52 @@ async fn blocking<T: Send + 'static>(
             ErrorCode::Internal,
             "the coordinator failed to serve the request",
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::{MemoryLedger, contract};
+
+    /// s1 and s2 written at seqs 1..=6, with 3..=5 one commit over both.
+    fn ledger() -> MemoryLedger {
+        let ledger = MemoryLedger::new(contract::BUCKETS);
+        let writes = [(1, "s1"), (2, "s2"), (3, "s1"), (4, "s2"), (5, "s1"), (6, "s2")]
+            .into_iter()
+            .map(|(seq, location)| {
+                let mut w = contract::put(seq, &contract::key(location, &format!("k{seq}")), 1, 1);
+                if (3..=5).contains(&seq) {
+                    w.change.commit_end = 5;
+                }
+                w
+            })
+            .collect();
+        contract::commit_puts(&ledger, writes);
+        ledger
+    }
+
+    fn page(locations: &[&str], after: u64, limit: usize) -> (Vec<u64>, u64) {
+        let locations: Vec<String> = locations.iter().map(|l| l.to_string()).collect();
+        let (changes, next) = changes_page(&ledger(), &locations, after, 6, limit).unwrap();
+        (changes.iter().map(|c| c.seq).collect(), next)
+    }
+
+    #[test]
+    fn a_page_merges_locations_in_seq_order() {
+        assert_eq!(page(&["s1", "s2"], 0, 10), (vec![1, 2, 3, 4, 5, 6], 6));
+        assert_eq!(page(&["s2"], 0, 10), (vec![2, 4, 6], 6));
+        assert_eq!(page(&["s1", "s2"], 4, 10), (vec![5, 6], 6));
+        assert_eq!(page(&["nowhere"], 0, 10), (vec![], 6));
+    }
+
+    #[test]
+    fn a_page_never_ends_inside_a_commit() {
+        // Cut at 3, inside the commit 3..=5: the page takes it whole.
+        assert_eq!(page(&["s1", "s2"], 0, 3), (vec![1, 2, 3, 4, 5], 5));
+        // One location: its part of the commit (3, 5) stays together.
+        assert_eq!(page(&["s1"], 0, 2), (vec![1, 3, 5], 5));
+        // A cut after the commit needs no more.
+        assert_eq!(page(&["s1", "s2"], 0, 2), (vec![1, 2], 2));
     }
 }

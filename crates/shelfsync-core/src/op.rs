@@ -117,7 +117,12 @@ impl Op {
     }
 }
 
-/// Applies `op` to the key in `state` and returns the key's next state.
+/// Applies `op` to the key in `state` at `now_ms` (the coordinator's clock,
+/// milliseconds since the Unix epoch) and returns the key's next state.
+///
+/// Taking the clock as an argument keeps the decision pure: rules that
+/// depend on time are decided from it, never from a clock read inside. No
+/// rule of the single-key ops depends on time yet.
 ///
 /// Checks, in order: the key and op fields, that the item exists (or does
 /// not, for create), that a set or delete carries `expected_version`, that
@@ -127,7 +132,9 @@ pub fn apply(
     state: &KeyState,
     op: &Op,
     expected_version: Option<u64>,
+    now_ms: u64,
 ) -> Result<KeyState, Rejection> {
+    let _ = now_ms;
     key.validate()?;
     op.validate()?;
     let next_version = state

@@ -28,20 +28,20 @@ fn create(quantity: u64) -> Op {
 
 #[test]
 fn create_starts_at_version_one_and_refuses_an_existing_key() {
-    let state = apply(&key(), &KeyState::Absent, &create(5), None).unwrap();
+    let state = apply(&key(), &KeyState::Absent, &create(5), None, 0).unwrap();
     assert_eq!(state, live(5, 0, 1));
-    let err = apply(&key(), &state, &create(5), None).unwrap_err();
+    let err = apply(&key(), &state, &create(5), None, 0).unwrap_err();
     assert!(matches!(err, Rejection::AlreadyExists { .. }), "{err:?}");
     assert_eq!(err.current().map(|i| i.version), Some(1));
 }
 
 #[test]
 fn recreate_after_delete_continues_from_the_tombstone() {
-    let deleted = apply(&key(), &live(0, 0, 4), &Op::Delete, Some(4)).unwrap();
+    let deleted = apply(&key(), &live(0, 0, 4), &Op::Delete, Some(4), 0).unwrap();
     assert_eq!(deleted, KeyState::Deleted { version: 5 });
-    let again = apply(&key(), &deleted, &create(1), None).unwrap();
+    let again = apply(&key(), &deleted, &create(1), None, 0).unwrap();
     assert_eq!(again.version(), 6);
-    let err = apply(&key(), &deleted, &Op::Add { amount: 1 }, None).unwrap_err();
+    let err = apply(&key(), &deleted, &Op::Add { amount: 1 }, None, 0).unwrap_err();
     assert!(matches!(err, Rejection::NotFound { .. }));
 }
 
@@ -192,7 +192,7 @@ fn stock_rules() {
         ),
     ];
     for (state, op, expected, want) in cases {
-        let got = apply(&key(), &state, &op, expected);
+        let got = apply(&key(), &state, &op, expected, 0);
         match (&got, &want) {
             (Ok(got), Ok(want)) => assert_eq!(got, want, "{op:?} on {state:?}"),
             (Err(err), Err(text)) => assert!(
@@ -210,7 +210,7 @@ fn set_renames_and_keeps_quantity() {
         name: Some("Oat milk".into()),
         quantity: None,
     };
-    let KeyState::Live(item) = apply(&key(), &live(5, 1, 3), &op, Some(3)).unwrap() else {
+    let KeyState::Live(item) = apply(&key(), &live(5, 1, 3), &op, Some(3), 0).unwrap() else {
         panic!("set must keep the item live");
     };
     assert_eq!(
@@ -253,7 +253,7 @@ proptest! {
             // Mostly the right version, sometimes a stale or future one.
             let expected = send_expected.then(|| state.version().saturating_add(skew).saturating_sub(1));
             let before = state.clone();
-            match apply(&key, &state, &op, expected) {
+            match apply(&key, &state, &op, expected, 0) {
                 Ok(next) => {
                     prop_assert_eq!(next.version(), before.version() + 1);
                     if let KeyState::Live(item) = &next {

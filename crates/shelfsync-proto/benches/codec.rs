@@ -36,6 +36,7 @@ fn codec(c: &mut Criterion) {
                 store: "store-1".into(),
                 idempotency_key: format!("k-{i}"),
                 at_ms: 1_800_000_000_000,
+                commit_end: 0,
             })
             .collect(),
         next: 1000,

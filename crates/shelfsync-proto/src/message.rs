@@ -198,6 +198,18 @@ pub struct Change {
     pub idempotency_key: String,
     /// When it was accepted, milliseconds since the Unix epoch.
     pub at_ms: u64,
+    /// The seq of the last change of the commit this change belongs to: a
+    /// commit's changes have consecutive seqs and are applied whole. Equal
+    /// to `seq` for a commit of one key; 0 (absent) reads as such too.
+    #[serde(default)]
+    pub commit_end: u64,
+}
+
+impl Change {
+    /// The seq of the last change of this change's commit.
+    pub fn commit_end(&self) -> u64 {
+        self.commit_end.max(self.seq)
+    }
 }
 
 /// A page of changes.
@@ -205,8 +217,9 @@ pub struct Change {
 pub struct ChangesPage {
     /// Matching changes in sequence order.
     pub changes: Vec<Change>,
-    /// The cursor to send next: the last sequence number examined, which may
-    /// be past the last change returned when others did not match.
+    /// The cursor to send next: every change to the asked locations up to
+    /// it is in this page or an earlier one (it may be past the last change
+    /// returned). A page never ends inside a commit.
     pub next: u64,
     /// Durable head of the log; the replica is current when `next == head`.
     pub head: u64,
@@ -383,6 +396,35 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code this build knows.
+    pub const ALL: [ErrorCode; 20] = [
+        ErrorCode::VersionMismatch,
+        ErrorCode::AlreadyExists,
+        ErrorCode::NotFound,
+        ErrorCode::InsufficientStock,
+        ErrorCode::InsufficientReserved,
+        ErrorCode::BelowReserved,
+        ErrorCode::HasReservations,
+        ErrorCode::Overflow,
+        ErrorCode::InvalidField,
+        ErrorCode::PreconditionRequired,
+        ErrorCode::IdempotencyKeyReused,
+        ErrorCode::Forbidden,
+        ErrorCode::UnknownPeer,
+        ErrorCode::UnsupportedVersion,
+        ErrorCode::HelloRequired,
+        ErrorCode::BadRequest,
+        ErrorCode::Locked,
+        ErrorCode::Unavailable,
+        ErrorCode::Internal,
+        ErrorCode::Unknown,
+    ];
+
+    /// The code named `name` (as [`ErrorCode::as_str`] writes it), if any.
+    pub fn from_name(name: &str) -> Option<ErrorCode> {
+        ErrorCode::ALL.into_iter().find(|code| code.as_str() == name)
+    }
+
     /// The HTTP status the agent answers with for this code.
     pub fn http_status(self) -> u16 {
         match self {

@@ -1,32 +1,80 @@
-//! The contract every [`Ledger`] backend must keep. Each test takes a fresh
-//! ledger from [`backends`]; a new backend adds itself there and inherits
-//! the whole suite.
+//! The contract every [`Ledger`] backend keeps, as a suite any backend can
+//! run: [`run`] takes a factory of fresh ledgers and runs every case on a
+//! fresh one, naming the case that fails. Public behind the `testing`
+//! feature, so that a backend in another crate runs the same suite:
+//!
+//! ```ignore
+//! contract::run(&mut || contract::Fresh::new(MyLedger::new(contract::BUCKETS), ()));
+//! ```
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::any::Any;
 
 use shelfsync_core::{Item, ItemKey, KeyState, Op};
-use shelfsync_proto::Change;
+use shelfsync_proto::{Change, ErrorCode, StoreReport, WireError};
 
 use super::*;
 
-type Fresh = (tempfile::TempDir, Box<dyn Ledger>);
-type Backend = (&'static str, fn() -> Fresh);
+/// Buckets of 100 ms, so that the expiry case's times fall into different
+/// ones.
+pub const BUCKETS: Buckets = Buckets { width_ms: 100 };
 
-fn backends() -> Vec<Backend> {
-    vec![("sled", || {
-        let dir = tempfile::tempdir().unwrap();
-        // Narrow idempotency buckets, so the expiry test's times fall into
-        // different ones.
-        let bucket = std::time::Duration::from_millis(100);
-        let ledger = SledLedger::open_with(dir.path(), bucket).unwrap();
-        (dir, Box::new(ledger))
-    })]
+/// A fresh ledger and whatever must live as long as it (a temp dir).
+pub struct Fresh {
+    pub ledger: Box<dyn Ledger>,
+    _guard: Box<dyn Any>,
 }
 
-pub(crate) fn key(location: &str, sku: &str) -> ItemKey {
+impl Fresh {
+    pub fn new(ledger: impl Ledger, guard: impl Any) -> Self {
+        Fresh {
+            ledger: Box::new(ledger),
+            _guard: Box::new(guard),
+        }
+    }
+}
+
+type Case = fn(&dyn Ledger);
+
+/// Every case of the contract, by name.
+pub const CASES: &[(&str, Case)] = &[
+    ("empty_ledger", empty_ledger),
+    ("commit_stores_item_change_and_head", commit_stores_item_change_and_head),
+    ("history_follows_interleaved_writes", history_follows_interleaved_writes),
+    ("items_listed_per_location", items_listed_per_location),
+    ("location_changes_read_one_location", location_changes_read_one_location),
+    ("multi_key_commit_keeps_its_marker", multi_key_commit_keeps_its_marker),
+    ("idempotency_round_trips_and_expires", idempotency_round_trips_and_expires),
+    ("compaction_keeps_the_newest", compaction_keeps_the_newest),
+    ("reports_are_remembered", reports_are_remembered),
+];
+
+/// Runs every case on a fresh ledger from `fresh`; a failing case panics
+/// with its name.
+pub fn run(fresh: &mut dyn FnMut() -> Fresh) {
+    for (name, case) in CASES {
+        let ledger = fresh();
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            case(ledger.ledger.as_ref())
+        }));
+        if let Err(panic) = outcome {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            panic!("ledger contract case {name} failed: {message}");
+        }
+    }
+}
+
+pub fn key(location: &str, sku: &str) -> ItemKey {
     ItemKey::new(location, sku).unwrap()
 }
 
 /// A write of `key` at `seq`, setting it live at `version`.
-pub(crate) fn put(seq: u64, key: &ItemKey, version: u64, quantity: u64) -> CommittedWrite {
+pub fn put(seq: u64, key: &ItemKey, version: u64, quantity: u64) -> CommittedWrite {
     CommittedWrite {
         change: Change {
             seq,
@@ -43,234 +91,207 @@ pub(crate) fn put(seq: u64, key: &ItemKey, version: u64, quantity: u64) -> Commi
             store: "store-1".into(),
             idempotency_key: format!("k{seq}"),
             at_ms: 1000 + seq,
+            commit_end: seq,
         },
         prior_version: version - 1,
-        // In these tests a key's versions are written at consecutive seqs.
+        // In these cases a key's versions are written at consecutive seqs.
         prior_seq: (version > 1).then(|| seq - 1),
     }
 }
 
-/// Commits `writes` as one batch, the head at the last one.
-pub(crate) fn commit_puts(ledger: &dyn Ledger, writes: Vec<CommittedWrite>) {
+/// Commits `writes` as one group, the head at the last one.
+pub fn commit_puts(ledger: &dyn Ledger, writes: Vec<CommittedWrite>) {
     let head = writes.last().map_or(0, |w| w.change.seq);
     ledger
-        .commit(CommitBatch {
+        .commit(CommitGroup {
             writes,
             head,
-            ..CommitBatch::default()
+            ..CommitGroup::default()
         })
         .unwrap();
 }
 
-#[test]
-fn empty_ledger() {
-    for (name, fresh) in backends() {
-        let (_dir, ledger) = fresh();
-        assert_eq!(ledger.head().unwrap(), 0, "{name}");
-        assert_eq!(ledger.oldest().unwrap(), 1, "{name}");
-        assert!(ledger.load(&key("a", "b")).unwrap().is_none(), "{name}");
-        assert!(ledger.changes(0, 10, 10).unwrap().is_empty(), "{name}");
-    }
+fn seqs(changes: &[Change]) -> Vec<u64> {
+    changes.iter().map(|c| c.seq).collect()
 }
 
-#[test]
-fn commit_stores_item_change_history_and_head_together() {
-    for (name, fresh) in backends() {
-        let (_dir, ledger) = fresh();
-        let k = key("store-1", "milk");
-        commit_puts(ledger.as_ref(), vec![put(1, &k, 1, 5), put(2, &k, 2, 6)]);
-        let record = ledger.load(&k).unwrap().unwrap();
-        assert_eq!((record.seq, record.state.version()), (2, 2), "{name}");
-        assert_eq!(ledger.head().unwrap(), 2, "{name}");
-        let changes = ledger.changes(0, 2, 10).unwrap();
-        assert_eq!(changes.iter().map(|c| c.seq).collect::<Vec<_>>(), [1, 2]);
-        assert_eq!(ledger.changes(1, 2, 10).unwrap().len(), 1, "{name}");
-        assert_eq!(
-            ledger.changes(0, 1, 10).unwrap().len(),
-            1,
-            "{name}: until bounds"
-        );
-        let history = ledger.history(&k, 10).unwrap();
-        assert_eq!(history.iter().map(|c| c.seq).collect::<Vec<_>>(), [2, 1]);
-    }
+fn empty_ledger(ledger: &dyn Ledger) {
+    assert_eq!(ledger.head().unwrap(), 0);
+    assert_eq!(ledger.oldest().unwrap(), 1);
+    assert!(ledger.load(&key("a", "b")).unwrap().is_none());
+    assert!(ledger.changes(0, 10, 10).unwrap().is_empty());
+    assert!(ledger.change(1).unwrap().is_none());
+    assert!(ledger.idempotency("s", "k").unwrap().is_none());
 }
 
-#[test]
-fn history_follows_each_key_through_interleaved_writes() {
-    for (name, fresh) in backends() {
-        let (_dir, ledger) = fresh();
-        let (a, b) = (key("s1", "a"), key("s1", "b"));
-        // a at seqs 1, 3, 4; b at 2, 5.
-        let write = |seq, k: &ItemKey, version, prior_seq| CommittedWrite {
-            prior_seq,
-            ..put(seq, k, version, 1)
-        };
-        commit_puts(
-            ledger.as_ref(),
-            vec![
-                write(1, &a, 1, None),
-                write(2, &b, 1, None),
-                write(3, &a, 2, Some(1)),
-            ],
-        );
-        commit_puts(
-            ledger.as_ref(),
-            vec![write(4, &a, 3, Some(3)), write(5, &b, 2, Some(2))],
-        );
-        let seqs = |k: &ItemKey, limit| -> Vec<u64> {
-            ledger
-                .history(k, limit)
-                .unwrap()
-                .iter()
-                .map(|c| c.seq)
-                .collect()
-        };
-        assert_eq!(seqs(&a, 10), [4, 3, 1], "{name}");
-        assert_eq!(seqs(&b, 10), [5, 2], "{name}");
-        assert_eq!(seqs(&a, 2), [4, 3], "{name}: limit");
-        assert!(seqs(&key("s1", "c"), 10).is_empty(), "{name}");
-        // Compaction cuts the chain where the log now starts.
-        ledger.compact_changes(3, 100).unwrap();
-        assert_eq!(seqs(&a, 10), [4, 3], "{name}: compacted");
-    }
+fn commit_stores_item_change_and_head(ledger: &dyn Ledger) {
+    let k = key("store-1", "milk");
+    commit_puts(ledger, vec![put(1, &k, 1, 5), put(2, &k, 2, 6)]);
+    let record = ledger.load(&k).unwrap().unwrap();
+    assert_eq!((record.seq, record.state.version()), (2, 2));
+    assert_eq!(ledger.head().unwrap(), 2);
+    assert_eq!(seqs(&ledger.changes(0, 2, 10).unwrap()), [1, 2]);
+    assert_eq!(seqs(&ledger.changes(1, 2, 10).unwrap()), [2]);
+    assert_eq!(seqs(&ledger.changes(0, 1, 10).unwrap()), [1], "until bounds");
+    assert_eq!(ledger.change(2).unwrap(), Some(put(2, &k, 2, 6).change));
+    assert_eq!(seqs(&ledger.history(&k, 10).unwrap()), [2, 1]);
 }
 
-#[test]
-fn items_are_listed_per_location_in_sku_order() {
-    for (name, fresh) in backends() {
-        let (_dir, ledger) = fresh();
-        let writes = ["b", "a", "c"]
-            .iter()
-            .enumerate()
-            .map(|(i, sku)| put(i as u64 + 1, &key("s1", sku), 1, 1))
-            .chain([put(4, &key("s10", "a"), 1, 1), put(5, &key("s", "z"), 1, 1)])
-            .collect();
-        commit_puts(ledger.as_ref(), writes);
-        let skus = |after: Option<&str>, limit| {
-            ledger
-                .items("s1", after, limit)
-                .unwrap()
-                .into_iter()
-                .map(|(sku, _)| sku)
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(skus(None, 10), ["a", "b", "c"], "{name}");
-        assert_eq!(skus(Some("a"), 10), ["b", "c"], "{name}");
-        assert_eq!(skus(None, 2), ["a", "b"], "{name}");
-        assert!(skus(Some("c"), 10).is_empty(), "{name}");
-        assert_eq!(ledger.locations().unwrap(), ["s", "s1", "s10"], "{name}");
-    }
+fn history_follows_interleaved_writes(ledger: &dyn Ledger) {
+    let (a, b) = (key("s1", "a"), key("s1", "b"));
+    // a at seqs 1, 3, 4; b at 2, 5.
+    let write = |seq, k: &ItemKey, version, prior_seq| CommittedWrite {
+        prior_seq,
+        ..put(seq, k, version, 1)
+    };
+    commit_puts(
+        ledger,
+        vec![
+            write(1, &a, 1, None),
+            write(2, &b, 1, None),
+            write(3, &a, 2, Some(1)),
+        ],
+    );
+    commit_puts(
+        ledger,
+        vec![write(4, &a, 3, Some(3)), write(5, &b, 2, Some(2))],
+    );
+    let history = |k: &ItemKey, limit| seqs(&ledger.history(k, limit).unwrap());
+    assert_eq!(history(&a, 10), [4, 3, 1]);
+    assert_eq!(history(&b, 10), [5, 2]);
+    assert_eq!(history(&a, 2), [4, 3], "limit");
+    assert!(history(&key("s1", "c"), 10).is_empty());
+    // Compaction cuts the chain where the log now starts.
+    ledger.compact_changes(3, 100).unwrap();
+    assert_eq!(history(&a, 10), [4, 3], "compacted");
 }
 
-#[test]
-fn idempotency_records_round_trip_and_expire() {
-    for (name, fresh) in backends() {
-        let (_dir, ledger) = fresh();
-        let record = |at_ms| IdempotencyRecord {
-            key: key("s1", "a"),
-            op: Op::Reserve { amount: 1 },
-            expected_version: None,
-            outcome: Outcome::Rejected(shelfsync_proto::WireError::new(
-                shelfsync_proto::ErrorCode::NotFound,
-                "gone",
-            )),
-            at_ms,
-        };
+fn items_listed_per_location(ledger: &dyn Ledger) {
+    let writes = ["b", "a", "c"]
+        .iter()
+        .zip(1..)
+        .map(|(sku, seq)| put(seq, &key("s1", sku), 1, 1))
+        .chain([put(4, &key("s10", "a"), 1, 1), put(5, &key("s", "z"), 1, 1)])
+        .collect();
+    commit_puts(ledger, writes);
+    let skus = |after: Option<&str>, limit| -> Vec<String> {
+        let items = ledger.items("s1", after, limit).unwrap();
+        items.into_iter().map(|(sku, _)| sku).collect()
+    };
+    assert_eq!(skus(None, 10), ["a", "b", "c"]);
+    assert_eq!(skus(Some("a"), 10), ["b", "c"]);
+    assert_eq!(skus(None, 2), ["a", "b"]);
+    assert!(skus(Some("c"), 10).is_empty());
+    assert_eq!(ledger.locations().unwrap(), ["s", "s1", "s10"]);
+}
+
+fn location_changes_read_one_location(ledger: &dyn Ledger) {
+    // s1 at 1, 3, 5; s10 (a prefix of s1 plus one) at 2, 4.
+    let writes = (1..=5)
+        .map(|seq| {
+            let location = if seq % 2 == 1 { "s1" } else { "s10" };
+            put(seq, &key(location, &format!("k{seq}")), 1, 1)
+        })
+        .collect();
+    commit_puts(ledger, writes);
+    let at = |location, after, until, limit| {
+        seqs(&ledger.location_changes(location, after, until, limit).unwrap())
+    };
+    assert_eq!(at("s1", 0, 5, 10), [1, 3, 5]);
+    assert_eq!(at("s10", 0, 5, 10), [2, 4]);
+    assert_eq!(at("s1", 1, 4, 10), [3], "after and until bound");
+    assert_eq!(at("s1", 0, 5, 2), [1, 3], "limit");
+    assert!(at("s", 0, 5, 10).is_empty());
+    ledger.compact_changes(2, 100).unwrap();
+    assert_eq!(at("s1", 0, 5, 10), [5], "compacted changes leave the index");
+}
+
+fn multi_key_commit_keeps_its_marker(ledger: &dyn Ledger) {
+    let mut writes: Vec<CommittedWrite> = (1..=3)
+        .map(|seq| put(seq, &key(&format!("s{seq}"), "a"), 1, 1))
+        .collect();
+    for w in &mut writes {
+        w.change.commit_end = 3;
+    }
+    commit_puts(ledger, writes);
+    let changes = ledger.changes(0, 3, 10).unwrap();
+    assert!(changes.iter().all(|c| c.commit_end() == 3));
+    assert_eq!(ledger.location_changes("s2", 0, 3, 10).unwrap()[0].commit_end(), 3);
+}
+
+fn idempotency_round_trips_and_expires(ledger: &dyn Ledger) {
+    let rejected = |at_ms| IdempotencyRecord {
+        at_ms,
+        outcome: Recorded::Rejected {
+            lines: vec![Line {
+                key: key("s1", "a"),
+                op: Op::Reserve { amount: 1 },
+                expected_version: None,
+            }],
+            error: WireError::new(ErrorCode::NotFound, "gone"),
+        },
+    };
+    let accepted = |at_ms| IdempotencyRecord {
+        at_ms,
+        outcome: Recorded::Accepted {
+            seq: 7,
+            expected_versions: vec![Some(3), None],
+        },
+    };
+    let entry = |key: &str, record| IdempotencyEntry {
+        store: "store-1".into(),
+        key: key.into(),
+        record,
+    };
+    let commit = |entries| {
         ledger
-            .commit(CommitBatch {
-                writes: Vec::new(),
-                idempotency: vec![
-                    ("store-1".into(), "old".into(), record(100)),
-                    ("store-1".into(), "new".into(), record(900)),
-                ],
-                ..CommitBatch::default()
+            .commit(CommitGroup {
+                idempotency: entries,
+                ..CommitGroup::default()
             })
-            .unwrap();
-        assert_eq!(
-            ledger.idempotency("store-1", "old").unwrap(),
-            Some(record(100))
-        );
-        assert_eq!(
-            ledger.idempotency("store-2", "old").unwrap(),
-            None,
-            "{name}"
-        );
-        assert_eq!(ledger.expire_idempotency(500, 10).unwrap(), 1, "{name}");
-        assert_eq!(
-            ledger.idempotency("store-1", "old").unwrap(),
-            None,
-            "{name}"
-        );
-        assert!(
-            ledger.idempotency("store-1", "new").unwrap().is_some(),
-            "{name}"
-        );
-        // A key reused after expiry keeps its new record.
-        ledger
-            .commit(CommitBatch {
-                writes: Vec::new(),
-                idempotency: vec![("store-1".into(), "new".into(), record(2000))],
-                ..CommitBatch::default()
-            })
-            .unwrap();
-        // Whatever expiring the old record of the key removes, the new
-        // record stays and answers.
-        ledger.expire_idempotency(1000, 10).unwrap();
-        assert_eq!(
-            ledger.idempotency("store-1", "new").unwrap(),
-            Some(record(2000))
-        );
-    }
-}
-
-#[test]
-fn compaction_keeps_the_newest_changes() {
-    for (name, fresh) in backends() {
-        let (_dir, ledger) = fresh();
-        let k = key("s1", "a");
-        commit_puts(
-            ledger.as_ref(),
-            (1..=10).map(|v| put(v, &k, v, v)).collect(),
-        );
-        assert_eq!(ledger.compact_changes(4, 3).unwrap(), 3, "{name}: sliced");
-        assert_eq!(ledger.oldest().unwrap(), 4, "{name}");
-        assert_eq!(ledger.compact_changes(4, 100).unwrap(), 3, "{name}");
-        assert_eq!(ledger.oldest().unwrap(), 7, "{name}");
-        assert_eq!(ledger.compact_changes(4, 100).unwrap(), 0, "{name}");
-        let seqs: Vec<u64> = ledger
-            .changes(0, 10, 100)
             .unwrap()
-            .iter()
-            .map(|c| c.seq)
-            .collect();
-        assert_eq!(seqs, [7, 8, 9, 10], "{name}");
-        assert_eq!(ledger.history(&k, 100).unwrap().len(), 4, "{name}");
-        // The item itself is never compacted.
-        assert_eq!(
-            ledger.load(&k).unwrap().unwrap().state.version(),
-            10,
-            "{name}"
-        );
-    }
+    };
+    commit(vec![entry("old", rejected(100)), entry("new", accepted(900))]);
+    assert_eq!(ledger.idempotency("store-1", "old").unwrap(), Some(rejected(100)));
+    assert_eq!(ledger.idempotency("store-1", "new").unwrap(), Some(accepted(900)));
+    assert_eq!(ledger.idempotency("store-2", "old").unwrap(), None);
+    // 100 lies in the bucket [100, 200): all of it is before 500.
+    assert_eq!(ledger.expire_idempotency(500).unwrap(), 1);
+    assert_eq!(ledger.idempotency("store-1", "old").unwrap(), None);
+    assert!(ledger.idempotency("store-1", "new").unwrap().is_some());
+    // The bucket of 900 ends at 1000: not all of it is before 950.
+    assert_eq!(ledger.expire_idempotency(950).unwrap(), 0);
+    // A key reused after its record expired answers with the new record.
+    commit(vec![entry("new", rejected(2000))]);
+    ledger.expire_idempotency(1000).unwrap();
+    assert_eq!(ledger.idempotency("store-1", "new").unwrap(), Some(rejected(2000)));
 }
 
-#[test]
-fn reports_are_remembered() {
-    for (name, fresh) in backends() {
-        let (_dir, ledger) = fresh();
-        let report = StoredReport {
-            report: shelfsync_proto::StoreReport {
-                cursor: 7,
-                ..Default::default()
-            },
-            at_ms: 5,
-            digest_ok: Some(true),
-        };
-        ledger.save_report("store-1", &report).unwrap();
-        assert_eq!(
-            ledger.reports().unwrap(),
-            vec![("store-1".to_string(), report)],
-            "{name}"
-        );
-    }
+fn compaction_keeps_the_newest(ledger: &dyn Ledger) {
+    let k = key("s1", "a");
+    commit_puts(ledger, (1..=10).map(|v| put(v, &k, v, v)).collect());
+    assert_eq!(ledger.compact_changes(4, 3).unwrap(), 3, "sliced");
+    assert_eq!(ledger.oldest().unwrap(), 4);
+    assert_eq!(ledger.compact_changes(4, 100).unwrap(), 3);
+    assert_eq!(ledger.oldest().unwrap(), 7);
+    assert_eq!(ledger.compact_changes(4, 100).unwrap(), 0);
+    assert_eq!(seqs(&ledger.changes(0, 10, 100).unwrap()), [7, 8, 9, 10]);
+    assert!(ledger.change(6).unwrap().is_none());
+    assert_eq!(ledger.history(&k, 100).unwrap().len(), 4);
+    // The item itself is never compacted.
+    assert_eq!(ledger.load(&k).unwrap().unwrap().state.version(), 10);
+}
+
+fn reports_are_remembered(ledger: &dyn Ledger) {
+    let report = StoredReport {
+        report: StoreReport {
+            cursor: 7,
+            locations: vec!["s1".into()],
+            ..Default::default()
+        },
+        at_ms: 5,
+        digest_ok: Some(true),
+    };
+    ledger.save_report("store-1", &report).unwrap();
+    assert_eq!(ledger.reports().unwrap(), vec![("store-1".to_string(), report)]);
 }

@@ -1,30 +1,37 @@
-//! The ledger: where the coordinator keeps items, the change log,
-//! idempotency records and metadata.
+//! The ledger: where the coordinator keeps items, the change log, the
+//! per-location change index, idempotency records and store reports.
 //!
-//! [`Ledger`] is the seam between the write pipeline and storage. The
-//! pipeline decides what to write (under its own per-key serialization),
-//! makes it durable in its write-ahead log ([`crate::wal`]) and then hands
-//! the ledger one [`CommitBatch`] at a time; the ledger applies a batch
-//! atomically, remembers the batch's `position` with it, and makes
-//! everything committed so far durable on [`Ledger::flush`], which the
-//! pipeline calls now and then. After a crash the log brings the ledger up
-//! to date from its position.
+//! [`Ledger`] is the seam between the sequencer and storage. The sequencer
+//! decides a group of requests ([`crate::sequencer`]) and hands the ledger
+//! the group's [`CommitGroup`]; [`Ledger::commit`] applies it atomically and
+//! returns once it is durable. That return is the one point of durability:
+//! the coordinator acknowledges nothing before it, and each backend owns
+//! whatever logging it needs to get there. Readers only ever see committed
+//! (so durable) groups.
 //!
-//! Each write in a batch names the version it was decided against
-//! (`prior_version`). The embedded sled backend is the only writer of its
-//! files and does not need it; a shared backend (several coordinators on one
-//! PostgreSQL) would make the commit conditional on it and report
-//! [`LedgerError::Conflict`] so the pipeline can decide again.
+//! Backends: [`FjallLedger`] (the embedded engine, on disk) and
+//! [`MemoryLedger`] (in memory, for tests and benches of the layers above).
+//! Both pass the same contract suite ([`contract`], public behind the
+//! `testing` feature so that a backend in another crate runs it too).
+//!
+//! Idempotency records expire by whole time buckets: a record lives in the
+//! bucket of its decision time, and [`Ledger::expire_idempotency`] drops a
+//! bucket once every record in it is past the time-to-live.
 
-use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
 use shelfsync_core::{ItemKey, KeyState, Op};
 use shelfsync_proto::{Change, StoreReport, WireError};
 
-mod bloom;
-mod idempotency;
-pub mod sled;
+pub mod fjall;
+pub mod memory;
+mod records;
 
-pub use self::sled::SledLedger;
+#[cfg(any(test, feature = "testing"))]
+pub mod contract;
+
+pub use self::fjall::FjallLedger;
+pub use self::memory::MemoryLedger;
 
 /// Storage failures. None of them is the client's fault.
 #[derive(Debug, thiserror::Error)]
@@ -54,7 +61,7 @@ pub enum LedgerError {
 }
 
 /// What the ledger keeps per key: its state and the change that produced it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ItemRecord {
     /// Live item or tombstone.
     pub state: KeyState,
@@ -62,44 +69,49 @@ pub struct ItemRecord {
     pub seq: u64,
 }
 
-/// The outcome recorded for an idempotency key.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IdempotencyRecord {
-    /// The key written by the original request.
+/// One line of a request: an op on one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Line {
+    /// The key written.
     pub key: ItemKey,
-    /// The op of the original request.
+    /// The op.
     pub op: Op,
-    /// The expected version of the original request.
+    /// The version the client expects the key to be at.
     pub expected_version: Option<u64>,
-    /// What the original request got.
-    pub outcome: Outcome,
+}
+
+/// The outcome recorded for an idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyRecord {
     /// When it was decided, milliseconds since the Unix epoch.
     pub at_ms: u64,
+    /// What the request got.
+    pub outcome: Recorded,
 }
 
-impl IdempotencyRecord {
-    /// Whether a new request is the same as the recorded one.
-    pub fn same_request(&self, key: &ItemKey, op: &Op, expected_version: Option<u64>) -> bool {
-        &self.key == key && &self.op == op && self.expected_version == expected_version
-    }
-}
-
-/// The original outcome of a write.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Outcome {
-    /// Accepted at `seq` with this resulting state.
+/// The original outcome of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recorded {
+    /// Accepted as the commit starting at `seq`, one change per line. The
+    /// changes themselves hold the keys and ops; the record adds only the
+    /// expected versions, so that a retry is known to be the same request.
     Accepted {
-        /// Change-log sequence number.
+        /// The seq of the commit's first change.
         seq: u64,
-        /// State after the write.
-        state: KeyState,
+        /// Each line's expected version.
+        expected_versions: Vec<Option<u64>>,
     },
     /// Refused with this error.
-    Rejected(WireError),
+    Rejected {
+        /// The request's lines.
+        lines: Vec<Line>,
+        /// The refusal.
+        error: WireError,
+    },
 }
 
-/// One accepted write, as decided by the pipeline.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// One accepted change, as decided by the sequencer.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommittedWrite {
     /// The change-log entry (holds the key, the new state and the seq).
     pub change: Change,
@@ -110,56 +122,60 @@ pub struct CommittedWrite {
     pub prior_seq: Option<u64>,
 }
 
-/// Everything one group commit writes, applied atomically.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct CommitBatch {
-    /// Accepted writes in sequence order.
-    pub writes: Vec<CommittedWrite>,
-    /// Idempotency records to store, by (store, idempotency key).
-    pub idempotency: Vec<(String, String, IdempotencyRecord)>,
-    /// The change-log head after this batch.
-    pub head: u64,
-    /// The number of the last pipeline group in this batch, stored with it
-    /// (see [`Ledger::position`]); 0 leaves the stored one as it is.
-    #[serde(default)]
-    pub position: u64,
+/// An idempotency record to store under `(store, key)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyEntry {
+    /// The store that sent the request.
+    pub store: String,
+    /// The request's idempotency key.
+    pub key: String,
+    /// The outcome.
+    pub record: IdempotencyRecord,
 }
 
-/// The coordinator's storage. Implementations are shared between threads.
+/// Everything one decided group writes, committed atomically.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommitGroup {
+    /// Accepted changes in sequence order; the changes of one commit are
+    /// consecutive and share a `commit_end`.
+    pub writes: Vec<CommittedWrite>,
+    /// Idempotency records to store.
+    pub idempotency: Vec<IdempotencyEntry>,
+    /// The change-log head after this group.
+    pub head: u64,
+}
+
+/// A store report as remembered across restarts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredReport {
+    /// The report.
+    pub report: StoreReport,
+    /// When it arrived, milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// Whether its digest matched.
+    pub digest_ok: Option<bool>,
+}
+
+/// The coordinator's storage. Implementations are shared between threads;
+/// one thread (the sequencer's) commits, any may read.
 pub trait Ledger: Send + Sync + 'static {
-    /// The state of one key, as committed (durable or about to be).
+    /// Applies `group` atomically and returns once it is durable. Readers
+    /// see all of it or none of it.
+    fn commit(&self, group: CommitGroup) -> Result<(), LedgerError>;
+
+    /// The state of one key.
     fn load(&self, key: &ItemKey) -> Result<Option<ItemRecord>, LedgerError>;
 
-    /// The recorded outcome of `(store, idempotency key)`, if any.
+    /// The recorded outcome of `(store, idempotency key)`, if its bucket is
+    /// still kept (it may be past the time-to-live: the caller checks).
     fn idempotency(&self, store: &str, key: &str)
     -> Result<Option<IdempotencyRecord>, LedgerError>;
 
-    /// Applies a batch atomically. It need not be durable until [`Ledger::flush`].
-    /// The ledger takes the batch: a backend may keep parts of it in memory.
-    fn commit(&self, batch: CommitBatch) -> Result<(), LedgerError>;
-
-    /// Makes every committed batch durable, in full: afterwards
-    /// [`Ledger::position`] is the last committed position, so recovery
-    /// replays nothing.
-    fn flush(&self) -> Result<(), LedgerError>;
-
-    /// Makes committed batches durable as far as it can without a burst of
-    /// work, and returns the position through which everything committed
-    /// is durable (the write-ahead log may drop the groups up to it). A
-    /// backend that keeps some records in memory for a while (the sled
-    /// backend's idempotency records) returns an older position than its
-    /// last commit's, and must accept the batches after it again from
-    /// recovery.
-    fn checkpoint(&self) -> Result<u64, LedgerError>;
+    /// The change at `seq`, if it is still in the log.
+    fn change(&self, seq: u64) -> Result<Option<Change>, LedgerError>;
 
     /// The sequence number of the last committed change (0 when none).
     fn head(&self) -> Result<u64, LedgerError>;
-
-    /// How far the write-ahead log has durably reached the ledger: the
-    /// `position` of the last committed batch that had one (0 when none),
-    /// or an older one while part of the batches after it is only in
-    /// memory. Recovery replays the log from after it.
-    fn position(&self) -> Result<u64, LedgerError>;
 
     /// The lowest sequence number still in the change log; `head + 1` when
     /// the log is empty.
@@ -167,6 +183,17 @@ pub trait Ledger: Send + Sync + 'static {
 
     /// Up to `limit` changes with `after < seq <= until`, in order.
     fn changes(&self, after: u64, until: u64, limit: usize) -> Result<Vec<Change>, LedgerError>;
+
+    /// Up to `limit` changes to `location` with `after < seq <= until`, in
+    /// order: read from the per-location index, at a cost in proportion to
+    /// what is returned.
+    fn location_changes(
+        &self,
+        location: &str,
+        after: u64,
+        until: u64,
+        limit: usize,
+    ) -> Result<Vec<Change>, LedgerError>;
 
     /// Up to `limit` records of `location` (tombstones included) with their
     /// skus, in sku order, after `after_sku`.
@@ -183,9 +210,9 @@ pub trait Ledger: Send + Sync + 'static {
     /// Up to `limit` retained changes of one key, newest first.
     fn history(&self, key: &ItemKey, limit: usize) -> Result<Vec<Change>, LedgerError>;
 
-    /// Removes up to `limit` idempotency records decided before `before_ms`;
-    /// returns how many were removed.
-    fn expire_idempotency(&self, before_ms: u64, limit: usize) -> Result<usize, LedgerError>;
+    /// Drops every idempotency bucket whose records were all decided before
+    /// `before_ms`; returns how many buckets went.
+    fn expire_idempotency(&self, before_ms: u64) -> Result<usize, LedgerError>;
 
     /// Removes up to `limit` of the oldest changes so that at most `retain`
     /// remain; returns how many were removed.
@@ -198,17 +225,32 @@ pub trait Ledger: Send + Sync + 'static {
     fn reports(&self) -> Result<Vec<(String, StoredReport)>, LedgerError>;
 }
 
-/// A store report as remembered across restarts.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StoredReport {
-    /// The report.
-    pub report: StoreReport,
-    /// When it arrived, milliseconds since the Unix epoch.
-    pub at_ms: u64,
-    /// Whether its digest matched.
-    #[serde(default)]
-    pub digest_ok: Option<bool>,
+/// How idempotency records are bucketed by decision time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Buckets {
+    /// The width of one bucket, in milliseconds (at least 1).
+    pub width_ms: u64,
 }
 
-#[cfg(test)]
-pub(crate) mod contract;
+impl Buckets {
+    /// Buckets for records kept `ttl`: eight per time-to-live, so that a
+    /// record outlives its time by at most an eighth of it, and a lookup
+    /// reads at most nine buckets.
+    pub fn for_ttl(ttl: Duration) -> Self {
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        Buckets {
+            width_ms: (ttl_ms / 8).max(1),
+        }
+    }
+
+    /// The start of the bucket holding a record decided at `at_ms`.
+    pub fn start(self, at_ms: u64) -> u64 {
+        at_ms - at_ms % self.width_ms
+    }
+
+    /// Whether a bucket starting at `start` holds only records decided
+    /// before `before_ms`.
+    pub fn all_before(self, start: u64, before_ms: u64) -> bool {
+        start.saturating_add(self.width_ms) <= before_ms
+    }
+}

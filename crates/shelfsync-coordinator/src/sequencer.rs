@@ -1,0 +1,301 @@
+//! The sequencer's decision: what a group of requests does, as a pure
+//! function of what is known (items, idempotency records), the change-log
+//! head and the coordinator's clock.
+//!
+//! [`decide`] takes the requests in arrival order and, for each:
+//! 1. a write whose `(store, idempotency key)` has an unexpired record is
+//!    answered from the record (the same request) or refused (another
+//!    request under a used key);
+//! 2. otherwise each line is decided with [`shelfsync_core::apply`] against
+//!    the state the requests before it left; all lines are accepted or the
+//!    request is refused whole;
+//! 3. accepted lines are numbered with consecutive seqs, one commit, and
+//!    the outcome is recorded under the idempotency key;
+//! 4. a strong read answers the state as decided so far.
+//!
+//! The threads around it ([`crate::pipeline`]) fetch what it needs, commit
+//! the [`CommitGroup`] it returns and deliver the answers.
+
+use shelfsync_core::{ItemKey, KeyState, apply};
+use shelfsync_proto::{Change, ErrorCode, WireError};
+
+use crate::FastMap;
+use crate::ledger::{
+    CommitGroup, CommittedWrite, IdempotencyEntry, IdempotencyRecord, Line, Recorded,
+};
+
+/// A write request: one or more lines from one store under one idempotency
+/// key, applied whole or not at all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Command {
+    /// The store (or `admin`) that sent it.
+    pub store: String,
+    /// The request's idempotency key.
+    pub idempotency_key: String,
+    /// The lines, on distinct keys.
+    pub lines: Vec<Line>,
+}
+
+/// A request to the sequencer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// A write.
+    Write(Command),
+    /// A strong read of one key.
+    Read(ItemKey),
+}
+
+/// What a request gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// Accepted: per line, the seq and state after it.
+    Accepted {
+        /// `(seq, state)` per line.
+        changes: Vec<(u64, KeyState)>,
+        /// Whether this is a retry answered from its record.
+        replayed: bool,
+    },
+    /// Refused.
+    Refused(WireError),
+    /// A strong read: the key's state and the head it was read at.
+    Read {
+        /// The state.
+        state: KeyState,
+        /// The head after every write decided before the read.
+        head: u64,
+    },
+}
+
+/// A key's state as the sequencer knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Known {
+    /// The state.
+    pub state: KeyState,
+    /// The seq of the change that produced it (`None` if never written).
+    pub seq: Option<u64>,
+}
+
+/// What the decision reads. The caller fetches, before deciding, every key
+/// the requests name, the idempotency record of every write that has one,
+/// and the changes those records point to.
+#[derive(Debug, Default)]
+pub struct View {
+    /// Keys' states; the decision updates them as it accepts writes.
+    pub items: FastMap<ItemKey, Known>,
+    /// Stored records by `(store, idempotency key)`.
+    pub idempotency: FastMap<(String, String), IdempotencyRecord>,
+    /// Changes that stored accepted records point to, by seq (a change
+    /// already compacted away is absent).
+    pub changes: FastMap<u64, Change>,
+}
+
+/// The decision for a group.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Decision {
+    /// What to commit.
+    pub group: CommitGroup,
+    /// Per accepted change, the key's state before it (for the digests).
+    pub replaced: Vec<KeyState>,
+    /// One answer per request, in order.
+    pub answers: Vec<Answer>,
+}
+
+/// Decides `requests` against `view` after change-log head `head`, at
+/// `now_ms`; records older than `ttl_ms` no longer answer.
+pub fn decide(
+    requests: &[Request],
+    view: &mut View,
+    head: u64,
+    now_ms: u64,
+    ttl_ms: u64,
+) -> Decision {
+    let mut decision = Decision {
+        group: CommitGroup {
+            head,
+            ..CommitGroup::default()
+        },
+        ..Decision::default()
+    };
+    // Records made by this group, which the view does not have yet.
+    let mut recorded: FastMap<(String, String), IdempotencyRecord> = FastMap::default();
+    for request in requests {
+        let answer = match request {
+            Request::Read(key) => Answer::Read {
+                state: state_of(view, key),
+                head: decision.group.head,
+            },
+            Request::Write(command) => {
+                let id = (command.store.clone(), command.idempotency_key.clone());
+                let record = recorded
+                    .get(&id)
+                    .or_else(|| view.idempotency.get(&id))
+                    .filter(|r| r.at_ms.saturating_add(ttl_ms) > now_ms);
+                match record {
+                    Some(record) => replay(command, record, view, &decision.group),
+                    None => {
+                        let answer = write(command, view, &mut decision, now_ms);
+                        if let Some(record) = record_of(command, &answer, now_ms) {
+                            decision.group.idempotency.push(IdempotencyEntry {
+                                store: id.0.clone(),
+                                key: id.1.clone(),
+                                record: record.clone(),
+                            });
+                            recorded.insert(id, record);
+                        }
+                        answer
+                    }
+                }
+            }
+        };
+        decision.answers.push(answer);
+    }
+    decision
+}
+
+fn state_of(view: &View, key: &ItemKey) -> KeyState {
+    view.items
+        .get(key)
+        .map_or(KeyState::Absent, |k| k.state.clone())
+}
+
+/// Decides a new write: every line, or none.
+fn write(command: &Command, view: &mut View, decision: &mut Decision, now_ms: u64) -> Answer {
+    let lines = &command.lines;
+    if lines.is_empty() {
+        return Answer::Refused(WireError::new(
+            ErrorCode::InvalidField,
+            "a write needs at least one line",
+        ));
+    }
+    for (i, line) in lines.iter().enumerate() {
+        if lines[..i].iter().any(|l| l.key == line.key) {
+            return Answer::Refused(WireError::new(
+                ErrorCode::InvalidField,
+                format!("key {} appears twice in one request", line.key),
+            ));
+        }
+    }
+    let mut next = Vec::with_capacity(lines.len());
+    for line in lines {
+        let current = state_of(view, &line.key);
+        match apply(&line.key, &current, &line.op, line.expected_version, now_ms) {
+            Ok(state) => next.push((current, state)),
+            Err(rejection) => {
+                return Answer::Refused(WireError::rejected(&rejection, current.item()));
+            }
+        }
+    }
+    let first = decision.group.head + 1;
+    let commit_end = decision.group.head + lines.len() as u64;
+    let mut changes = Vec::with_capacity(lines.len());
+    for ((line, (before, after)), seq) in lines.iter().zip(next).zip(first..) {
+        let known = view.items.entry(line.key.clone()).or_insert(Known {
+            state: KeyState::Absent,
+            seq: None,
+        });
+        decision.group.writes.push(CommittedWrite {
+            change: Change {
+                seq,
+                key: line.key.clone(),
+                state: after.clone(),
+                op: line.op.clone(),
+                store: command.store.clone(),
+                idempotency_key: command.idempotency_key.clone(),
+                at_ms: now_ms,
+                commit_end,
+            },
+            prior_version: before.version(),
+            prior_seq: known.seq,
+        });
+        decision.replaced.push(before);
+        *known = Known {
+            state: after.clone(),
+            seq: Some(seq),
+        };
+        changes.push((seq, after));
+    }
+    decision.group.head = commit_end;
+    Answer::Accepted {
+        changes,
+        replayed: false,
+    }
+}
+
+/// The record a new write's answer leaves (none for a refusal that is not
+/// the request's own outcome).
+fn record_of(command: &Command, answer: &Answer, now_ms: u64) -> Option<IdempotencyRecord> {
+    let outcome = match answer {
+        Answer::Accepted { changes, .. } => Recorded::Accepted {
+            seq: changes.first().map_or(0, |c| c.0),
+            expected_versions: command.lines.iter().map(|l| l.expected_version).collect(),
+        },
+        Answer::Refused(error) => Recorded::Rejected {
+            lines: command.lines.clone(),
+            error: error.clone(),
+        },
+        Answer::Read { .. } => return None,
+    };
+    Some(IdempotencyRecord {
+        at_ms: now_ms,
+        outcome,
+    })
+}
+
+/// Answers a retry from its record, or refuses another request under the
+/// same key.
+fn replay(command: &Command, record: &IdempotencyRecord, view: &View, group: &CommitGroup) -> Answer {
+    let reused = || {
+        Answer::Refused(WireError::new(
+            ErrorCode::IdempotencyKeyReused,
+            format!(
+                "idempotency key {:?} was already used for another request",
+                command.idempotency_key
+            ),
+        ))
+    };
+    match &record.outcome {
+        Recorded::Rejected { lines, error } => {
+            if lines == &command.lines {
+                Answer::Refused(error.clone())
+            } else {
+                reused()
+            }
+        }
+        Recorded::Accepted {
+            seq,
+            expected_versions,
+        } => {
+            let expected: Vec<Option<u64>> =
+                command.lines.iter().map(|l| l.expected_version).collect();
+            if &expected != expected_versions {
+                return reused();
+            }
+            let mut changes = Vec::with_capacity(command.lines.len());
+            for (line, seq) in command.lines.iter().zip(*seq..) {
+                // This group's own changes first, then the fetched ones.
+                let change = group
+                    .writes
+                    .iter()
+                    .map(|w| &w.change)
+                    .find(|c| c.seq == seq)
+                    .or_else(|| view.changes.get(&seq));
+                match change {
+                    Some(c) if c.key == line.key && c.op == line.op => {
+                        changes.push((seq, c.state.clone()));
+                    }
+                    Some(_) => return reused(),
+                    // Compacted away: the keys and ops cannot be compared,
+                    // and the key's current state stands for the original.
+                    None => changes.push((seq, state_of(view, &line.key))),
+                }
+            }
+            Answer::Accepted {
+                changes,
+                replayed: true,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
