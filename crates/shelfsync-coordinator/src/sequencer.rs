@@ -243,7 +243,12 @@ fn record_of(command: &Command, answer: &Answer, now_ms: u64) -> Option<Idempote
 
 /// Answers a retry from its record, or refuses another request under the
 /// same key.
-fn replay(command: &Command, record: &IdempotencyRecord, view: &View, group: &CommitGroup) -> Answer {
+fn replay(
+    command: &Command,
+    record: &IdempotencyRecord,
+    view: &View,
+    group: &CommitGroup,
+) -> Answer {
     let reused = || {
         Answer::Refused(WireError::new(
             ErrorCode::IdempotencyKeyReused,

@@ -12,8 +12,8 @@ use std::time::Instant;
 
 use shelfsync_core::ItemKey;
 use shelfsync_proto::{
-    ADMIN_IDENTITY, Change, ChangesPage, ChangesRequest, ErrorCode, Hello, HelloReply, HistoryReply,
-    HistoryRequest, PROTOCOL_VERSION, ReportAck, Request, Response, SOFTWARE_VERSION,
+    ADMIN_IDENTITY, Change, ChangesPage, ChangesRequest, ErrorCode, Hello, HelloReply,
+    HistoryReply, HistoryRequest, PROTOCOL_VERSION, ReportAck, Request, Response, SOFTWARE_VERSION,
     SUPPORTED_VERSIONS, SnapshotPage, SnapshotRequest, StatusReply, StoreReport, StoreStatus,
     WireError, WriteRequest,
 };
@@ -531,16 +531,23 @@ mod tests {
     /// s1 and s2 written at seqs 1..=6, with 3..=5 one commit over both.
     fn ledger() -> MemoryLedger {
         let ledger = MemoryLedger::new(contract::BUCKETS);
-        let writes = [(1, "s1"), (2, "s2"), (3, "s1"), (4, "s2"), (5, "s1"), (6, "s2")]
-            .into_iter()
-            .map(|(seq, location)| {
-                let mut w = contract::put(seq, &contract::key(location, &format!("k{seq}")), 1, 1);
-                if (3..=5).contains(&seq) {
-                    w.change.commit_end = 5;
-                }
-                w
-            })
-            .collect();
+        let writes = [
+            (1, "s1"),
+            (2, "s2"),
+            (3, "s1"),
+            (4, "s2"),
+            (5, "s1"),
+            (6, "s2"),
+        ]
+        .into_iter()
+        .map(|(seq, location)| {
+            let mut w = contract::put(seq, &contract::key(location, &format!("k{seq}")), 1, 1);
+            if (3..=5).contains(&seq) {
+                w.change.commit_end = 5;
+            }
+            w
+        })
+        .collect();
         contract::commit_puts(&ledger, writes);
         ledger
     }

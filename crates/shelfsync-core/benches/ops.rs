@@ -31,7 +31,15 @@ fn ops(c: &mut Criterion) {
         ("reserve_refused", Op::Reserve { amount: 2_000_000 }, None),
     ] {
         group.bench_function(name, |b| {
-            b.iter(|| apply(black_box(&key), black_box(&state), black_box(&op), expected))
+            b.iter(|| {
+                apply(
+                    black_box(&key),
+                    black_box(&state),
+                    black_box(&op),
+                    expected,
+                    0,
+                )
+            })
         });
     }
     group.finish();

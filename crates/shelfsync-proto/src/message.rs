@@ -422,7 +422,9 @@ impl ErrorCode {
 
     /// The code named `name` (as [`ErrorCode::as_str`] writes it), if any.
     pub fn from_name(name: &str) -> Option<ErrorCode> {
-        ErrorCode::ALL.into_iter().find(|code| code.as_str() == name)
+        ErrorCode::ALL
+            .into_iter()
+            .find(|code| code.as_str() == name)
     }
 
     /// The HTTP status the agent answers with for this code.

@@ -173,11 +173,9 @@ const PAUSE_MS: (u64, u64) = (1500, 3000);
 /// The coordinator's crash and disk failpoints the schedule draws from,
 /// with the actions that trigger them (see docs/testing.md).
 const COORDINATOR_FAILPOINTS: &[(&str, &str)] = &[
-    ("coordinator-after-log-before-ack", "1*return"),
-    ("coordinator-wal-write", "1*return(enospc)"),
-    ("coordinator-wal-sync", "1*return(eio)"),
+    ("coordinator-after-commit-before-ack", "1*return"),
+    ("coordinator-ledger-commit", "1*return(enospc)"),
     ("coordinator-ledger-commit", "1*return(eio)"),
-    ("coordinator-ledger-flush", "1*return(enospc)"),
 ];
 
 /// The agents' failpoints the schedule draws from.

@@ -292,7 +292,7 @@ async fn acknowledged_writes_survive_sigkill() {
         assert_eq!(changes[0].state, KeyState::Live(item.clone()), "{key}");
         let mut state = KeyState::Absent;
         for change in changes.iter().rev() {
-            state = apply(key, &state, &change.op, None).unwrap();
+            state = apply(key, &state, &change.op, None, change.at_ms).unwrap();
             assert_eq!(state, change.state, "{key} at seq {}", change.seq);
         }
 

@@ -164,7 +164,7 @@ async fn a_coordinator_crash_between_log_and_acknowledgement_keeps_the_write_onc
 
     let url = cluster
         .coordinator()
-        .url("/debug/failpoints/coordinator-after-log-before-ack");
+        .url("/debug/failpoints/coordinator-after-commit-before-ack");
     set_failpoint(&url, "1*return").await;
     let add = |rest: shelfsync_tests::RestClient| {
         let path = format!("{path}/add");

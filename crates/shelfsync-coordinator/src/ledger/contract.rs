@@ -40,12 +40,27 @@ type Case = fn(&dyn Ledger);
 /// Every case of the contract, by name.
 pub const CASES: &[(&str, Case)] = &[
     ("empty_ledger", empty_ledger),
-    ("commit_stores_item_change_and_head", commit_stores_item_change_and_head),
-    ("history_follows_interleaved_writes", history_follows_interleaved_writes),
+    (
+        "commit_stores_item_change_and_head",
+        commit_stores_item_change_and_head,
+    ),
+    (
+        "history_follows_interleaved_writes",
+        history_follows_interleaved_writes,
+    ),
     ("items_listed_per_location", items_listed_per_location),
-    ("location_changes_read_one_location", location_changes_read_one_location),
-    ("multi_key_commit_keeps_its_marker", multi_key_commit_keeps_its_marker),
-    ("idempotency_round_trips_and_expires", idempotency_round_trips_and_expires),
+    (
+        "location_changes_read_one_location",
+        location_changes_read_one_location,
+    ),
+    (
+        "multi_key_commit_keeps_its_marker",
+        multi_key_commit_keeps_its_marker,
+    ),
+    (
+        "idempotency_round_trips_and_expires",
+        idempotency_round_trips_and_expires,
+    ),
     ("compaction_keeps_the_newest", compaction_keeps_the_newest),
     ("reports_are_remembered", reports_are_remembered),
 ];
@@ -132,7 +147,11 @@ fn commit_stores_item_change_and_head(ledger: &dyn Ledger) {
     assert_eq!(ledger.head().unwrap(), 2);
     assert_eq!(seqs(&ledger.changes(0, 2, 10).unwrap()), [1, 2]);
     assert_eq!(seqs(&ledger.changes(1, 2, 10).unwrap()), [2]);
-    assert_eq!(seqs(&ledger.changes(0, 1, 10).unwrap()), [1], "until bounds");
+    assert_eq!(
+        seqs(&ledger.changes(0, 1, 10).unwrap()),
+        [1],
+        "until bounds"
+    );
     assert_eq!(ledger.change(2).unwrap(), Some(put(2, &k, 2, 6).change));
     assert_eq!(seqs(&ledger.history(&k, 10).unwrap()), [2, 1]);
 }
@@ -195,7 +214,11 @@ fn location_changes_read_one_location(ledger: &dyn Ledger) {
         .collect();
     commit_puts(ledger, writes);
     let at = |location, after, until, limit| {
-        seqs(&ledger.location_changes(location, after, until, limit).unwrap())
+        seqs(
+            &ledger
+                .location_changes(location, after, until, limit)
+                .unwrap(),
+        )
     };
     assert_eq!(at("s1", 0, 5, 10), [1, 3, 5]);
     assert_eq!(at("s10", 0, 5, 10), [2, 4]);
@@ -216,7 +239,10 @@ fn multi_key_commit_keeps_its_marker(ledger: &dyn Ledger) {
     commit_puts(ledger, writes);
     let changes = ledger.changes(0, 3, 10).unwrap();
     assert!(changes.iter().all(|c| c.commit_end() == 3));
-    assert_eq!(ledger.location_changes("s2", 0, 3, 10).unwrap()[0].commit_end(), 3);
+    assert_eq!(
+        ledger.location_changes("s2", 0, 3, 10).unwrap()[0].commit_end(),
+        3
+    );
 }
 
 fn idempotency_round_trips_and_expires(ledger: &dyn Ledger) {
@@ -251,9 +277,18 @@ fn idempotency_round_trips_and_expires(ledger: &dyn Ledger) {
             })
             .unwrap()
     };
-    commit(vec![entry("old", rejected(100)), entry("new", accepted(900))]);
-    assert_eq!(ledger.idempotency("store-1", "old").unwrap(), Some(rejected(100)));
-    assert_eq!(ledger.idempotency("store-1", "new").unwrap(), Some(accepted(900)));
+    commit(vec![
+        entry("old", rejected(100)),
+        entry("new", accepted(900)),
+    ]);
+    assert_eq!(
+        ledger.idempotency("store-1", "old").unwrap(),
+        Some(rejected(100))
+    );
+    assert_eq!(
+        ledger.idempotency("store-1", "new").unwrap(),
+        Some(accepted(900))
+    );
     assert_eq!(ledger.idempotency("store-2", "old").unwrap(), None);
     // 100 lies in the bucket [100, 200): all of it is before 500.
     assert_eq!(ledger.expire_idempotency(500).unwrap(), 1);
@@ -264,7 +299,10 @@ fn idempotency_round_trips_and_expires(ledger: &dyn Ledger) {
     // A key reused after its record expired answers with the new record.
     commit(vec![entry("new", rejected(2000))]);
     ledger.expire_idempotency(1000).unwrap();
-    assert_eq!(ledger.idempotency("store-1", "new").unwrap(), Some(rejected(2000)));
+    assert_eq!(
+        ledger.idempotency("store-1", "new").unwrap(),
+        Some(rejected(2000))
+    );
 }
 
 fn compaction_keeps_the_newest(ledger: &dyn Ledger) {
@@ -293,5 +331,8 @@ fn reports_are_remembered(ledger: &dyn Ledger) {
         digest_ok: Some(true),
     };
     ledger.save_report("store-1", &report).unwrap();
-    assert_eq!(ledger.reports().unwrap(), vec![("store-1".to_string(), report)]);
+    assert_eq!(
+        ledger.reports().unwrap(),
+        vec![("store-1".to_string(), report)]
+    );
 }

@@ -178,10 +178,7 @@ impl FjallLedger {
             return Ok(keyspace.clone());
         }
         let name = format!("{BUCKET_PREFIX}{}.{}", id.1, id.0);
-        let keyspace = self
-            .db
-            .keyspace(&name, options)
-            .map_err(storage)?;
+        let keyspace = self.db.keyspace(&name, options).map_err(storage)?;
         buckets.insert(id, keyspace.clone());
         Ok(keyspace)
     }
@@ -269,7 +266,9 @@ impl Ledger for FjallLedger {
             .collect();
         for bucket in buckets {
             if let Some(bytes) = bucket.get(&k).map_err(storage)? {
-                return decode::<IdempotencyV>(&k, &bytes)?.into_record(&k).map(Some);
+                return decode::<IdempotencyV>(&k, &bytes)?
+                    .into_record(&k)
+                    .map(Some);
             }
         }
         Ok(None)
@@ -394,9 +393,7 @@ impl Ledger for FjallLedger {
             let mut buckets = self.idempotency.lock().map_err(storage)?;
             let ids: Vec<(u64, u64)> = buckets
                 .keys()
-                .filter(|(start, width)| {
-                    Buckets { width_ms: *width }.all_before(*start, before_ms)
-                })
+                .filter(|(start, width)| Buckets { width_ms: *width }.all_before(*start, before_ms))
                 .copied()
                 .collect();
             ids.into_iter()
@@ -490,7 +487,10 @@ mod tests {
 
     #[test]
     fn bucket_names_round_trip() {
-        assert_eq!(parse_bucket("idem.3600000.7200000"), Some((7_200_000, 3_600_000)));
+        assert_eq!(
+            parse_bucket("idem.3600000.7200000"),
+            Some((7_200_000, 3_600_000))
+        );
         assert_eq!(parse_bucket("items"), None);
         assert_eq!(parse_bucket("idem.x.1"), None);
     }

@@ -70,9 +70,7 @@ impl Ledger for MemoryLedger {
             state
                 .by_location
                 .insert((change.key.location.clone(), change.seq));
-            state
-                .changes
-                .insert(change.seq, (change, write.prior_seq));
+            state.changes.insert(change.seq, (change, write.prior_seq));
         }
         for entry in group.idempotency {
             let start = self.buckets.start(entry.record.at_ms);

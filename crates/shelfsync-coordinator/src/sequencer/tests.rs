@@ -180,7 +180,12 @@ fn cases() -> Vec<Case> {
             name: "another request under a used key is refused and not recorded",
             items: milk(),
             stored: vec![("a", accepted_record(7, NOW - 5))],
-            changes: vec![change(7, "milk", Op::Remove { amount: 1 }, item("milk", 10, 3))],
+            changes: vec![change(
+                7,
+                "milk",
+                Op::Remove { amount: 1 },
+                item("milk", 10, 3),
+            )],
             requests: vec![
                 write("store-1", "a", vec![remove("milk", 2)]),
                 write("store-1", "a", vec![remove("milk", 1)]),
@@ -272,7 +277,11 @@ fn cases() -> Vec<Case> {
             items: milk(),
             stored: vec![],
             changes: vec![],
-            requests: vec![write("store-1", "a", vec![remove("milk", 1), remove("milk", 1)])],
+            requests: vec![write(
+                "store-1",
+                "a",
+                vec![remove("milk", 1), remove("milk", 1)],
+            )],
             expect: vec![Expect::Err(ErrorCode::InvalidField)],
             writes: vec![],
             recorded: vec!["a"],
