@@ -1,13 +1,18 @@
 //! Write forwarding: every write goes to the coordinator, which decides.
 //!
-//! A write carries its idempotency key, so it is retried (on transport
-//! errors only, always with the same key, each attempt bounded as
-//! [`Link::attempt`] says) until the forward timeout is spent; the
-//! coordinator applies it at most once whatever happens to the answers.
-//! The states it answers go into the replica through one thread
-//! ([`LocalApplier`]), which writes and flushes those that arrive together
-//! in one batch. An accepted write is applied to the replica before the caller
-//! hears of it, so the client reads its own write from this agent at once.
+//! Writes are forwarded in batches: the writes clients make while earlier
+//! ones are on their way go together in one [`Request::Writes`] (one QUIC
+//! stream, one frame each way), with up to [`MAX_IN_FLIGHT`] batches on
+//! their way at once. The coordinator decides each write on its own. A
+//! write carries its idempotency key, so a batch is sent again whole (on
+//! transport errors and `unavailable` answers only, always with the same
+//! keys, each attempt bounded as [`Link::attempt`] says) until the forward
+//! timeout is spent; the coordinator applies each write at most once
+//! whatever happens to the answers. The states a batch's answers carry go
+//! into the replica in one batch and one flush, through one thread
+//! ([`LocalApplier`]). An accepted write is in the replica before its
+//! caller hears of it, so the client reads its own write from this agent
+//! at once.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,7 +22,7 @@ use shelfsync_proto::{
     ErrorCode, ProtoError, ReadRequest, Request, Response, WireError, WriteAck, WriteRequest,
 };
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::link::Link;
 use crate::metrics::Metrics;
@@ -26,9 +31,21 @@ use crate::replica::{Replica, ReplicaError};
 /// States that may wait for the local-apply thread before callers wait.
 const LOCAL_QUEUE: usize = 4096;
 /// Most states put into the replica in one batch.
-const LOCAL_BATCH: usize = 512;
+const LOCAL_BATCH: usize = 1024;
 /// First pause between two attempts; doubled each time.
 const FIRST_RETRY: Duration = Duration::from_millis(50);
+/// Most writes forwarded in one request.
+pub const MAX_BATCH: usize = 256;
+/// Most batches on their way to the coordinator at once.
+pub const MAX_IN_FLIGHT: usize = 4;
+/// Writes that may wait for a batch before callers wait to queue.
+const WRITE_QUEUE: usize = 8192;
+
+/// A write waiting to be forwarded, and whom to tell the outcome.
+type QueuedWrite = (
+    WriteRequest,
+    oneshot::Sender<Result<WriteAck, ForwardError>>,
+);
 
 /// Why a forwarded request has no answer from the coordinator.
 #[derive(Debug, thiserror::Error)]
@@ -47,57 +64,165 @@ pub enum ForwardError {
 /// Forwards writes and strong reads.
 #[derive(Debug)]
 pub struct Forwarder {
-    link: Arc<Link>,
-    local: LocalApplier,
-    metrics: Arc<Metrics>,
-    timeout: Duration,
+    sender: Arc<Sender>,
+    writes: mpsc::Sender<QueuedWrite>,
 }
 
 impl Forwarder {
-    /// A forwarder that gives up after `timeout`.
+    /// A forwarder that gives up after `timeout`. Starts the batching task
+    /// (on the current Tokio runtime) and the local-apply thread.
     pub fn new(
         link: Arc<Link>,
         replica: Arc<Replica>,
         metrics: Arc<Metrics>,
         timeout: Duration,
     ) -> Self {
-        Forwarder {
+        let sender = Arc::new(Sender {
             link,
             local: LocalApplier::start(replica),
             metrics,
             timeout,
-        }
+        });
+        let (writes, queue) = mpsc::channel(WRITE_QUEUE);
+        tokio::spawn(batch_writes(sender.clone(), queue));
+        Forwarder { sender, writes }
     }
 
     /// The forward timeout.
     pub fn timeout(&self) -> Duration {
-        self.timeout
+        self.sender.timeout
     }
 
+    /// Forwards a write; on acceptance the replica has it before this returns.
+    pub async fn write(&self, request: WriteRequest) -> Result<WriteAck, ForwardError> {
+        let (done, outcome) = oneshot::channel();
+        let gone = || unexpected("the write forwarder has stopped");
+        self.writes
+            .send((request, done))
+            .await
+            .map_err(|_| gone())?;
+        outcome.await.map_err(|_| gone())?
+    }
+
+    /// Reads one item from the coordinator (and refreshes the replica with it).
+    pub async fn read(&self, key: ItemKey) -> Result<Item, ForwardError> {
+        let request = Request::Read(ReadRequest { key: key.clone() });
+        match self.sender.send("read", request).await? {
+            Response::Read(reply) => {
+                let state = KeyState::Live(reply.item.clone());
+                self.sender.local.apply(vec![(key, state)]).await?;
+                Ok(reply.item)
+            }
+            Response::Error(err) => Err(ForwardError::Refused(err)),
+            _ => Err(unexpected("expected a read reply")),
+        }
+    }
+}
+
+/// Takes queued writes into batches, up to [`MAX_IN_FLIGHT`] on their way
+/// at once: while they are, new writes gather into the next batch.
+async fn batch_writes(sender: Arc<Sender>, mut queue: mpsc::Receiver<QueuedWrite>) {
+    let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    while let Some(first) = queue.recv().await {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(write) => batch.push(write),
+                Err(_) => break,
+            }
+        }
+        let sender = sender.clone();
+        tokio::spawn(async move {
+            sender.forward(batch).await;
+            drop(permit);
+        });
+    }
+}
+
+/// What sends requests and applies their answers, shared by the batches.
+#[derive(Debug)]
+struct Sender {
+    link: Arc<Link>,
+    local: LocalApplier,
+    metrics: Arc<Metrics>,
+    timeout: Duration,
+}
+
+/// One write's answer from the coordinator, or why there is none.
+type Answer = Result<Response, ForwardError>;
+
+impl Sender {
     /// Sends `request`, retrying transport failures until the deadline.
-    async fn send(&self, kind: &str, request: Request) -> Result<Response, ForwardError> {
+    async fn send(&self, kind: &str, request: Request) -> Answer {
         self.metrics.pending_forwards.inc();
         let result = self.send_with_retries(request).await;
         self.metrics.pending_forwards.dec();
-        let outcome = match &result {
-            Ok(Response::Error(err)) => err.code.as_str(),
-            Ok(_) => "accepted",
-            Err(_) => "unavailable",
-        };
-        self.metrics.forwarded(kind, outcome);
+        self.metrics.forwarded(kind, outcome(&result));
         result
     }
 
-    async fn send_with_retries(&self, request: Request) -> Result<Response, ForwardError> {
+    /// Forwards a batch of writes, puts the accepted states into the
+    /// replica, then answers each caller.
+    async fn forward(&self, batch: Vec<QueuedWrite>) {
+        let n = batch.len();
+        let (requests, callers): (Vec<WriteRequest>, Vec<_>) = batch.into_iter().unzip();
+        let keys: Vec<ItemKey> = requests.iter().map(|r| r.key.clone()).collect();
+        let pending = i64::try_from(n).unwrap_or(i64::MAX);
+        self.metrics.pending_forwards.inc_by(pending);
+        let answers = if n == 1 || !self.link.takes_batches() {
+            self.send_each(requests).await
+        } else {
+            split(self.send_with_retries(Request::Writes(requests)).await, n)
+        };
+        self.metrics.pending_forwards.dec_by(pending);
+        let mut accepted = Vec::new();
+        for (key, answer) in keys.into_iter().zip(&answers) {
+            self.metrics.forwarded("write", outcome(answer));
+            if let Ok(Response::Write(ack)) = answer {
+                accepted.push((key, ack.state.clone()));
+            }
+        }
+        if !accepted.is_empty() {
+            crate::failpoints::crash_point(crate::failpoints::AFTER_FORWARD_BEFORE_APPLY);
+        }
+        let applied = self.local.apply(accepted).await;
+        for (caller, answer) in callers.into_iter().zip(answers) {
+            let result = match answer {
+                Ok(Response::Write(ack)) => match &applied {
+                    Ok(()) => Ok(ack),
+                    Err(err) => Err(ReplicaError::Storage(err.to_string()).into()),
+                },
+                Ok(Response::Error(err)) => Err(ForwardError::Refused(err)),
+                Ok(_) => Err(unexpected("expected a write reply")),
+                Err(err) => Err(err),
+            };
+            // The caller may have gone (its client hung up).
+            let _ = caller.send(result);
+        }
+    }
+
+    /// Sends writes one request each, all at once: for a single write, or
+    /// a coordinator that does not take batches.
+    async fn send_each(&self, requests: Vec<WriteRequest>) -> Vec<Answer> {
+        let calls = requests
+            .into_iter()
+            .map(|request| self.send_with_retries(Request::Write(request)));
+        futures_util::future::join_all(calls).await
+    }
+
+    async fn send_with_retries(&self, request: Request) -> Answer {
         let deadline = Instant::now() + self.timeout;
         let mut pause = FIRST_RETRY;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let err = match self.link.attempt(&request, left).await {
-                Ok(Response::Error(err)) if err.code == ErrorCode::Unavailable => {
-                    ProtoError::Refused(err)
-                }
-                Ok(response) => return Ok(response),
+                Ok(response) => match unavailable(&response) {
+                    Some(err) => ProtoError::Refused(err),
+                    None => return Ok(response),
+                },
                 Err(err) => err,
             };
             let left = deadline.saturating_duration_since(Instant::now());
@@ -109,44 +234,64 @@ impl Forwarder {
             pause = pause.saturating_mul(2);
         }
     }
+}
 
-    /// Forwards a write; on acceptance the replica has it before this returns.
-    pub async fn write(&self, request: WriteRequest) -> Result<WriteAck, ForwardError> {
-        let key = request.key.clone();
-        match self.send("write", Request::Write(request)).await? {
-            Response::Write(ack) => {
-                crate::failpoints::crash_point(crate::failpoints::AFTER_FORWARD_BEFORE_APPLY);
-                self.local.apply(key, ack.state.clone()).await?;
-                Ok(ack)
-            }
-            Response::Error(err) => Err(ForwardError::Refused(err)),
-            _ => Err(ForwardError::Unavailable(ProtoError::Unexpected(
-                "expected a write reply",
-            ))),
+/// One answer per write from the answer to a batch of `n`.
+fn split(answer: Answer, n: usize) -> Vec<Answer> {
+    match answer {
+        Ok(Response::Writes(answers)) if answers.len() == n => {
+            answers.into_iter().map(Ok).collect()
         }
-    }
-
-    /// Reads one item from the coordinator (and refreshes the replica with it).
-    pub async fn read(&self, key: ItemKey) -> Result<Item, ForwardError> {
-        match self
-            .send("read", Request::Read(ReadRequest { key: key.clone() }))
-            .await?
-        {
-            Response::Read(reply) => {
-                let state = KeyState::Live(reply.item.clone());
-                self.local.apply(key, state).await?;
-                Ok(reply.item)
-            }
-            Response::Error(err) => Err(ForwardError::Refused(err)),
-            _ => Err(ForwardError::Unavailable(ProtoError::Unexpected(
-                "expected a read reply",
-            ))),
+        Ok(Response::Error(err)) => (0..n).map(|_| Ok(Response::Error(err.clone()))).collect(),
+        Ok(_) => (0..n)
+            .map(|_| Err(unexpected("expected one answer per write")))
+            .collect(),
+        Err(ForwardError::Unavailable(err)) => {
+            let err = WireError::new(ErrorCode::Unavailable, err.to_string());
+            (0..n)
+                .map(|_| Err(ForwardError::Unavailable(ProtoError::Refused(err.clone()))))
+                .collect()
+        }
+        Err(err) => {
+            let message = err.to_string();
+            (0..n)
+                .map(|_| Err(ReplicaError::Storage(message.clone()).into()))
+                .collect()
         }
     }
 }
 
-/// States waiting for the replica, each with whom to tell once it is in.
-type LocalJob = (ItemKey, KeyState, oneshot::Sender<Result<(), ReplicaError>>);
+fn unexpected(what: &'static str) -> ForwardError {
+    ForwardError::Unavailable(ProtoError::Unexpected(what))
+}
+
+/// The metric outcome of a forwarded request.
+fn outcome(result: &Answer) -> &'static str {
+    match result {
+        Ok(Response::Error(err)) => err.code.as_str(),
+        Ok(_) => "accepted",
+        Err(_) => "unavailable",
+    }
+}
+
+/// The `unavailable` refusal in `response`, if any: the coordinator could
+/// not decide (part of) it now, and the whole request is sent again.
+fn unavailable(response: &Response) -> Option<WireError> {
+    let refused = |r: &Response| match r {
+        Response::Error(err) if err.code == ErrorCode::Unavailable => Some(err.clone()),
+        _ => None,
+    };
+    match response {
+        Response::Writes(answers) => answers.iter().find_map(refused),
+        other => refused(other),
+    }
+}
+
+/// States waiting for the replica, with whom to tell once they are in.
+type LocalJob = (
+    Vec<(ItemKey, KeyState)>,
+    oneshot::Sender<Result<(), ReplicaError>>,
+);
 
 /// Puts the states the coordinator answered into the replica, on a thread
 /// of its own: every state queued while a batch is written and flushed
@@ -165,18 +310,17 @@ impl LocalApplier {
         let spawned = std::thread::Builder::new()
             .name("local-apply".into())
             .spawn(move || {
-                while let Some(first) = queue.blocking_recv() {
-                    let mut group = vec![first];
-                    while group.len() < LOCAL_BATCH {
+                while let Some((mut states, done)) = queue.blocking_recv() {
+                    let mut waiting = vec![done];
+                    while states.len() < LOCAL_BATCH {
                         match queue.try_recv() {
-                            Ok(job) => group.push(job),
+                            Ok((more, done)) => {
+                                states.extend(more);
+                                waiting.push(done);
+                            }
                             Err(_) => break,
                         }
                     }
-                    let (states, waiting): (Vec<_>, Vec<_>) = group
-                        .into_iter()
-                        .map(|(key, state, done)| ((key, state), done))
-                        .unzip();
                     let result = replica.apply_local_many(states);
                     for done in waiting {
                         let answer = match &result {
@@ -196,14 +340,15 @@ impl LocalApplier {
         LocalApplier { jobs }
     }
 
-    /// Puts `state` into the replica; returns once it is there and flushed.
-    async fn apply(&self, key: ItemKey, state: KeyState) -> Result<(), ReplicaError> {
+    /// Puts `states` into the replica; returns once they are there and
+    /// flushed (at once when there are none).
+    async fn apply(&self, states: Vec<(ItemKey, KeyState)>) -> Result<(), ReplicaError> {
+        if states.is_empty() {
+            return Ok(());
+        }
         let (done, wait) = oneshot::channel();
         let gone = || ReplicaError::Storage("the local-apply thread has stopped".into());
-        self.jobs
-            .send((key, state, done))
-            .await
-            .map_err(|_| gone())?;
+        self.jobs.send((states, done)).await.map_err(|_| gone())?;
         wait.await.map_err(|_| gone())?
     }
 }

@@ -38,6 +38,9 @@ pub struct Link {
     current: Mutex<Option<Arc<Client>>>,
     /// The round-trip time of the last connection, in µs (0: none yet).
     rtt_us: AtomicU64,
+    /// The protocol version the last connection's coordinator speaks (0:
+    /// none yet).
+    protocol: AtomicU64,
 }
 
 impl std::fmt::Debug for Link {
@@ -61,7 +64,15 @@ impl Link {
             client_config,
             current: Mutex::new(None),
             rtt_us: AtomicU64::new(0),
+            protocol: AtomicU64::new(0),
         }
+    }
+
+    /// Whether the coordinator takes several writes in one request
+    /// ([`shelfsync_proto::Request::Writes`], protocol version 2). False
+    /// until the first connection says so.
+    pub fn takes_batches(&self) -> bool {
+        self.protocol.load(Ordering::Relaxed) >= 2
     }
 
     /// How long one attempt (a handshake, or a forwarded request) may take
@@ -102,6 +113,8 @@ impl Link {
                 Ok((addr, client)) => {
                     tracing::info!(coordinator = %addr, "connected to the coordinator");
                     self.rtt_us.store(micros(client.rtt()), Ordering::Relaxed);
+                    let protocol = u64::from(client.hello().protocol_version);
+                    self.protocol.store(protocol, Ordering::Relaxed);
                     let client = Arc::new(client);
                     *current = Some(client.clone());
                     return Ok(client);

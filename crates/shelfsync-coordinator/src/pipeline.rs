@@ -122,30 +122,23 @@ impl Pipeline {
 
     /// Decides a write from `store` and answers once it is durable.
     pub async fn write(&self, store: &str, request: WriteRequest) -> Response {
-        let command = Command {
-            store: store.to_string(),
-            idempotency_key: request.idempotency_key,
-            lines: vec![Line {
-                key: request.key,
-                op: request.op,
-                expected_version: request.expected_version,
-            }],
-        };
-        match self.submit(Request::Write(command)).await {
-            Answer::Accepted {
-                mut changes,
-                replayed,
-            } => match changes.pop() {
-                Some((seq, state)) => Response::Write(WriteAck {
-                    seq,
-                    state,
-                    replayed,
-                }),
-                None => unavailable(),
-            },
-            Answer::Refused(err) => Response::Error(err),
-            Answer::Read { .. } => unavailable(),
+        let answer = self.enqueue(Request::Write(command(store, request))).await;
+        write_response(answer.await)
+    }
+
+    /// Decides several writes from `store`, each on its own, and answers
+    /// each once it is durable. All are queued before any is waited for,
+    /// so they share groups.
+    pub async fn write_many(&self, store: &str, requests: Vec<WriteRequest>) -> Vec<Response> {
+        let mut pending = Vec::with_capacity(requests.len());
+        for request in requests {
+            pending.push(self.enqueue(Request::Write(command(store, request))).await);
         }
+        let mut responses = Vec::with_capacity(pending.len());
+        for answer in pending {
+            responses.push(write_response(answer.await));
+        }
+        responses
     }
 
     /// Decides a write of several lines as one commit. The REST surfaces
@@ -172,17 +165,25 @@ impl Pipeline {
     }
 
     async fn submit(&self, request: Request) -> Answer {
+        self.enqueue(request).await.await
+    }
+
+    /// Queues `request`; the future it returns resolves to its answer.
+    async fn enqueue(&self, request: Request) -> impl Future<Output = Answer> + use<> {
         let (reply, rx) = oneshot::channel();
         let job = Job::Work {
             request,
             queued: Instant::now(),
             reply,
         };
-        if self.failed.is_set() || self.jobs.send(job).await.is_err() {
-            return Answer::Refused(unavailable_error());
+        let queued = !self.failed.is_set() && self.jobs.send(job).await.is_ok();
+        async move {
+            if !queued {
+                return Answer::Refused(unavailable_error());
+            }
+            rx.await
+                .unwrap_or_else(|_| Answer::Refused(unavailable_error()))
         }
-        rx.await
-            .unwrap_or_else(|_| Answer::Refused(unavailable_error()))
     }
 
     /// Answers every job queued so far, then stops the sequencer and waits
@@ -264,6 +265,37 @@ impl Failure {
 
     fn is_set(&self) -> bool {
         self.flag.load(Ordering::Acquire)
+    }
+}
+
+fn command(store: &str, request: WriteRequest) -> Command {
+    Command {
+        store: store.to_string(),
+        idempotency_key: request.idempotency_key,
+        lines: vec![Line {
+            key: request.key,
+            op: request.op,
+            expected_version: request.expected_version,
+        }],
+    }
+}
+
+/// The wire answer to a single-key write.
+fn write_response(answer: Answer) -> Response {
+    match answer {
+        Answer::Accepted {
+            mut changes,
+            replayed,
+        } => match changes.pop() {
+            Some((seq, state)) => Response::Write(WriteAck {
+                seq,
+                state,
+                replayed,
+            }),
+            None => unavailable(),
+        },
+        Answer::Refused(err) => Response::Error(err),
+        Answer::Read { .. } => unavailable(),
     }
 }
 

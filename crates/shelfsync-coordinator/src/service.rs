@@ -13,9 +13,9 @@ use std::time::Instant;
 use shelfsync_core::ItemKey;
 use shelfsync_proto::{
     ADMIN_IDENTITY, Change, ChangesPage, ChangesRequest, ErrorCode, Hello, HelloReply,
-    HistoryReply, HistoryRequest, PROTOCOL_VERSION, ReportAck, Request, Response, SOFTWARE_VERSION,
-    SUPPORTED_VERSIONS, SnapshotPage, SnapshotRequest, StatusReply, StoreReport, StoreStatus,
-    WireError, WriteRequest,
+    HistoryReply, HistoryRequest, MAX_WRITES, PROTOCOL_VERSION, ReportAck, Request, Response,
+    SOFTWARE_VERSION, SUPPORTED_VERSIONS, SnapshotPage, SnapshotRequest, StatusReply, StoreReport,
+    StoreStatus, WireError, WriteRequest,
 };
 
 use crate::FastMap;
@@ -176,6 +176,16 @@ impl Service {
                 self.metrics.observe_write(started.elapsed());
                 answer
             }
+            Request::Writes(writes) => {
+                let started = Instant::now();
+                let answer = self.writes(peer, writes).await;
+                if let Ok(Response::Writes(answers)) = &answer {
+                    for _ in answers {
+                        self.metrics.observe_write(started.elapsed());
+                    }
+                }
+                answer
+            }
             Request::Read(read) => match self.check(peer, Access::Read, &read.key.location) {
                 Ok(()) => Ok(self.pipeline.read(read.key).await),
                 Err(err) => Err(err),
@@ -212,6 +222,49 @@ impl Service {
     }
 
     async fn write(&self, peer: &Peer, write: WriteRequest) -> Result<Response, WireError> {
+        self.check_write(peer, &write)?;
+        Ok(self.pipeline.write(peer.name(), write).await)
+    }
+
+    /// Several writes, each checked and decided on its own.
+    async fn writes(&self, peer: &Peer, writes: Vec<WriteRequest>) -> Result<Response, WireError> {
+        if writes.len() > MAX_WRITES {
+            return Err(WireError::new(
+                ErrorCode::BadRequest,
+                format!("at most {MAX_WRITES} writes in one request"),
+            ));
+        }
+        let mut answers: Vec<Option<Response>> = Vec::with_capacity(writes.len());
+        let mut valid = Vec::with_capacity(writes.len());
+        for write in writes {
+            match self.check_write(peer, &write) {
+                Ok(()) => {
+                    answers.push(None);
+                    valid.push(write);
+                }
+                Err(err) => answers.push(Some(Response::Error(err))),
+            }
+        }
+        let mut decided = self
+            .pipeline
+            .write_many(peer.name(), valid)
+            .await
+            .into_iter();
+        let answers = answers
+            .into_iter()
+            .map(|answer| {
+                answer.or_else(|| decided.next()).unwrap_or_else(|| {
+                    Response::Error(WireError::new(
+                        ErrorCode::Internal,
+                        "a write went unanswered",
+                    ))
+                })
+            })
+            .collect();
+        Ok(Response::Writes(answers))
+    }
+
+    fn check_write(&self, peer: &Peer, write: &WriteRequest) -> Result<(), WireError> {
         let key = &write.idempotency_key;
         if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY || key.chars().any(char::is_control) {
             return Err(WireError::new(
@@ -225,8 +278,7 @@ impl Service {
             .key
             .validate()
             .map_err(|e| WireError::rejected(&e, None))?;
-        self.check(peer, Access::Write, &write.key.location)?;
-        Ok(self.pipeline.write(peer.name(), write).await)
+        self.check(peer, Access::Write, &write.key.location)
     }
 
     fn check_locations(&self, peer: &Peer, locations: &[String]) -> Result<(), WireError> {

@@ -624,6 +624,43 @@ async fn an_expired_cursor_is_reported() {
     }
 }
 
+/// Several writes in one request: each checked and decided on its own,
+/// answered in order, a retry among them answered from its record.
+#[tokio::test]
+async fn writes_in_one_request_are_each_decided_on_their_own() {
+    let fx = Fixture::new();
+    let peer = fx.service.identify("store-1").unwrap();
+    let write = |idem: &str, location: &str, op: Op| WriteRequest {
+        idempotency_key: idem.into(),
+        key: key(location, "tea"),
+        op,
+        expected_version: None,
+    };
+    let request = Request::Writes(vec![
+        write("a", "store-1", create(5)),
+        write("b", "store-2", create(5)),
+        write("c", "store-1", Op::Remove { amount: 9 }),
+        write("d", "store-1", Op::Remove { amount: 2 }),
+        write("a", "store-1", create(5)),
+    ]);
+    let Response::Writes(answers) = fx.service.handle(&peer, request).await else {
+        panic!("no answers");
+    };
+    assert_eq!(answers.len(), 5);
+    let created = ack(answers[0].clone());
+    assert_eq!(refusal(answers[1].clone()), ErrorCode::Forbidden);
+    assert_eq!(refusal(answers[2].clone()), ErrorCode::InsufficientStock);
+    assert_eq!(ack(answers[3].clone()).state.item().unwrap().quantity, 3);
+    let replayed = ack(answers[4].clone());
+    assert!(replayed.replayed && replayed.seq == created.seq);
+
+    let too_many = Request::Writes(vec![write("x", "store-1", create(1)); 1025]);
+    assert_eq!(
+        refusal(fx.service.handle(&peer, too_many).await),
+        ErrorCode::BadRequest
+    );
+}
+
 #[tokio::test]
 async fn a_hello_with_another_protocol_version_gets_a_clear_error() {
     let fx = Fixture::new();
@@ -637,7 +674,7 @@ async fn a_hello_with_another_protocol_version_gets_a_clear_error() {
             assert_eq!(err.code, ErrorCode::UnsupportedVersion);
             assert_eq!(
                 err.message,
-                "unsupported protocol version 99, supported are [1]"
+                "unsupported protocol version 99, supported are [1, 2]"
             );
         }
         other => panic!("unexpected {other:?}"),

@@ -12,9 +12,13 @@ use serde::{Deserialize, Serialize};
 use shelfsync_core::{Item, ItemKey, KeyState, Op, Rejection};
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Every protocol version this build can talk; the hello is refused otherwise.
-pub const SUPPORTED_VERSIONS: &[u16] = &[1];
+/// Version 2 added [`Request::Writes`]; a peer of version 1 never sends it
+/// and is never sent it.
+pub const SUPPORTED_VERSIONS: &[u16] = &[1, 2];
+/// Most writes in one [`Request::Writes`].
+pub const MAX_WRITES: usize = 1024;
 /// The software version carried in hellos and store reports.
 pub const SOFTWARE_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The identity (certificate CN) of an administrator.
@@ -28,6 +32,11 @@ pub enum Request {
     Hello(Hello),
     /// A write to one key.
     Write(WriteRequest),
+    /// Several writes (at most [`MAX_WRITES`]), each decided on its own as
+    /// if sent alone; answered with [`Response::Writes`] in the same order.
+    /// One stream for many writes: an agent sends the writes its clients
+    /// made while its previous ones were on their way (protocol version 2).
+    Writes(Vec<WriteRequest>),
     /// A strong read of one key: the coordinator's durable state.
     Read(ReadRequest),
     /// The change-log entries after a cursor.
@@ -48,6 +57,7 @@ impl Request {
         match self {
             Request::Hello(_) => "hello",
             Request::Write(_) => "write",
+            Request::Writes(_) => "writes",
             Request::Read(_) => "read",
             Request::Changes(_) => "changes",
             Request::Snapshot(_) => "snapshot",
@@ -66,6 +76,9 @@ pub enum Response {
     Hello(HelloReply),
     /// The write was accepted and is durable.
     Write(WriteAck),
+    /// One answer per write of a [`Request::Writes`], in order: each a
+    /// [`Response::Write`] or a [`Response::Error`].
+    Writes(Vec<Response>),
     /// The item as it stands, durable.
     Read(ReadReply),
     /// A page of change-log entries.
