@@ -1,5 +1,5 @@
-//! One child process of a test: the shared launcher's
-//! [`Child`](shelfsync_runtime::launcher::Child), plus what only tests want.
+//! One child process of a test: the shared launcher's [`Child`], plus what
+//! only tests want.
 //!
 //! The launcher appends stdout and stderr to one log file per process (a
 //! restarted process keeps adding to the same file) and kills and reaps the
