@@ -14,21 +14,20 @@
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::Context;
 use serde_json::Value;
+use shelfsync_runtime::launcher::{Probe, Signal};
 
-use crate::binaries::binary;
 use crate::certs::Certs;
 use crate::coordinator::{duration, list, quote};
-use crate::launch::{StartError, spawn_ready};
+use crate::launch::{LaunchError, service_command, spawn_ready};
 use crate::poll::{self, Check};
 use crate::ports::{MAX_START_ATTEMPTS, free_tcp_addr};
 use crate::process::Process;
 use crate::rest::RestClient;
-use crate::{READY_TIMEOUT, SERVER_NAME, http};
+use crate::{SERVER_NAME, http};
 
 /// The sync interval of an [`AgentSpec::new`]: short, so tests that wait for
 /// a sync wait little.
@@ -224,8 +223,8 @@ impl AgentProcess {
                         http,
                     });
                 }
-                Err(StartError::AddrInUse(err)) => last_error = Some(err),
-                Err(StartError::Failed(err)) => return Err(err),
+                Err(err) if err.is_addr_in_use() => last_error = Some(err),
+                Err(err) => return Err(err.into()),
             }
         }
         Err(retries_exhausted(last_error))
@@ -234,7 +233,13 @@ impl AgentProcess {
     /// Kills the agent with SIGKILL and waits for it to be gone: no
     /// shutdown, no final flush of the replica, exactly like `kill -9`.
     pub fn kill9(&mut self) {
-        self.process.kill9();
+        self.process.kill();
+    }
+
+    /// Sends `signal` (SIGSTOP and SIGCONT pause and resume it) unless the
+    /// process has been reaped.
+    pub fn signal(&self, signal: Signal) -> std::io::Result<()> {
+        self.process.signal(signal)
     }
 
     /// Starts the agent again with the same config and replica (after a
@@ -249,7 +254,7 @@ impl AgentProcess {
 
     /// Like [`Self::restart`], waiting as `wait` says.
     pub async fn restart_waiting(&mut self, wait: Wait) -> anyhow::Result<()> {
-        self.process.kill9();
+        self.process.kill();
         let mut last_error = None;
         for attempt in 0..MAX_START_ATTEMPTS {
             if attempt > 0 {
@@ -271,8 +276,8 @@ impl AgentProcess {
                     self.process = process;
                     return Ok(());
                 }
-                Err(StartError::AddrInUse(err)) => last_error = Some(err),
-                Err(StartError::Failed(err)) => return Err(err),
+                Err(err) if err.is_addr_in_use() => last_error = Some(err),
+                Err(err) => return Err(err.into()),
             }
         }
         Err(retries_exhausted(last_error))
@@ -313,7 +318,7 @@ impl AgentProcess {
 
     /// The OS process id while it runs (not yet killed or reaped).
     pub fn pid(&self) -> Option<u32> {
-        self.process.id()
+        self.process.live_pid()
     }
 
     /// Whether the process is still running.
@@ -410,31 +415,23 @@ async fn launch(
     http: &reqwest::Client,
     http_addr: SocketAddr,
     wait: Wait,
-) -> Result<Process, StartError> {
-    let mut command = Command::new(binary("shelfsync-agent"));
-    command
-        .arg("--config")
-        .arg(config_path)
-        .current_dir(dir)
-        .env_remove("SHELFSYNC_CONFIG")
-        // Tests read log lines (bootstrap progress); keep them at info and
-        // free of colour codes.
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1");
-    let url = format!("http://{http_addr}{}", wait.path());
+) -> Result<Process, LaunchError> {
+    let command = service_command("shelfsync-agent", config_path, dir);
+    let probe = Probe::http(http, format!("http://{http_addr}{}", wait.path()));
     spawn_ready(
         &format!("shelfsync-agent {store_id}"),
         command,
         log_path,
-        http,
-        &url,
-        READY_TIMEOUT,
+        &probe,
     )
     .await
 }
 
-fn retries_exhausted(last: Option<anyhow::Error>) -> anyhow::Error {
-    let err = last.unwrap_or_else(|| anyhow::anyhow!("no start attempt was made"));
+fn retries_exhausted(last: Option<LaunchError>) -> anyhow::Error {
+    let err = last.map_or_else(
+        || anyhow::anyhow!("no start attempt was made"),
+        anyhow::Error::from,
+    );
     err.context(format!(
         "the agent lost its REST port to other sockets {MAX_START_ATTEMPTS} times in a row"
     ))

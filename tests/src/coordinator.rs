@@ -11,17 +11,15 @@
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::Context;
 use shelfsync_proto::{Client, ProtoError};
+use shelfsync_runtime::launcher::{Probe, Signal};
 
-use crate::READY_TIMEOUT;
-use crate::binaries::binary;
 use crate::certs::Certs;
 use crate::http::{self, HttpReply};
-use crate::launch::{StartError, spawn_ready};
+use crate::launch::{LaunchError, service_command, spawn_ready};
 use crate::ports::{MAX_START_ATTEMPTS, free_tcp_addr, free_udp_addr};
 use crate::process::Process;
 
@@ -202,8 +200,8 @@ impl CoordinatorProcess {
                         http,
                     });
                 }
-                Err(StartError::AddrInUse(err)) => last_error = Some(err),
-                Err(StartError::Failed(err)) => return Err(err),
+                Err(err) if err.is_addr_in_use() => last_error = Some(err),
+                Err(err) => return Err(err.into()),
             }
         }
         Err(retries_exhausted(last_error))
@@ -212,7 +210,13 @@ impl CoordinatorProcess {
     /// Kills the coordinator with SIGKILL and waits for it to be gone: no
     /// shutdown, no final flush, exactly like `kill -9`.
     pub fn kill9(&mut self) {
-        self.process.kill9();
+        self.process.kill();
+    }
+
+    /// Sends `signal` (SIGSTOP and SIGCONT pause and resume it) unless the
+    /// process has been reaped.
+    pub fn signal(&self, signal: Signal) -> std::io::Result<()> {
+        self.process.signal(signal)
     }
 
     /// Starts the coordinator again with the same config and data dir (after
@@ -222,7 +226,7 @@ impl CoordinatorProcess {
     /// to fresh ones and rewrites its config, so read [`Self::quic_addr`]
     /// and [`Self::http_addr`] after a restart rather than before.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
-        self.process.kill9();
+        self.process.kill();
         let mut last_error = None;
         for attempt in 0..MAX_START_ATTEMPTS {
             if attempt > 0 {
@@ -251,8 +255,8 @@ impl CoordinatorProcess {
                     self.process = process;
                     return Ok(());
                 }
-                Err(StartError::AddrInUse(err)) => last_error = Some(err),
-                Err(StartError::Failed(err)) => return Err(err),
+                Err(err) if err.is_addr_in_use() => last_error = Some(err),
+                Err(err) => return Err(err.into()),
             }
         }
         Err(retries_exhausted(last_error))
@@ -260,7 +264,7 @@ impl CoordinatorProcess {
 
     /// The OS process id while it runs (not yet killed or reaped).
     pub fn pid(&self) -> Option<u32> {
-        self.process.id()
+        self.process.live_pid()
     }
 
     /// Whether the process is still running.
@@ -358,31 +362,18 @@ async fn launch(
     http: &reqwest::Client,
     http_addr: SocketAddr,
     env: &[(String, String)],
-) -> Result<Process, StartError> {
-    let mut command = Command::new(binary("shelfsync-coordinator"));
-    command
-        .arg("--config")
-        .arg(config_path)
-        .current_dir(dir)
-        .env_remove("SHELFSYNC_CONFIG")
-        // The refusal tests read log lines; keep them at info and free of colour codes.
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .envs(env.iter().map(|(k, v)| (k, v)));
-    let ready_url = format!("http://{http_addr}/readyz");
-    spawn_ready(
-        "shelfsync-coordinator",
-        command,
-        log_path,
-        http,
-        &ready_url,
-        READY_TIMEOUT,
-    )
-    .await
+) -> Result<Process, LaunchError> {
+    let mut command = service_command("shelfsync-coordinator", config_path, dir);
+    command.envs(env.iter().map(|(k, v)| (k, v)));
+    let probe = Probe::http(http, format!("http://{http_addr}/readyz"));
+    spawn_ready("shelfsync-coordinator", command, log_path, &probe).await
 }
 
-fn retries_exhausted(last: Option<anyhow::Error>) -> anyhow::Error {
-    let err = last.unwrap_or_else(|| anyhow::anyhow!("no start attempt was made"));
+fn retries_exhausted(last: Option<LaunchError>) -> anyhow::Error {
+    let err = last.map_or_else(
+        || anyhow::anyhow!("no start attempt was made"),
+        anyhow::Error::from,
+    );
     err.context(format!(
         "the coordinator lost its ports to other sockets {MAX_START_ATTEMPTS} times in a row"
     ))

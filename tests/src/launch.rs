@@ -1,68 +1,45 @@
-//! Starting a process and waiting until it is ready, shared by every
-//! launcher (coordinator now, store agents later).
+//! Starting a service binary under test and waiting until it is ready,
+//! shared by the coordinator and agent launchers.
 //!
-//! [`spawn_ready`] starts one attempt and classifies a failure, so that the
-//! launcher can tell "the port was taken, pick another" (see [`crate::ports`])
-//! from a real failure, which is reported with the tail of the process log.
+//! The mechanism is the shared launcher's ([`shelfsync_runtime::launcher`]);
+//! this adds what tests choose: the binaries from [`crate::binaries`], log
+//! lines at `info` (tests read them), [`READY_TIMEOUT`], and a [`Process`]
+//! that prints its log tail when a test panics. A failed start comes back as
+//! a [`LaunchError`], whose [`LaunchError::is_addr_in_use`] tells the
+//! launcher to try fresh ports (see [`crate::ports`]).
 
+use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
-use crate::http::{Readiness, wait_ready};
-use crate::ports::is_addr_in_use;
-use crate::process::{Process, tail};
+pub use shelfsync_runtime::launcher::LaunchError;
+use shelfsync_runtime::launcher::{self, Child, Probe};
 
-/// Lines of log quoted in a start failure.
-const FAILURE_TAIL_LINES: usize = 40;
+use crate::READY_TIMEOUT;
+use crate::binaries::binary;
+use crate::process::Process;
 
-/// Why one start attempt failed.
-#[derive(Debug)]
-pub enum StartError {
-    /// The process exited because one of its addresses was already in use;
-    /// trying again on other ports should help.
-    AddrInUse(anyhow::Error),
-    /// Anything else: bad config, crash, no readiness within the timeout.
-    Failed(anyhow::Error),
+/// Written in the log before each start.
+const STARTER: &str = "shelfsync-tests";
+
+/// `binary --config config` in `dir` (see [`launcher::service_command`]),
+/// logging at `info`.
+pub fn service_command(binary_name: &str, config: &Path, dir: &Path) -> Command {
+    let mut command = launcher::service_command(&binary(binary_name), config);
+    // Tests read log lines; keep them at info.
+    command.current_dir(dir).env("RUST_LOG", "info");
+    command
 }
 
-impl StartError {
-    /// The error, whatever the kind.
-    pub fn into_error(self) -> anyhow::Error {
-        match self {
-            StartError::AddrInUse(err) | StartError::Failed(err) => err,
-        }
-    }
-}
-
-/// Spawns `command` (see [`Process::spawn`]) and waits until `ready_url`
-/// answers 200, for at most `timeout`.
+/// Spawns `command` with its output appended to `log_path` and waits until
+/// `probe` succeeds, for at most [`READY_TIMEOUT`]; a start that fails is
+/// killed and reported with the tail of its log.
 pub async fn spawn_ready(
     name: &str,
     command: Command,
-    log_path: &std::path::Path,
-    client: &reqwest::Client,
-    ready_url: &str,
-    timeout: Duration,
-) -> Result<Process, StartError> {
-    let mut process = Process::spawn(name, command, log_path).map_err(StartError::Failed)?;
-    let outcome = wait_ready(client, &mut process, ready_url, timeout).await;
-    let problem = match outcome {
-        Readiness::Ready => return Ok(process),
-        Readiness::Exited(status) => format!("{name} exited with {status} before it was ready"),
-        Readiness::TimedOut => {
-            process.kill9();
-            format!("{name} was not ready at {ready_url} within {timeout:?}")
-        }
-    };
-    let log = process.log();
-    let error = anyhow::anyhow!(
-        "{problem}; last lines of {}:\n{}",
-        log_path.display(),
-        tail(&log, FAILURE_TAIL_LINES)
-    );
-    if is_addr_in_use(&log) {
-        Err(StartError::AddrInUse(error))
-    } else {
-        Err(StartError::Failed(error))
-    }
+    log_path: &Path,
+    probe: &Probe,
+) -> Result<Process, LaunchError> {
+    Child::spawn_ready(STARTER, name, command, log_path, probe, READY_TIMEOUT)
+        .await
+        .map(Process::from)
 }

@@ -5,13 +5,16 @@
 //! - [`binaries`] finds the built binaries (`shelfctl`, `shelfsync-coordinator`,
 //!   `shelfsync-agent`) next to the test executable.
 //! - [`certs::Certs`] runs the real `shelfctl certs init|issue`.
-//! - [`process::Process`] is one child with its output in a log file; it is
-//!   killed (SIGKILL) and reaped in `Drop`, and prints its log tail when a test
+//! - The shared launcher ([`shelfsync_runtime::launcher`], also behind
+//!   `shelfctl demo`) spawns a binary with its output in a log file, waits
+//!   for its `/readyz` (bounded), classifies a failed start, sends signals,
+//!   and kills (SIGKILL) and reaps the child in `Drop`.
+//! - [`launch`] starts a service binary under test through it;
+//!   [`process::Process`] is that child, printing its log tail when a test
 //!   panics.
-//! - [`ports`] picks ports and recognises "address in use" failures, which
-//!   the launchers answer by retrying on fresh ports.
-//! - [`http`] polls `/readyz` (bounded) and does plain GETs; [`launch`]
-//!   starts a process, waits for it and classifies a failed start;
+//! - [`ports`] picks ports; the launchers retry on fresh ones after an
+//!   "address in use" failure.
+//! - [`http`] builds the harness's HTTP client and does plain GETs;
 //!   [`poll`] waits for any condition with a deadline.
 //! - [`coordinator::CoordinatorProcess`] writes a coordinator config, starts
 //!   the binary, waits until it is ready, and can `kill9` and `restart` it on

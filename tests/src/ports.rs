@@ -8,14 +8,17 @@
 //! (another test's client endpoint, say) may take the port. That race is
 //! rare but real, so it is handled instead of ignored: the launchers watch
 //! for the child exiting before it is ready, and when its log says the
-//! address was in use ([`is_addr_in_use`]) they pick fresh ports and start
-//! it again, a bounded number of times ([`MAX_START_ATTEMPTS`]).
+//! address was in use
+//! ([`LaunchError::is_addr_in_use`](shelfsync_runtime::launcher::LaunchError::is_addr_in_use))
+//! they pick fresh ports and start it again, a bounded number of times
+//! ([`MAX_START_ATTEMPTS`]).
 //!
 //! UDP ports (QUIC) are taken from a UDP socket and TCP ports (HTTP) from a
 //! TCP listener, so each comes from the pool it will be used in.
 //!
 //! Readiness is only taken from a process that is still running after its
-//! `/readyz` answered (see [`crate::http::wait_ready`]), so a 200 from some
+//! `/readyz` answered (see
+//! [`Child::wait_ready`](shelfsync_runtime::launcher::Child::wait_ready)), so a 200 from some
 //! other server on a lost port is not mistaken for it in the usual case. The
 //! one case left is a lost port whose new owner answers 200 in the few
 //! milliseconds before our child notices the failed bind and exits; it needs
@@ -46,23 +49,9 @@ pub fn free_tcp_addr() -> anyhow::Result<SocketAddr> {
         .context("cannot read a TCP listener's address")
 }
 
-/// Whether a process log reports a failed bind because the address was taken.
-pub fn is_addr_in_use(log: &str) -> bool {
-    let log = log.to_ascii_lowercase();
-    log.contains("address already in use") || log.contains("addrinuse")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn recognises_the_bind_failure_of_both_listeners() {
-        assert!(is_addr_in_use(
-            "error: cannot listen on 127.0.0.1:7400 (QUIC): Address already in use (os error 98)"
-        ));
-        assert!(!is_addr_in_use("error: invalid config"));
-    }
 
     #[test]
     fn free_addresses_are_on_loopback() {

@@ -42,7 +42,7 @@ fn default_timeout() -> Duration {
 impl Config {
     /// Reads and checks a config file; errors name the file.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let config: Config = shelfsync_proto::process::load_toml(path)?;
+        let config: Config = shelfsync_runtime::load_toml(path)?;
         config
             .validate()
             .with_context(|| format!("invalid config {}", path.display()))?;

@@ -353,7 +353,7 @@ async fn watch(config: &Config, settings: Settings) -> anyhow::Result<Outcome> {
     let clear = render::stdout_is_styled() && !settings.json;
     // Ctrl-C (or SIGTERM) ends the watch; the handler is in place from the
     // first poll, before the first refresh can finish.
-    let ctrl_c = shelfsync_proto::process::shutdown_signal();
+    let ctrl_c = shelfsync_runtime::shutdown_signal();
     tokio::pin!(ctrl_c);
     let mut client: Option<Client> = None;
     let mut last: Option<anyhow::Result<Outcome>> = None;

@@ -104,7 +104,7 @@ impl Agent {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let (stop_handle, stop) = shelfsync_proto::process::stop_pair();
+        let (stop_handle, stop) = shelfsync_runtime::stop_pair();
         let stopped = || stop.wait();
         tracing::info!(http = %self.http_addr, "agent serving");
         let sync = tokio::spawn(self.state.syncer.clone().run(stopped()));

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use shelfsync_proto::TlsFiles;
-use shelfsync_proto::process::load_toml;
-pub use shelfsync_proto::process::{ConfigError, LogFormat};
+use shelfsync_runtime::load_toml;
+pub use shelfsync_runtime::{ConfigError, LogFormat};
 
 /// Everything the coordinator reads at start.
 #[derive(Debug, Clone, Deserialize)]

@@ -116,7 +116,7 @@ impl Coordinator {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let (stop_handle, stop) = shelfsync_proto::process::stop_pair();
+        let (stop_handle, stop) = shelfsync_runtime::stop_pair();
         let stopped = || stop.wait();
         tracing::info!(quic = %self.quic_addr, http = %self.http_addr, stores = self.config.stores.len(), "coordinator serving");
         let gc = tokio::spawn(gc::run(

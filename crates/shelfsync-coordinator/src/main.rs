@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use shelfsync_coordinator::Config;
-use shelfsync_proto::process;
+use shelfsync_runtime::run_service;
 
 /// The shelfsync coordinator.
 #[derive(Parser)]
@@ -24,7 +24,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    process::run_service(
+    run_service(
         "coordinator",
         Config::load(&args.config),
         |config| config.log_format,

@@ -11,7 +11,6 @@ pub mod error;
 pub mod failpoints;
 pub mod message;
 pub mod net;
-pub mod process;
 pub mod time;
 pub mod tls;
 

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use shelfsync_proto::Client;
+use shelfsync_runtime::launcher::Signal;
 
 use crate::nemesis::check;
 use crate::nemesis::faults::Fault;
@@ -68,9 +69,16 @@ impl Rig {
                 let store = self.stores[*agent].clone();
                 self.cluster.agent_mut(&store).kill9();
             }
-            Fault::PauseCoordinator => signal(self.cluster.coordinator().pid(), Signal::Stop),
+            // A signal fails only when the process has just exited: then
+            // there is nothing to pause (or, below, to continue).
+            Fault::PauseCoordinator => {
+                let _ = self.cluster.coordinator().signal(Signal::Stop);
+            }
             Fault::PauseAgent { agent } => {
-                signal(self.cluster.agent(&self.stores[*agent]).pid(), Signal::Stop);
+                let _ = self
+                    .cluster
+                    .agent(&self.stores[*agent])
+                    .signal(Signal::Stop);
             }
             Fault::CoordinatorFailpoint { name, actions } => {
                 let url = self.cluster.coordinator().url(&failpoint_path(name));
@@ -105,11 +113,14 @@ impl Rig {
                 Healed::plain("network healed")
             }
             Fault::PauseCoordinator => {
-                signal(self.cluster.coordinator().pid(), Signal::Cont);
+                let _ = self.cluster.coordinator().signal(Signal::Cont);
                 Healed::plain("coordinator continued")
             }
             Fault::PauseAgent { agent } => {
-                signal(self.cluster.agent(&self.stores[*agent]).pid(), Signal::Cont);
+                let _ = self
+                    .cluster
+                    .agent(&self.stores[*agent])
+                    .signal(Signal::Cont);
                 Healed::plain("agent continued")
             }
             Fault::KillAgent { agent } => {
@@ -157,13 +168,13 @@ impl Rig {
         for proxy in &self.proxies {
             proxy.heal();
         }
-        signal(self.cluster.coordinator().pid(), Signal::Cont);
+        let _ = self.cluster.coordinator().signal(Signal::Cont);
         if !self.cluster.coordinator_mut().is_running() {
             self.restart_coordinator().await?;
         }
         for i in 0..self.stores.len() {
             let store = self.stores[i].clone();
-            signal(self.cluster.agent(&store).pid(), Signal::Cont);
+            let _ = self.cluster.agent(&store).signal(Signal::Cont);
             if !self.cluster.agent_mut(&store).is_running() {
                 self.restart_agent(i).await?;
             }
@@ -299,29 +310,6 @@ impl Rig {
 /// `/debug/failpoints/{name}`.
 fn failpoint_path(name: &str) -> String {
     format!("/debug/failpoints/{name}")
-}
-
-/// The signals the run sends.
-#[derive(Debug, Clone, Copy)]
-enum Signal {
-    Stop,
-    Cont,
-}
-
-/// Sends `sig` to `pid`; nothing when the process is gone.
-fn signal(pid: Option<u32>, sig: Signal) {
-    let Some(pid) = pid
-        .and_then(|p| i32::try_from(p).ok())
-        .and_then(rustix::process::Pid::from_raw)
-    else {
-        return;
-    };
-    let sig = match sig {
-        Signal::Stop => rustix::process::Signal::STOP,
-        Signal::Cont => rustix::process::Signal::CONT,
-    };
-    // Fails only when the process has just exited: nothing to pause then.
-    let _ = rustix::process::kill_process(pid, sig);
 }
 
 /// Runs the futures concurrently and collects their outputs in order.

@@ -36,7 +36,7 @@ use crate::config::Config;
 use crate::status::{self, StatusView};
 use crate::{Outcome, coordinator, render};
 use layout::{CertsDone, Layout};
-use processes::{Children, Role, Running, StartError};
+use processes::{Children, Role, Running};
 use traffic::{Counter, Target};
 
 /// `--dir` when not given.
@@ -335,23 +335,26 @@ async fn start<T>(
             spec.dir,
         )?;
         let running = children.push(running)?;
-        match processes::wait_ready(running, http, &ready_url).await {
+        match running.wait_ready(http, &ready_url).await {
             Ok(()) => {
                 say(&format!("ready (pid {})", running.pid()));
                 return Ok(value);
             }
-            Err(StartError::AddrInUse(err)) => {
+            Err(err) if err.is_addr_in_use() => {
                 say("a port was taken meanwhile; trying other ports");
                 children.discard_last()?;
                 last_error = Some(err);
             }
-            Err(StartError::Failed(err)) => {
+            Err(err) => {
                 say("failed");
-                return Err(err);
+                return Err(err.into());
             }
         }
     }
-    let err = last_error.unwrap_or_else(|| anyhow::anyhow!("no start attempt was made"));
+    let err = last_error.map_or_else(
+        || anyhow::anyhow!("no start attempt was made"),
+        anyhow::Error::from,
+    );
     Err(err.context(format!(
         "{} lost its ports to other sockets {MAX_START_ATTEMPTS} times in a row",
         spec.name

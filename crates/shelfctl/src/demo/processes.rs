@@ -12,17 +12,20 @@
 //! locks); the next run reads the pid file and stops them first. A pid is
 //! only signalled after `/proc/PID/exe` shows it still runs the binary named
 //! in the file and its command line mentions the demo directory, so a pid
-//! the OS has since given to another program is left alone. Signals are sent
-//! with the `kill` command (the workspace forbids `unsafe`, so no libc);
-//! SIGKILL to a child of ours goes through [`std::process::Child::kill`].
+//! the OS has since given to another program is left alone.
+//!
+//! Spawning, readiness, signals and kill-on-drop are the shared launcher's
+//! ([`shelfsync_runtime::launcher`], which the end-to-end tests use too);
+//! this module adds the demo's roles, stop order and pid file.
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::time::Duration;
 
 use anyhow::Context;
+use shelfsync_runtime::launcher::{self, Child, LaunchError, Probe, Signal};
 use tokio::time::Instant;
 
 use super::layout::Layout;
@@ -37,12 +40,15 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a process may take to vanish after SIGKILL.
 const KILL_TIMEOUT: Duration = Duration::from_secs(3);
-/// Time between two looks at a process or a readiness URL.
+/// Time between two looks at leftover processes.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
-/// Lines of log quoted when a process fails.
-pub const TAIL_LINES: usize = 30;
+/// Lines of log quoted when a process fails: as many as the launcher
+/// quotes for a failed start.
+pub const TAIL_LINES: usize = launcher::FAILURE_TAIL_LINES;
 /// The binary name recorded for the demo itself.
 const DEMO_BINARY: &str = "shelfctl";
+/// Written in a child's log before each start.
+const STARTER: &str = "shelfctl demo";
 
 /// Where `binary` is: next to the running `shelfctl`, as cargo builds them.
 pub fn binary(binary: &str) -> anyhow::Result<PathBuf> {
@@ -80,13 +86,8 @@ impl Role {
 /// One child process with its output in a log file.
 #[derive(Debug)]
 pub struct Running {
-    name: String,
     role: Role,
-    pid: u32,
-    child: Option<Child>,
-    exit: Option<ExitStatus>,
-    log: PathBuf,
-    log_start: u64,
+    child: Child,
 }
 
 impl Running {
@@ -100,165 +101,57 @@ impl Running {
         log: &Path,
         cwd: &Path,
     ) -> anyhow::Result<Self> {
-        use std::os::unix::process::CommandExt as _;
-        let mut file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .with_context(|| format!("cannot open log file {}", log.display()))?;
-        writeln!(
-            file,
-            "=== shelfctl demo: starting {name}: {} --config {}",
-            binary.display(),
-            config.display()
-        )
-        .with_context(|| format!("cannot write to {}", log.display()))?;
-        let log_start = file.metadata().map(|m| m.len()).unwrap_or(0);
-        let stderr = file
-            .try_clone()
-            .with_context(|| format!("cannot share log file {}", log.display()))?;
-        let child = Command::new(binary)
-            .arg("--config")
-            .arg(config)
-            .current_dir(cwd)
-            .env_remove("SHELFSYNC_CONFIG")
-            // The log is a file: keep it free of colour codes.
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(file))
-            .stderr(Stdio::from(stderr))
-            .process_group(0)
-            .spawn()
-            .with_context(|| format!("cannot start {}", binary.display()))?;
-        Ok(Running {
-            name: name.to_string(),
-            role,
-            pid: child.id(),
-            child: Some(child),
-            exit: None,
-            log: log.to_path_buf(),
-            log_start,
-        })
+        let mut command = launcher::service_command(binary, config);
+        command.current_dir(cwd).process_group(0);
+        let child = Child::spawn(STARTER, name, command, log)?;
+        Ok(Running { role, child })
     }
 
     /// The name given at spawn (`coordinator` or a store id).
     pub fn name(&self) -> &str {
-        &self.name
+        self.child.name()
     }
 
     /// The OS process id.
     pub fn pid(&self) -> u32 {
-        self.pid
+        self.child.pid()
     }
 
     /// The log file.
     pub fn log_path(&self) -> &Path {
-        &self.log
+        self.child.log_path()
     }
 
     /// The exit status once the child has ended (reaping it), `None` while it runs.
     pub fn exit_status(&mut self) -> Option<ExitStatus> {
-        if let Some(child) = &mut self.child
-            && let Ok(Some(status)) = child.try_wait()
-        {
-            self.exit = Some(status);
-            self.child = None;
-        }
-        self.exit
+        self.child.exit_status()
     }
 
-    /// Sends SIGTERM if the child still runs. The child is not reaped yet,
-    /// so its pid cannot belong to anyone else.
-    fn terminate(&mut self) {
-        if self.exit_status().is_none() {
-            send_signal(self.pid, Signal::Term);
-        }
-    }
-
-    /// SIGKILL and reap; a no-op when the child already ended.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // Fails only when it already exited; wait() reaps it either way.
-            let _ = child.kill();
-            self.exit = child.wait().ok();
-        }
+    /// Polls its readiness URL until it answers 200 while the child still
+    /// runs, for at most [`READY_TIMEOUT`]. A child that fails stays in
+    /// place (and in the pid file) for the caller to stop or discard.
+    pub async fn wait_ready(
+        &mut self,
+        http: &reqwest::Client,
+        url: &str,
+    ) -> Result<(), LaunchError> {
+        self.child
+            .wait_ready(&Probe::http(http, url), READY_TIMEOUT)
+            .await
     }
 
     /// The last `lines` lines this start of the process logged.
     pub fn log_tail(&self, lines: usize) -> String {
-        let mut text = Vec::new();
-        let read = File::open(&self.log).and_then(|mut file| {
-            file.seek(SeekFrom::Start(self.log_start))?;
-            file.read_to_end(&mut text)
-        });
-        if let Err(err) = read {
-            return format!("<cannot read {}: {err}>", self.log.display());
-        }
-        let text = String::from_utf8_lossy(&text);
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        self.child.log_tail(lines)
     }
 
     /// Why the process failed, with the tail of its log.
     pub fn failure(&self, problem: &str) -> anyhow::Error {
         anyhow::anyhow!(
             "{problem}; last lines of {}:\n{}",
-            self.log.display(),
+            self.log_path().display(),
             self.log_tail(TAIL_LINES)
         )
-    }
-}
-
-/// Why a start failed.
-#[derive(Debug)]
-pub enum StartError {
-    /// The process could not bind an address another socket took since it
-    /// was picked; fresh ports should help.
-    AddrInUse(anyhow::Error),
-    /// Anything else, with the log tail.
-    Failed(anyhow::Error),
-}
-
-/// Polls `url` until it answers 200 while `running` still runs, for at most
-/// [`READY_TIMEOUT`].
-pub async fn wait_ready(
-    running: &mut Running,
-    http: &reqwest::Client,
-    url: &str,
-) -> Result<(), StartError> {
-    let deadline = Instant::now() + READY_TIMEOUT;
-    loop {
-        let ok = matches!(
-            http.get(url).timeout(Duration::from_secs(1)).send().await,
-            Ok(response) if response.status() == reqwest::StatusCode::OK
-        );
-        // Checked after the answer too: a 200 from a process on its way out
-        // (or from another socket on a lost port) is not readiness.
-        if let Some(status) = running.exit_status() {
-            let error = running.failure(&format!(
-                "{} exited with {status} before it was ready",
-                running.name
-            ));
-            let log = running.log_tail(TAIL_LINES).to_ascii_lowercase();
-            return Err(
-                if log.contains("address already in use") || log.contains("addrinuse") {
-                    StartError::AddrInUse(error)
-                } else {
-                    StartError::Failed(error)
-                },
-            );
-        }
-        if ok {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            return Err(StartError::Failed(running.failure(&format!(
-                "{} was not ready at {url} within {}s",
-                running.name,
-                READY_TIMEOUT.as_secs()
-            ))));
-        }
-        tokio::time::sleep(POLL_INTERVAL).await;
     }
 }
 
@@ -299,9 +192,8 @@ impl Children {
 
     /// Kills and forgets the child last added (a start that failed).
     pub fn discard_last(&mut self) -> anyhow::Result<()> {
-        if let Some(mut running) = self.running.pop() {
-            running.kill();
-        }
+        // Dropping it kills and reaps it.
+        self.running.pop();
         self.write_pid_file()
     }
 
@@ -321,7 +213,7 @@ impl Children {
             .filter(|running| role(running.role))
             .find_map(|running| {
                 let status = running.exit_status()?;
-                Some(running.failure(&format!("{} exited with {status}", running.name)))
+                Some(running.failure(&format!("{} exited with {status}", running.name())))
             })
     }
 
@@ -334,16 +226,15 @@ impl Children {
             let mut group: Vec<&mut Running> =
                 self.running.iter_mut().filter(|r| r.role == role).collect();
             for running in &mut group {
-                running.terminate();
+                // Fails only when it was reaped already: nothing to stop.
+                let _ = running.child.signal(Signal::Term);
             }
             let deadline = Instant::now() + STOP_TIMEOUT;
-            while Instant::now() < deadline && group.iter_mut().any(|r| r.exit_status().is_none()) {
-                tokio::time::sleep(POLL_INTERVAL).await;
-            }
             for running in &mut group {
-                if running.exit_status().is_none() {
-                    killed.push(running.name.clone());
-                    running.kill();
+                let left = deadline.saturating_duration_since(Instant::now());
+                if running.child.wait_exit(left).await.is_none() {
+                    killed.push(running.name().to_string());
+                    running.child.kill();
                 }
             }
         }
@@ -362,7 +253,7 @@ impl Children {
         );
         text.push_str(&format!("{} {DEMO_BINARY}\n", std::process::id()));
         for running in &self.running {
-            text.push_str(&format!("{} {}\n", running.pid, running.role.binary()));
+            text.push_str(&format!("{} {}\n", running.pid(), running.role.binary()));
         }
         std::fs::write(&self.pid_file, text)
             .with_context(|| format!("cannot write {}", self.pid_file.display()))
@@ -382,9 +273,8 @@ impl Children {
 
 impl Drop for Children {
     fn drop(&mut self) {
-        for running in &mut self.running {
-            running.kill();
-        }
+        // Dropping a child kills and reaps it, before the pid file goes.
+        self.running.clear();
         self.remove_pid_file();
     }
 }
@@ -448,8 +338,10 @@ pub async fn stop_leftovers(layout: &Layout) -> anyhow::Result<usize> {
         .iter()
         .filter(|e| e.binary != DEMO_BINARY && runs(e.pid, &e.binary, &dir))
         .collect();
+    // Signals fail only for a process that is gone (or not ours): nothing
+    // to stop then.
     for entry in &leftovers {
-        send_signal(entry.pid, Signal::Term);
+        let _ = launcher::send_signal(entry.pid, Signal::Term);
     }
     let still_running = |leftovers: &[&PidEntry]| -> Vec<u32> {
         leftovers
@@ -461,7 +353,7 @@ pub async fn stop_leftovers(layout: &Layout) -> anyhow::Result<usize> {
     let mut left = wait_gone(STOP_TIMEOUT, || still_running(&leftovers)).await;
     if !left.is_empty() {
         for pid in &left {
-            send_signal(*pid, Signal::Kill);
+            let _ = launcher::send_signal(*pid, Signal::Kill);
         }
         left = wait_gone(KILL_TIMEOUT, || still_running(&leftovers)).await;
     }
@@ -511,31 +403,6 @@ pub fn runs(pid: u32, binary: &str, marker: &str) -> bool {
         .split(|b| *b == 0)
         .skip(1)
         .any(|arg| String::from_utf8_lossy(arg).contains(marker))
-}
-
-/// The signals the demo sends.
-#[derive(Debug, Clone, Copy)]
-enum Signal {
-    /// Stop, flushing what it holds.
-    Term,
-    /// Stop now.
-    Kill,
-}
-
-/// Sends `signal` to `pid`. Best effort: the process may be gone already.
-fn send_signal(pid: u32, signal: Signal) {
-    let Some(pid) = i32::try_from(pid)
-        .ok()
-        .and_then(rustix::process::Pid::from_raw)
-    else {
-        return;
-    };
-    let signal = match signal {
-        Signal::Term => rustix::process::Signal::TERM,
-        Signal::Kill => rustix::process::Signal::KILL,
-    };
-    // Fails only when the process is gone (or not ours): nothing to stop.
-    let _ = rustix::process::kill_process(pid, signal);
 }
 
 #[cfg(test)]

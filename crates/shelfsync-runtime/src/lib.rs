@@ -1,0 +1,17 @@
+//! What shelfsync's processes share beyond the wire:
+//! - [`service`]: the service binaries' start and stop (TOML config, logs,
+//!   SIGINT/SIGTERM into one shutdown), re-exported at the crate root;
+//! - [`launcher`] (feature `launcher`): running those binaries as child
+//!   processes, for `shelfctl demo` and the end-to-end tests.
+//!
+//! Dependencies point one way: this crate knows nothing of the protocol,
+//! the coordinator or the agent; they and `shelfctl` depend on it.
+
+#[cfg(feature = "launcher")]
+pub mod launcher;
+pub mod service;
+
+pub use service::{
+    ConfigError, LogFormat, Stop, StopHandle, init_tracing, load_toml, run_service,
+    shutdown_signal, stop_pair,
+};
