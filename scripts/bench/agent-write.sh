@@ -19,34 +19,15 @@ DURATION=${1:-10}
 CONNECTIONS=${2:-64}
 KEYS=${3:-10000}
 
-command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+need_wrk
 build shelfsync-coordinator shelfsync-agent shelfsync-loadgen
 WORK="$(mktemp -d /tmp/shelfsync-write.XXXXXX)"
 track_dir "$WORK"
 start_coordinator "$WORK/c" 1
-log "creating $KEYS items"
-"$BIN/shelfsync-loadgen" run --coordinator "$COORD_LISTEN" --certs "$WORK/c" \
-    --connections 1 --keys "$KEYS" --workload delta --ops 1 --warmup 0s --preload \
-    > "$WORK/preload.txt"
+preload_items "$WORK/c" "$KEYS"
 [[ -n "${AGENT_BIN:-}" ]] && log "agent binary: $AGENT_BIN"
 AGENT_READY_S=120 start_agent "$WORK/c" load-1 bench
-
-cat > "$WORK/remove.lua" <<LUA
-local counter = 0
-local threads = 0
-function setup(thread)
-    threads = threads + 1
-    thread:set("thread_id", threads)
-end
-function request()
-    counter = counter + 1
-    local key = string.format("k%06d", math.random(0, $KEYS - 1))
-    return wrk.format("POST", "/v1/items/bench/" .. key .. "/remove",
-        { ["content-type"] = "application/json",
-          ["idempotency-key"] = "wrk-" .. thread_id .. "-" .. counter },
-        '{"amount":1}')
-end
-LUA
+write_remove_lua "$WORK/remove.lua" "$KEYS"
 
 require_idle
 url="http://$AGENT_HTTP"
@@ -54,11 +35,9 @@ log "wrk: 2 threads, $CONNECTIONS connections, ${DURATION}s of remove 1 over $KE
 cpu_before=$(cpu_ticks "$AGENT_PID")
 wrk -t 2 -c "$CONNECTIONS" -d "${DURATION}s" --latency -s "$WORK/remove.lua" "$url" | tee "$WORK/wrk.txt"
 cpu_after=$(cpu_ticks "$AGENT_PID")
-writes=$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' "$WORK/wrk.txt")
-requests=$(awk '/requests in/ { print $1 }' "$WORK/wrk.txt")
+parse_wrk "$WORK/wrk.txt"
+writes=$(awk -v r="$WRK_REQUESTS" -v s="$WRK_SECONDS" 'BEGIN { printf "%.0f", (s > 0 ? r / s : 0) }')
 # The agent's CPU time (user + system, all threads) per request, in µs.
-us_per_write=$(( (cpu_after - cpu_before) * 1000000 / $(getconf CLK_TCK) / (requests > 0 ? requests : 1) ))
-p99=$(awk '$1 == "99%" { print $2 }' "$WORK/wrk.txt")
-errors=$(awk '/Non-2xx or 3xx responses:/ { print $NF }' "$WORK/wrk.txt")
+us_per_write=$(( (cpu_after - cpu_before) * 1000000 / $(getconf CLK_TCK) / (WRK_REQUESTS > 0 ? WRK_REQUESTS : 1) ))
 echo
-echo "agent write ($(nproc) cores, $(uname -m)): ${writes} writes/s, p99 ${p99}, non-2xx ${errors:-0}, agent CPU ${us_per_write} µs/write"
+echo "agent write ($(nproc) cores, $(uname -m)): ${writes} writes/s, p99 ${WRK_P99_MS}ms, non-2xx ${WRK_NON2XX}, agent CPU ${us_per_write} µs/write"

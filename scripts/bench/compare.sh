@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Side-by-side write benchmark: shelfsync's coordinator against PostgreSQL and
 # Redis, the same write at the same concurrency and key distributions, every
-# write durable before its reply.
+# write durable before its reply; optionally against an earlier build of
+# shelfsync (--baseline).
 #
 #   scripts/bench/compare.sh [--duration SECONDS] [--clients N] [--keys K]
 #                            [--rounds R] [--out DIR] [--only ENGINES]
+#                            [--baseline REV]
 #
 # What runs (per workload, on each engine, one engine after the other):
 #   PostgreSQL 15 (fsync=on, synchronous_commit=on), driven by pgbench:
@@ -22,16 +24,39 @@
 #     delta:      the script with `remove` and no version (one round trip).
 #   shelfsync: a fresh release coordinator, driven by shelfsync-loadgen over
 #     mutual-TLS QUIC, one connection per client, each a registered store.
+#   shelfsync-agent: a fresh release coordinator and one agent (store load-1,
+#     replicating location bench), written through the agent's REST API, the
+#     path registers use: wrk (Debian package `wrk`) with --clients
+#     connections, each request `POST /v1/items/bench/<key>/remove` with
+#     {"amount":1} and an Idempotency-Key of its own (agent-write.sh's load,
+#     from lib.sh), over --keys uniformly drawn keys preloaded with
+#     1,000,000,000 each. One row, uniform-rest-remove, run in the slot of
+#     uniform-optimistic; its ratio is to PostgreSQL's uniform-optimistic
+#     transaction of the same rounds, and its srv column is the agent's CPU
+#     alone (the coordinator's behind it is in the row's raw output).
+#   shelfsync@<rev> (with --baseline REV): the coordinator built from the git
+#     revision REV, started, preloaded and driven exactly as the current
+#     build (by the current load generator), in the same rounds, rotation
+#     and workloads. REV is checked out in a git worktree under
+#     target/bench/baseline-<short rev>/src and built there (release, its own
+#     target dir beside it); a complete build is kept and reused. Its
+#     coordinator.toml is written by REV's own `shelfsync-loadgen setup`
+#     (the config format is its coordinator's) when REV has one, else by the
+#     current one. Its rows' ratio column is current/baseline.
+#
+# --only picks among postgres, redis, shelfsync and shelfsync-agent (all by
+# default, comma-separated); the baseline runs whenever --baseline is given.
 #
 # Workloads: uniform-optimistic (10,000 keys), zipf-optimistic, hot-optimistic
-# and hot-delta (one key); for shelfsync also uniform-optimistic opened at half
-# the writes/s it reached (--rate), for the latency at half of the peak.
+# and hot-delta (one key); for shelfsync (and the baseline) also
+# uniform-optimistic opened at half the writes/s that build reached (--rate),
+# for the latency at half of the peak.
 #
 # Rounds: the whole comparison runs --rounds times (default 3). A round
 # starts every engine afresh (and preloads its keys), then runs each
 # workload on every engine back to back, in an order rotated per round
-# (round 1: PostgreSQL, Redis, shelfsync; round 2: Redis, shelfsync,
-# PostgreSQL; ...), so the runs compared with each other lie seconds apart
+# (round 1: PostgreSQL, Redis, shelfsync, [baseline,] agent; round 2: Redis,
+# shelfsync, ..., PostgreSQL; ...), so the runs compared with each other lie seconds apart
 # and a slow spell of a shared machine falls on every engine rather than on
 # one. Before each run it waits (up to SETTLE_S, default 30 s) until the CPUs
 # are quiet, so that what the previous engine still does after its run
@@ -69,7 +94,8 @@ CLIENTS=64
 KEYS=10000
 ZIPF=1.01            # pgbench's random_zipfian needs an exponent > 1
 OUT=""
-ONLY="postgres,redis,shelfsync"
+ONLY="postgres,redis,shelfsync,shelfsync-agent"
+BASELINE=""
 SETTLE_S=${SETTLE_S:-30}
 STEAL_LIMIT=${STEAL_LIMIT:-5}
 
@@ -83,6 +109,7 @@ while [[ $# -gt 0 ]]; do
         --rounds) ROUNDS="$2"; shift 2 ;;
         --out) OUT="$2"; shift 2 ;;
         --only) ONLY="$2"; shift 2 ;;
+        --baseline) BASELINE="$2"; shift 2 ;;
         -h|--help) usage 0 ;;
         *) echo "unknown argument: $1" >&2; usage 2 ;;
     esac
@@ -91,10 +118,25 @@ done
 REDO_LIMIT=${REDO_LIMIT:-$ROUNDS}
 [[ "$REDO_LIMIT" =~ ^[0-9]+$ && "$STEAL_LIMIT" =~ ^[0-9]+$ ]] ||
     { echo "REDO_LIMIT and STEAL_LIMIT must be whole numbers" >&2; exit 2; }
+for engine in ${ONLY//,/ }; do
+    case "$engine" in
+        postgres|redis|shelfsync|shelfsync-agent) ;;
+        *) echo "--only: unknown engine $engine (known: postgres, redis, shelfsync, shelfsync-agent)" >&2
+           exit 2 ;;
+    esac
+done
+# The baseline's engine name, shelfsync@<short rev>; empty without --baseline.
+BASE_ENGINE=""
+if [[ -n "$BASELINE" ]]; then
+    BASE_REV=$(git -C "$ROOT" rev-parse --verify --quiet "$BASELINE^{commit}") ||
+        { echo "--baseline: $BASELINE is not a revision of this repository" >&2; exit 2; }
+    BASE_SHORT=$(git -C "$ROOT" rev-parse --short "$BASE_REV")
+    BASE_ENGINE="shelfsync@$BASE_SHORT"
+fi
 OUT="${OUT:-$ROOT/target/bench/compare-$(date +%Y%m%d-%H%M%S)}"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
-wants() { [[ ",$ONLY," == *",$1,"* ]]; }
+wants() { [[ -n "$BASE_ENGINE" && "$1" == "$BASE_ENGINE" ]] || [[ ",$ONLY," == *",$1,"* ]]; }
 
 # ---------------------------------------------------------------- tools
 PGBIN=/usr/lib/postgresql/15/bin
@@ -105,12 +147,53 @@ if [[ ${#need_packages[@]} -gt 0 ]]; then
     log "installing ${need_packages[*]}"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_packages[@]}" >/dev/null
 fi
-if wants shelfsync; then
+wants shelfsync-agent && need_wrk
+if wants shelfsync-agent; then
+    build shelfsync-coordinator shelfsync-agent shelfsync-loadgen
+elif wants shelfsync || [[ -n "$BASE_ENGINE" ]]; then
     build shelfsync-coordinator shelfsync-loadgen
 elif wants redis; then
     build shelfsync-loadgen
 fi
 LOADGEN="$BIN/shelfsync-loadgen"
+
+# build_baseline: the release binaries of BASE_REV, in a git worktree under
+# target/bench/baseline-<short rev> with a target dir of its own; sets
+# BASE_BIN (their dir) and BASE_SETUP (the load generator whose `setup`
+# writes the baseline's config). A complete build (its rev in
+# .../built) is reused.
+build_baseline() {
+    local dir="$ROOT/target/bench/baseline-$BASE_SHORT"
+    local src="$dir/src" packages=(-p shelfsync-coordinator)
+    BASE_BIN="$dir/target/release"
+    if [[ -f "$dir/built" && "$(cat "$dir/built")" == "$BASE_REV" &&
+          -x "$BASE_BIN/shelfsync-coordinator" ]]; then
+        log "baseline $BASE_SHORT: reusing the build in $dir"
+    else
+        mkdir -p "$dir"
+        rm -f "$dir/built"
+        if [[ ! -e "$src/.git" ]]; then
+            # A worktree whose dir was deleted by hand is still registered.
+            git -C "$ROOT" worktree prune
+            log "baseline $BASE_SHORT: git worktree in $src"
+            git -C "$ROOT" worktree add --detach --force "$src" "$BASE_REV" >/dev/null ||
+                { echo "cannot check out $BASE_REV in $src" >&2; exit 1; }
+        fi
+        git -C "$src" checkout --detach --force --quiet "$BASE_REV"
+        [[ -d "$src/crates/shelfsync-loadgen" ]] && packages+=(-p shelfsync-loadgen)
+        log "baseline $BASE_SHORT: building (release) in $src; the first time takes minutes"
+        (cd "$src" && CARGO_TARGET_DIR="$dir/target" cargo build --release -q "${packages[@]}") ||
+            { echo "the baseline $BASE_SHORT did not build" >&2; exit 1; }
+        echo "$BASE_REV" > "$dir/built"
+    fi
+    if [[ -x "$BASE_BIN/shelfsync-loadgen" ]]; then
+        BASE_SETUP="$BASE_BIN/shelfsync-loadgen"
+    else
+        log "baseline $BASE_SHORT has no load generator; its config is written by the current one"
+        BASE_SETUP="$LOADGEN"
+    fi
+}
+[[ -n "$BASE_ENGINE" ]] && build_baseline
 
 # ---------------------------------------------------------------- cleanup
 TMP="$(mktemp -d /tmp/shelfsync-compare.XXXXXX)"
@@ -356,40 +439,143 @@ stop_redis() {
 }
 
 # ---------------------------------------------------------------- shelfsync
-SHELFSYNC_DIR=""
+# The current build is the engine `shelfsync`; with --baseline, REV's build
+# is the engine $BASE_ENGINE, started and driven the same way. Per engine:
+# its dir, coordinator PID and QUIC address.
+declare -A SS_DIR=() SS_PID=() SS_LISTEN=()
+
+# shelfsync_common ENGINE: sets SHELFSYNC_COMMON, the load generator's flags
+# for ENGINE's coordinator.
+shelfsync_common() {
+    SHELFSYNC_COMMON=(--coordinator "${SS_LISTEN[$1]}" --certs "${SS_DIR[$1]}"
+                      --connections "$CLIENTS" --keys "$KEYS" --json)
+}
 
 start_shelfsync() {
-    SHELFSYNC_DIR="$TMP/shelfsync-r$ROUND"
-    start_coordinator "$SHELFSYNC_DIR" "$CLIENTS"
-    SHELFSYNC_COMMON=(--coordinator "$COORD_LISTEN" --certs "$SHELFSYNC_DIR"
-                      --connections "$CLIENTS" --keys "$KEYS" --json)
-    log "shelfsync: preloading $KEYS keys"
+    local engine=$1 dir
+    dir="$TMP/${engine//@/-}-r$ROUND"
+    if [[ "$engine" == "$BASE_ENGINE" ]]; then
+        COORD_BIN="$BASE_BIN/shelfsync-coordinator" SETUP_BIN="$BASE_SETUP" \
+            start_coordinator "$dir" "$CLIENTS"
+    else
+        start_coordinator "$dir" "$CLIENTS"
+    fi
+    SS_DIR[$engine]=$dir
+    SS_PID[$engine]=$COORD_PID
+    SS_LISTEN[$engine]=$COORD_LISTEN
+    shelfsync_common "$engine"
+    log "$engine: preloading $KEYS keys"
     "$LOADGEN" run "${SHELFSYNC_COMMON[@]}" --preload --distribution uniform --workload delta \
         --ops 1 > /dev/null
 }
 
 run_shelfsync() {
-    local workload=$1
-    log "shelfsync $workload: shelfsync-loadgen, $CLIENTS connections, ${DURATION}s"
-    loadgen_row shelfsync "$workload" "$COORD_PID" run "${SHELFSYNC_COMMON[@]}" \
+    local engine=$1 workload=$2
+    log "$engine $workload: shelfsync-loadgen, $CLIENTS connections, ${DURATION}s"
+    shelfsync_common "$engine"
+    loadgen_row "$engine" "$workload" "${SS_PID[$engine]}" run "${SHELFSYNC_COMMON[@]}" \
         --distribution "$(distribution "$workload")" --workload "${workload#*-}"
 }
 
 # The latency at half of the measured peak: the uniform shape again, opened
-# at half the writes/s this round's uniform run reached.
+# at half the writes/s this round's uniform run of the same build reached.
 run_shelfsync_half_peak() {
-    local half
+    local engine=$1 half
     half=$(python3 -c 'import json,sys; print(round(json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])["writes_per_s"] / 2))' \
-        "$OUT/r$ROUND-shelfsync-uniform-optimistic.json")
-    log "shelfsync uniform-optimistic at half the peak: --rate $half"
-    loadgen_row shelfsync uniform-at-half-peak "$COORD_PID" run "${SHELFSYNC_COMMON[@]}" \
+        "$OUT/r$ROUND-$engine-uniform-optimistic.json")
+    log "$engine uniform-optimistic at half the peak: --rate $half"
+    shelfsync_common "$engine"
+    loadgen_row "$engine" uniform-at-half-peak "${SS_PID[$engine]}" run "${SHELFSYNC_COMMON[@]}" \
         --distribution uniform --workload optimistic --rate "$half"
 }
 
 stop_shelfsync() {
-    kill -TERM "$COORD_PID" 2>/dev/null || true
-    wait "$COORD_PID" 2>/dev/null || true
-    rm -rf "$SHELFSYNC_DIR"
+    local engine=$1
+    kill -TERM "${SS_PID[$engine]}" 2>/dev/null || true
+    wait "${SS_PID[$engine]}" 2>/dev/null || true
+    rm -rf "${SS_DIR[$engine]}"
+}
+
+# ---------------------------------------------------------------- shelfsync-agent
+# A coordinator of its own and one agent in front of it; wrk writes through
+# the agent's REST API (lib.sh's write_remove_lua, as agent-write.sh).
+AGENT_WORKLOAD=uniform-rest-remove
+AG_DIR=""
+AG_PID=""
+AG_HTTP=""
+AG_COORD_PID=""
+
+start_agent_engine() {
+    AG_DIR="$TMP/agent-r$ROUND"
+    start_coordinator "$AG_DIR" 1
+    AG_COORD_PID=$COORD_PID
+    preload_items "$AG_DIR" "$KEYS"
+    AGENT_READY_S=120 start_agent "$AG_DIR" load-1 bench
+    AG_PID=$AGENT_PID
+    AG_HTTP=$AGENT_HTTP
+    write_remove_lua "$TMP/remove.lua" "$KEYS"
+}
+
+run_agent_engine() {
+    local file="$OUT/r$ROUND-shelfsync-agent-$AGENT_WORKLOAD.txt" coord_before coord_s answered
+    log "shelfsync-agent $AGENT_WORKLOAD: wrk, 2 threads, $CLIENTS connections, ${DURATION}s"
+    SERVER_PID=$AG_PID
+    coord_before=$(tree_ticks "$AG_COORD_PID")
+    measure_start
+    timed wrk -t 2 -c "$CLIENTS" -d "${DURATION}s" --latency -s "$TMP/remove.lua" \
+        "http://$AG_HTTP" > "$file" 2>&1
+    measure_end
+    coord_s=$(awk -v a="$coord_before" -v b="$(tree_ticks "$AG_COORD_PID")" -v t="$CLK_TCK" \
+        'BEGIN { printf "%.3f", (b - a) / t }')
+    parse_wrk "$file"
+    answered=$WRK_REQUESTS
+    {
+        echo
+        echo "answered $answered, non-2xx $WRK_NON2XX, socket errors $WRK_SOCKET_ERRORS"
+        echo "CPU us per answered write: agent $(per_write "$SERVER_S" "$answered")," \
+            "coordinator $(per_write "$coord_s" "$answered"), wrk $(per_write "$CLIENT_S" "$answered")"
+    } >> "$file"
+    record shelfsync-agent "$AGENT_WORKLOAD" "$WRK_OK_PER_S" \
+        "$(awk -v t="$answered" -v e="$WRK_NON2XX" 'BEGIN { printf "%.1f", t ? e * 100 / t : 0 }')" \
+        "$WRK_P50_MS" "$WRK_P99_MS" "$(per_write "$SERVER_S" "$answered")" \
+        "$(per_write "$CLIENT_S" "$answered")" "$STEAL_PCT"
+}
+
+stop_agent_engine() {
+    local pid
+    for pid in "$AG_PID" "$AG_COORD_PID"; do
+        kill -TERM "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$AG_DIR"
+}
+
+# ---------------------------------------------------------------- engines
+start_engine() {
+    case "$1" in
+        postgres) start_postgres ;;
+        redis) start_redis ;;
+        shelfsync-agent) start_agent_engine ;;
+        *) start_shelfsync "$1" ;;
+    esac
+}
+
+run_engine() {
+    case "$1" in
+        postgres) run_postgres "$2" ;;
+        redis) run_redis "$2" ;;
+        shelfsync-agent) run_agent_engine ;;
+        *) run_shelfsync "$1" "$2" ;;
+    esac
+}
+
+stop_engine() {
+    case "$1" in
+        postgres) stop_postgres ;;
+        redis) stop_redis ;;
+        shelfsync-agent) stop_agent_engine ;;
+        *) stop_shelfsync "$1" ;;
+    esac
 }
 
 # ---------------------------------------------------------------- rounds
@@ -420,30 +606,39 @@ discard_round() {
 }
 
 ENGINES=(postgres redis shelfsync)
+[[ -n "$BASE_ENGINE" ]] && ENGINES+=("$BASE_ENGINE")
+ENGINES+=(shelfsync-agent)
+# The builds with a half-peak row.
+HALF_PEAK=()
+wants shelfsync && HALF_PEAK+=(shelfsync)
+[[ -n "$BASE_ENGINE" ]] && HALF_PEAK+=("$BASE_ENGINE")
 REDONE=0
 DISTURBED_KEPT=""
 ROUND=1
 while ((ROUND <= ROUNDS)); do
     require_idle
-    wants postgres && start_postgres
-    wants redis && start_redis
-    wants shelfsync && start_shelfsync
+    for engine in "${ENGINES[@]}"; do
+        if wants "$engine"; then start_engine "$engine"; fi
+    done
     for workload in "${WORKLOADS[@]}"; do
         for ((i = 0; i < ${#ENGINES[@]}; i++)); do
             engine=${ENGINES[$(((i + ROUND - 1) % ${#ENGINES[@]}))]}
             wants "$engine" || continue
+            # The agent has one row, run beside the uniform ones.
+            [[ "$engine" == shelfsync-agent && "$workload" != uniform-optimistic ]] && continue
             settle
             log "round $ROUND of $ROUNDS, $workload: $engine"
-            "run_$engine" "$workload"
+            run_engine "$engine" "$workload"
         done
     done
-    if wants shelfsync; then
+    for ((i = 0; i < ${#HALF_PEAK[@]}; i++)); do
+        engine=${HALF_PEAK[$(((i + ROUND - 1) % ${#HALF_PEAK[@]}))]}
         settle
-        run_shelfsync_half_peak
-    fi
-    wants postgres && stop_postgres
-    wants redis && stop_redis
-    wants shelfsync && stop_shelfsync
+        run_shelfsync_half_peak "$engine"
+    done
+    for engine in "${ENGINES[@]}"; do
+        if wants "$engine"; then stop_engine "$engine"; fi
+    done
     # The run of this round with the most steal: "PERCENT ENGINE WORKLOAD".
     read -r steal worst_engine worst_workload < <(awk -F'\t' -v r="$ROUND" \
         'NR > 1 && $1 == r && $10 + 0 >= m { m = $10 + 0; w = $2 " " $3 } END { print m + 0, w }' \
@@ -463,7 +658,8 @@ while ((ROUND <= ROUNDS)); do
 done
 
 # ---------------------------------------------------------------- report
-python3 - "$RESULTS" "$ROUNDS" "$REDONE" "$DISTURBED_KEPT" "$STEAL_LIMIT" <<'PY' | tee "$OUT/table.txt"
+python3 - "$RESULTS" "$ROUNDS" "$REDONE" "$DISTURBED_KEPT" "$STEAL_LIMIT" "$BASE_ENGINE" \
+    "$AGENT_WORKLOAD" <<'PY' | tee "$OUT/table.txt"
 import csv, statistics, sys
 rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
 groups = {}
@@ -473,6 +669,22 @@ def median(key, rs):
     return statistics.median(float(r[key]) for r in rs)
 ours = {w: median("ok_per_s", rs) for (e, w), rs in groups.items() if e == "shelfsync"}
 redone, kept, limit = int(sys.argv[3]), sys.argv[4].split(), sys.argv[5]
+base, agent_workload = sys.argv[6], sys.argv[7]
+AGENT = "shelfsync-agent"
+# The agent's row is set against PostgreSQL's optimistic transaction.
+AGENT_PEER = ("postgres", "uniform-optimistic")
+def ratio_of(engine, workload, ok_of):
+    """The ratio column of a row: (numerator, denominator) from ok_of(engine, workload)."""
+    if engine == "shelfsync":
+        return None
+    if engine == AGENT:
+        return ok_of(AGENT, workload), ok_of(*AGENT_PEER)
+    return ok_of("shelfsync", workload), ok_of(engine, workload)
+def fmt(pair):
+    if pair is None or pair[0] is None or not pair[1]:
+        return ""
+    return "%.2fx" % (pair[0] / pair[1])
+medians = {k: median("ok_per_s", rs) for k, rs in groups.items()}
 print("median of %s round(s) per row; ratios are of the medians" % sys.argv[2])
 if redone:
     print("%d round(s) run again: the hypervisor took over %s%% of the CPU time during a run"
@@ -480,35 +692,40 @@ if redone:
 if kept:
     print("WARNING: round(s) %s kept with a run over %s%% steal (REDO_LIMIT reached):"
           " the machine was busy with something else" % (", ".join(kept), limit))
-print("%-10s %-20s %10s %15s %9s %9s %9s %13s %9s %9s %6s" % (
-    "engine", "workload", "ok/s", "ok/s range", "conflict", "p50 ms", "p99 ms", "shelfsync is",
+legend = "ratio: shelfsync/engine on the PostgreSQL and Redis rows"
+if base:
+    legend += "; current/baseline on the %s rows" % base
+if any(e == AGENT for e, _ in groups):
+    legend += ("; on the %s row, its ok/s over PostgreSQL's uniform-optimistic"
+               " (srv: the agent's CPU)" % AGENT)
+print(legend)
+print("%-18s %-20s %10s %15s %9s %9s %9s %9s %9s %9s %6s" % (
+    "engine", "workload", "ok/s", "ok/s range", "conflict", "p50 ms", "p99 ms", "ratio",
     "srv us/w", "cli us/w", "steal"))
 for (engine, workload), rs in groups.items():
-    ok = median("ok_per_s", rs)
+    ok = medians[(engine, workload)]
     spread = "%.0f-%.0f" % (min(float(r["ok_per_s"]) for r in rs),
                             max(float(r["ok_per_s"]) for r in rs))
-    ratio = ""
-    if engine != "shelfsync" and workload in ours and ok > 0:
-        ratio = "%.2fx" % (ours[workload] / ok)
-    print("%-10s %-20s %10.0f %15s %8.1f%% %9.3f %9.3f %13s %9.0f %9.0f %5.1f%%" % (
+    ratio = fmt(ratio_of(engine, workload, lambda e, w: medians.get((e, w))))
+    print("%-18s %-20s %10.0f %15s %8.1f%% %9.3f %9.3f %9s %9.0f %9.0f %5.1f%%" % (
         engine, workload, ok, spread, median("conflict_pct", rs),
         median("p50_ms", rs), median("p99_ms", rs), ratio,
         median("server_us", rs), median("client_us", rs), median("steal_pct", rs)))
-# The same ratios round by round: each pairs runs seconds apart.
+# The same ratios round by round: each pairs runs of one round.
 by_round = {(r["engine"], r["workload"], r["round"]): float(r["ok_per_s"]) for r in rows}
 lines = []
 for (engine, workload), rs in groups.items():
-    if engine == "shelfsync" or workload not in ours:
+    if engine == "shelfsync":
         continue
     ratios = []
     for r in rs:
-        mine = by_round.get(("shelfsync", workload, r["round"]))
-        peer = float(r["ok_per_s"])
-        if mine is not None and peer > 0:
-            ratios.append("%.2fx" % (mine / peer))
-    lines.append("  %-10s %-20s %s" % (engine, workload, " ".join(ratios)))
+        ratio = fmt(ratio_of(engine, workload, lambda e, w: by_round.get((e, w, r["round"]))))
+        if ratio:
+            ratios.append(ratio)
+    if ratios:
+        lines.append("  %-18s %-20s %s" % (engine, workload, " ".join(ratios)))
 if lines:
-    print("shelfsync against each peer, round by round:")
+    print("the ratio column round by round:")
     print("\n".join(lines))
 PY
 log "results in $OUT"

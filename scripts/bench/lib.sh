@@ -3,8 +3,10 @@
 # Provides: REPO and BIN (release binaries), log, free_port, wait_for,
 # cpu_busy / require_idle (refuse a busy machine), cpu_steal_ticks, a cleanup trap that stops
 # every process registered with `track PID` and removes every dir registered
-# with `track_dir DIR` (also on Ctrl-C), and start_coordinator / start_agent
-# over a `shelfsync-loadgen setup` directory.
+# with `track_dir DIR` (also on Ctrl-C), start_coordinator / start_agent
+# over a `shelfsync-loadgen setup` directory, preload_items, and the REST
+# write load of agent-write.sh and compare.sh's agent row (need_wrk,
+# write_remove_lua, parse_wrk).
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 BIN="${CARGO_TARGET_DIR:-$REPO/target}/release"
@@ -91,23 +93,28 @@ build() {
     (cd "$REPO" && cargo build --release -q "${args[@]}")
 }
 
-# start_coordinator DIR STORES: writes certs and config for STORES load
-# stores into DIR, starts a coordinator there; sets COORD_LISTEN,
-# COORD_HTTP and COORD_PID.
+# start_coordinator DIR STORES [SETUP_FLAGS...]: writes certs and config
+# for STORES load stores into DIR (with `shelfsync-loadgen setup` and any
+# further SETUP_FLAGS, e.g. --fleet 100), starts a coordinator there; sets
+# COORD_LISTEN, COORD_HTTP and COORD_PID. COORD_BIN names another
+# coordinator binary to run, SETUP_BIN another load generator to write its
+# config with (an older build's, whose config format is its coordinator's).
 start_coordinator() {
     local dir=$1 stores=$2
+    shift 2
     COORD_LISTEN="127.0.0.1:$(free_port)"
     COORD_HTTP="127.0.0.1:$(free_port)"
-    "$BIN/shelfsync-loadgen" setup --dir "$dir" --stores "$stores" \
-        --listen "$COORD_LISTEN" --http-listen "$COORD_HTTP" > "$dir.setup.txt"
+    "${SETUP_BIN:-$BIN/shelfsync-loadgen}" setup --dir "$dir" --stores "$stores" \
+        --listen "$COORD_LISTEN" --http-listen "$COORD_HTTP" "$@" > "$dir.setup.txt"
     restart_coordinator "$dir"
 }
 
-# restart_coordinator DIR: starts (again) the coordinator of DIR.
+# restart_coordinator DIR: starts (again) the coordinator of DIR (COORD_BIN
+# as for start_coordinator).
 restart_coordinator() {
     local dir=$1
-    log "coordinator: QUIC $COORD_LISTEN, HTTP $COORD_HTTP"
-    (cd "$dir" && exec "$BIN/shelfsync-coordinator" --config "$dir/coordinator.toml") \
+    log "coordinator${COORD_BIN:+ $COORD_BIN}: QUIC $COORD_LISTEN, HTTP $COORD_HTTP"
+    (cd "$dir" && exec "${COORD_BIN:-$BIN/shelfsync-coordinator}" --config "$dir/coordinator.toml") \
         >> "$dir/coordinator.log" 2>&1 &
     COORD_PID=$!
     track "$COORD_PID"
@@ -159,4 +166,85 @@ rss_mib() {
 # in clock ticks (getconf CLK_TCK per second).
 cpu_ticks() {
     awk '{ print $14 + $15 }' "/proc/$1/stat"
+}
+
+# cpu_percent TICKS_BEFORE TICKS_AFTER SECONDS: CPU use between two
+# cpu_ticks readings, in % of one core.
+cpu_percent() {
+    awk -v a="$1" -v b="$2" -v s="$3" -v t="$(getconf CLK_TCK)" \
+        'BEGIN { printf "%.1f", (s > 0 ? (b - a) * 100 / t / s : 0) }'
+}
+
+# preload_items DIR KEYS: creates items k000000 .. (KEYS) in location
+# `bench` of the coordinator at COORD_LISTEN, as store load-1 of DIR, each
+# with quantity 1,000,000,000 (enough for any run of `remove 1`); items that
+# exist are fine.
+preload_items() {
+    local dir=$1 keys=$2
+    log "creating $keys items"
+    "$BIN/shelfsync-loadgen" run --coordinator "$COORD_LISTEN" --certs "$dir" \
+        --connections 1 --keys "$keys" --workload delta --ops 1 --warmup 0s --preload \
+        > "$dir.preload.txt"
+}
+
+# need_wrk: installs Debian's wrk when it is missing.
+need_wrk() {
+    command -v wrk >/dev/null && return
+    log "installing wrk"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
+}
+
+# write_remove_lua FILE KEYS: a wrk script whose every request is
+# `POST /v1/items/bench/<random key of KEYS>/remove` with {"amount":1} and an
+# Idempotency-Key of its own (unique per run, wrk thread and request), the
+# write a register makes through its agent.
+write_remove_lua() {
+    local file=$1 keys=$2 run_id
+    run_id="$(date +%s%N)-$$"
+    cat > "$file" <<LUA
+local counter = 0
+local threads = 0
+function setup(thread)
+    threads = threads + 1
+    thread:set("thread_id", threads)
+end
+function request()
+    counter = counter + 1
+    local key = string.format("k%06d", math.random(0, $keys - 1))
+    return wrk.format("POST", "/v1/items/bench/" .. key .. "/remove",
+        { ["content-type"] = "application/json",
+          ["idempotency-key"] = "wrk-$run_id-" .. thread_id .. "-" .. counter },
+        '{"amount":1}')
+end
+LUA
+}
+
+# parse_wrk FILE: reads the output of `wrk --latency` and sets
+# WRK_REQUESTS (answered requests), WRK_SECONDS (the run's length),
+# WRK_NON2XX (answers other than 2xx/3xx), WRK_SOCKET_ERRORS (connect, read,
+# write errors and timeouts), WRK_OK_PER_S ((requests - non-2xx) / seconds),
+# WRK_P50_MS and WRK_P99_MS (latency percentiles in ms).
+parse_wrk() {
+    local file=$1
+    # "123456 requests in 10.00s, 12.3MB read"; wrk writes 1.00m past 60 s.
+    read -r WRK_REQUESTS WRK_SECONDS < <(awk '/ requests in / {
+        d = $4; sub(/,$/, "", d); n = d + 0
+        if (d ~ /ms$/) n /= 1000; else if (d ~ /m$/) n *= 60; else if (d ~ /h$/) n *= 3600
+        print $1, n }' "$file")
+    WRK_NON2XX=$(awk '/Non-2xx or 3xx responses:/ { print $NF }' "$file")
+    WRK_NON2XX=${WRK_NON2XX:-0}
+    WRK_SOCKET_ERRORS=$(awk '/Socket errors:/ { gsub(/,/, ""); print $4 + $6 + $8 + $10 }' "$file")
+    WRK_SOCKET_ERRORS=${WRK_SOCKET_ERRORS:-0}
+    WRK_OK_PER_S=$(awk -v r="$WRK_REQUESTS" -v e="$WRK_NON2XX" -v s="$WRK_SECONDS" \
+        'BEGIN { printf "%.0f", (s > 0 ? (r - e) / s : 0) }')
+    WRK_P50_MS=$(_wrk_ms "$file" 50%)
+    WRK_P99_MS=$(_wrk_ms "$file" 99%)
+}
+
+# _wrk_ms FILE PERCENT: a latency percentile of wrk's distribution, in ms.
+_wrk_ms() {
+    awk -v p="$2" '$1 == p && NF == 2 { v = $2; n = v + 0
+        if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n += 0; else if (v ~ /m$/) n *= 60000
+        else if (v ~ /s$/) n *= 1000
+        printf "%.3f\n", n; exit }' "$1"
 }

@@ -1,7 +1,8 @@
 //! The command line: flags, their checks, and what each subcommand prints.
 //!
 //! Raw flags become validated settings in one step
-//! ([`RunArgs::settings`], [`SetupArgs::settings`], [`RedisArgs::settings`]);
+//! ([`RunArgs::settings`], [`SetupArgs::settings`], [`RedisArgs::settings`],
+//! [`FleetArgs::settings`]);
 //! then the library does
 //! the work and this module writes the results where they were asked for:
 //! text or JSON lines on stdout, rows appended to `--csv`, the chart in
@@ -15,6 +16,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::driver::{Limit, RunSettings};
 use crate::error::LoadError;
+use crate::fleet::FleetSettings;
 use crate::keys::KeyDistribution;
 use crate::redis::{RedisSettings, RedisWorkload};
 use crate::report::{self, Measurement};
@@ -28,6 +30,9 @@ pub const MAX_KEYS: u64 = 10_000_000;
 pub const MAX_IN_FLIGHT: usize = 1000;
 /// Most Redis clients (Redis accepts 10,000 connections by default).
 pub const MAX_REDIS_CLIENTS: usize = 10_000;
+/// Most fleet stores (`setup --fleet`, `fleet --stores`): each is a QUIC
+/// connection and a UDP socket of its own.
+pub const MAX_FLEET_STORES: usize = 10_000;
 
 /// shelfsync load generator: drives a coordinator as many stores at once.
 #[derive(Debug, Parser)]
@@ -49,6 +54,8 @@ pub enum Command {
     Run(RunArgs),
     /// Drive Redis with the same writes (a Lua compare-and-set per write).
     Redis(RedisArgs),
+    /// Play stores fleet-1..fleet-N that only sync, each its own location.
+    Fleet(FleetArgs),
 }
 
 /// Flags of `setup`.
@@ -63,6 +70,13 @@ pub struct SetupArgs {
     /// The location every store may write and read.
     #[arg(long, default_value = "bench")]
     pub location: String,
+    /// Also register stores fleet-1..fleet-N for `fleet`, each with a
+    /// location of its own.
+    #[arg(long, default_value_t = 0)]
+    pub fleet: usize,
+    /// Fleet store fleet-i may read and write location PREFIXi only.
+    #[arg(long, default_value = "idle-")]
+    pub fleet_locations_prefix: String,
     /// The coordinator's QUIC address; a free loopback port when absent.
     #[arg(long)]
     pub listen: Option<SocketAddr>,
@@ -188,6 +202,38 @@ pub struct RedisArgs {
     pub json: bool,
 }
 
+/// Flags of `fleet`.
+#[derive(Debug, Args)]
+pub struct FleetArgs {
+    /// The coordinator's QUIC address, HOST:PORT.
+    #[arg(long)]
+    pub coordinator: String,
+    /// Directory with ca.pem and fleet-i.pem/.key (as written by `setup --fleet`).
+    #[arg(long)]
+    pub certs: PathBuf,
+    /// Name checked on the coordinator's certificate.
+    #[arg(long, default_value = "localhost")]
+    pub server_name: String,
+    /// Stores fleet-1..fleet-N, one QUIC connection and UDP socket each.
+    #[arg(long)]
+    pub stores: usize,
+    /// Time between two syncs of one store, e.g. 1s.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// Store fleet-i syncs location PREFIXi (the --fleet-locations-prefix of setup).
+    #[arg(long, default_value = "idle-")]
+    pub locations_prefix: String,
+    /// How long the stores sync once all are connected, e.g. 30s.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Longest wait for a handshake or one answer.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// A list of connection counts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Counts(pub Vec<usize>);
@@ -221,6 +267,11 @@ impl SetupArgs {
     /// # Errors
     /// I/O errors when no free port can be found.
     pub fn settings(&self) -> Result<SetupSettings, LoadError> {
+        if self.fleet > MAX_FLEET_STORES {
+            return Err(LoadError::Usage(format!(
+                "--fleet must be at most {MAX_FLEET_STORES}"
+            )));
+        }
         let listen = match self.listen {
             Some(addr) => addr,
             None => free_udp_port()?,
@@ -233,6 +284,8 @@ impl SetupArgs {
             dir: self.dir.clone(),
             stores: self.stores,
             location: self.location.clone(),
+            fleet: self.fleet,
+            fleet_locations_prefix: self.fleet_locations_prefix.clone(),
             listen,
             http_listen,
             force: self.force,
@@ -381,6 +434,50 @@ impl RedisArgs {
     }
 }
 
+impl FleetArgs {
+    /// Checks the flags and resolves the coordinator's address.
+    ///
+    /// # Errors
+    /// [`LoadError::Usage`] naming the flag, [`LoadError::Resolve`] when the
+    /// address does not resolve.
+    pub async fn settings(&self) -> Result<FleetSettings, LoadError> {
+        let usage = |msg: String| LoadError::Usage(msg);
+        if !(1..=MAX_FLEET_STORES).contains(&self.stores) {
+            return Err(usage(format!(
+                "--stores must be between 1 and {MAX_FLEET_STORES}"
+            )));
+        }
+        for (flag, value) in [
+            ("--interval", self.interval),
+            ("--duration", self.duration),
+            ("--timeout", self.timeout),
+        ] {
+            if value.is_zero() {
+                return Err(usage(format!("{flag} must be above 0")));
+            }
+        }
+        // The first and the last location bound the rest: the pattern
+        // allows digits anywhere, and the last one is the longest.
+        for i in [1, self.stores] {
+            let location = crate::fleet::location(&self.locations_prefix, i);
+            shelfsync_core::item::validate_id("location", &location)
+                .map_err(|e| usage(format!("--locations-prefix: {e}")))?;
+        }
+        let coordinator = resolve("coordinator", &self.coordinator).await?;
+        Ok(FleetSettings {
+            coordinator,
+            server_name: self.server_name.clone(),
+            certs: self.certs.clone(),
+            stores: self.stores,
+            interval: self.interval,
+            locations_prefix: self.locations_prefix.clone(),
+            duration: self.duration,
+            timeout: self.timeout,
+            progress: true,
+        })
+    }
+}
+
 /// The first address `HOST:PORT` resolves to; `what` names whose it is.
 async fn resolve(what: &'static str, addr: &str) -> Result<SocketAddr, LoadError> {
     let resolve_error = |detail: String| LoadError::Resolve {
@@ -404,8 +501,19 @@ pub async fn execute(cli: Cli) -> Result<(), LoadError> {
     match cli.command {
         Command::Setup(args) => {
             let out = setup(&args.settings()?)?;
+            let fleet = if args.fleet > 0 {
+                format!(
+                    ", fleet stores fleet-1..fleet-{} (locations {}1..{}{})",
+                    args.fleet,
+                    args.fleet_locations_prefix,
+                    args.fleet_locations_prefix,
+                    args.fleet
+                )
+            } else {
+                String::new()
+            };
             println!(
-                "wrote a CA, the coordinator and admin certificates, stores load-1..load-{} and {}",
+                "wrote a CA, the coordinator and admin certificates, stores load-1..load-{}{fleet} and {}",
                 args.stores,
                 out.config.display()
             );
@@ -421,6 +529,15 @@ pub async fn execute(cli: Cli) -> Result<(), LoadError> {
                 println!("{}", measurement.json_line());
             } else {
                 print!("{}", measurement.text());
+            }
+            Ok(())
+        }
+        Command::Fleet(args) => {
+            let report = crate::fleet::run(&args.settings().await?).await?;
+            if args.json {
+                println!("{}", report.json_line());
+            } else {
+                print!("{}", report.text());
             }
             Ok(())
         }
@@ -485,6 +602,125 @@ mod tests {
             Command::Run(args) => Ok(args),
             other => panic!("not parsed as run: {other:?}"),
         }
+    }
+
+    fn fleet_args(extra: &[&str]) -> Result<FleetArgs, clap::Error> {
+        let mut argv = vec![
+            "shelfsync-loadgen",
+            "fleet",
+            "--coordinator",
+            "127.0.0.1:7400",
+            "--certs",
+            "certs",
+        ];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv)?.command {
+            Command::Fleet(args) => Ok(args),
+            other => panic!("not parsed as fleet: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn fleet_flags_become_settings() {
+        let settings = fleet_args(&[
+            "--stores",
+            "100",
+            "--interval",
+            "250ms",
+            "--locations-prefix",
+            "quiet.",
+            "--duration",
+            "30s",
+            "--timeout",
+            "2s",
+            "--server-name",
+            "coordinator.internal",
+        ])
+        .unwrap()
+        .settings()
+        .await
+        .unwrap();
+        assert_eq!(settings.stores, 100);
+        assert_eq!(settings.interval, Duration::from_millis(250));
+        assert_eq!(settings.locations_prefix, "quiet.");
+        assert_eq!(settings.duration, Duration::from_secs(30));
+        assert_eq!(settings.timeout, Duration::from_secs(2));
+        assert_eq!(settings.server_name, "coordinator.internal");
+        assert_eq!(settings.coordinator, "127.0.0.1:7400".parse().unwrap());
+        assert_eq!(settings.certs, PathBuf::from("certs"));
+
+        let args = fleet_args(&["--stores", "3", "--json"]).unwrap();
+        assert!(args.json);
+        let defaults = args.settings().await.unwrap();
+        assert_eq!(defaults.interval, Duration::from_secs(1));
+        assert_eq!(defaults.duration, Duration::from_secs(10));
+        assert_eq!(defaults.locations_prefix, "idle-");
+        assert_eq!(defaults.server_name, "localhost");
+    }
+
+    #[tokio::test]
+    async fn bad_fleet_flags_are_refused() {
+        // Refused by the parser: --stores is required, durations and counts must parse.
+        assert!(fleet_args(&[]).is_err());
+        assert!(fleet_args(&["--stores", "x"]).is_err());
+        assert!(fleet_args(&["--stores", "-1"]).is_err());
+        assert!(fleet_args(&["--stores", "2", "--interval", "soon"]).is_err());
+        assert!(fleet_args(&["--stores", "2", "--rate", "5"]).is_err());
+        // Refused by the checks, naming the flag, as usage errors (exit 2).
+        let long_prefix = "p".repeat(63);
+        for (flags, needle) in [
+            (&["--stores", "0"][..], "--stores"),
+            (&["--stores", "10001"][..], "--stores"),
+            (&["--stores", "2", "--interval", "0s"][..], "--interval"),
+            (&["--stores", "2", "--duration", "0s"][..], "--duration"),
+            (&["--stores", "2", "--timeout", "0s"][..], "--timeout"),
+            (
+                &["--stores", "2", "--locations-prefix", "a/b"][..],
+                "--locations-prefix",
+            ),
+            (
+                &["--stores", "2", "--locations-prefix=-x"][..],
+                "--locations-prefix",
+            ),
+            // 63 characters and "1" fit; "10" does not.
+            (
+                &["--stores", "10", "--locations-prefix", &long_prefix][..],
+                "--locations-prefix",
+            ),
+        ] {
+            let err = fleet_args(flags).unwrap().settings().await.unwrap_err();
+            assert!(err.is_usage(), "{flags:?}: {err}");
+            assert!(err.to_string().contains(needle), "{flags:?}: {err}");
+        }
+        assert!(
+            fleet_args(&["--stores", "9", "--locations-prefix", &long_prefix])
+                .unwrap()
+                .settings()
+                .await
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn setup_takes_fleet_flags() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["shelfsync-loadgen", "setup", "--dir", "d", "--stores", "2"];
+            argv.extend_from_slice(extra);
+            match Cli::try_parse_from(argv).unwrap().command {
+                Command::Setup(args) => args.settings(),
+                other => panic!("not parsed as setup: {other:?}"),
+            }
+        };
+        let plain = parse(&[]).unwrap();
+        assert_eq!(plain.fleet, 0);
+        let fleet = parse(&["--fleet", "100", "--fleet-locations-prefix", "quiet-"]).unwrap();
+        assert_eq!(fleet.fleet, 100);
+        assert_eq!(fleet.fleet_locations_prefix, "quiet-");
+        let err = parse(&["--fleet", "10001"]).unwrap_err();
+        assert!(
+            err.is_usage() && err.to_string().contains("--fleet"),
+            "{err}"
+        );
     }
 
     fn redis_args(extra: &[&str]) -> Result<RedisArgs, clap::Error> {

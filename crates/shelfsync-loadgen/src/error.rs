@@ -80,6 +80,44 @@ pub enum LoadError {
         /// What the coordinator says the store may write.
         writable: Vec<String>,
     },
+    /// Fewer fleet store certificates than `fleet --stores` asked for.
+    #[error(
+        "{needed} fleet stores need the certificates of stores fleet-1 .. fleet-{needed} in {}, \
+         but it has {found}; run `shelfsync-loadgen setup --dir DIR --stores 1 --fleet {needed}` \
+         (and restart the coordinator with the coordinator.toml it writes)",
+        .dir.display()
+    )]
+    MissingFleetCerts {
+        /// The certificate directory.
+        dir: PathBuf,
+        /// Fleet certificates needed.
+        needed: usize,
+        /// Fleet certificates found (`fleet-1` upwards, without a gap).
+        found: usize,
+    },
+    /// The coordinator does not let a fleet store read its location.
+    #[error(
+        "store {store} may not read location {location} (it may read {readable:?}); \
+         pass the --fleet-locations-prefix given to `shelfsync-loadgen setup` as --locations-prefix"
+    )]
+    NotReadable {
+        /// The store id.
+        store: String,
+        /// The location it was to sync.
+        location: String,
+        /// What the coordinator says the store may read.
+        readable: Vec<String>,
+    },
+    /// A fleet store could not find its starting cursor (its snapshot).
+    #[error("store {store} could not bootstrap location {location}: {detail}")]
+    FleetBootstrap {
+        /// The store id.
+        store: String,
+        /// Its location.
+        location: String,
+        /// Why.
+        detail: String,
+    },
     /// A connection closed before a measurement that needs it.
     #[error(
         "the connection of store {store} was closed (see the errors of the last \
@@ -151,7 +189,11 @@ impl LoadError {
     pub fn is_usage(&self) -> bool {
         matches!(
             self,
-            LoadError::Usage(_) | LoadError::MissingCerts { .. } | LoadError::NotWritable { .. }
+            LoadError::Usage(_)
+                | LoadError::MissingCerts { .. }
+                | LoadError::NotWritable { .. }
+                | LoadError::MissingFleetCerts { .. }
+                | LoadError::NotReadable { .. }
         )
     }
 }

@@ -1,4 +1,4 @@
-//! `shelfsync-loadgen setup|run|redis`: the load generator's command line.
+//! `shelfsync-loadgen setup|run|redis|fleet`: the load generator's command line.
 //!
 //! Exit codes: 0 on success, 2 for bad flags or missing certificates (fix
 //! the invocation), 1 for a failure while running.

@@ -7,8 +7,11 @@
 //! [`shelfsync_proto::certs::init`], the same code as `shelfctl certs init`),
 //! the admin certificate, and `coordinator.toml`, which registers every
 //! store with the benchmark location as its only writable and readable
-//! location and keeps the ledger in `DIR/data`. Paths in the config are
-//! absolute, so the coordinator may start from any directory.
+//! location and keeps the ledger in `DIR/data`. With `--fleet N` it also
+//! issues and registers the stores of `shelfsync-loadgen fleet`
+//! (`fleet-1` .. `fleet-N`, each with a location of its own, see
+//! [`crate::fleet`]). Paths in the config are absolute, so the coordinator
+//! may start from any directory.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -31,6 +34,11 @@ pub struct SetupSettings {
     pub stores: usize,
     /// The location every store may write and read.
     pub location: String,
+    /// Fleet stores to register too (`fleet-1` .. `fleet-N`); 0 for none.
+    pub fleet: usize,
+    /// Fleet store `fleet-i` may read and write only the location
+    /// `fleet_locations_prefix` + `i`.
+    pub fleet_locations_prefix: String,
     /// The coordinator's QUIC address.
     pub listen: SocketAddr,
     /// The coordinator's HTTP address (`/readyz`).
@@ -64,6 +72,14 @@ pub fn setup(settings: &SetupSettings) -> Result<SetupOutput, LoadError> {
     if settings.stores == 0 {
         return Err(LoadError::Usage("--stores must be at least 1".into()));
     }
+    let fleet: Vec<(String, String)> = (1..=settings.fleet)
+        .map(|i| {
+            let location = crate::fleet::location(&settings.fleet_locations_prefix, i);
+            shelfsync_core::item::validate_id("location", &location)
+                .map_err(|e| LoadError::Usage(format!("--fleet-locations-prefix: {e}")))?;
+            Ok((crate::fleet::store_id(i), location))
+        })
+        .collect::<Result<_, LoadError>>()?;
     let dir = std::path::absolute(&settings.dir).map_err(|source| LoadError::Io {
         action: "resolve",
         path: settings.dir.clone(),
@@ -77,15 +93,21 @@ pub fn setup(settings: &SetupSettings) -> Result<SetupOutput, LoadError> {
         )));
     }
     let stores: Vec<String> = (1..=settings.stores).map(store_id).collect();
-    shelfsync_proto::certs::init(&dir, &stores, &[], settings.force)
+    let all: Vec<String> = stores
+        .iter()
+        .cloned()
+        .chain(fleet.iter().map(|(id, _)| id.clone()))
+        .collect();
+    shelfsync_proto::certs::init(&dir, &all, &[], settings.force)
         .map_err(|e| LoadError::Certs(Box::new(e)))?;
-    let text = coordinator_toml(
+    let mut text = coordinator_toml(
         &dir,
         &stores,
         &settings.location,
         settings.listen,
         settings.http_listen,
     );
+    text.push_str(&fleet_toml(&fleet));
     fs::write(&config, text).map_err(|source| LoadError::Io {
         action: "write",
         path: config.clone(),
@@ -153,6 +175,28 @@ pub fn coordinator_toml(
     out
 }
 
+/// The `[[stores]]` entries of fleet stores, each `(id, location)`: the
+/// store may read and write its own location only.
+pub fn fleet_toml(fleet: &[(String, String)]) -> String {
+    let mut out = String::new();
+    for (id, location) in fleet {
+        let _ = writeln!(
+            out,
+            "\n[[stores]]\n\
+             id            = {}\n\
+             name          = {}\n\
+             # A `shelfsync-loadgen fleet` store; it syncs every 1s by default.\n\
+             sync_interval = \"1s\"\n\
+             writable      = [{loc}]\n\
+             readable      = [{loc}]",
+            quoted(id),
+            quoted(&format!("Fleet store {id}")),
+            loc = quoted(location),
+        );
+    }
+    out
+}
+
 /// How many store certificates `load-1`, `load-2`, ... exist in `dir`
 /// without a gap (both the `.pem` and the `.key`).
 pub fn count_store_certs(dir: &Path) -> usize {
@@ -173,6 +217,8 @@ mod tests {
             dir: dir.to_path_buf(),
             stores,
             location: "bench".into(),
+            fleet: 0,
+            fleet_locations_prefix: "idle-".into(),
             listen: "127.0.0.1:7400".parse().unwrap(),
             http_listen: "127.0.0.1:7480".parse().unwrap(),
             force: false,
@@ -207,6 +253,35 @@ mod tests {
         more.force = true;
         setup(&more).unwrap();
         assert_eq!(count_store_certs(tmp.path()), 5);
+        assert_eq!(crate::fleet::count_certs(tmp.path()), 0);
+    }
+
+    #[test]
+    fn fleet_stores_get_certificates_and_a_location_each() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut with_fleet = settings(tmp.path(), 2);
+        with_fleet.fleet = 3;
+        let out = setup(&with_fleet).unwrap();
+        assert_eq!(count_store_certs(tmp.path()), 2);
+        assert_eq!(crate::fleet::count_certs(tmp.path()), 3);
+        let value: toml::Value = toml::from_str(&fs::read_to_string(&out.config).unwrap()).unwrap();
+        let stores = value["stores"].as_array().unwrap();
+        assert_eq!(stores.len(), 5);
+        assert_eq!(stores[1]["readable"][0].as_str(), Some("bench"));
+        assert_eq!(stores[4]["id"].as_str(), Some("fleet-3"));
+        assert_eq!(stores[4]["readable"][0].as_str(), Some("idle-3"));
+        assert_eq!(stores[4]["writable"][0].as_str(), Some("idle-3"));
+
+        // A prefix that makes an invalid location is refused before writing.
+        let mut bad = settings(&tmp.path().join("y"), 1);
+        bad.fleet = 1;
+        bad.fleet_locations_prefix = "-".into();
+        let err = setup(&bad).unwrap_err();
+        assert!(
+            err.to_string().contains("--fleet-locations-prefix"),
+            "{err}"
+        );
+        assert!(!tmp.path().join("y").exists());
     }
 
     #[test]

@@ -12,6 +12,7 @@ use shelfsync_coordinator::{Config, Coordinator};
 use shelfsync_core::ItemKey;
 use shelfsync_loadgen::cli::{Cli, execute};
 use shelfsync_loadgen::driver::PRELOAD_QUANTITY;
+use shelfsync_loadgen::fleet::FleetSettings;
 use shelfsync_loadgen::keys::{KeyDistribution, sku};
 use shelfsync_loadgen::setup::{SetupSettings, setup};
 use shelfsync_loadgen::workload::Workload;
@@ -30,11 +31,18 @@ struct Bench {
 
 impl Bench {
     async fn start(stores: usize) -> Self {
+        Self::start_with_fleet(stores, 0).await
+    }
+
+    /// A coordinator with `stores` load stores and `fleet` fleet stores.
+    async fn start_with_fleet(stores: usize, fleet: usize) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let out = setup(&SetupSettings {
             dir: dir.path().to_path_buf(),
             stores,
             location: "bench".into(),
+            fleet,
+            fleet_locations_prefix: "idle-".into(),
             listen: "127.0.0.1:0".parse().unwrap(),
             http_listen: "127.0.0.1:0".parse().unwrap(),
             force: false,
@@ -42,7 +50,7 @@ impl Bench {
         .unwrap();
         // The config `setup` wrote is the one the coordinator binary reads.
         let config = Config::load(&out.config).unwrap();
-        assert_eq!(config.stores.len(), stores);
+        assert_eq!(config.stores.len(), stores + fleet);
         let coordinator = Coordinator::bind(config).await.unwrap();
         let addr = coordinator.quic_addr;
         let (stop, stopped) = oneshot::channel::<()>();
@@ -309,5 +317,78 @@ async fn the_command_line_writes_csv_rows_and_a_chart() {
     );
     assert_eq!(read(&csv).lines().count(), 5);
     assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"));
+    bench.stop().await;
+}
+
+/// `fleet` with three stores for two seconds: every store syncs its own
+/// location again and again, starting from the head its snapshot gave it,
+/// and ends at the head (nobody writes its location, so it receives nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_of_three_stores_syncs_each_its_own_location() {
+    let bench = Bench::start_with_fleet(1, 3).await;
+    // Some history first, elsewhere: the fleet's cursors start past it.
+    let writes = shelfsync_loadgen::run(&bench.settings(&[1], 20), |_| {})
+        .await
+        .unwrap();
+    // The preload's 20 creates and the accepted writes are in the log.
+    let logged = 20 + writes[0].accepted;
+
+    let settings = FleetSettings {
+        coordinator: bench.addr,
+        server_name: "localhost".into(),
+        certs: bench.certs(),
+        stores: 3,
+        interval: Duration::from_millis(200),
+        locations_prefix: "idle-".into(),
+        duration: Duration::from_secs(2),
+        timeout: Duration::from_secs(10),
+        progress: false,
+    };
+    let report = shelfsync_loadgen::fleet::run(&settings).await.unwrap();
+    assert_eq!(report.stores, 3);
+    assert_eq!(report.per_store.len(), 3);
+    for (i, store) in report.per_store.iter().enumerate() {
+        assert_eq!(store.store, format!("fleet-{}", i + 1));
+        assert_eq!(store.location, format!("idle-{}", i + 1));
+        // Ten ticks in two seconds; a slow machine may make fewer, never none.
+        assert!(store.syncs >= 3, "{store:?}");
+        assert_eq!(store.errors, 0, "{store:?}");
+        assert_eq!(store.changes, 0, "{store:?}");
+        assert_eq!(store.cursor_expired, 0, "{store:?}");
+        assert!(store.cursor >= logged, "{store:?}");
+    }
+    assert_eq!(
+        report.syncs,
+        report.per_store.iter().map(|s| s.syncs).sum::<u64>()
+    );
+    assert!(report.syncs_per_s > 0.0, "{report:?}");
+
+    // Asked for more stores than there are certificates: a usage error.
+    let err = shelfsync_loadgen::fleet::run(&FleetSettings {
+        stores: 4,
+        ..settings.clone()
+    })
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LoadError::MissingFleetCerts {
+                needed: 4,
+                found: 3,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    // A prefix the stores may not read: refused before the clock starts.
+    let err = shelfsync_loadgen::fleet::run(&FleetSettings {
+        locations_prefix: "other-".into(),
+        ..settings
+    })
+    .await
+    .unwrap_err();
+    assert!(matches!(err, LoadError::NotReadable { .. }), "{err:?}");
+    assert!(err.is_usage());
     bench.stop().await;
 }
