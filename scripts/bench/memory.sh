@@ -8,7 +8,8 @@
 # location through shelfsync-loadgen's preload, and reads the coordinator's
 # resident (VmRSS) and peak (VmHWM) memory; restarts it and reads them again
 # once it is ready (the restart rebuilds the per-location digests from the
-# ledger). Then starts an agent replicating that location, waits until its
+# ledger), and the coordinator's data directory on disk after those
+# ITEMS writes (target: under 0.5 GB for 1,000,000). Then starts an agent replicating that location, waits until its
 # bootstrap is complete (/readyz), and reads the agent's. Targets: coordinator
 # under 1 GiB, agent under 512 MiB. Everything it started is stopped and
 # removed on exit, Ctrl-C included.
@@ -30,11 +31,14 @@ started=$SECONDS
     --workload delta --ops 1 --warmup 0s > /dev/null
 log "preloaded in $((SECONDS - started))s"
 read -r c_rss c_peak < <(rss_mib "$COORD_PID")
+disk_mib() { du -sm "$1" | cut -f1; }
+c_disk=$(disk_mib "$WORK/c/data")
 
 log "restarting the coordinator"
 kill -TERM "$COORD_PID"; wait "$COORD_PID" 2>/dev/null || true
 restart_coordinator "$WORK/c"
 read -r r_rss r_peak < <(rss_mib "$COORD_PID")
+r_disk=$(disk_mib "$WORK/c/data")
 
 log "starting an agent replicating all $ITEMS items"
 started=$SECONDS
@@ -48,3 +52,6 @@ printf '\n%-36s %9s %9s %9s %8s\n' "process ($(nproc) cores, $(uname -m))" "RSS 
 printf '%-36s %9s %9s %9s %8s\n' "coordinator after loading $ITEMS" "$c_rss" "$c_peak" 1024 "$(verdict "$c_peak" 1024)"
 printf '%-36s %9s %9s %9s %8s\n' "coordinator restarted with them" "$r_rss" "$r_peak" 1024 "$(verdict "$r_peak" 1024)"
 printf '%-36s %9s %9s %9s %8s\n' "agent holding $count" "$a_rss" "$a_peak" 512 "$(verdict "$a_peak" 512)"
+printf '\n%-36s %9s %9s %9s %8s\n' "coordinator data_dir" "MiB" "" "target" "verdict"
+printf '%-36s %9s %9s %9s %8s\n' "after $ITEMS writes" "$c_disk" "" 512 "$(verdict "$c_disk" 512)"
+printf '%-36s %9s %9s %9s %8s\n' "after the restart" "$r_disk" "" 512 "$(verdict "$r_disk" 512)"
