@@ -11,11 +11,15 @@
 use serde::{Deserialize, Serialize};
 use shelfsync_core::{Item, ItemKey, KeyState, Op, Rejection};
 
-/// The protocol version this build speaks.
+/// The protocol version this build speaks; a coordinator names its own in
+/// its hello reply. Version 2 added [`Request::Writes`], which a client
+/// sends only to a coordinator whose reply says 2 or more.
 pub const PROTOCOL_VERSION: u16 = 2;
+/// The version a client of this build asks for in its hello: the oldest it
+/// can work with, so that it can still talk to a coordinator of an older
+/// build (it then does without what came later).
+pub const MIN_PROTOCOL_VERSION: u16 = 1;
 /// Every protocol version this build can talk; the hello is refused otherwise.
-/// Version 2 added [`Request::Writes`]; a peer of version 1 never sends it
-/// and is never sent it.
 pub const SUPPORTED_VERSIONS: &[u16] = &[1, 2];
 /// Most writes in one [`Request::Writes`].
 pub const MAX_WRITES: usize = 1024;
@@ -105,17 +109,17 @@ pub enum Response {
 /// First message of every connection.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
-    /// Protocol version the client speaks.
+    /// The oldest protocol version the client can work with.
     pub protocol_version: u16,
     /// Client software version, for status and logs.
     pub software_version: String,
 }
 
 impl Hello {
-    /// The hello of this build.
+    /// The hello of this build: it asks for [`MIN_PROTOCOL_VERSION`].
     pub fn current() -> Self {
         Hello {
-            protocol_version: PROTOCOL_VERSION,
+            protocol_version: MIN_PROTOCOL_VERSION,
             software_version: SOFTWARE_VERSION.to_string(),
         }
     }
@@ -538,5 +542,26 @@ impl WireError {
             ErrorCode::UnsupportedVersion,
             format!("unsupported protocol version {got}, supported are {SUPPORTED_VERSIONS:?}"),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_code_is_found_by_its_name() {
+        for code in ErrorCode::ALL {
+            assert_eq!(ErrorCode::from_name(code.as_str()), Some(code));
+        }
+        assert_eq!(ErrorCode::from_name("no_such_code"), None);
+    }
+
+    #[test]
+    fn a_hello_asks_for_the_oldest_version_this_build_can_use() {
+        let hello = Hello::current();
+        assert_eq!(hello.protocol_version, MIN_PROTOCOL_VERSION);
+        assert!(SUPPORTED_VERSIONS.contains(&MIN_PROTOCOL_VERSION));
+        assert!(SUPPORTED_VERSIONS.contains(&PROTOCOL_VERSION));
     }
 }
