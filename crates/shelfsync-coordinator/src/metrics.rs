@@ -161,7 +161,7 @@ impl Metrics {
         self.key_wait.observe(wait.as_secs_f64());
     }
 
-    pub(crate) fn observe_group(&self, jobs: usize, _writes: usize) {
+    pub(crate) fn observe_group(&self, jobs: usize) {
         self.group_size.observe(jobs as f64);
     }
 
