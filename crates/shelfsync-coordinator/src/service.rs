@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use shelfsync_core::ItemKey;
+use shelfsync_core::{Item, ItemKey};
 use shelfsync_proto::{
     ADMIN_IDENTITY, Change, ChangesPage, ChangesRequest, ErrorCode, Hello, HelloReply,
     HistoryReply, HistoryRequest, MAX_WRITES, PROTOCOL_VERSION, ReportAck, Request, Response,
@@ -304,9 +304,7 @@ impl Service {
             if expired(oldest) {
                 return Ok(Response::CursorExpired { oldest, head });
             }
-            let mut locations = req.locations;
-            locations.sort();
-            locations.dedup();
+            let locations = distinct(req.locations);
             let (changes, next) =
                 changes_page(ledger.as_ref(), &locations, req.after, head, limit)?;
             // Compaction may have run during the read and removed entries
@@ -329,51 +327,9 @@ impl Service {
         let head = self.pipeline.read_head();
         let ledger = self.ledger.clone();
         let limit = req.limit.clamp(1, MAX_PAGE) as usize;
-        let (page, newest) = blocking(move || {
-            let mut locations: Vec<String> = req.locations;
-            locations.sort();
-            locations.dedup();
-            let mut items = Vec::new();
-            let mut newest = 0;
-            let mut last: Option<ItemKey> = None;
-            for location in locations {
-                let after_sku = match &req.after {
-                    Some(after) if after.location > location => continue,
-                    Some(after) if after.location == location => Some(after.sku.as_str()),
-                    _ => None,
-                };
-                let room = limit - items.len();
-                let records = ledger.items(&location, after_sku, room)?;
-                let full = records.len() >= room;
-                for (sku, record) in records {
-                    newest = newest.max(record.seq);
-                    last = Some(ItemKey {
-                        location: location.clone(),
-                        sku,
-                    });
-                    if let Some(item) = record.state.item() {
-                        items.push(item.clone());
-                    }
-                }
-                if full {
-                    return Ok((
-                        SnapshotPage {
-                            items,
-                            next: last,
-                            head,
-                        },
-                        newest,
-                    ));
-                }
-            }
-            Ok((
-                SnapshotPage {
-                    items,
-                    next: None,
-                    head,
-                },
-                newest,
-            ))
+        let (items, next, newest) = blocking(move || {
+            let locations = distinct(req.locations);
+            snapshot_page(ledger.as_ref(), &locations, req.after.as_ref(), limit)
         })
         .await?;
         // Items are read from committed state; answer only once it is durable.
@@ -383,7 +339,7 @@ impl Service {
                 "the coordinator is shutting down",
             ));
         }
-        Ok(Response::Snapshot(page))
+        Ok(Response::Snapshot(SnapshotPage { items, next, head }))
     }
 
     fn report(&self, peer: &Peer, report: StoreReport) -> Result<Response, WireError> {
@@ -559,6 +515,49 @@ pub fn changes_page(
         changes.sort_unstable_by_key(|c| c.seq);
     }
     Ok((changes, end.max(cut)))
+}
+
+/// Up to `limit` live items of `locations` (sorted, distinct) after the key
+/// `after`. Returns them with the key to go on after (`None` once every
+/// item was read) and the newest seq among the records read.
+fn snapshot_page(
+    ledger: &dyn Ledger,
+    locations: &[String],
+    after: Option<&ItemKey>,
+    limit: usize,
+) -> Result<(Vec<Item>, Option<ItemKey>, u64), LedgerError> {
+    let (mut items, mut newest) = (Vec::new(), 0);
+    for location in locations {
+        let after_sku = match after {
+            Some(after) if after.location > *location => continue,
+            Some(after) if after.location == *location => Some(after.sku.as_str()),
+            _ => None,
+        };
+        let room = limit - items.len();
+        let records = ledger.items(location, after_sku, room)?;
+        // A full read (tombstones count) may leave more in this location.
+        let next = records
+            .last()
+            .filter(|_| records.len() >= room)
+            .map(|(sku, _)| ItemKey {
+                location: location.clone(),
+                sku: sku.clone(),
+            });
+        for (_, record) in records {
+            newest = newest.max(record.seq);
+            items.extend(record.state.item().cloned());
+        }
+        if next.is_some() {
+            return Ok((items, next, newest));
+        }
+    }
+    Ok((items, None, newest))
+}
+
+fn distinct(mut locations: Vec<String>) -> Vec<String> {
+    locations.sort();
+    locations.dedup();
+    locations
 }
 
 /// Runs ledger work off the async threads.
