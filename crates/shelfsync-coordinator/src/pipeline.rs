@@ -21,8 +21,7 @@
 //! resolves; the coordinator's run ends with an error and its supervisor
 //! restarts it, and the restart reads what the ledger really holds.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use shelfsync_core::{ItemKey, KeyState};
@@ -51,10 +50,9 @@ const ITEM_CACHE_ENTRIES: usize = 256 * 1024;
 pub const ACK_PATH_NICE: i32 = -5;
 /// The nice value of work off the acknowledgement path (the collector).
 pub const BACKGROUND_NICE: i32 = 10;
-/// How long the sequencer lets a group gather before deciding it, when the
+/// How long the sequencer lets a group gather before deciding it when the
 /// group before had more than one job: under load, more writers then share
-/// one sync. A lone writer (the group before was a single job) does not
-/// wait.
+/// one sync, and a lone writer does not wait.
 pub const GROUP_LINGER: Duration = Duration::from_micros(200);
 
 /// A unit of work for the pipeline.
@@ -215,19 +213,14 @@ impl Pipeline {
     /// Resolves, with the failure's message, once the pipeline has stopped
     /// after a storage failure; pending as long as it has not.
     pub fn failed(&self) -> impl Future<Output = String> + Send + 'static {
-        let mut cause = self.failed.cause.subscribe();
+        let failure = self.failed.clone();
+        let mut raised = failure.raised.subscribe();
         async move {
-            // Taken out of the watch at once: its guard must not live
-            // across an await.
-            let cause = cause
-                .wait_for(Option::is_some)
-                .await
-                .map(|cause| cause.clone().unwrap_or_default());
-            match cause {
-                Ok(cause) => cause,
+            if raised.wait_for(|raised| *raised).await.is_err() {
                 // The pipeline is gone without a failure: none to report.
-                Err(_) => std::future::pending().await,
+                std::future::pending::<()>().await;
             }
+            failure.cause.get().cloned().unwrap_or_default()
         }
     }
 }
@@ -235,26 +228,22 @@ impl Pipeline {
 /// Whether the pipeline has stopped after a storage failure, and why.
 #[derive(Default)]
 struct Failure {
-    /// Read before every job: one load, no lock.
-    flag: AtomicBool,
-    /// The first failure's message, for [`Pipeline::failed`].
-    cause: watch::Sender<Option<String>>,
+    /// The first failure's message; read before every job (one load, no
+    /// lock).
+    cause: OnceLock<String>,
+    /// Turns true once `cause` is set, for [`Pipeline::failed`].
+    raised: watch::Sender<bool>,
 }
 
 impl Failure {
     fn set(&self, err: &LedgerError) {
-        self.cause.send_if_modified(|cause| {
-            let first = cause.is_none();
-            if first {
-                *cause = Some(err.to_string());
-            }
-            first
-        });
-        self.flag.store(true, Ordering::Release);
+        if self.cause.set(err.to_string()).is_ok() {
+            self.raised.send_replace(true);
+        }
     }
 
     fn is_set(&self) -> bool {
-        self.flag.load(Ordering::Acquire)
+        self.cause.get().is_some()
     }
 }
 
