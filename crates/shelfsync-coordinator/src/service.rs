@@ -203,17 +203,14 @@ impl Service {
         let Peer::Store(id) = peer else {
             return Ok(());
         };
-        let allowed = self.store(id).is_some_and(|s| match access {
-            Access::Read => s.readable.iter().any(|l| l == location),
-            Access::Write => s.writable.iter().any(|l| l == location),
-        });
-        if allowed {
+        let store = self.store(id);
+        let (verb, allowed) = match access {
+            Access::Read => ("read", store.map(|s| &s.readable)),
+            Access::Write => ("write", store.map(|s| &s.writable)),
+        };
+        if allowed.is_some_and(|locations| locations.iter().any(|l| l == location)) {
             return Ok(());
         }
-        let verb = match access {
-            Access::Read => "read",
-            Access::Write => "write",
-        };
         tracing::warn!(store = %id, location, access = verb, "access refused");
         Err(WireError::new(
             ErrorCode::Forbidden,
@@ -234,34 +231,26 @@ impl Service {
                 format!("at most {MAX_WRITES} writes in one request"),
             ));
         }
-        let mut answers: Vec<Option<Response>> = Vec::with_capacity(writes.len());
-        let mut valid = Vec::with_capacity(writes.len());
-        for write in writes {
-            match self.check_write(peer, &write) {
-                Ok(()) => {
-                    answers.push(None);
-                    valid.push(write);
-                }
-                Err(err) => answers.push(Some(Response::Error(err))),
-            }
-        }
+        let checked: Vec<_> = writes.iter().map(|w| self.check_write(peer, w)).collect();
+        let valid = (writes.into_iter().zip(&checked))
+            .filter(|(_, checked)| checked.is_ok())
+            .map(|(write, _)| write)
+            .collect();
         let mut decided = self
             .pipeline
             .write_many(peer.name(), valid)
             .await
             .into_iter();
-        let answers = answers
-            .into_iter()
-            .map(|answer| {
-                answer.or_else(|| decided.next()).unwrap_or_else(|| {
-                    Response::Error(WireError::new(
-                        ErrorCode::Internal,
-                        "a write went unanswered",
-                    ))
-                })
-            })
-            .collect();
-        Ok(Response::Writes(answers))
+        let answers = checked.into_iter().map(|checked| match checked {
+            Ok(()) => decided.next().unwrap_or_else(|| {
+                Response::Error(WireError::new(
+                    ErrorCode::Internal,
+                    "a write went unanswered",
+                ))
+            }),
+            Err(err) => Response::Error(err),
+        });
+        Ok(Response::Writes(answers.collect()))
     }
 
     fn check_write(&self, peer: &Peer, write: &WriteRequest) -> Result<(), WireError> {
@@ -575,55 +564,4 @@ async fn blocking<T: Send + 'static>(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::ledger::{MemoryLedger, contract};
-
-    /// s1 and s2 written at seqs 1..=6, with 3..=5 one commit over both.
-    fn ledger() -> MemoryLedger {
-        let ledger = MemoryLedger::new(contract::BUCKETS);
-        let writes = [
-            (1, "s1"),
-            (2, "s2"),
-            (3, "s1"),
-            (4, "s2"),
-            (5, "s1"),
-            (6, "s2"),
-        ]
-        .into_iter()
-        .map(|(seq, location)| {
-            let mut w = contract::put(seq, &contract::key(location, &format!("k{seq}")), 1, 1);
-            if (3..=5).contains(&seq) {
-                w.change.commit_end = 5;
-            }
-            w
-        })
-        .collect();
-        contract::commit_puts(&ledger, writes);
-        ledger
-    }
-
-    fn page(locations: &[&str], after: u64, limit: usize) -> (Vec<u64>, u64) {
-        let locations: Vec<String> = locations.iter().map(|l| l.to_string()).collect();
-        let (changes, next) = changes_page(&ledger(), &locations, after, 6, limit).unwrap();
-        (changes.iter().map(|c| c.seq).collect(), next)
-    }
-
-    #[test]
-    fn a_page_merges_locations_in_seq_order() {
-        assert_eq!(page(&["s1", "s2"], 0, 10), (vec![1, 2, 3, 4, 5, 6], 6));
-        assert_eq!(page(&["s2"], 0, 10), (vec![2, 4, 6], 6));
-        assert_eq!(page(&["s1", "s2"], 4, 10), (vec![5, 6], 6));
-        assert_eq!(page(&["nowhere"], 0, 10), (vec![], 6));
-    }
-
-    #[test]
-    fn a_page_never_ends_inside_a_commit() {
-        // Cut at 3, inside the commit 3..=5: the page takes it whole.
-        assert_eq!(page(&["s1", "s2"], 0, 3), (vec![1, 2, 3, 4, 5], 5));
-        // One location: its part of the commit (3, 5) stays together.
-        assert_eq!(page(&["s1"], 0, 2), (vec![1, 3, 5], 5));
-        // A cut after the commit needs no more.
-        assert_eq!(page(&["s1", "s2"], 0, 2), (vec![1, 2], 2));
-    }
-}
+mod tests;
