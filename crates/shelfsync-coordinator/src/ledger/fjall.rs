@@ -25,6 +25,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use serde::de::DeserializeOwned;
 use shelfsync_core::ItemKey;
 use shelfsync_proto::Change;
 
@@ -79,6 +80,12 @@ fn index_key(location: &str, seq: u64) -> Vec<u8> {
 
 fn idempotency_key(store: &str, key: &str) -> Vec<u8> {
     [store.as_bytes(), &[0], key.as_bytes()].concat()
+}
+
+/// The record under `key`, decoded.
+fn read<T: DeserializeOwned>(keyspace: &Keyspace, key: &[u8]) -> Result<Option<T>, LedgerError> {
+    let bytes = keyspace.get(key).map_err(storage)?;
+    bytes.map(|bytes| decode(key, &bytes)).transpose()
 }
 
 fn seq_of(bytes: &[u8]) -> Option<u64> {
@@ -175,11 +182,8 @@ impl FjallLedger {
     }
 
     fn get_change(&self, seq: u64) -> Result<Option<(Change, Option<u64>)>, LedgerError> {
-        let key = seq.to_be_bytes();
-        match self.changes.get(key).map_err(storage)? {
-            None => Ok(None),
-            Some(bytes) => Ok(Some(decode::<ChangeV>(&key, &bytes)?.into_change(seq))),
-        }
+        let change = read::<ChangeV>(&self.changes, &seq.to_be_bytes())?;
+        Ok(change.map(|change| change.into_change(seq)))
     }
 }
 
@@ -231,11 +235,7 @@ impl Ledger for FjallLedger {
     }
 
     fn load(&self, key: &ItemKey) -> Result<Option<ItemRecord>, LedgerError> {
-        let k = item_key(key);
-        match self.items.get(&k).map_err(storage)? {
-            None => Ok(None),
-            Some(bytes) => Ok(Some(decode::<ItemV>(&k, &bytes)?.into())),
-        }
+        Ok(read::<ItemV>(&self.items, &item_key(key))?.map(Into::into))
     }
 
     fn idempotency(
@@ -253,8 +253,8 @@ impl Ledger for FjallLedger {
             .cloned()
             .collect();
         for bucket in buckets {
-            if let Some(bytes) = bucket.get(&k).map_err(storage)? {
-                return Ok(Some(decode::<IdempotencyV>(&k, &bytes)?.into()));
+            if let Some(record) = read::<IdempotencyV>(&bucket, &k)? {
+                return Ok(Some(record.into()));
             }
         }
         Ok(None)
@@ -367,19 +367,18 @@ impl Ledger for FjallLedger {
     }
 
     fn expire_idempotency(&self, before_ms: u64) -> Result<usize, LedgerError> {
-        let expired: Vec<((u64, u64), Keyspace)> = {
-            let mut buckets = self.idempotency.lock().map_err(storage)?;
-            let ids: Vec<(u64, u64)> = buckets
-                .keys()
-                .filter(|(start, width)| Buckets { width_ms: *width }.all_before(*start, before_ms))
-                .copied()
-                .collect();
-            ids.into_iter()
-                .filter_map(|id| buckets.remove(&id).map(|k| (id, k)))
-                .collect()
-        };
+        let mut expired = Vec::new();
+        let mut buckets = self.idempotency.lock().map_err(storage)?;
+        buckets.retain(|&(start, width), keyspace| {
+            let keep = !Buckets { width_ms: width }.all_before(start, before_ms);
+            if !keep {
+                expired.push(keyspace.clone());
+            }
+            keep
+        });
+        drop(buckets);
         let dropped = expired.len();
-        for (_, keyspace) in expired {
+        for keyspace in expired {
             self.db.delete_keyspace(keyspace).map_err(storage)?;
         }
         Ok(dropped)
