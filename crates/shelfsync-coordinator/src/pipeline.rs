@@ -217,7 +217,8 @@ impl Pipeline {
         let mut raised = failure.raised.subscribe();
         async move {
             if raised.wait_for(|raised| *raised).await.is_err() {
-                // The pipeline is gone without a failure: none to report.
+                // Cannot happen while `failure` holds the sender; if it
+                // did, there would be no failure to report.
                 std::future::pending::<()>().await;
             }
             failure.cause.get().cloned().unwrap_or_default()
@@ -353,7 +354,7 @@ impl Sequencer {
             return Ok(());
         }
         self.fetch(&requests)?;
-        let mut decision =
+        let decision =
             sequencer::decide(&requests, &mut self.view, self.head, now_ms(), self.ttl_ms);
         self.count(&requests, &decision.answers);
         self.metrics.observe_group(requests.len());
@@ -362,9 +363,8 @@ impl Sequencer {
             self.digests
                 .apply(&change.key.location, change.seq, before, &change.state);
         }
-        let head = decision.group.head;
-        let answers = std::mem::take(&mut decision.answers);
-        let group = decision.group;
+        let sequencer::Decision { group, answers, .. } = decision;
+        let head = group.head;
         let has_writes = !group.writes.is_empty() || !group.idempotency.is_empty();
         if has_writes && failpoints::triggered(failpoints::ACK_BEFORE_DURABLE) {
             // A deliberate bug for the fault suite: answered before the
@@ -384,6 +384,7 @@ impl Sequencer {
         Ok(())
     }
 
+    /// Commits `group`; returns once it is durable.
     fn commit(&self, group: CommitGroup) -> Result<(), LedgerError> {
         let started = Instant::now();
         fail::fail_point!(failpoints::LEDGER_COMMIT, |arg| Err(LedgerError::Storage(
