@@ -89,30 +89,27 @@ impl Config {
 
     /// Checks store ids and locations against the id rules.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |message: String| Err(ConfigError::Invalid(message));
         let mut seen = std::collections::HashSet::new();
         for store in &self.stores {
-            shelfsync_core::item::validate_id("store id", &store.id)
-                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
-            if store.id == shelfsync_proto::ADMIN_IDENTITY {
-                return Err(ConfigError::Invalid(
-                    "`admin` is reserved for the admin certificate".into(),
-                ));
+            let id = &store.id;
+            if let Err(e) = shelfsync_core::item::validate_id("store id", id) {
+                return invalid(e.to_string());
             }
-            if !seen.insert(store.id.as_str()) {
-                return Err(ConfigError::Invalid(format!(
-                    "store {} is registered twice",
-                    store.id
-                )));
+            if id == shelfsync_proto::ADMIN_IDENTITY {
+                return invalid("`admin` is reserved for the admin certificate".into());
+            }
+            if !seen.insert(id) {
+                return invalid(format!("store {id} is registered twice"));
             }
             for location in store.writable.iter().chain(&store.readable) {
-                shelfsync_core::item::validate_id("location", location)
-                    .map_err(|e| ConfigError::Invalid(format!("store {}: {e}", store.id)))?;
+                if let Err(e) = shelfsync_core::item::validate_id("location", location) {
+                    return invalid(format!("store {id}: {e}"));
+                }
             }
         }
         if self.retain_changes == 0 {
-            return Err(ConfigError::Invalid(
-                "retain_changes must be at least 1".into(),
-            ));
+            return invalid("retain_changes must be at least 1".into());
         }
         Ok(())
     }

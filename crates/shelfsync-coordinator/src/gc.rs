@@ -13,8 +13,7 @@
 //! CPU first, and no slice holds the storage engine for long.
 
 use std::future::Future;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
@@ -54,20 +53,16 @@ impl From<&Config> for GcConfig {
     }
 }
 
-/// Starts a round every `interval` on the collector thread until
-/// `shutdown` resolves; a round still under way at a tick is not doubled.
-/// At shutdown the round under way stops after its current slice.
+/// Runs a round every `interval` on the collector thread until `shutdown`
+/// resolves; a round that outlasts the interval is followed by the next at
+/// once, never doubled. At shutdown the round under way stops after its
+/// current slice.
 pub async fn run(ledger: Arc<dyn Ledger>, config: GcConfig, shutdown: impl Future<Output = ()>) {
-    let stop = Arc::new(AtomicBool::new(false));
-    // One tick may wait while a round runs; more would only repeat it.
-    let (tick_tx, tick_rx) = std::sync::mpsc::sync_channel::<()>(1);
-    let collector = {
-        let stop = stop.clone();
-        let config = config.clone();
-        std::thread::Builder::new()
-            .name(COLLECTOR_THREAD.into())
-            .spawn(move || collect(ledger.as_ref(), &config, &tick_rx, &stop))
-    };
+    // Dropped at shutdown, which ends the collector's waits.
+    let (stop, stopped) = mpsc::channel::<()>();
+    let collector = std::thread::Builder::new()
+        .name(COLLECTOR_THREAD.into())
+        .spawn(move || collect(ledger.as_ref(), &config, &stopped));
     let collector = match collector {
         Ok(thread) => thread,
         Err(err) => {
@@ -75,19 +70,8 @@ pub async fn run(ledger: Arc<dyn Ledger>, config: GcConfig, shutdown: impl Futur
             return;
         }
     };
-    tokio::pin!(shutdown);
-    let mut ticker = tokio::time::interval(config.interval);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {
-                // Full: a round is under way and another already waits.
-                let _ = tick_tx.try_send(());
-            }
-            () = &mut shutdown => break,
-        }
-    }
-    stop.store(true, Ordering::Release);
-    drop(tick_tx);
+    shutdown.await;
+    drop(stop);
     if tokio::task::spawn_blocking(move || collector.join())
         .await
         .is_err()
@@ -96,28 +80,23 @@ pub async fn run(ledger: Arc<dyn Ledger>, config: GcConfig, shutdown: impl Futur
     }
 }
 
-/// The collector thread: a paced round per tick, until the ticks end.
-fn collect(
-    ledger: &dyn Ledger,
-    config: &GcConfig,
-    ticks: &std::sync::mpsc::Receiver<()>,
-    stop: &AtomicBool,
-) {
+/// The collector thread: a paced round every interval, until `stop` ends.
+fn collect(ledger: &dyn Ledger, config: &GcConfig, stop: &mpsc::Receiver<()>) {
     set_nice(BACKGROUND_NICE);
-    let mut rest = |slice: Duration| {
-        if stop.load(Ordering::Acquire) {
-            return false;
-        }
-        std::thread::sleep(slice.saturating_mul(REST_FACTOR).min(MAX_REST));
-        !stop.load(Ordering::Acquire)
-    };
-    while ticks.recv().is_ok() {
+    // Waits `time`, or less if stopped meanwhile; false once stopped.
+    let wait = |time| stop.recv_timeout(time) == Err(mpsc::RecvTimeoutError::Timeout);
+    let mut rest = |slice: Duration| wait(slice.saturating_mul(REST_FACTOR).min(MAX_REST));
+    loop {
+        let started = Instant::now();
         match round(ledger, config, &mut rest) {
             Ok((expired, compacted)) if expired + compacted > 0 => {
                 tracing::info!(expired, compacted, "garbage collected");
             }
             Ok(_) => {}
             Err(err) => tracing::error!(error = %err, "garbage collection failed"),
+        }
+        if !wait(config.interval.saturating_sub(started.elapsed())) {
+            return;
         }
     }
 }

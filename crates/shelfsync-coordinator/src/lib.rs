@@ -30,14 +30,11 @@ use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, PipelineConfig};
 use crate::service::Service;
 
-/// A hash map keyed by names that stores send (item keys, idempotency
-/// keys, locations, store ids), on the paths every write takes: the
-/// sequencer's overlay, the digests, the idempotency table and the
-/// service's store registry. foldhash's quality hasher hashes such short
-/// strings several times faster than std's SipHash, which took about 2 %
-/// of the coordinator's CPU at half of the peak (docs/performance.md); its
-/// seed is drawn at random per map, like std's, so a store cannot aim its
-/// keys at one map's buckets from outside.
+/// A hash map for the short names stores send (item and idempotency keys,
+/// locations, store ids) on every write's path. foldhash hashes them
+/// several times faster than std's SipHash, which took about 2 % of the
+/// CPU at half of the peak (docs/performance.md); its seed is random per
+/// map, like std's, so a store cannot aim its keys at one map's buckets.
 pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::quality::RandomState>;
 
 /// The file in `data_dir` that keeps the QUIC stateless-reset key across

@@ -66,67 +66,60 @@ impl Default for Metrics {
 impl Metrics {
     /// Registers every metric.
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("shelfsync");
-        let writes = Family::<WriteLabels, Counter>::default();
-        let conflicts = Family::<StoreLabels, Counter>::default();
-        let key_wait = Histogram::new(exponential_buckets(0.000_01, 4.0, 10));
-        let group_size = Histogram::new(exponential_buckets(1.0, 2.0, 13));
-        let flush = Histogram::new(exponential_buckets(0.000_05, 2.5, 12));
-        let write = Histogram::new(exponential_buckets(0.000_05, 2.0, 12));
-        let connected = Gauge::default();
-        let head = Gauge::default();
-        registry.register(
+        let mut m = Metrics {
+            registry: Registry::with_prefix("shelfsync"),
+            writes: Family::default(),
+            conflicts: Family::default(),
+            key_wait: Histogram::new(exponential_buckets(0.000_01, 4.0, 10)),
+            group_size: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
+            flush: Histogram::new(exponential_buckets(0.000_05, 2.5, 12)),
+            write: Histogram::new(exponential_buckets(0.000_05, 2.0, 12)),
+            connected: Gauge::default(),
+            head: Gauge::default(),
+            recent: Mutex::new(HashMap::new()),
+        };
+        let r = &mut m.registry;
+        r.register(
             "writes",
             "Writes decided, by op and outcome",
-            writes.clone(),
+            m.writes.clone(),
         );
-        registry.register(
+        r.register(
             "version_conflicts",
             "Writes refused for a version mismatch, by store",
-            conflicts.clone(),
+            m.conflicts.clone(),
         );
-        registry.register(
+        r.register(
             "key_wait_seconds",
             "Time a write waited for its key (queued before the sequencer decided it)",
-            key_wait.clone(),
+            m.key_wait.clone(),
         );
-        registry.register(
+        r.register(
             "write_seconds",
             "Time from a decoded write request to its answer (checked, decided, logged and synced)",
-            write.clone(),
+            m.write.clone(),
         );
-        registry.register(
+        r.register(
             "commit_group_size",
             "Jobs decided per group commit",
-            group_size.clone(),
+            m.group_size.clone(),
         );
-        registry.register(
+        r.register(
             "flush_seconds",
             "Duration of one group's write-ahead log append and sync (fdatasync)",
-            flush.clone(),
+            m.flush.clone(),
         );
-        registry.register(
+        r.register(
             "connected_stores",
             "Store connections open",
-            connected.clone(),
+            m.connected.clone(),
         );
-        registry.register(
+        r.register(
             "head_sequence",
             "Durable head of the change log",
-            head.clone(),
+            m.head.clone(),
         );
-        Metrics {
-            registry,
-            writes,
-            conflicts,
-            key_wait,
-            group_size,
-            flush,
-            write,
-            connected,
-            head,
-            recent: Mutex::new(HashMap::new()),
-        }
+        m
     }
 
     /// Renders the Prometheus text format.
@@ -161,7 +154,7 @@ impl Metrics {
         self.key_wait.observe(wait.as_secs_f64());
     }
 
-    pub(crate) fn observe_group(&self, jobs: usize, _writes: usize) {
+    pub(crate) fn observe_group(&self, jobs: usize) {
         self.group_size.observe(jobs as f64);
     }
 

@@ -21,8 +21,7 @@
 //! resolves; the coordinator's run ends with an error and its supervisor
 //! restarts it, and the restart reads what the ledger really holds.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use shelfsync_core::{ItemKey, KeyState};
@@ -31,9 +30,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::digests::Digests;
 use crate::failpoints;
-use crate::ledger::{Ledger, LedgerError, Line, Recorded};
+use crate::ledger::{CommitGroup, Ledger, LedgerError, Line, Recorded};
 use crate::metrics::Metrics;
-use crate::sequencer::{self, Answer, Command, Known, Request, View};
+use crate::sequencer::{self, Answer, Command, Request, View};
 use shelfsync_proto::time::now_ms;
 
 /// Most jobs decided in one group.
@@ -51,10 +50,9 @@ const ITEM_CACHE_ENTRIES: usize = 256 * 1024;
 pub const ACK_PATH_NICE: i32 = -5;
 /// The nice value of work off the acknowledgement path (the collector).
 pub const BACKGROUND_NICE: i32 = 10;
-/// How long the sequencer lets a group gather before deciding it, when the
+/// How long the sequencer lets a group gather before deciding it when the
 /// group before had more than one job: under load, more writers then share
-/// one sync. A lone writer (the group before was a single job) does not
-/// wait.
+/// one sync, and a lone writer does not wait.
 pub const GROUP_LINGER: Duration = Duration::from_micros(200);
 
 /// A unit of work for the pipeline.
@@ -74,7 +72,7 @@ pub struct Pipeline {
     jobs: mpsc::Sender<Job>,
     /// The head of the committed (durable, readable) change log.
     head: watch::Receiver<u64>,
-    failed: Failure,
+    failed: Arc<Failure>,
     thread: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
@@ -97,7 +95,7 @@ impl Pipeline {
         let head = ledger.head()?;
         let (jobs_tx, jobs_rx) = mpsc::channel(QUEUE_DEPTH);
         let (head_tx, head_rx) = watch::channel(head);
-        let failed = Failure::default();
+        let failed = Arc::new(Failure::default());
         let sequencer = Sequencer {
             ledger,
             ttl_ms: u64::try_from(config.idempotency_ttl.as_millis()).unwrap_or(u64::MAX),
@@ -160,7 +158,7 @@ impl Pipeline {
                 format!("item {key} does not exist"),
             )),
             Answer::Refused(err) => Response::Error(err),
-            Answer::Accepted { .. } => unavailable(),
+            Answer::Accepted { .. } => Response::Error(unavailable()),
         }
     }
 
@@ -179,10 +177,9 @@ impl Pipeline {
         let queued = !self.failed.is_set() && self.jobs.send(job).await.is_ok();
         async move {
             if !queued {
-                return Answer::Refused(unavailable_error());
+                return Answer::Refused(unavailable());
             }
-            rx.await
-                .unwrap_or_else(|_| Answer::Refused(unavailable_error()))
+            rx.await.unwrap_or_else(|_| Answer::Refused(unavailable()))
         }
     }
 
@@ -216,55 +213,38 @@ impl Pipeline {
     /// Resolves, with the failure's message, once the pipeline has stopped
     /// after a storage failure; pending as long as it has not.
     pub fn failed(&self) -> impl Future<Output = String> + Send + 'static {
-        let mut cause = self.failed.cause.subscribe();
+        let failure = self.failed.clone();
+        let mut raised = failure.raised.subscribe();
         async move {
-            // Taken out of the watch at once: its guard must not live
-            // across an await.
-            let cause = cause
-                .wait_for(Option::is_some)
-                .await
-                .map(|cause| cause.clone().unwrap_or_default());
-            match cause {
-                Ok(cause) => cause,
-                // The pipeline is gone without a failure: none to report.
-                Err(_) => std::future::pending().await,
+            if raised.wait_for(|raised| *raised).await.is_err() {
+                // Cannot happen while `failure` holds the sender; if it
+                // did, there would be no failure to report.
+                std::future::pending::<()>().await;
             }
+            failure.cause.get().cloned().unwrap_or_default()
         }
     }
 }
 
 /// Whether the pipeline has stopped after a storage failure, and why.
-#[derive(Clone)]
+#[derive(Default)]
 struct Failure {
-    /// Read before every job: one load, no lock.
-    flag: Arc<AtomicBool>,
-    /// The first failure's message, for [`Pipeline::failed`].
-    cause: Arc<watch::Sender<Option<String>>>,
-}
-
-impl Default for Failure {
-    fn default() -> Self {
-        Failure {
-            flag: Arc::new(AtomicBool::new(false)),
-            cause: Arc::new(watch::channel(None).0),
-        }
-    }
+    /// The first failure's message; read before every job (one load, no
+    /// lock).
+    cause: OnceLock<String>,
+    /// Turns true once `cause` is set, for [`Pipeline::failed`].
+    raised: watch::Sender<bool>,
 }
 
 impl Failure {
     fn set(&self, err: &LedgerError) {
-        self.cause.send_if_modified(|cause| {
-            let first = cause.is_none();
-            if first {
-                *cause = Some(err.to_string());
-            }
-            first
-        });
-        self.flag.store(true, Ordering::Release);
+        if self.cause.set(err.to_string()).is_ok() {
+            self.raised.send_replace(true);
+        }
     }
 
     fn is_set(&self) -> bool {
-        self.flag.load(Ordering::Acquire)
+        self.cause.get().is_some()
     }
 }
 
@@ -292,22 +272,18 @@ fn write_response(answer: Answer) -> Response {
                 state,
                 replayed,
             }),
-            None => unavailable(),
+            None => Response::Error(unavailable()),
         },
         Answer::Refused(err) => Response::Error(err),
-        Answer::Read { .. } => unavailable(),
+        Answer::Read { .. } => Response::Error(unavailable()),
     }
 }
 
-fn unavailable_error() -> WireError {
+fn unavailable() -> WireError {
     WireError::new(
         ErrorCode::Unavailable,
         "the coordinator's storage failed or it is stopping; retry once it is back",
     )
-}
-
-fn unavailable() -> Response {
-    Response::Error(unavailable_error())
 }
 
 struct Sequencer {
@@ -316,17 +292,11 @@ struct Sequencer {
     head: u64,
     head_tx: watch::Sender<u64>,
     metrics: Arc<Metrics>,
-    failed: Failure,
+    failed: Arc<Failure>,
     digests: Arc<Digests>,
     /// Item states kept between groups (a cache of the ledger's); the
     /// idempotency records and changes are fetched per group.
     view: View,
-}
-
-/// A job taken into a group.
-struct Taken {
-    request: Request,
-    reply: oneshot::Sender<Answer>,
 }
 
 impl Sequencer {
@@ -337,37 +307,33 @@ impl Sequencer {
             if last_group > 1 {
                 std::thread::sleep(GROUP_LINGER);
             }
-            let mut group = Vec::new();
+            let (mut requests, mut replies) = (Vec::new(), Vec::new());
             let mut stop = false;
-            let mut job = Some(first);
-            while let Some(next) = job {
-                match next {
-                    Job::Stop => {
-                        stop = true;
-                        break;
-                    }
-                    Job::Work {
-                        request,
-                        queued,
-                        reply,
-                    } => {
-                        self.metrics.observe_key_wait(queued.elapsed());
-                        group.push(Taken { request, reply });
-                    }
-                }
-                job = if group.len() < MAX_GROUP {
-                    jobs.try_recv().ok()
-                } else {
-                    None
+            let mut next = Some(first);
+            while let Some(job) = next.take() {
+                let Job::Work {
+                    request,
+                    queued,
+                    reply,
+                } = job
+                else {
+                    stop = true;
+                    break;
                 };
+                self.metrics.observe_key_wait(queued.elapsed());
+                requests.push(request);
+                replies.push(reply);
+                if requests.len() < MAX_GROUP {
+                    next = jobs.try_recv().ok();
+                }
             }
-            last_group = group.len();
-            if let Err(err) = self.run_group(group) {
+            last_group = requests.len();
+            if let Err(err) = self.run_group(requests, replies) {
                 tracing::error!(error = %err, "the ledger failed; the pipeline stops");
                 self.failed.set(&err);
                 jobs.close();
                 while let Ok(Job::Work { reply, .. }) = jobs.try_recv() {
-                    let _ = reply.send(Answer::Refused(unavailable_error()));
+                    let _ = reply.send(Answer::Refused(unavailable()));
                 }
                 return;
             }
@@ -379,56 +345,58 @@ impl Sequencer {
 
     /// Fetches, decides, commits and answers one group. On an error the
     /// group's jobs are answered `unavailable` (dropped replies do that).
-    fn run_group(&mut self, group: Vec<Taken>) -> Result<(), LedgerError> {
-        if group.is_empty() {
+    fn run_group(
+        &mut self,
+        requests: Vec<Request>,
+        replies: Vec<oneshot::Sender<Answer>>,
+    ) -> Result<(), LedgerError> {
+        if requests.is_empty() {
             return Ok(());
         }
-        let (requests, replies): (Vec<Request>, Vec<_>) =
-            group.into_iter().map(|t| (t.request, t.reply)).unzip();
         self.fetch(&requests)?;
-        let now = now_ms();
-        let mut decision =
-            sequencer::decide(&requests, &mut self.view, self.head, now, self.ttl_ms);
+        let decision =
+            sequencer::decide(&requests, &mut self.view, self.head, now_ms(), self.ttl_ms);
         self.count(&requests, &decision.answers);
-        self.metrics
-            .observe_group(requests.len(), decision.group.writes.len());
+        self.metrics.observe_group(requests.len());
         for (write, before) in decision.group.writes.iter().zip(&decision.replaced) {
             let change = &write.change;
             self.digests
                 .apply(&change.key.location, change.seq, before, &change.state);
         }
-        let head = decision.group.head;
-        let answers = std::mem::take(&mut decision.answers);
-        let has_writes =
-            !decision.group.writes.is_empty() || !decision.group.idempotency.is_empty();
-        let mut pending = Some((replies, answers));
+        let sequencer::Decision { group, answers, .. } = decision;
+        let head = group.head;
+        let has_writes = !group.writes.is_empty() || !group.idempotency.is_empty();
         if has_writes && failpoints::triggered(failpoints::ACK_BEFORE_DURABLE) {
             // A deliberate bug for the fault suite: answered before the
             // commit, which comes a moment later.
-            if let Some((replies, answers)) = pending.take() {
-                self.answer(replies, answers, head);
-            }
+            self.answer(replies, answers, head);
             std::thread::sleep(Duration::from_millis(50));
-        }
-        if has_writes {
-            let started = Instant::now();
-            fail::fail_point!(failpoints::LEDGER_COMMIT, |arg| Err(LedgerError::Storage(
-                format!(
-                    "cannot commit to the ledger (injected): {}",
-                    failpoints::io_error(arg)
-                )
-            )));
-            self.ledger.commit(decision.group)?;
-            self.metrics.observe_flush(started.elapsed());
-            // Durable and not yet acknowledged: where the fault suite crashes.
-            failpoints::crash_point(failpoints::AFTER_COMMIT_BEFORE_ACK);
-        }
-        if let Some((replies, answers)) = pending {
+            self.commit(group)?;
+        } else {
+            if has_writes {
+                self.commit(group)?;
+            }
             self.answer(replies, answers, head);
         }
         if self.view.items.len() > ITEM_CACHE_ENTRIES {
             self.view.items.clear();
         }
+        Ok(())
+    }
+
+    /// Commits `group`; returns once it is durable.
+    fn commit(&self, group: CommitGroup) -> Result<(), LedgerError> {
+        let started = Instant::now();
+        fail::fail_point!(failpoints::LEDGER_COMMIT, |arg| Err(LedgerError::Storage(
+            format!(
+                "cannot commit to the ledger (injected): {}",
+                failpoints::io_error(arg)
+            )
+        )));
+        self.ledger.commit(group)?;
+        self.metrics.observe_flush(started.elapsed());
+        // Durable and not yet acknowledged: where the fault suite crashes.
+        failpoints::crash_point(failpoints::AFTER_COMMIT_BEFORE_ACK);
         Ok(())
     }
 
@@ -458,17 +426,8 @@ impl Sequencer {
             };
             for key in keys {
                 if !self.view.items.contains_key(key) {
-                    let known = self.ledger.load(key)?.map_or(
-                        Known {
-                            state: KeyState::Absent,
-                            seq: None,
-                        },
-                        |r| Known {
-                            state: r.state,
-                            seq: Some(r.seq),
-                        },
-                    );
-                    self.view.items.insert(key.clone(), known);
+                    let record = self.ledger.load(key)?;
+                    self.view.items.insert(key.clone(), record);
                 }
             }
             let Request::Write(command) = request else {

@@ -21,7 +21,7 @@ use shelfsync_proto::{Change, ErrorCode, WireError};
 
 use crate::FastMap;
 use crate::ledger::{
-    CommitGroup, CommittedWrite, IdempotencyEntry, IdempotencyRecord, Line, Recorded,
+    CommitGroup, CommittedWrite, IdempotencyEntry, IdempotencyRecord, ItemRecord, Line, Recorded,
 };
 
 /// A write request: one or more lines from one store under one idempotency
@@ -66,22 +66,14 @@ pub enum Answer {
     },
 }
 
-/// A key's state as the sequencer knows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Known {
-    /// The state.
-    pub state: KeyState,
-    /// The seq of the change that produced it (`None` if never written).
-    pub seq: Option<u64>,
-}
-
 /// What the decision reads. The caller fetches, before deciding, every key
 /// the requests name, the idempotency record of every write that has one,
 /// and the changes those records point to.
 #[derive(Debug, Default)]
 pub struct View {
-    /// Keys' states; the decision updates them as it accepts writes.
-    pub items: FastMap<ItemKey, Known>,
+    /// Keys' records (`None`: never written); the decision updates them
+    /// as it accepts writes.
+    pub items: FastMap<ItemKey, Option<ItemRecord>>,
     /// Stored records by `(store, idempotency key)`.
     pub idempotency: FastMap<(String, String), IdempotencyRecord>,
     /// Changes that stored accepted records point to, by seq (a change
@@ -155,7 +147,8 @@ pub fn decide(
 fn state_of(view: &View, key: &ItemKey) -> KeyState {
     view.items
         .get(key)
-        .map_or(KeyState::Absent, |k| k.state.clone())
+        .and_then(Option::as_ref)
+        .map_or(KeyState::Absent, |r| r.state.clone())
 }
 
 /// Decides a new write: every line, or none.
@@ -189,10 +182,11 @@ fn write(command: &Command, view: &mut View, decision: &mut Decision, now_ms: u6
     let commit_end = decision.group.head + lines.len() as u64;
     let mut changes = Vec::with_capacity(lines.len());
     for ((line, (before, after)), seq) in lines.iter().zip(next).zip(first..) {
-        let known = view.items.entry(line.key.clone()).or_insert(Known {
-            state: KeyState::Absent,
-            seq: None,
-        });
+        let record = ItemRecord {
+            state: after.clone(),
+            seq,
+        };
+        let prior = view.items.insert(line.key.clone(), Some(record)).flatten();
         decision.group.writes.push(CommittedWrite {
             change: Change {
                 seq,
@@ -205,13 +199,9 @@ fn write(command: &Command, view: &mut View, decision: &mut Decision, now_ms: u6
                 commit_end,
             },
             prior_version: before.version(),
-            prior_seq: known.seq,
+            prior_seq: prior.map(|r| r.seq),
         });
         decision.replaced.push(before);
-        *known = Known {
-            state: after.clone(),
-            seq: Some(seq),
-        };
         changes.push((seq, after));
     }
     decision.group.head = commit_end;
@@ -231,7 +221,7 @@ fn record_of(command: &Command, answer: &Answer, now_ms: u64) -> Option<Idempote
         },
         Answer::Refused(error) => Recorded::Rejected {
             lines: command.lines.clone(),
-            error: error.clone(),
+            refusal: error.into(),
         },
         Answer::Read { .. } => return None,
     };
@@ -259,9 +249,9 @@ fn replay(
         ))
     };
     match &record.outcome {
-        Recorded::Rejected { lines, error } => {
+        Recorded::Rejected { lines, refusal } => {
             if lines == &command.lines {
-                Answer::Refused(error.clone())
+                Answer::Refused(refusal.into())
             } else {
                 reused()
             }

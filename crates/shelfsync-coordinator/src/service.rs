@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use shelfsync_core::ItemKey;
+use shelfsync_core::{Item, ItemKey};
 use shelfsync_proto::{
     ADMIN_IDENTITY, Change, ChangesPage, ChangesRequest, ErrorCode, Hello, HelloReply,
     HistoryReply, HistoryRequest, MAX_WRITES, PROTOCOL_VERSION, ReportAck, Request, Response,
@@ -203,17 +203,14 @@ impl Service {
         let Peer::Store(id) = peer else {
             return Ok(());
         };
-        let allowed = self.store(id).is_some_and(|s| match access {
-            Access::Read => s.readable.iter().any(|l| l == location),
-            Access::Write => s.writable.iter().any(|l| l == location),
-        });
-        if allowed {
+        let store = self.store(id);
+        let (verb, allowed) = match access {
+            Access::Read => ("read", store.map(|s| &s.readable)),
+            Access::Write => ("write", store.map(|s| &s.writable)),
+        };
+        if allowed.is_some_and(|locations| locations.iter().any(|l| l == location)) {
             return Ok(());
         }
-        let verb = match access {
-            Access::Read => "read",
-            Access::Write => "write",
-        };
         tracing::warn!(store = %id, location, access = verb, "access refused");
         Err(WireError::new(
             ErrorCode::Forbidden,
@@ -234,34 +231,26 @@ impl Service {
                 format!("at most {MAX_WRITES} writes in one request"),
             ));
         }
-        let mut answers: Vec<Option<Response>> = Vec::with_capacity(writes.len());
-        let mut valid = Vec::with_capacity(writes.len());
-        for write in writes {
-            match self.check_write(peer, &write) {
-                Ok(()) => {
-                    answers.push(None);
-                    valid.push(write);
-                }
-                Err(err) => answers.push(Some(Response::Error(err))),
-            }
-        }
+        let checked: Vec<_> = writes.iter().map(|w| self.check_write(peer, w)).collect();
+        let valid = (writes.into_iter().zip(&checked))
+            .filter(|(_, checked)| checked.is_ok())
+            .map(|(write, _)| write)
+            .collect();
         let mut decided = self
             .pipeline
             .write_many(peer.name(), valid)
             .await
             .into_iter();
-        let answers = answers
-            .into_iter()
-            .map(|answer| {
-                answer.or_else(|| decided.next()).unwrap_or_else(|| {
-                    Response::Error(WireError::new(
-                        ErrorCode::Internal,
-                        "a write went unanswered",
-                    ))
-                })
-            })
-            .collect();
-        Ok(Response::Writes(answers))
+        let answers = checked.into_iter().map(|checked| match checked {
+            Ok(()) => decided.next().unwrap_or_else(|| {
+                Response::Error(WireError::new(
+                    ErrorCode::Internal,
+                    "a write went unanswered",
+                ))
+            }),
+            Err(err) => Response::Error(err),
+        });
+        Ok(Response::Writes(answers.collect()))
     }
 
     fn check_write(&self, peer: &Peer, write: &WriteRequest) -> Result<(), WireError> {
@@ -304,9 +293,7 @@ impl Service {
             if expired(oldest) {
                 return Ok(Response::CursorExpired { oldest, head });
             }
-            let mut locations = req.locations;
-            locations.sort();
-            locations.dedup();
+            let locations = distinct(req.locations);
             let (changes, next) =
                 changes_page(ledger.as_ref(), &locations, req.after, head, limit)?;
             // Compaction may have run during the read and removed entries
@@ -329,51 +316,9 @@ impl Service {
         let head = self.pipeline.read_head();
         let ledger = self.ledger.clone();
         let limit = req.limit.clamp(1, MAX_PAGE) as usize;
-        let (page, newest) = blocking(move || {
-            let mut locations: Vec<String> = req.locations;
-            locations.sort();
-            locations.dedup();
-            let mut items = Vec::new();
-            let mut newest = 0;
-            let mut last: Option<ItemKey> = None;
-            for location in locations {
-                let after_sku = match &req.after {
-                    Some(after) if after.location > location => continue,
-                    Some(after) if after.location == location => Some(after.sku.as_str()),
-                    _ => None,
-                };
-                let room = limit - items.len();
-                let records = ledger.items(&location, after_sku, room)?;
-                let full = records.len() >= room;
-                for (sku, record) in records {
-                    newest = newest.max(record.seq);
-                    last = Some(ItemKey {
-                        location: location.clone(),
-                        sku,
-                    });
-                    if let Some(item) = record.state.item() {
-                        items.push(item.clone());
-                    }
-                }
-                if full {
-                    return Ok((
-                        SnapshotPage {
-                            items,
-                            next: last,
-                            head,
-                        },
-                        newest,
-                    ));
-                }
-            }
-            Ok((
-                SnapshotPage {
-                    items,
-                    next: None,
-                    head,
-                },
-                newest,
-            ))
+        let (items, next, newest) = blocking(move || {
+            let locations = distinct(req.locations);
+            snapshot_page(ledger.as_ref(), &locations, req.after.as_ref(), limit)
         })
         .await?;
         // Items are read from committed state; answer only once it is durable.
@@ -383,7 +328,7 @@ impl Service {
                 "the coordinator is shutting down",
             ));
         }
-        Ok(Response::Snapshot(page))
+        Ok(Response::Snapshot(SnapshotPage { items, next, head }))
     }
 
     fn report(&self, peer: &Peer, report: StoreReport) -> Result<Response, WireError> {
@@ -561,6 +506,49 @@ pub fn changes_page(
     Ok((changes, end.max(cut)))
 }
 
+/// Up to `limit` live items of `locations` (sorted, distinct) after the key
+/// `after`. Returns them with the key to go on after (`None` once every
+/// item was read) and the newest seq among the records read.
+fn snapshot_page(
+    ledger: &dyn Ledger,
+    locations: &[String],
+    after: Option<&ItemKey>,
+    limit: usize,
+) -> Result<(Vec<Item>, Option<ItemKey>, u64), LedgerError> {
+    let (mut items, mut newest) = (Vec::new(), 0);
+    for location in locations {
+        let after_sku = match after {
+            Some(after) if after.location > *location => continue,
+            Some(after) if after.location == *location => Some(after.sku.as_str()),
+            _ => None,
+        };
+        let room = limit - items.len();
+        let records = ledger.items(location, after_sku, room)?;
+        // A full read (tombstones count) may leave more in this location.
+        let next = records
+            .last()
+            .filter(|_| records.len() >= room)
+            .map(|(sku, _)| ItemKey {
+                location: location.clone(),
+                sku: sku.clone(),
+            });
+        for (_, record) in records {
+            newest = newest.max(record.seq);
+            items.extend(record.state.item().cloned());
+        }
+        if next.is_some() {
+            return Ok((items, next, newest));
+        }
+    }
+    Ok((items, None, newest))
+}
+
+fn distinct(mut locations: Vec<String>) -> Vec<String> {
+    locations.sort();
+    locations.dedup();
+    locations
+}
+
 /// Runs ledger work off the async threads.
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, LedgerError> + Send + 'static,
@@ -576,55 +564,4 @@ async fn blocking<T: Send + 'static>(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::ledger::{MemoryLedger, contract};
-
-    /// s1 and s2 written at seqs 1..=6, with 3..=5 one commit over both.
-    fn ledger() -> MemoryLedger {
-        let ledger = MemoryLedger::new(contract::BUCKETS);
-        let writes = [
-            (1, "s1"),
-            (2, "s2"),
-            (3, "s1"),
-            (4, "s2"),
-            (5, "s1"),
-            (6, "s2"),
-        ]
-        .into_iter()
-        .map(|(seq, location)| {
-            let mut w = contract::put(seq, &contract::key(location, &format!("k{seq}")), 1, 1);
-            if (3..=5).contains(&seq) {
-                w.change.commit_end = 5;
-            }
-            w
-        })
-        .collect();
-        contract::commit_puts(&ledger, writes);
-        ledger
-    }
-
-    fn page(locations: &[&str], after: u64, limit: usize) -> (Vec<u64>, u64) {
-        let locations: Vec<String> = locations.iter().map(|l| l.to_string()).collect();
-        let (changes, next) = changes_page(&ledger(), &locations, after, 6, limit).unwrap();
-        (changes.iter().map(|c| c.seq).collect(), next)
-    }
-
-    #[test]
-    fn a_page_merges_locations_in_seq_order() {
-        assert_eq!(page(&["s1", "s2"], 0, 10), (vec![1, 2, 3, 4, 5, 6], 6));
-        assert_eq!(page(&["s2"], 0, 10), (vec![2, 4, 6], 6));
-        assert_eq!(page(&["s1", "s2"], 4, 10), (vec![5, 6], 6));
-        assert_eq!(page(&["nowhere"], 0, 10), (vec![], 6));
-    }
-
-    #[test]
-    fn a_page_never_ends_inside_a_commit() {
-        // Cut at 3, inside the commit 3..=5: the page takes it whole.
-        assert_eq!(page(&["s1", "s2"], 0, 3), (vec![1, 2, 3, 4, 5], 5));
-        // One location: its part of the commit (3, 5) stays together.
-        assert_eq!(page(&["s1"], 0, 2), (vec![1, 3, 5], 5));
-        // A cut after the commit needs no more.
-        assert_eq!(page(&["s1", "s2"], 0, 2), (vec![1, 2], 2));
-    }
-}
+mod tests;

@@ -12,7 +12,7 @@
 use std::any::Any;
 
 use shelfsync_core::{Item, ItemKey, KeyState, Op};
-use shelfsync_proto::{Change, ErrorCode, StoreReport, WireError};
+use shelfsync_proto::{Change, ErrorCode, StoreReport};
 
 use super::*;
 
@@ -254,7 +254,11 @@ fn idempotency_round_trips_and_expires(ledger: &dyn Ledger) {
                 op: Op::Reserve { amount: 1 },
                 expected_version: None,
             }],
-            error: WireError::new(ErrorCode::NotFound, "gone"),
+            refusal: Refusal {
+                code: ErrorCode::NotFound,
+                message: "gone".into(),
+                current: None,
+            },
         },
     };
     let accepted = |at_ms| IdempotencyRecord {

@@ -25,6 +25,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use serde::de::DeserializeOwned;
 use shelfsync_core::ItemKey;
 use shelfsync_proto::Change;
 
@@ -70,23 +71,21 @@ fn storage(err: impl std::fmt::Display) -> LedgerError {
 }
 
 fn item_key(key: &ItemKey) -> Vec<u8> {
-    let mut k = Vec::with_capacity(key.location.len() + key.sku.len() + 1);
-    k.extend_from_slice(key.location.as_bytes());
-    k.push(0);
-    k.extend_from_slice(key.sku.as_bytes());
-    k
+    [key.location.as_bytes(), &[0], key.sku.as_bytes()].concat()
 }
 
 fn index_key(location: &str, seq: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(location.len() + 9);
-    k.extend_from_slice(location.as_bytes());
-    k.push(0);
-    k.extend_from_slice(&seq.to_be_bytes());
-    k
+    [location.as_bytes(), &[0], &seq.to_be_bytes()].concat()
 }
 
 fn idempotency_key(store: &str, key: &str) -> Vec<u8> {
     [store.as_bytes(), &[0], key.as_bytes()].concat()
+}
+
+/// The record under `key`, decoded.
+fn read<T: DeserializeOwned>(keyspace: &Keyspace, key: &[u8]) -> Result<Option<T>, LedgerError> {
+    let bytes = keyspace.get(key).map_err(storage)?;
+    bytes.map(|bytes| decode(key, &bytes)).transpose()
 }
 
 fn seq_of(bytes: &[u8]) -> Option<u64> {
@@ -96,10 +95,9 @@ fn seq_of(bytes: &[u8]) -> Option<u64> {
 fn read_u64(meta: &Keyspace, name: &str) -> Result<Option<u64>, LedgerError> {
     match meta.get(name).map_err(storage)? {
         None => Ok(None),
-        Some(v) => seq_of(&v).map(Some).ok_or_else(|| LedgerError::Corrupt {
-            key: format!("meta/{name}"),
-            detail: format!("{} bytes, expected 8", v.len()),
-        }),
+        Some(v) => seq_of(&v)
+            .map(Some)
+            .ok_or_else(|| LedgerError::corrupt(format!("meta/{name}").as_bytes(), "not 8 bytes")),
     }
 }
 
@@ -184,11 +182,8 @@ impl FjallLedger {
     }
 
     fn get_change(&self, seq: u64) -> Result<Option<(Change, Option<u64>)>, LedgerError> {
-        let key = seq.to_be_bytes();
-        match self.changes.get(key).map_err(storage)? {
-            None => Ok(None),
-            Some(bytes) => Ok(Some(decode::<ChangeV>(&key, &bytes)?.into_change(seq))),
-        }
+        let change = read::<ChangeV>(&self.changes, &seq.to_be_bytes())?;
+        Ok(change.map(|change| change.into_change(seq)))
     }
 }
 
@@ -214,7 +209,7 @@ impl Ledger for FjallLedger {
             batch.insert(
                 &self.items,
                 item_key(&change.key),
-                encode(&ItemV::from(&record))?,
+                encode(&ItemV::V1(record))?,
             );
             batch.insert(
                 &self.changes,
@@ -227,13 +222,10 @@ impl Ledger for FjallLedger {
                 [],
             );
         }
-        for entry in &group.idempotency {
+        for entry in group.idempotency {
             let bucket = self.bucket_for(entry.record.at_ms)?;
-            batch.insert(
-                &bucket,
-                idempotency_key(&entry.store, &entry.key),
-                encode(&IdempotencyV::from(&entry.record))?,
-            );
+            let key = idempotency_key(&entry.store, &entry.key);
+            batch.insert(&bucket, key, encode(&IdempotencyV::V1(entry.record))?);
         }
         let head = group.head.max(self.head.load(Ordering::Acquire));
         batch.insert(&self.meta, "head", head.to_be_bytes());
@@ -243,11 +235,7 @@ impl Ledger for FjallLedger {
     }
 
     fn load(&self, key: &ItemKey) -> Result<Option<ItemRecord>, LedgerError> {
-        let k = item_key(key);
-        match self.items.get(&k).map_err(storage)? {
-            None => Ok(None),
-            Some(bytes) => Ok(Some(decode::<ItemV>(&k, &bytes)?.into())),
-        }
+        Ok(read::<ItemV>(&self.items, &item_key(key))?.map(Into::into))
     }
 
     fn idempotency(
@@ -265,10 +253,8 @@ impl Ledger for FjallLedger {
             .cloned()
             .collect();
         for bucket in buckets {
-            if let Some(bytes) = bucket.get(&k).map_err(storage)? {
-                return decode::<IdempotencyV>(&k, &bytes)?
-                    .into_record(&k)
-                    .map(Some);
+            if let Some(record) = read::<IdempotencyV>(&bucket, &k)? {
+                return Ok(Some(record.into()));
             }
         }
         Ok(None)
@@ -299,10 +285,7 @@ impl Ledger for FjallLedger {
             .take(limit)
         {
             let (k, v) = guard.into_inner().map_err(storage)?;
-            let seq = seq_of(&k).ok_or_else(|| LedgerError::Corrupt {
-                key: format!("changes/{k:?}"),
-                detail: "not a seq".into(),
-            })?;
+            let seq = seq_of(&k).ok_or_else(|| LedgerError::corrupt(&k, "not a seq"))?;
             out.push(decode::<ChangeV>(&k, &v)?.into_change(seq).0);
         }
         Ok(out)
@@ -324,12 +307,7 @@ impl Ledger for FjallLedger {
         for guard in self.by_location.range(range).take(limit) {
             let k = guard.key().map_err(storage)?;
             let seq = k.len().checked_sub(8).and_then(|at| seq_of(&k[at..]));
-            let Some(seq) = seq else {
-                return Err(LedgerError::Corrupt {
-                    key: String::from_utf8_lossy(&k).into_owned(),
-                    detail: "index key without a seq".into(),
-                });
-            };
+            let seq = seq.ok_or_else(|| LedgerError::corrupt(&k, "index key without a seq"))?;
             // An index entry whose change was compacted away meanwhile:
             // the caller sees `oldest` move and answers cursor-expired.
             if let Some((change, _)) = self.get_change(seq)? {
@@ -389,19 +367,18 @@ impl Ledger for FjallLedger {
     }
 
     fn expire_idempotency(&self, before_ms: u64) -> Result<usize, LedgerError> {
-        let expired: Vec<((u64, u64), Keyspace)> = {
-            let mut buckets = self.idempotency.lock().map_err(storage)?;
-            let ids: Vec<(u64, u64)> = buckets
-                .keys()
-                .filter(|(start, width)| Buckets { width_ms: *width }.all_before(*start, before_ms))
-                .copied()
-                .collect();
-            ids.into_iter()
-                .filter_map(|id| buckets.remove(&id).map(|k| (id, k)))
-                .collect()
-        };
+        let mut expired = Vec::new();
+        let mut buckets = self.idempotency.lock().map_err(storage)?;
+        buckets.retain(|&(start, width), keyspace| {
+            let keep = !Buckets { width_ms: width }.all_before(start, before_ms);
+            if !keep {
+                expired.push(keyspace.clone());
+            }
+            keep
+        });
+        drop(buckets);
         let dropped = expired.len();
-        for (_, keyspace) in expired {
+        for keyspace in expired {
             self.db.delete_keyspace(keyspace).map_err(storage)?;
         }
         Ok(dropped)

@@ -20,8 +20,9 @@
 
 use std::time::Duration;
 
-use shelfsync_core::{ItemKey, KeyState, Op};
-use shelfsync_proto::{Change, StoreReport, WireError};
+use serde::{Deserialize, Serialize};
+use shelfsync_core::{Item, ItemKey, KeyState, Op};
+use shelfsync_proto::{Change, ErrorCode, StoreReport, WireError};
 
 pub mod fjall;
 pub mod memory;
@@ -60,8 +61,18 @@ pub enum LedgerError {
     },
 }
 
+impl LedgerError {
+    /// A stored record (or storage key) under `key` that cannot be read.
+    pub(crate) fn corrupt(key: &[u8], detail: impl std::fmt::Display) -> Self {
+        LedgerError::Corrupt {
+            key: String::from_utf8_lossy(key).into_owned(),
+            detail: detail.to_string(),
+        }
+    }
+}
+
 /// What the ledger keeps per key: its state and the change that produced it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ItemRecord {
     /// Live item or tombstone.
     pub state: KeyState,
@@ -70,7 +81,7 @@ pub struct ItemRecord {
 }
 
 /// One line of a request: an op on one key.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Line {
     /// The key written.
     pub key: ItemKey,
@@ -81,7 +92,7 @@ pub struct Line {
 }
 
 /// The outcome recorded for an idempotency key.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IdempotencyRecord {
     /// When it was decided, milliseconds since the Unix epoch.
     pub at_ms: u64,
@@ -90,7 +101,7 @@ pub struct IdempotencyRecord {
 }
 
 /// The original outcome of a request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Recorded {
     /// Accepted as the commit starting at `seq`, one change per line. The
     /// changes themselves hold the keys and ops; the record adds only the
@@ -106,8 +117,42 @@ pub enum Recorded {
         /// The request's lines.
         lines: Vec<Line>,
         /// The refusal.
-        error: WireError,
+        refusal: Refusal,
     },
+}
+
+/// A refusal as the ledger keeps it: the wire error's fields, in a type of
+/// the ledger's own so that the wire's can change without touching what is
+/// stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    /// What kind of refusal.
+    #[serde(with = "records::code_name")]
+    pub code: ErrorCode,
+    /// What happened, in words.
+    pub message: String,
+    /// The item as it stood, for version and stock refusals.
+    pub current: Option<Item>,
+}
+
+impl From<&WireError> for Refusal {
+    fn from(error: &WireError) -> Self {
+        Refusal {
+            code: error.code,
+            message: error.message.clone(),
+            current: error.current.as_deref().cloned(),
+        }
+    }
+}
+
+impl From<&Refusal> for WireError {
+    fn from(refusal: &Refusal) -> Self {
+        WireError {
+            code: refusal.code,
+            message: refusal.message.clone(),
+            current: refusal.current.clone().map(Box::new),
+        }
+    }
 }
 
 /// One accepted change, as decided by the sequencer.

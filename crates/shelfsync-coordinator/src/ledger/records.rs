@@ -1,23 +1,33 @@
 //! The records a ledger stores, apart from the wire messages: each is an
 //! enum with one variant per version of its layout, encoded as compact
-//! msgpack (fields by position). A new layout adds a variant and the code
-//! that reads the old one; the wire protocol can change without touching
-//! what is on disk, and the other way round.
+//! msgpack (fields by position). A new layout adds a variant (the old
+//! type kept beside the new) and the code that reads the old one; the wire
+//! protocol can change without touching what is on disk, and the other way
+//! round.
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use shelfsync_core::{Item, ItemKey, KeyState, Op};
-use shelfsync_proto::{Change, ErrorCode, StoreReport, WireError};
+use shelfsync_core::{ItemKey, KeyState, Op};
+#[cfg(doc)]
+use shelfsync_proto::ErrorCode;
+use shelfsync_proto::{Change, StoreReport};
 
-use super::{IdempotencyRecord, ItemRecord, LedgerError, Line, Recorded, StoredReport};
+use super::{IdempotencyRecord, ItemRecord, LedgerError, StoredReport};
 
 /// An item's state and the seq of the change that produced it.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum ItemV {
-    V1 { state: KeyState, seq: u64 },
+    V1(ItemRecord),
 }
 
-/// A change-log entry; its seq is the storage key.
+/// An idempotency record.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum IdempotencyV {
+    V1(IdempotencyRecord),
+}
+
+/// A change-log entry; its seq is the storage key. Its own fields, not the
+/// wire's [`Change`].
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum ChangeV {
     V1 {
@@ -33,24 +43,7 @@ pub(crate) enum ChangeV {
     },
 }
 
-/// An idempotency record.
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) enum IdempotencyV {
-    Accepted1 {
-        at_ms: u64,
-        seq: u64,
-        expected_versions: Vec<Option<u64>>,
-    },
-    Rejected1 {
-        at_ms: u64,
-        lines: Vec<(ItemKey, Op, Option<u64>)>,
-        code: String,
-        message: String,
-        current: Option<Item>,
-    },
-}
-
-/// A store's last report.
+/// A store's last report. Its own fields, not the wire's [`StoreReport`].
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum ReportV {
     V1 {
@@ -71,25 +64,38 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, LedgerError> {
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, LedgerError> {
-    rmp_serde::from_slice(bytes).map_err(|e| LedgerError::Corrupt {
-        key: String::from_utf8_lossy(key).into_owned(),
-        detail: e.to_string(),
-    })
+    rmp_serde::from_slice(bytes).map_err(|e| LedgerError::corrupt(key, e))
 }
 
-impl From<&ItemRecord> for ItemV {
-    fn from(record: &ItemRecord) -> Self {
-        ItemV::V1 {
-            state: record.state.clone(),
-            seq: record.seq,
-        }
+/// Error codes are stored by name
+/// ([`as_str`](shelfsync_proto::ErrorCode::as_str)), not through the
+/// wire's serde, which reads a name it does not know as `Unknown`: here an
+/// unknown name makes the record corrupt.
+pub(crate) mod code_name {
+    use serde::de::Error;
+    use serde::{Deserialize, Deserializer, Serializer};
+    use shelfsync_proto::ErrorCode;
+
+    pub(crate) fn serialize<S: Serializer>(code: &ErrorCode, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(code.as_str())
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<ErrorCode, D::Error> {
+        let name = String::deserialize(d)?;
+        ErrorCode::from_name(&name)
+            .ok_or_else(|| D::Error::custom(format!("unknown error code {name:?}")))
     }
 }
 
 impl From<ItemV> for ItemRecord {
-    fn from(value: ItemV) -> Self {
-        let ItemV::V1 { state, seq } = value;
-        ItemRecord { state, seq }
+    fn from(ItemV::V1(record): ItemV) -> Self {
+        record
+    }
+}
+
+impl From<IdempotencyV> for IdempotencyRecord {
+    fn from(IdempotencyV::V1(record): IdempotencyV) -> Self {
+        record
     }
 }
 
@@ -130,75 +136,6 @@ impl ChangeV {
             commit_end,
         };
         (change, prior_seq)
-    }
-}
-
-impl From<&IdempotencyRecord> for IdempotencyV {
-    fn from(record: &IdempotencyRecord) -> Self {
-        match &record.outcome {
-            Recorded::Accepted {
-                seq,
-                expected_versions,
-            } => IdempotencyV::Accepted1 {
-                at_ms: record.at_ms,
-                seq: *seq,
-                expected_versions: expected_versions.clone(),
-            },
-            Recorded::Rejected { lines, error } => IdempotencyV::Rejected1 {
-                at_ms: record.at_ms,
-                lines: lines
-                    .iter()
-                    .map(|l| (l.key.clone(), l.op.clone(), l.expected_version))
-                    .collect(),
-                code: error.code.as_str().to_string(),
-                message: error.message.clone(),
-                current: error.current.as_deref().cloned(),
-            },
-        }
-    }
-}
-
-impl IdempotencyV {
-    pub(crate) fn into_record(self, storage_key: &[u8]) -> Result<IdempotencyRecord, LedgerError> {
-        Ok(match self {
-            IdempotencyV::Accepted1 {
-                at_ms,
-                seq,
-                expected_versions,
-            } => IdempotencyRecord {
-                at_ms,
-                outcome: Recorded::Accepted {
-                    seq,
-                    expected_versions,
-                },
-            },
-            IdempotencyV::Rejected1 {
-                at_ms,
-                lines,
-                code,
-                message,
-                current,
-            } => {
-                let code = ErrorCode::from_name(&code).ok_or_else(|| LedgerError::Corrupt {
-                    key: String::from_utf8_lossy(storage_key).into_owned(),
-                    detail: format!("unknown error code {code:?}"),
-                })?;
-                let lines = lines
-                    .into_iter()
-                    .map(|(key, op, expected_version)| Line {
-                        key,
-                        op,
-                        expected_version,
-                    })
-                    .collect();
-                let mut error = WireError::new(code, message);
-                error.current = current.map(Box::new);
-                IdempotencyRecord {
-                    at_ms,
-                    outcome: Recorded::Rejected { lines, error },
-                }
-            }
-        })
     }
 }
 
@@ -250,53 +187,55 @@ impl From<ReportV> for StoredReport {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use shelfsync_core::Item;
+    use shelfsync_proto::ErrorCode;
 
-    #[test]
-    fn a_rejection_round_trips_with_its_code_and_item() {
-        let key = ItemKey::new("s1", "milk").unwrap();
-        let current = Item {
-            location: "s1".into(),
-            sku: "milk".into(),
-            name: "Milk".into(),
-            quantity: 3,
-            reserved: 1,
-            version: 7,
-        };
-        let mut error = WireError::new(ErrorCode::InsufficientStock, "2 available");
-        error.current = Some(Box::new(current));
-        let record = IdempotencyRecord {
+    use super::*;
+    use crate::ledger::{Line, Recorded, Refusal};
+
+    fn rejection() -> IdempotencyRecord {
+        IdempotencyRecord {
             at_ms: 42,
             outcome: Recorded::Rejected {
                 lines: vec![Line {
-                    key,
+                    key: ItemKey::new("s1", "milk").unwrap(),
                     op: Op::Remove { amount: 5 },
                     expected_version: Some(7),
                 }],
-                error,
+                refusal: Refusal {
+                    code: ErrorCode::InsufficientStock,
+                    message: "2 available".into(),
+                    current: Some(Item {
+                        location: "s1".into(),
+                        sku: "milk".into(),
+                        name: "Milk".into(),
+                        quantity: 3,
+                        reserved: 1,
+                        version: 7,
+                    }),
+                },
             },
-        };
-        let bytes = encode(&IdempotencyV::from(&record)).unwrap();
-        let back = decode::<IdempotencyV>(b"k", &bytes)
-            .unwrap()
-            .into_record(b"k")
-            .unwrap();
+        }
+    }
+
+    #[test]
+    fn a_rejection_round_trips_with_its_code_and_item() {
+        let record = rejection();
+        let bytes = encode(&IdempotencyV::V1(record.clone())).unwrap();
+        let back: IdempotencyRecord = decode::<IdempotencyV>(b"k", &bytes).unwrap().into();
         assert_eq!(back, record);
     }
 
     #[test]
     fn an_unknown_code_is_a_corrupt_record_not_a_panic() {
-        let bytes = encode(&IdempotencyV::Rejected1 {
-            at_ms: 1,
-            lines: vec![],
-            code: "no_such_code".into(),
-            message: String::new(),
-            current: None,
-        })
-        .unwrap();
-        let decoded = decode::<IdempotencyV>(b"k", &bytes).unwrap();
+        // The code is stored by its name: put one of the same length that
+        // no build knows in its place.
+        let mut bytes = encode(&IdempotencyV::V1(rejection())).unwrap();
+        let name = b"insufficient_stock";
+        let at = bytes.windows(name.len()).position(|w| w == name).unwrap();
+        bytes[at..at + name.len()].copy_from_slice(b"no_such_code_at_al");
         assert!(matches!(
-            decoded.into_record(b"k"),
+            decode::<IdempotencyV>(b"k", &bytes),
             Err(LedgerError::Corrupt { .. })
         ));
         assert!(decode::<ChangeV>(b"c", b"\xc1garbage").is_err());

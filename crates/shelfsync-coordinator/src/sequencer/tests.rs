@@ -4,6 +4,7 @@
 use shelfsync_core::{Item, Op};
 
 use super::*;
+use crate::ledger::Refusal;
 
 const NOW: u64 = 1_000_000;
 const TTL: u64 = 10_000;
@@ -216,7 +217,11 @@ fn cases() -> Vec<Case> {
                     at_ms: NOW - 1,
                     outcome: Recorded::Rejected {
                         lines: vec![remove("milk", 50)],
-                        error: WireError::new(ErrorCode::InsufficientStock, "no"),
+                        refusal: Refusal {
+                            code: ErrorCode::InsufficientStock,
+                            message: "no".into(),
+                            current: None,
+                        },
                     },
                 },
             )],
@@ -296,10 +301,10 @@ fn decides_each_case() {
         for (sku, quantity, version, seq) in &case.items {
             view.items.insert(
                 key(sku),
-                Known {
+                Some(ItemRecord {
                     state: item(sku, *quantity, *version),
-                    seq: Some(*seq),
-                },
+                    seq: *seq,
+                }),
             );
         }
         for (idem, record) in &case.stored {
