@@ -129,9 +129,15 @@ impl Rig {
             }
             Fault::AgentFailpoint { agent, name, .. } => {
                 let store = self.stores[*agent].clone();
+                // The agent may crash on its failpoint between the check and
+                // the request: then the request fails, and it is restarted
+                // (a restart stops whatever is left of it first).
+                let mut cleared = false;
                 if self.cluster.agent_mut(&store).is_running() {
                     let url = self.cluster.agent(&store).url(&failpoint_path(name));
-                    self.put(&url, "off").await?;
+                    cleared = self.put(&url, "off").await.is_ok();
+                }
+                if cleared {
                     Healed::plain("failpoint off")
                 } else {
                     self.restart_agent(*agent).await?;
@@ -144,13 +150,18 @@ impl Rig {
                     _ => None,
                 };
                 let running = self.cluster.coordinator_mut().is_running();
-                match (running, name) {
+                // As for an agent: a coordinator that stops on its failpoint
+                // between the check and the request is restarted.
+                let cleared = match (running, name) {
                     (true, Some(name)) => {
                         let url = self.cluster.coordinator().url(&failpoint_path(name));
-                        self.put(&url, "off").await?;
-                        Healed::plain("failpoint off")
+                        self.put(&url, "off").await.is_ok()
                     }
-                    _ => {
+                    _ => false,
+                };
+                match cleared {
+                    true => Healed::plain("failpoint off"),
+                    false => {
                         let recoveries = self.restart_coordinator().await?;
                         Healed {
                             what: "coordinator restarted".into(),
