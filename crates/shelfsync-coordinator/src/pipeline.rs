@@ -50,12 +50,11 @@ const QUEUE_DEPTH: usize = 16 * 1024;
 /// Item states the sequencer keeps in memory (about 250 bytes each); past
 /// this the cache is emptied and refills from the ledger.
 const ITEM_CACHE_ENTRIES: usize = 256 * 1024;
-/// The nice value the sequencer and the committer ask for: above the
-/// default, so that the threads every acknowledgement waits for get a
-/// contended CPU first.
+/// The nice value the sequencer asks for: above the default, so that the
+/// thread every acknowledgement waits for gets a contended CPU first.
 /// Raising a priority needs a privilege (root, `CAP_SYS_NICE`, or an
 /// `RLIMIT_NICE` of at least 25, which the systemd unit grants with
-/// `LimitNICE=-5`); without it they run at the default priority.
+/// `LimitNICE=-5`); without it the sequencer runs at the default priority.
 pub const ACK_PATH_NICE: i32 = -5;
 /// The nice value of work off the acknowledgement path (the collector).
 pub const BACKGROUND_NICE: i32 = 10;
