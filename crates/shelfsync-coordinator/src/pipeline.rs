@@ -1,33 +1,26 @@
-//! The write pipeline: two threads that every write and strong read passes
-//! through.
+//! The write pipeline: one thread, the sequencer's, that every write and
+//! strong read passes through.
 //!
-//! The **sequencer** takes every job queued so far as one group and:
+//! It takes every job queued so far as one group and:
 //! 1. fetches what the decision reads: each named key's state (from its
 //!    cache, else the ledger), each write's idempotency record and the
-//!    changes a record points to (from the groups still on their way to
-//!    the ledger first);
+//!    changes a record points to;
 //! 2. decides the group with [`sequencer::decide`], a pure function;
-//! 3. hands the group to the committer and goes on with the next one.
-//!
-//! The **committer** commits each group's [`crate::ledger::CommitGroup`]
-//! with one [`Ledger::commit`], which returns once the group is durable,
-//! then raises the head readers see and answers the group's jobs. So the
-//! next group is decided while one commits (at most one more waits), and
-//! groups are committed and answered in the order they were decided.
+//! 3. commits the group's [`crate::ledger::CommitGroup`] with one
+//!    [`Ledger::commit`], which returns once the group is durable;
+//! 4. raises the head readers see, then answers the jobs.
 //!
 //! Deciding in one place serializes writes to a key; a group at a time lets
-//! many writes share one `fdatasync`. Nothing is answered before its commit
-//! returns, and readers (sync, snapshots, history) read from the ledger,
-//! which holds only committed groups.
+//! many writes share one `fdatasync`. Jobs that arrive during a commit form
+//! the next group. Nothing is answered before its commit returns, and
+//! readers (sync, snapshots, history) read from the ledger, which holds
+//! only committed groups.
 //!
 //! If a commit fails, what it held is not known to be durable: the pipeline
-//! stops, answers every job `unavailable` (the group decided after it on
-//! its states is never committed), and [`Pipeline::failed`]
+//! stops, answers every job `unavailable`, and [`Pipeline::failed`]
 //! resolves; the coordinator's run ends with an error and its supervisor
 //! restarts it, and the restart reads what the ledger really holds.
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -35,10 +28,9 @@ use shelfsync_core::{ItemKey, KeyState};
 use shelfsync_proto::{ErrorCode, ReadReply, Response, WireError, WriteAck, WriteRequest};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::FastMap;
 use crate::digests::Digests;
 use crate::failpoints;
-use crate::ledger::{CommitGroup, IdempotencyRecord, Ledger, LedgerError, Line, Recorded};
+use crate::ledger::{CommitGroup, Ledger, LedgerError, Line, Recorded};
 use crate::metrics::Metrics;
 use crate::sequencer::{self, Answer, Command, Request, View};
 use shelfsync_proto::time::now_ms;
@@ -81,7 +73,7 @@ pub struct Pipeline {
     /// The head of the committed (durable, readable) change log.
     head: watch::Receiver<u64>,
     failed: Arc<Failure>,
-    threads: Arc<std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>>,
+    thread: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
 /// Settings of the pipeline.
@@ -94,7 +86,7 @@ pub struct PipelineConfig {
 }
 
 impl Pipeline {
-    /// Starts the sequencer and committer threads over `ledger`.
+    /// Starts the sequencer thread over `ledger`.
     pub fn start(
         ledger: Arc<dyn Ledger>,
         config: PipelineConfig,
@@ -104,44 +96,25 @@ impl Pipeline {
         let (jobs_tx, jobs_rx) = mpsc::channel(QUEUE_DEPTH);
         let (head_tx, head_rx) = watch::channel(head);
         let failed = Arc::new(Failure::default());
-        let committed = Arc::new(AtomicU64::new(0));
-        let (groups_tx, groups_rx) = std::sync::mpsc::sync_channel(1);
-        let committer = Committer {
-            ledger: ledger.clone(),
-            head_tx,
-            metrics: metrics.clone(),
-            failed: failed.clone(),
-            committed: committed.clone(),
-        };
         let sequencer = Sequencer {
             ledger,
             ttl_ms: u64::try_from(config.idempotency_ttl.as_millis()).unwrap_or(u64::MAX),
             head,
+            head_tx,
             metrics,
             failed: failed.clone(),
             digests: config.digests,
             view: View::default(),
-            number: 0,
-            committed,
-            in_flight: VecDeque::new(),
-            pending: FastMap::default(),
-            groups: groups_tx,
         };
-        let spawn = |name: &str, body: Box<dyn FnOnce() + Send>| {
-            std::thread::Builder::new()
-                .name(name.into())
-                .spawn(body)
-                .map_err(|e| LedgerError::Storage(format!("cannot start the {name}: {e}")))
-        };
-        let threads = vec![
-            spawn("committer", Box::new(move || committer.run(groups_rx)))?,
-            spawn("sequencer", Box::new(move || sequencer.run(jobs_rx)))?,
-        ];
+        let thread = std::thread::Builder::new()
+            .name("sequencer".into())
+            .spawn(move || sequencer.run(jobs_rx))
+            .map_err(|e| LedgerError::Storage(format!("cannot start the sequencer: {e}")))?;
         Ok(Pipeline {
             jobs: jobs_tx,
             head: head_rx,
             failed,
-            threads: Arc::new(std::sync::Mutex::new(threads)),
+            thread: Arc::new(std::sync::Mutex::new(Some(thread))),
         })
     }
 
@@ -210,21 +183,14 @@ impl Pipeline {
         }
     }
 
-    /// Answers every job queued so far, then stops both threads and waits
-    /// for them. Later jobs are answered `unavailable`.
+    /// Answers every job queued so far, then stops the sequencer and waits
+    /// for it. Later jobs are answered `unavailable`.
     pub async fn stop(&self) {
         let _ = self.jobs.send(Job::Stop).await;
-        let threads = self
-            .threads
-            .lock()
-            .map(|mut t| std::mem::take(&mut *t))
-            .unwrap_or_default();
-        let _ = tokio::task::spawn_blocking(move || {
-            for thread in threads {
-                let _ = thread.join();
-            }
-        })
-        .await;
+        let thread = self.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(thread) = thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
     }
 
     /// The head a reader reads up to: every write acknowledged so far.
@@ -323,40 +289,14 @@ fn unavailable() -> WireError {
 struct Sequencer {
     ledger: Arc<dyn Ledger>,
     ttl_ms: u64,
-    /// The head after the groups decided so far.
     head: u64,
+    head_tx: watch::Sender<u64>,
     metrics: Arc<Metrics>,
     failed: Arc<Failure>,
     digests: Arc<Digests>,
-    /// Item states kept between groups (a cache of the ledger's, and the
-    /// only copy of what groups on their way to the ledger wrote); the
+    /// Item states kept between groups (a cache of the ledger's); the
     /// idempotency records and changes are fetched per group.
     view: View,
-    /// The number of the last group decided (they count from 1).
-    number: u64,
-    /// The number of the last group committed, raised by the committer.
-    committed: Arc<AtomicU64>,
-    /// Decided groups not yet known to be committed, oldest first.
-    in_flight: VecDeque<(u64, Arc<CommitGroup>)>,
-    /// Their idempotency records, by (store, key), with the group's number.
-    pending: FastMap<(String, String), (IdempotencyRecord, u64)>,
-    groups: std::sync::mpsc::SyncSender<Decided>,
-}
-
-/// A decided group on its way to the committer.
-struct Decided {
-    number: u64,
-    group: Arc<CommitGroup>,
-    replies: Vec<oneshot::Sender<Answer>>,
-    answers: Vec<Answer>,
-}
-
-impl Decided {
-    fn refuse(self) {
-        for reply in self.replies {
-            let _ = reply.send(Answer::Refused(unavailable()));
-        }
-    }
 }
 
 impl Sequencer {
@@ -388,11 +328,7 @@ impl Sequencer {
                 }
             }
             last_group = requests.len();
-            let result = match self.failed.is_set() {
-                true => Err(LedgerError::Storage("a commit failed".into())),
-                false => self.run_group(requests, replies),
-            };
-            if let Err(err) = result {
+            if let Err(err) = self.run_group(requests, replies) {
                 tracing::error!(error = %err, "the ledger failed; the pipeline stops");
                 self.failed.set(&err);
                 jobs.close();
@@ -407,9 +343,8 @@ impl Sequencer {
         }
     }
 
-    /// Fetches and decides one group, and hands it to the committer. On an
-    /// error the group's jobs are answered `unavailable` (dropped replies
-    /// do that).
+    /// Fetches, decides, commits and answers one group. On an error the
+    /// group's jobs are answered `unavailable` (dropped replies do that).
     fn run_group(
         &mut self,
         requests: Vec<Request>,
@@ -418,7 +353,6 @@ impl Sequencer {
         if requests.is_empty() {
             return Ok(());
         }
-        self.prune();
         self.fetch(&requests)?;
         let decision =
             sequencer::decide(&requests, &mut self.view, self.head, now_ms(), self.ttl_ms);
@@ -430,49 +364,55 @@ impl Sequencer {
                 .apply(&change.key.location, change.seq, before, &change.state);
         }
         let sequencer::Decision { group, answers, .. } = decision;
-        self.head = group.head;
-        self.number += 1;
-        for entry in &group.idempotency {
-            let id = (entry.store.clone(), entry.key.clone());
-            self.pending.insert(id, (entry.record.clone(), self.number));
+        let head = group.head;
+        let has_writes = !group.writes.is_empty() || !group.idempotency.is_empty();
+        if has_writes && failpoints::triggered(failpoints::ACK_BEFORE_DURABLE) {
+            // A deliberate bug for the fault suite: answered before the
+            // commit, which comes a moment later.
+            self.answer(replies, answers, head);
+            std::thread::sleep(Duration::from_millis(50));
+            self.commit(group)?;
+        } else {
+            if has_writes {
+                self.commit(group)?;
+            }
+            self.answer(replies, answers, head);
         }
-        let group = Arc::new(group);
-        self.in_flight.push_back((self.number, group.clone()));
-        let decided = Decided {
-            number: self.number,
-            group,
-            replies,
-            answers,
-        };
-        if let Err(std::sync::mpsc::SendError(decided)) = self.groups.send(decided) {
-            decided.refuse();
-            return Err(LedgerError::Storage("the committer has stopped".into()));
-        }
-        if self.view.items.len() > ITEM_CACHE_ENTRIES && self.in_flight.is_empty() {
+        if self.view.items.len() > ITEM_CACHE_ENTRIES {
             self.view.items.clear();
         }
         Ok(())
     }
 
-    /// Forgets the groups the committer has committed: the ledger has them.
-    fn prune(&mut self) {
-        let committed = self.committed.load(Ordering::Acquire);
-        let before = self.in_flight.len();
-        while self.in_flight.front().is_some_and(|(n, _)| *n <= committed) {
-            self.in_flight.pop_front();
-        }
-        if self.in_flight.len() < before {
-            self.pending.retain(|_, (_, number)| *number > committed);
-        }
+    /// Commits `group`; returns once it is durable.
+    fn commit(&self, group: CommitGroup) -> Result<(), LedgerError> {
+        let started = Instant::now();
+        fail::fail_point!(failpoints::LEDGER_COMMIT, |arg| Err(LedgerError::Storage(
+            format!(
+                "cannot commit to the ledger (injected): {}",
+                failpoints::io_error(arg)
+            )
+        )));
+        self.ledger.commit(group)?;
+        self.metrics.observe_flush(started.elapsed());
+        // Durable and not yet acknowledged: where the fault suite crashes.
+        failpoints::crash_point(failpoints::AFTER_COMMIT_BEFORE_ACK);
+        Ok(())
     }
 
-    /// The change at `seq` from a group on its way to the ledger, if any.
-    fn in_flight_change(&self, seq: u64) -> Option<shelfsync_proto::Change> {
-        self.in_flight.iter().find_map(|(_, group)| {
-            let first = group.writes.first()?.change.seq;
-            let i = usize::try_from(seq.checked_sub(first)?).ok()?;
-            group.writes.get(i).map(|w| w.change.clone())
-        })
+    /// Raises the head, then answers: a reader that comes after an
+    /// acknowledgement sees the write.
+    fn answer(&mut self, replies: Vec<oneshot::Sender<Answer>>, answers: Vec<Answer>, head: u64) {
+        self.head = head;
+        self.head_tx.send_if_modified(|current| {
+            let raised = head > *current;
+            *current = (*current).max(head);
+            raised
+        });
+        self.metrics.set_head(head);
+        for (reply, answer) in replies.into_iter().zip(answers) {
+            let _ = reply.send(answer);
+        }
     }
 
     /// Brings into the view what deciding `requests` reads.
@@ -501,11 +441,7 @@ impl Sequencer {
             if self.view.idempotency.contains_key(&id) {
                 continue;
             }
-            let record = match self.pending.get(&id) {
-                Some((record, _)) => Some(record.clone()),
-                None => self.ledger.idempotency(&id.0, &id.1)?,
-            };
-            let Some(record) = record else {
+            let Some(record) = self.ledger.idempotency(&id.0, &id.1)? else {
                 continue;
             };
             if let Recorded::Accepted {
@@ -514,11 +450,7 @@ impl Sequencer {
             } = &record.outcome
             {
                 for seq in *seq..seq + expected_versions.len() as u64 {
-                    let change = match self.in_flight_change(seq) {
-                        Some(change) => Some(change),
-                        None => self.ledger.change(seq)?,
-                    };
-                    if let Some(change) = change {
+                    if let Some(change) = self.ledger.change(seq)? {
                         self.view.changes.insert(seq, change);
                     }
                 }
@@ -552,85 +484,6 @@ impl Sequencer {
                 }
                 Answer::Read { .. } => {}
             }
-        }
-    }
-}
-
-/// Commits decided groups in order and answers their jobs.
-struct Committer {
-    ledger: Arc<dyn Ledger>,
-    head_tx: watch::Sender<u64>,
-    metrics: Arc<Metrics>,
-    failed: Arc<Failure>,
-    committed: Arc<AtomicU64>,
-}
-
-impl Committer {
-    fn run(self, groups: std::sync::mpsc::Receiver<Decided>) {
-        set_nice(ACK_PATH_NICE);
-        for decided in groups {
-            if self.failed.is_set() {
-                // Decided on the states of a group whose commit failed.
-                decided.refuse();
-                continue;
-            }
-            if let Err(err) = self.commit_and_answer(decided) {
-                tracing::error!(error = %err, "ledger commit failed; the pipeline stops");
-                self.failed.set(&err);
-            }
-        }
-    }
-
-    fn commit_and_answer(&self, decided: Decided) -> Result<(), LedgerError> {
-        let group = &decided.group;
-        let has_writes = !group.writes.is_empty() || !group.idempotency.is_empty();
-        let head = group.head;
-        let number = decided.number;
-        if has_writes && failpoints::triggered(failpoints::ACK_BEFORE_DURABLE) {
-            // A deliberate bug for the fault suite: answered before the
-            // commit, which comes a moment later.
-            let group = decided.group.clone();
-            self.answer(decided, head);
-            std::thread::sleep(Duration::from_millis(50));
-            self.commit(&group)?;
-        } else {
-            if has_writes && let Err(err) = self.commit(group) {
-                decided.refuse();
-                return Err(err);
-            }
-            self.answer(decided, head);
-        }
-        self.committed.store(number, Ordering::Release);
-        Ok(())
-    }
-
-    /// Commits `group`; returns once it is durable.
-    fn commit(&self, group: &CommitGroup) -> Result<(), LedgerError> {
-        let started = Instant::now();
-        fail::fail_point!(failpoints::LEDGER_COMMIT, |arg| Err(LedgerError::Storage(
-            format!(
-                "cannot commit to the ledger (injected): {}",
-                failpoints::io_error(arg)
-            )
-        )));
-        self.ledger.commit(group)?;
-        self.metrics.observe_flush(started.elapsed());
-        // Durable and not yet acknowledged: where the fault suite crashes.
-        failpoints::crash_point(failpoints::AFTER_COMMIT_BEFORE_ACK);
-        Ok(())
-    }
-
-    /// Raises the head, then answers: a reader that comes after an
-    /// acknowledgement sees the write.
-    fn answer(&self, decided: Decided, head: u64) {
-        self.head_tx.send_if_modified(|current| {
-            let raised = head > *current;
-            *current = (*current).max(head);
-            raised
-        });
-        self.metrics.set_head(head);
-        for (reply, answer) in decided.replies.into_iter().zip(decided.answers) {
-            let _ = reply.send(answer);
         }
     }
 }

@@ -893,50 +893,6 @@ mod failpoints {
         }
     }
 
-    /// A group is decided while the one before it commits: a retry decided
-    /// then is answered from the record of the group still on its way,
-    /// and a write to the same key sees that group's state.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_retry_of_a_write_still_committing_is_answered_from_its_record() {
-        let fx = Arc::new(Fixture::new());
-        let _scenario = fail::FailScenario::setup();
-        let k = key("store-1", "rye");
-        ack(fx.write("store-1", "c", &k, create(10)).await);
-        // The next commit takes 300 ms: the jobs after it are decided meanwhile.
-        fail::cfg(points::LEDGER_COMMIT, "1*sleep(300)").unwrap();
-        let slow = {
-            let (fx, k) = (fx.clone(), k.clone());
-            tokio::spawn(
-                async move { fx.write("store-1", "a", &k, Op::Remove { amount: 1 }).await },
-            )
-        };
-        // Once the first is decided (counted), it is committing: the next
-        // jobs are decided meanwhile.
-        let decided = |text: &str| {
-            text.lines().any(|l| {
-                l.starts_with("shelfsync_writes_total")
-                    && l.contains(r#"op="remove""#)
-                    && l.contains(r#"outcome="accepted""#)
-            })
-        };
-        let wait = std::time::Instant::now() + Duration::from_secs(5);
-        while !decided(&fx.service.metrics().render()) {
-            assert!(
-                std::time::Instant::now() < wait,
-                "the first write was not decided"
-            );
-            tokio::task::yield_now().await;
-        }
-        let retry = ack(fx.write("store-1", "a", &k, Op::Remove { amount: 1 }).await);
-        let next = ack(fx.write("store-1", "b", &k, Op::Remove { amount: 1 }).await);
-        let first = ack(slow.await.unwrap());
-        assert!(retry.replayed, "{retry:?}");
-        assert_eq!(retry.seq, first.seq);
-        assert_eq!(next.seq, first.seq + 1);
-        assert_eq!(next.state.item().unwrap().quantity, 8);
-        assert_eq!(fx.read(&k).await.unwrap().quantity, 8);
-    }
-
     #[tokio::test]
     async fn the_mutation_failpoints_break_what_they_say() {
         let fx = Fixture::new();

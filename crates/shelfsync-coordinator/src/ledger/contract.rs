@@ -118,7 +118,7 @@ pub fn put(seq: u64, key: &ItemKey, version: u64, quantity: u64) -> CommittedWri
 pub fn commit_puts(ledger: &dyn Ledger, writes: Vec<CommittedWrite>) {
     let head = writes.last().map_or(0, |w| w.change.seq);
     ledger
-        .commit(&CommitGroup {
+        .commit(CommitGroup {
             writes,
             head,
             ..CommitGroup::default()
@@ -275,7 +275,7 @@ fn idempotency_round_trips_and_expires(ledger: &dyn Ledger) {
     };
     let commit = |entries| {
         ledger
-            .commit(&CommitGroup {
+            .commit(CommitGroup {
                 idempotency: entries,
                 ..CommitGroup::default()
             })

@@ -198,7 +198,7 @@ fn parse_bucket(name: &str) -> Option<(u64, u64)> {
 }
 
 impl Ledger for FjallLedger {
-    fn commit(&self, group: &CommitGroup) -> Result<(), LedgerError> {
+    fn commit(&self, group: CommitGroup) -> Result<(), LedgerError> {
         let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
         for write in &group.writes {
             let change = &write.change;
@@ -222,11 +222,10 @@ impl Ledger for FjallLedger {
                 [],
             );
         }
-        for entry in &group.idempotency {
+        for entry in group.idempotency {
             let bucket = self.bucket_for(entry.record.at_ms)?;
             let key = idempotency_key(&entry.store, &entry.key);
-            let record = IdempotencyV::V1(entry.record.clone());
-            batch.insert(&bucket, key, encode(&record)?);
+            batch.insert(&bucket, key, encode(&IdempotencyV::V1(entry.record))?);
         }
         let head = group.head.max(self.head.load(Ordering::Acquire));
         batch.insert(&self.meta, "head", head.to_be_bytes());

@@ -52,10 +52,10 @@ impl MemoryLedger {
 }
 
 impl Ledger for MemoryLedger {
-    fn commit(&self, group: &CommitGroup) -> Result<(), LedgerError> {
+    fn commit(&self, group: CommitGroup) -> Result<(), LedgerError> {
         let mut state = self.state()?;
-        for write in &group.writes {
-            let change = write.change.clone();
+        for write in group.writes {
+            let change = write.change;
             state
                 .items
                 .entry(change.key.location.clone())
@@ -72,7 +72,7 @@ impl Ledger for MemoryLedger {
                 .insert((change.key.location.clone(), change.seq));
             state.changes.insert(change.seq, (change, write.prior_seq));
         }
-        for entry in group.idempotency.iter().cloned() {
+        for entry in group.idempotency {
             let start = self.buckets.start(entry.record.at_ms);
             state
                 .idempotency

@@ -206,7 +206,7 @@ pub struct StoredReport {
 pub trait Ledger: Send + Sync + 'static {
     /// Applies `group` atomically and returns once it is durable. Readers
     /// see all of it or none of it.
-    fn commit(&self, group: &CommitGroup) -> Result<(), LedgerError>;
+    fn commit(&self, group: CommitGroup) -> Result<(), LedgerError>;
 
     /// The state of one key.
     fn load(&self, key: &ItemKey) -> Result<Option<ItemRecord>, LedgerError>;
