@@ -17,8 +17,8 @@ struct Args {
 }
 
 /// mimalloc: the write path allocates many small short-lived buffers
-/// (frames, sled nodes), where glibc's malloc showed as the top cost in
-/// profiles (docs/performance.md).
+/// (frames, encoded records), where glibc's malloc showed as a top cost in
+/// profiles (docs/decisions.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

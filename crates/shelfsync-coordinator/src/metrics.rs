@@ -106,7 +106,7 @@ impl Metrics {
         );
         r.register(
             "flush_seconds",
-            "Duration of one group's write-ahead log append and sync (fdatasync)",
+            "Duration of one group's ledger commit, its fdatasync included",
             m.flush.clone(),
         );
         r.register(
