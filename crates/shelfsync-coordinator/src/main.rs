@@ -18,7 +18,7 @@ struct Args {
 
 /// mimalloc: the write path allocates many small short-lived buffers
 /// (frames, encoded records), where glibc's malloc showed as a top cost in
-/// profiles (docs/decisions.md).
+/// profiles (docs/performance.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
