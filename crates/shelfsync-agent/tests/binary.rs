@@ -68,27 +68,16 @@ fn an_unknown_key_exits_2_naming_the_key() {
     );
 }
 
-/// One HTTP/1.1 exchange: the status and the body.
+/// One HTTP exchange: the status and the body.
 async fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nhost: test\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
+    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let reply = reqwest::Client::new()
+        .request(method, format!("http://{addr}{path}"))
+        .body(body.to_string())
+        .send()
+        .await
         .unwrap();
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    (reply.status().as_u16(), reply.text().await.unwrap())
 }
 
 /// The failpoint routes answer in a build with failpoints (the fault

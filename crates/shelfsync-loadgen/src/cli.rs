@@ -588,33 +588,23 @@ async fn run_command(args: &RunArgs) -> Result<(), LoadError> {
 mod tests {
     use super::*;
 
-    fn run_args(extra: &[&str]) -> Result<RunArgs, clap::Error> {
-        let mut argv = vec![
-            "shelfsync-loadgen",
-            "run",
-            "--coordinator",
-            "127.0.0.1:7400",
-            "--certs",
-            "certs",
-        ];
+    /// `subcommand` with the coordinator and certs flags and `extra`.
+    fn parse(subcommand: &str, extra: &[&str]) -> Result<Command, clap::Error> {
+        let mut argv = vec!["shelfsync-loadgen", subcommand];
+        argv.extend_from_slice(&["--coordinator", "127.0.0.1:7400", "--certs", "certs"]);
         argv.extend_from_slice(extra);
-        match Cli::try_parse_from(argv)?.command {
+        Ok(Cli::try_parse_from(argv)?.command)
+    }
+
+    fn run_args(extra: &[&str]) -> Result<RunArgs, clap::Error> {
+        match parse("run", extra)? {
             Command::Run(args) => Ok(args),
             other => panic!("not parsed as run: {other:?}"),
         }
     }
 
     fn fleet_args(extra: &[&str]) -> Result<FleetArgs, clap::Error> {
-        let mut argv = vec![
-            "shelfsync-loadgen",
-            "fleet",
-            "--coordinator",
-            "127.0.0.1:7400",
-            "--certs",
-            "certs",
-        ];
-        argv.extend_from_slice(extra);
-        match Cli::try_parse_from(argv)?.command {
+        match parse("fleet", extra)? {
             Command::Fleet(args) => Ok(args),
             other => panic!("not parsed as fleet: {other:?}"),
         }
