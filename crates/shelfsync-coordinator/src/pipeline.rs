@@ -444,13 +444,9 @@ impl Sequencer {
             let Some(record) = self.ledger.idempotency(&id.0, &id.1)? else {
                 continue;
             };
-            if let Recorded::Accepted {
-                seq,
-                expected_versions,
-            } = &record.outcome
-            {
-                for seq in *seq..seq + expected_versions.len() as u64 {
-                    if let Some(change) = self.ledger.change(seq)? {
+            if let Recorded::Accepted { seq, locations, .. } = &record.outcome {
+                for (location, seq) in locations.iter().zip(*seq..) {
+                    if let Some(change) = self.ledger.change(location, seq)? {
                         self.view.changes.insert(seq, change);
                     }
                 }

@@ -217,6 +217,11 @@ fn record_of(command: &Command, answer: &Answer, now_ms: u64) -> Option<Idempote
     let outcome = match answer {
         Answer::Accepted { changes, .. } => Recorded::Accepted {
             seq: changes.first().map_or(0, |c| c.0),
+            locations: command
+                .lines
+                .iter()
+                .map(|l| l.key.location.clone())
+                .collect(),
             expected_versions: command.lines.iter().map(|l| l.expected_version).collect(),
         },
         Answer::Refused(error) => Recorded::Rejected {
@@ -259,6 +264,7 @@ fn replay(
         Recorded::Accepted {
             seq,
             expected_versions,
+            ..
         } => {
             let expected: Vec<Option<u64>> =
                 command.lines.iter().map(|l| l.expected_version).collect();

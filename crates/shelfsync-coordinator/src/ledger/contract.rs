@@ -134,8 +134,8 @@ fn empty_ledger(ledger: &dyn Ledger) {
     assert_eq!(ledger.head().unwrap(), 0);
     assert_eq!(ledger.oldest().unwrap(), 1);
     assert!(ledger.load(&key("a", "b")).unwrap().is_none());
-    assert!(ledger.changes(0, 10, 10).unwrap().is_empty());
-    assert!(ledger.change(1).unwrap().is_none());
+    assert!(ledger.location_changes("a", 0, 10, 10).unwrap().is_empty());
+    assert!(ledger.change("a", 1).unwrap().is_none());
     assert!(ledger.idempotency("s", "k").unwrap().is_none());
 }
 
@@ -145,14 +145,25 @@ fn commit_stores_item_change_and_head(ledger: &dyn Ledger) {
     let record = ledger.load(&k).unwrap().unwrap();
     assert_eq!((record.seq, record.state.version()), (2, 2));
     assert_eq!(ledger.head().unwrap(), 2);
-    assert_eq!(seqs(&ledger.changes(0, 2, 10).unwrap()), [1, 2]);
-    assert_eq!(seqs(&ledger.changes(1, 2, 10).unwrap()), [2]);
+    let changes = |after, until| {
+        seqs(
+            &ledger
+                .location_changes("store-1", after, until, 10)
+                .unwrap(),
+        )
+    };
+    assert_eq!(changes(0, 2), [1, 2]);
+    assert_eq!(changes(1, 2), [2]);
+    assert_eq!(changes(0, 1), [1], "until bounds");
     assert_eq!(
-        seqs(&ledger.changes(0, 1, 10).unwrap()),
-        [1],
-        "until bounds"
+        ledger.change("store-1", 2).unwrap(),
+        Some(put(2, &k, 2, 6).change)
     );
-    assert_eq!(ledger.change(2).unwrap(), Some(put(2, &k, 2, 6).change));
+    assert_eq!(
+        ledger.change("store-2", 2).unwrap(),
+        None,
+        "another location"
+    );
     assert_eq!(seqs(&ledger.history(&k, 10).unwrap()), [2, 1]);
 }
 
@@ -237,12 +248,11 @@ fn multi_key_commit_keeps_its_marker(ledger: &dyn Ledger) {
         w.change.commit_end = 3;
     }
     commit_puts(ledger, writes);
-    let changes = ledger.changes(0, 3, 10).unwrap();
-    assert!(changes.iter().all(|c| c.commit_end() == 3));
-    assert_eq!(
-        ledger.location_changes("s2", 0, 3, 10).unwrap()[0].commit_end(),
-        3
-    );
+    for location in ["s1", "s2", "s3"] {
+        let changes = ledger.location_changes(location, 0, 3, 10).unwrap();
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].commit_end(), 3);
+    }
 }
 
 fn idempotency_round_trips_and_expires(ledger: &dyn Ledger) {
@@ -265,6 +275,7 @@ fn idempotency_round_trips_and_expires(ledger: &dyn Ledger) {
         at_ms,
         outcome: Recorded::Accepted {
             seq: 7,
+            locations: vec!["s1".into(), "s2".into()],
             expected_versions: vec![Some(3), None],
         },
     };
@@ -317,8 +328,9 @@ fn compaction_keeps_the_newest(ledger: &dyn Ledger) {
     assert_eq!(ledger.compact_changes(4, 100).unwrap(), 3);
     assert_eq!(ledger.oldest().unwrap(), 7);
     assert_eq!(ledger.compact_changes(4, 100).unwrap(), 0);
-    assert_eq!(seqs(&ledger.changes(0, 10, 100).unwrap()), [7, 8, 9, 10]);
-    assert!(ledger.change(6).unwrap().is_none());
+    let retained = ledger.location_changes("s1", 0, 10, 100).unwrap();
+    assert_eq!(seqs(&retained), [7, 8, 9, 10]);
+    assert!(ledger.change("s1", 6).unwrap().is_none());
     assert_eq!(ledger.history(&k, 100).unwrap().len(), 4);
     // The item itself is never compacted.
     assert_eq!(ledger.load(&k).unwrap().unwrap().state.version(), 10);

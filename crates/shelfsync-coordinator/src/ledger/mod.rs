@@ -9,10 +9,12 @@
 //! whatever logging it needs to get there. Readers only ever see committed
 //! (so durable) groups.
 //!
-//! Backends: [`FjallLedger`] (the embedded engine, on disk) and
+//! Backends: [`KvLedger`], written once over an ordered key-value
+//! [`engine::Engine`], as [`FjallLedger`] (the embedded engine, on disk) and
 //! [`MemoryLedger`] (in memory, for tests and benches of the layers above).
-//! Both pass the same contract suite ([`contract`], public behind the
-//! `testing` feature so that a backend in another crate runs it too).
+//! Every backend passes the same contract suite ([`contract`], public
+//! behind the `testing` feature so that a backend in another crate runs it
+//! too).
 //!
 //! Idempotency records expire by whole time buckets: a record lives in the
 //! bucket of its decision time, and [`Ledger::expire_idempotency`] drops a
@@ -24,15 +26,30 @@ use serde::{Deserialize, Serialize};
 use shelfsync_core::{Item, ItemKey, KeyState, Op};
 use shelfsync_proto::{Change, ErrorCode, StoreReport, WireError};
 
+pub mod engine;
 pub mod fjall;
-pub mod memory;
+pub mod kv;
 mod records;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod contract;
 
 pub use self::fjall::FjallLedger;
-pub use self::memory::MemoryLedger;
+pub use self::kv::KvLedger;
+
+/// The storage layout this code writes and reads, kept under `meta/layout`.
+pub const LAYOUT: u64 = 7;
+
+/// A ledger in memory: the same contract as [`FjallLedger`], nothing
+/// durable.
+pub type MemoryLedger = KvLedger<engine::MemoryEngine>;
+
+impl MemoryLedger {
+    /// An empty ledger bucketing idempotency records as `buckets` says.
+    pub fn new(buckets: Buckets) -> Result<Self, LedgerError> {
+        KvLedger::with_engine(engine::MemoryEngine::default(), buckets)
+    }
+}
 
 /// Storage failures. None of them is the client's fault.
 #[derive(Debug, thiserror::Error)]
@@ -104,11 +121,14 @@ pub struct IdempotencyRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Recorded {
     /// Accepted as the commit starting at `seq`, one change per line. The
-    /// changes themselves hold the keys and ops; the record adds only the
-    /// expected versions, so that a retry is known to be the same request.
+    /// changes themselves hold the keys and ops; the record adds where they
+    /// are and the expected versions, so that a retry is known to be the
+    /// same request.
     Accepted {
         /// The seq of the commit's first change.
         seq: u64,
+        /// Each line's location: where its change is in the log.
+        locations: Vec<String>,
         /// Each line's expected version.
         expected_versions: Vec<Option<u64>>,
     },
@@ -216,8 +236,8 @@ pub trait Ledger: Send + Sync + 'static {
     fn idempotency(&self, store: &str, key: &str)
     -> Result<Option<IdempotencyRecord>, LedgerError>;
 
-    /// The change at `seq`, if it is still in the log.
-    fn change(&self, seq: u64) -> Result<Option<Change>, LedgerError>;
+    /// The change to `location` at `seq`, if it is still in the log.
+    fn change(&self, location: &str, seq: u64) -> Result<Option<Change>, LedgerError>;
 
     /// The sequence number of the last committed change (0 when none).
     fn head(&self) -> Result<u64, LedgerError>;
@@ -226,12 +246,8 @@ pub trait Ledger: Send + Sync + 'static {
     /// the log is empty.
     fn oldest(&self) -> Result<u64, LedgerError>;
 
-    /// Up to `limit` changes with `after < seq <= until`, in order.
-    fn changes(&self, after: u64, until: u64, limit: usize) -> Result<Vec<Change>, LedgerError>;
-
     /// Up to `limit` changes to `location` with `after < seq <= until`, in
-    /// order: read from the per-location index, at a cost in proportion to
-    /// what is returned.
+    /// order, at a cost in proportion to what is returned.
     fn location_changes(
         &self,
         location: &str,

@@ -98,6 +98,7 @@ fn accepted_record(seq: u64, at_ms: u64) -> IdempotencyRecord {
         at_ms,
         outcome: Recorded::Accepted {
             seq,
+            locations: vec!["s1".into()],
             expected_versions: vec![None],
         },
     }
@@ -353,6 +354,7 @@ fn an_accepted_record_keeps_the_expected_versions_not_the_change() {
             at_ms: NOW,
             outcome: Recorded::Accepted {
                 seq: 1,
+                locations: vec!["s1".into()],
                 expected_versions: vec![Some(0)],
             },
         }

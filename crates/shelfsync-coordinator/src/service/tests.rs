@@ -5,7 +5,7 @@ use crate::ledger::{MemoryLedger, contract};
 
 /// s1 and s2 written at seqs 1..=6, with 3..=5 one commit over both.
 fn ledger() -> MemoryLedger {
-    let ledger = MemoryLedger::new(contract::BUCKETS);
+    let ledger = MemoryLedger::new(contract::BUCKETS).unwrap();
     let writes = [
         (1, "s1"),
         (2, "s2"),

@@ -1,0 +1,430 @@
+//! The ledger over an ordered key-value [`Engine`], written once for every
+//! engine.
+//!
+//! Keyspaces; a group is one atomic batch over them:
+//!
+//! | keyspace | key | value |
+//! |---|---|---|
+//! | `items` | `location \0 sku` | [`ItemV`]: the key's state and its last change's seq |
+//! | `log` | `location \0 seq` (8 bytes big-endian) | [`ChangeV`]: the change log, by location |
+//! | `idem.<width>.<start>` | `store \0 idempotency key` | [`IdempotencyV`] |
+//! | `reports` | store id | [`ReportV`] |
+//! | `meta` | `layout`, `head`, `oldest` | u64, big-endian |
+//!
+//! The log is keyed by location first, so a store's sync reads only its
+//! locations' changes. A group writes each key's item once, with its last
+//! state. Idempotency records go to the keyspace of their time bucket, and
+//! expiry deletes whole keyspaces.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use serde::de::DeserializeOwned;
+use shelfsync_core::ItemKey;
+use shelfsync_proto::Change;
+
+use super::engine::{Engine, Write};
+use super::records::{ChangeV, IdempotencyV, ItemV, ReportV, decode, encode};
+use super::{
+    Buckets, CommitGroup, IdempotencyRecord, ItemRecord, LAYOUT, Ledger, LedgerError, StoredReport,
+};
+use crate::FastMap;
+
+/// Idempotency bucket keyspaces by (start, width).
+type BucketMap<S> = BTreeMap<(u64, u64), S>;
+
+/// The prefix of an idempotency bucket's keyspace name.
+const BUCKET_PREFIX: &str = "idem.";
+
+/// The ledger over the engine `E`.
+pub struct KvLedger<E: Engine> {
+    engine: E,
+    items: E::Space,
+    log: E::Space,
+    reports: E::Space,
+    meta: E::Space,
+    buckets: Buckets,
+    /// Idempotency buckets by (start, width).
+    idempotency: Mutex<BucketMap<E::Space>>,
+    head: AtomicU64,
+    oldest: AtomicU64,
+}
+
+impl<E: Engine> std::fmt::Debug for KvLedger<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvLedger").finish_non_exhaustive()
+    }
+}
+
+fn item_key(key: &ItemKey) -> Vec<u8> {
+    [key.location.as_bytes(), &[0], key.sku.as_bytes()].concat()
+}
+
+fn log_key(location: &str, seq: u64) -> Vec<u8> {
+    [location.as_bytes(), &[0], &seq.to_be_bytes()].concat()
+}
+
+/// The first key after every `location \0 ...` key.
+fn after_location(location: &str) -> Vec<u8> {
+    [location.as_bytes(), &[1]].concat()
+}
+
+fn idempotency_key(store: &str, key: &str) -> Vec<u8> {
+    [store.as_bytes(), &[0], key.as_bytes()].concat()
+}
+
+fn seq_of(bytes: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(bytes.try_into().ok()?))
+}
+
+/// The seq at the end of a log key.
+fn log_seq(key: &[u8]) -> Result<u64, LedgerError> {
+    let at = key.len().saturating_sub(8);
+    seq_of(&key[at..]).ok_or_else(|| LedgerError::corrupt(key, "log key without a seq"))
+}
+
+/// `(start, width)` of a bucket keyspace named `idem.<width>.<start>`.
+fn parse_bucket(name: &str) -> Option<(u64, u64)> {
+    let (width, start) = name.strip_prefix(BUCKET_PREFIX)?.split_once('.')?;
+    Some((start.parse().ok()?, width.parse().ok()?))
+}
+
+impl<E: Engine> KvLedger<E> {
+    /// The ledger kept in `engine`: an empty engine gets this build's
+    /// layout; one of another layout is refused.
+    pub fn with_engine(engine: E, buckets: Buckets) -> Result<Self, LedgerError> {
+        let meta = engine.space("meta")?;
+        let read_u64 = |name: &str| -> Result<Option<u64>, LedgerError> {
+            let Some(v) = engine.get(&meta, name.as_bytes())? else {
+                return Ok(None);
+            };
+            let v = seq_of(v.as_ref());
+            v.map(Some).ok_or_else(|| {
+                LedgerError::corrupt(format!("meta/{name}").as_bytes(), "not 8 bytes")
+            })
+        };
+        match read_u64("layout")? {
+            None => {
+                let layout = Write::Put(
+                    meta.clone(),
+                    b"layout".to_vec(),
+                    LAYOUT.to_be_bytes().into(),
+                );
+                engine.write(vec![layout], true)?;
+            }
+            Some(LAYOUT) => {}
+            Some(other) => {
+                return Err(LedgerError::Storage(format!(
+                    "it has layout {other} and this build reads layout {LAYOUT} only. Start \
+                     from an empty data_dir and reload the catalog (shelfctl import), or run \
+                     the build that wrote it"
+                )));
+            }
+        }
+        let mut idempotency = BTreeMap::new();
+        for name in engine.space_names()? {
+            if let Some(bucket) = parse_bucket(&name) {
+                idempotency.insert(bucket, engine.space(&name)?);
+            }
+        }
+        Ok(KvLedger {
+            head: AtomicU64::new(read_u64("head")?.unwrap_or(0)),
+            oldest: AtomicU64::new(read_u64("oldest")?.unwrap_or(1)),
+            items: engine.space("items")?,
+            log: engine.space("log")?,
+            reports: engine.space("reports")?,
+            meta,
+            buckets,
+            idempotency: Mutex::new(idempotency),
+            engine,
+        })
+    }
+
+    /// The engine under the ledger.
+    pub fn engine(&self) -> &E {
+        &self.engine
+    }
+
+    fn read<T: DeserializeOwned>(
+        &self,
+        space: &E::Space,
+        key: &[u8],
+    ) -> Result<Option<T>, LedgerError> {
+        let bytes = self.engine.get(space, key)?;
+        bytes.map(|bytes| decode(key, bytes.as_ref())).transpose()
+    }
+
+    fn buckets(&self) -> Result<MutexGuard<'_, BucketMap<E::Space>>, LedgerError> {
+        self.idempotency
+            .lock()
+            .map_err(|_| LedgerError::Storage("the idempotency buckets' lock is poisoned".into()))
+    }
+
+    fn bucket_for(&self, at_ms: u64) -> Result<E::Space, LedgerError> {
+        let id = (self.buckets.start(at_ms), self.buckets.width_ms);
+        let mut buckets = self.buckets()?;
+        if let Some(space) = buckets.get(&id) {
+            return Ok(space.clone());
+        }
+        let space = self
+            .engine
+            .space(&format!("{BUCKET_PREFIX}{}.{}", id.1, id.0))?;
+        buckets.insert(id, space.clone());
+        Ok(space)
+    }
+
+    /// The change to `location` at `seq`, and its key's previous change.
+    fn get_change(
+        &self,
+        location: &str,
+        seq: u64,
+    ) -> Result<Option<(Change, Option<u64>)>, LedgerError> {
+        let change = self.read::<ChangeV>(&self.log, &log_key(location, seq))?;
+        Ok(change.map(|change| change.into_change(seq)))
+    }
+}
+
+impl<E: Engine> Ledger for KvLedger<E> {
+    fn commit(&self, group: CommitGroup) -> Result<(), LedgerError> {
+        let mut batch = Vec::with_capacity(group.writes.len() * 3 + 1);
+        // Each key's last state only: the batch is atomic, so the states
+        // before it in the group are never seen anyway.
+        let mut last: FastMap<&ItemKey, &Change> = FastMap::default();
+        for write in &group.writes {
+            let change = &write.change;
+            last.insert(&change.key, change);
+            batch.push(Write::Put(
+                self.log.clone(),
+                log_key(&change.key.location, change.seq),
+                encode(&ChangeV::new(change, write.prior_seq))?,
+            ));
+        }
+        for (key, change) in last {
+            let record = ItemRecord {
+                state: change.state.clone(),
+                seq: change.seq,
+            };
+            batch.push(Write::Put(
+                self.items.clone(),
+                item_key(key),
+                encode(&ItemV::V1(record))?,
+            ));
+        }
+        for entry in group.idempotency {
+            let bucket = self.bucket_for(entry.record.at_ms)?;
+            let key = idempotency_key(&entry.store, &entry.key);
+            batch.push(Write::Put(
+                bucket,
+                key,
+                encode(&IdempotencyV::V1(entry.record))?,
+            ));
+        }
+        let head = group.head.max(self.head.load(Ordering::Acquire));
+        batch.push(Write::Put(
+            self.meta.clone(),
+            b"head".to_vec(),
+            head.to_be_bytes().into(),
+        ));
+        self.engine.write(batch, true)?;
+        self.head.store(head, Ordering::Release);
+        Ok(())
+    }
+
+    fn load(&self, key: &ItemKey) -> Result<Option<ItemRecord>, LedgerError> {
+        Ok(self
+            .read::<ItemV>(&self.items, &item_key(key))?
+            .map(Into::into))
+    }
+
+    fn idempotency(
+        &self,
+        store: &str,
+        key: &str,
+    ) -> Result<Option<IdempotencyRecord>, LedgerError> {
+        let k = idempotency_key(store, key);
+        let buckets: Vec<E::Space> = self.buckets()?.values().rev().cloned().collect();
+        for bucket in buckets {
+            if let Some(record) = self.read::<IdempotencyV>(&bucket, &k)? {
+                return Ok(Some(record.into()));
+            }
+        }
+        Ok(None)
+    }
+
+    fn change(&self, location: &str, seq: u64) -> Result<Option<Change>, LedgerError> {
+        Ok(self.get_change(location, seq)?.map(|(change, _)| change))
+    }
+
+    fn head(&self) -> Result<u64, LedgerError> {
+        Ok(self.head.load(Ordering::Acquire))
+    }
+
+    fn oldest(&self) -> Result<u64, LedgerError> {
+        let head = self.head.load(Ordering::Acquire);
+        Ok(self.oldest.load(Ordering::Acquire).min(head + 1))
+    }
+
+    fn location_changes(
+        &self,
+        location: &str,
+        after: u64,
+        until: u64,
+        limit: usize,
+    ) -> Result<Vec<Change>, LedgerError> {
+        let from = log_key(location, after.saturating_add(1).max(self.oldest()?));
+        // Just past `until`'s key and before any other seq's.
+        let to = [&log_key(location, until)[..], &[0]].concat();
+        let mut out = Vec::new();
+        for (k, v) in self.engine.range(&self.log, &from, &to, limit)? {
+            let (k, v) = (k.as_ref(), v.as_ref());
+            out.push(decode::<ChangeV>(k, v)?.into_change(log_seq(k)?).0);
+        }
+        Ok(out)
+    }
+
+    fn items(
+        &self,
+        location: &str,
+        after_sku: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, ItemRecord)>, LedgerError> {
+        let prefix = [location.as_bytes(), &[0]].concat();
+        let from = match after_sku {
+            Some(sku) => [&prefix[..], sku.as_bytes(), &[0]].concat(),
+            None => prefix.clone(),
+        };
+        let entries = self
+            .engine
+            .range(&self.items, &from, &after_location(location), limit)?;
+        let mut out = Vec::with_capacity(entries.len());
+        for (k, v) in entries {
+            let (k, v) = (k.as_ref(), v.as_ref());
+            let sku = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+            out.push((sku, decode::<ItemV>(k, v)?.into()));
+        }
+        Ok(out)
+    }
+
+    fn locations(&self) -> Result<Vec<String>, LedgerError> {
+        let mut out = Vec::new();
+        let mut from: Vec<u8> = Vec::new();
+        // One seek per location, not a scan of every item.
+        while let Some((k, _)) = self.engine.range(&self.items, &from, &[0xff], 1)?.pop() {
+            let k = k.as_ref();
+            let end = k.iter().position(|b| *b == 0).unwrap_or(k.len());
+            let location = String::from_utf8_lossy(&k[..end]).into_owned();
+            from = after_location(&location);
+            out.push(location);
+        }
+        Ok(out)
+    }
+
+    fn history(&self, key: &ItemKey, limit: usize) -> Result<Vec<Change>, LedgerError> {
+        let oldest = self.oldest()?;
+        let mut next = self.load(key)?.map(|record| record.seq);
+        let mut out = Vec::new();
+        while let Some(seq) = next.filter(|s| *s >= oldest && out.len() < limit) {
+            let Some((change, prior)) = self.get_change(&key.location, seq)? else {
+                break;
+            };
+            out.push(change);
+            next = prior;
+        }
+        Ok(out)
+    }
+
+    fn expire_idempotency(&self, before_ms: u64) -> Result<usize, LedgerError> {
+        let mut expired = Vec::new();
+        self.buckets()?.retain(|&(start, width), space| {
+            let keep = !Buckets { width_ms: width }.all_before(start, before_ms);
+            if !keep {
+                expired.push(space.clone());
+            }
+            keep
+        });
+        let dropped = expired.len();
+        for space in expired {
+            self.engine.drop_space(space)?;
+        }
+        Ok(dropped)
+    }
+
+    fn compact_changes(&self, retain: u64, limit: usize) -> Result<usize, LedgerError> {
+        let head = self.head.load(Ordering::Acquire);
+        let oldest = self.oldest.load(Ordering::Acquire);
+        let keep_from = head.saturating_sub(retain).saturating_add(1);
+        let until = keep_from.min(oldest.saturating_add(limit as u64));
+        if until <= oldest {
+            return Ok(0);
+        }
+        let mut batch = Vec::new();
+        for location in self.locations()? {
+            let (from, to) = (log_key(&location, oldest), log_key(&location, until));
+            for (k, _) in self.engine.range(&self.log, &from, &to, limit)? {
+                batch.push(Write::Delete(self.log.clone(), k.as_ref().to_vec()));
+            }
+        }
+        let removed = batch.len();
+        batch.push(Write::Put(
+            self.meta.clone(),
+            b"oldest".to_vec(),
+            until.to_be_bytes().into(),
+        ));
+        self.engine.write(batch, false)?;
+        self.oldest.store(until, Ordering::Release);
+        Ok(removed)
+    }
+
+    fn save_report(&self, store: &str, report: &StoredReport) -> Result<(), LedgerError> {
+        let value = encode(&ReportV::from(report))?;
+        let put = Write::Put(self.reports.clone(), store.as_bytes().to_vec(), value);
+        self.engine.write(vec![put], false)
+    }
+
+    fn reports(&self) -> Result<Vec<(String, StoredReport)>, LedgerError> {
+        let mut out = Vec::new();
+        for (k, v) in self.engine.range(&self.reports, &[], &[0xff], usize::MAX)? {
+            let (k, v) = (k.as_ref(), v.as_ref());
+            let store = String::from_utf8_lossy(k).into_owned();
+            out.push((store, decode::<ReportV>(k, v)?.into()));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::engine::MemoryEngine;
+    use crate::ledger::{MemoryLedger, contract};
+
+    #[test]
+    fn keeps_the_contract_in_memory() {
+        contract::run(&mut || {
+            contract::Fresh::new(MemoryLedger::new(contract::BUCKETS).unwrap(), ())
+        });
+    }
+
+    #[test]
+    fn another_layout_is_refused_with_what_to_do() {
+        let engine = MemoryEngine::default();
+        let meta = engine.space("meta").unwrap();
+        let layout = Write::Put(meta, b"layout".to_vec(), 6u64.to_be_bytes().to_vec());
+        engine.write(vec![layout], true).unwrap();
+        let err = KvLedger::with_engine(engine, contract::BUCKETS).unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("layout 6"), "{message}");
+        assert!(message.contains("empty data_dir"), "{message}");
+    }
+
+    #[test]
+    fn bucket_names_round_trip() {
+        assert_eq!(
+            parse_bucket("idem.3600000.7200000"),
+            Some((7_200_000, 3_600_000))
+        );
+        assert_eq!(parse_bucket("items"), None);
+        assert_eq!(parse_bucket("idem.x.1"), None);
+    }
+}
