@@ -174,6 +174,7 @@ mod tests {
             quantity: 10,
             reserved: 3,
             version: 2,
+            ..Default::default()
         };
         let changes = [
             change(9, Op::Delete, KeyState::Deleted { version: 3 }),

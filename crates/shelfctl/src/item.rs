@@ -107,6 +107,7 @@ mod tests {
             quantity: 10,
             reserved: 3,
             version: 4,
+            ..Default::default()
         };
         let view = ItemView::from(&item);
         let json = serde_json::to_value(&view).unwrap();

@@ -84,6 +84,11 @@ pub fn op(op: &Op) -> String {
         | Op::Release { amount }
         | Op::Fulfil { amount } => format!("{} {amount}", op.kind()),
         Op::Delete => "delete".to_string(),
+        Op::LockGrant { holder, ttl_ms } => format!("lock_grant {holder:?} ttl {ttl_ms} ms"),
+        Op::LockRenew { token, ttl_ms } => format!("lock_renew token {token} ttl {ttl_ms} ms"),
+        Op::LockRelease { token } | Op::LockExpire { token } => {
+            format!("{} token {token}", op.kind())
+        }
     }
 }
 
@@ -204,6 +209,7 @@ mod tests {
             quantity: 10,
             reserved: 3,
             version: 4,
+            ..Default::default()
         };
         assert_eq!(key_state(&KeyState::Live(item)), "qty 10, reserved 3");
         assert_eq!(key_state(&KeyState::Deleted { version: 5 }), "deleted");

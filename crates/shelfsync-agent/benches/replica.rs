@@ -18,6 +18,7 @@ fn page(round: u64) -> Vec<Change> {
                 quantity: 100 + round,
                 reserved: 0,
                 version: round + 1,
+                ..Default::default()
             };
             Change {
                 seq: round * 1000 + i + 1,

@@ -485,6 +485,7 @@ mod tests {
             quantity,
             reserved: 0,
             version,
+            ..Default::default()
         }
     }
 

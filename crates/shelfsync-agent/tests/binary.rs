@@ -146,6 +146,7 @@ mod failpoints {
             quantity: 1,
             reserved: 0,
             version,
+            ..Default::default()
         }
     }
 

@@ -16,7 +16,7 @@
 //! The threads around it ([`crate::pipeline`]) fetch what it needs, commit
 //! the [`CommitGroup`] it returns and deliver the answers.
 
-use shelfsync_core::{ItemKey, KeyState, apply};
+use shelfsync_core::{ItemKey, KeyState, Precondition, apply};
 use shelfsync_proto::{Change, ErrorCode, WireError};
 
 use crate::FastMap;
@@ -171,7 +171,8 @@ fn write(command: &Command, view: &mut View, decision: &mut Decision, now_ms: u6
     let mut next = Vec::with_capacity(lines.len());
     for line in lines {
         let current = state_of(view, &line.key);
-        match apply(&line.key, &current, &line.op, line.expected_version, now_ms) {
+        let precondition = Precondition::expecting(line.expected_version);
+        match apply(&line.key, &current, &line.op, precondition, now_ms) {
             Ok(state) => next.push((current, state)),
             Err(rejection) => {
                 return Answer::Refused(WireError::rejected(&rejection, current.item()));

@@ -12,7 +12,7 @@ use shelfsync_coordinator::ledger::{Buckets, FjallLedger, Ledger};
 use shelfsync_coordinator::metrics::Metrics;
 use shelfsync_coordinator::pipeline::{Pipeline, PipelineConfig};
 use shelfsync_coordinator::service::{Peer, Service};
-use shelfsync_core::{Item, ItemKey, KeyState, Op, apply};
+use shelfsync_core::{Item, ItemKey, KeyState, Op, Precondition, apply};
 use shelfsync_proto::{
     ChangesRequest, ErrorCode, ReadRequest, Request, Response, SnapshotRequest, WriteAck,
     WriteRequest,
@@ -258,9 +258,16 @@ async fn concurrent_writers_on_one_key_get_consecutive_versions() {
     );
 
     // Replaying the accepted ops in version order gives the final state.
-    let mut state = apply(&k, &KeyState::Absent, &create(100), None, 0).unwrap();
+    let mut state = apply(
+        &k,
+        &KeyState::Absent,
+        &create(100),
+        Precondition::default(),
+        0,
+    )
+    .unwrap();
     for op in accepted.values() {
-        state = apply(&k, &state, op, None, 0).unwrap();
+        state = apply(&k, &state, op, Precondition::default(), 0).unwrap();
     }
     assert_eq!(Some(fx.read(&k).await.unwrap()), state.item().cloned());
 }

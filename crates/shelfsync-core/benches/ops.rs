@@ -4,7 +4,7 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use shelfsync_core::{Item, ItemKey, KeyState, Op, apply};
+use shelfsync_core::{Item, ItemKey, KeyState, Op, Precondition, apply};
 
 fn ops(c: &mut Criterion) {
     let key = ItemKey::new("store-1", "sku-000123").unwrap();
@@ -15,6 +15,7 @@ fn ops(c: &mut Criterion) {
         quantity: 1_000_000,
         reserved: 10,
         version: 42,
+        ..Item::default()
     });
     let mut group = c.benchmark_group("apply");
     for (name, op, expected) in [
@@ -36,7 +37,7 @@ fn ops(c: &mut Criterion) {
                     black_box(&key),
                     black_box(&state),
                     black_box(&op),
-                    expected,
+                    Precondition::expecting(expected),
                     0,
                 )
             })

@@ -5,6 +5,10 @@
 //! The digest of a set is the wrapping sum of a 64-bit FNV-1a hash of each
 //! live item, so it does not depend on order and can be kept up to date one
 //! item at a time: add the new item's hash, subtract the old one's.
+//!
+//! The fields that came after `version` (`held`, `allowance`, `lock`) are
+//! hashed only when one of them is set, so an item without them hashes as
+//! it did before they existed and digests kept by earlier builds stay right.
 
 use crate::item::Item;
 
@@ -29,6 +33,18 @@ pub fn item_hash(item: &Item) -> u64 {
     }
     for number in [item.quantity, item.reserved, item.version] {
         h = fnv(h, &number.to_be_bytes());
+    }
+    if item.held != 0 || item.allowance != 0 || item.lock.is_some() {
+        for number in [item.held, item.allowance] {
+            h = fnv(h, &number.to_be_bytes());
+        }
+        if let Some(lock) = &item.lock {
+            h = fnv(h, lock.holder.as_bytes());
+            h = fnv(h, &[0xff]);
+            for number in [lock.token, lock.expires_at_ms] {
+                h = fnv(h, &number.to_be_bytes());
+            }
+        }
     }
     h
 }
@@ -66,8 +82,8 @@ mod tests {
             sku: sku.into(),
             name: "n".into(),
             quantity,
-            reserved: 0,
             version: 1,
+            ..Item::default()
         }
     }
 
@@ -99,5 +115,29 @@ mod tests {
             ..base.clone()
         };
         assert_ne!(item_hash(&base), item_hash(&shifted));
+        let changes: [fn(&mut Item); 3] = [
+            |i| i.held = 1,
+            |i| i.allowance = 1,
+            |i| {
+                i.lock = Some(crate::lock::Lock {
+                    holder: "c1".into(),
+                    token: 1,
+                    expires_at_ms: 1,
+                })
+            },
+        ];
+        for change in changes {
+            let mut other = base.clone();
+            change(&mut other);
+            assert_ne!(item_hash(&base), item_hash(&other), "{other:?}");
+        }
+    }
+
+    /// The hash of an item without held, allowance or lock is the one
+    /// earlier builds computed, so their stored digests stay valid.
+    #[test]
+    fn items_without_the_new_fields_hash_as_before() {
+        // Computed with the hash as it was before those fields.
+        assert_eq!(item_hash(&item("a", 1)), 0xdccc_d25a_a1b2_8fb1);
     }
 }

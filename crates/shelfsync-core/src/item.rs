@@ -3,10 +3,17 @@
 //! An item is keyed by `(location, sku)`. Every constructor that takes
 //! outside input validates it here, so the rest of the system can assume a
 //! well-formed key and name. `available` is always derived, never stored.
+//!
+//! Every accepted write keeps `reserved + allowance <= quantity` and
+//! `held <= reserved`; the decisions in [`crate::op`], [`crate::hold`],
+//! [`crate::batch`] and [`crate::transfer`] check it, this module only
+//! states it and holds the field rules that requests share (ids, names,
+//! amounts, durations, line counts).
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::Rejection;
+use crate::lock::Lock;
 
 /// Longest location or sku, in bytes (they are ASCII by rule).
 pub const MAX_ID_LEN: usize = 64;
@@ -16,6 +23,8 @@ pub const MAX_NAME_CHARS: usize = 200;
 pub const MIN_AMOUNT: u64 = 1;
 /// Largest amount an add/remove/reserve/release/fulfil may carry.
 pub const MAX_AMOUNT: u64 = 1_000_000_000;
+/// Most lines a multi-key request (batch, hold, transfer step) may carry.
+pub const MAX_LINES: usize = 100;
 
 /// The identity of an item: where it is stocked and what it is.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -51,7 +60,15 @@ impl std::fmt::Display for ItemKey {
 }
 
 /// One item record as the coordinator holds it and replicas copy it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// `Default` is an empty record, only there so that literals can name the
+/// fields they care about (`Item { quantity: 5, ..Default::default() }`);
+/// it is not a valid item by itself.
+///
+/// The fields after `version` came later: they are `#[serde(default)]` and
+/// stay last, so records encoded before them (by name or by position)
+/// still decode.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Item {
     /// Location id.
     pub location: String,
@@ -61,16 +78,55 @@ pub struct Item {
     pub name: String,
     /// Units on hand.
     pub quantity: u64,
-    /// Units promised to orders; never more than `quantity`.
+    /// Units promised to orders and holds; `reserved + allowance <= quantity`.
     pub reserved: u64,
     /// 1 on first create, +1 on every accepted write to this key.
     pub version: u64,
+    /// The part of `reserved` that active holds account for; `held <= reserved`.
+    /// Single-key release and fulfil only touch `reserved - held`.
+    #[serde(default)]
+    pub held: u64,
+    /// Units granted to the owning store for offline sales; not available
+    /// to anyone else. Nothing grants it yet, so it stays 0.
+    #[serde(default)]
+    pub allowance: u64,
+    /// The lease lock on this key, if one was granted and not yet released
+    /// or ended by the coordinator. A lock whose `expires_at_ms` has passed
+    /// may still be here until the coordinator's expiry write; it no longer
+    /// counts ([`Lock::is_live`]).
+    #[serde(default)]
+    pub lock: Option<Lock>,
 }
 
 impl Item {
-    /// Units that can still be sold or reserved: `quantity - reserved`.
+    /// A new item at `key` with nothing reserved, held, granted or locked.
+    pub fn new(key: &ItemKey, name: impl Into<String>, quantity: u64, version: u64) -> Self {
+        Item {
+            location: key.location.clone(),
+            sku: key.sku.clone(),
+            name: name.into(),
+            quantity,
+            version,
+            ..Item::default()
+        }
+    }
+
+    /// Units that can still be sold, reserved, held or shipped:
+    /// `quantity - reserved - allowance`.
     pub fn available(&self) -> u64 {
-        self.quantity.saturating_sub(self.reserved)
+        self.quantity
+            .saturating_sub(self.reserved)
+            .saturating_sub(self.allowance)
+    }
+
+    /// Units reserved outside holds: what a single-key release or fulfil may take.
+    pub fn unheld(&self) -> u64 {
+        self.reserved.saturating_sub(self.held)
+    }
+
+    /// The lock that still counts at `now_ms`, if any.
+    pub fn live_lock(&self, now_ms: u64) -> Option<&Lock> {
+        self.lock.as_ref().filter(|lock| lock.is_live(now_ms))
     }
 
     /// The key of this item.
@@ -107,6 +163,13 @@ impl KeyState {
             KeyState::Live(item) => item.version,
             KeyState::Deleted { version } => *version,
         }
+    }
+
+    /// The version the key's next accepted write gets.
+    pub fn next_version(&self) -> Result<u64, Rejection> {
+        self.version()
+            .checked_add(1)
+            .ok_or(Rejection::Overflow { field: "version" })
     }
 
     /// The live item, if any.
@@ -178,6 +241,45 @@ pub fn validate_amount(amount: u64) -> Result<(), Rejection> {
     Ok(())
 }
 
+/// Checks a duration in milliseconds against its bounds, both inclusive.
+pub fn validate_ttl(
+    field: &'static str,
+    ttl_ms: u64,
+    min_ms: u64,
+    max_ms: u64,
+) -> Result<(), Rejection> {
+    if !(min_ms..=max_ms).contains(&ttl_ms) {
+        return Err(Rejection::InvalidField {
+            field,
+            reason: format!("is {ttl_ms} ms, it must be between {min_ms} ms and {max_ms} ms"),
+        });
+    }
+    Ok(())
+}
+
+/// Checks the number of lines of a multi-key request: 1..=[`MAX_LINES`].
+pub fn validate_line_count(lines: usize) -> Result<(), Rejection> {
+    if !(1..=MAX_LINES).contains(&lines) {
+        return Err(Rejection::InvalidField {
+            field: "lines",
+            reason: format!("has {lines} lines, it must have between 1 and {MAX_LINES}"),
+        });
+    }
+    Ok(())
+}
+
+/// Checks that a multi-key decision was given one state per line: a
+/// caller's mistake, refused rather than trusted.
+pub(crate) fn check_state_count(lines: usize, states: usize) -> Result<(), Rejection> {
+    if lines != states {
+        return Err(Rejection::InvalidField {
+            field: "lines",
+            reason: format!("{lines} lines came with {states} item states"),
+        });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,6 +320,35 @@ mod tests {
         assert!(validate_amount(1).is_ok());
         assert!(validate_amount(MAX_AMOUNT).is_ok());
         assert!(validate_amount(MAX_AMOUNT + 1).is_err());
+    }
+
+    #[test]
+    fn available_leaves_out_reserved_and_allowance() {
+        let item = Item {
+            quantity: 10,
+            reserved: 4,
+            held: 3,
+            allowance: 2,
+            ..Item::default()
+        };
+        assert_eq!((item.available(), item.unheld()), (4, 1));
+        let odd = Item {
+            quantity: 1,
+            reserved: 1,
+            allowance: 1,
+            ..Item::default()
+        };
+        assert_eq!(odd.available(), 0);
+    }
+
+    #[test]
+    fn ttls_and_line_counts_are_bounded() {
+        assert!(validate_ttl("ttl", 999, 1_000, 2_000).is_err());
+        assert!(validate_ttl("ttl", 1_000, 1_000, 2_000).is_ok());
+        assert!(validate_ttl("ttl", 2_001, 1_000, 2_000).is_err());
+        assert!(validate_line_count(0).is_err());
+        assert!(validate_line_count(MAX_LINES).is_ok());
+        assert!(validate_line_count(MAX_LINES + 1).is_err());
     }
 
     #[test]

@@ -1,17 +1,24 @@
 //! The write operations and their effect, as one pure function.
 //!
-//! [`apply`] takes what is known about a key, an op and the optional expected
-//! version, and returns the key's next state or a [`Rejection`]. It is the
-//! only place the stock rules live: the coordinator calls it under the key's
-//! serialization, tests and benches call it directly.
+//! [`apply`] takes what is known about a key, an op and the request's
+//! [`Precondition`] (expected version, lock token), and returns the key's
+//! next state or a [`Rejection`]. It is the only place the single-key stock
+//! rules live: the coordinator calls it under the key's serialization, the
+//! batch decision calls it per line, tests and benches call it directly.
+//! The lock rules it applies are in [`crate::lock`].
 //!
-//! Invariants kept for every accepted op: `reserved <= quantity`, no counter
-//! under- or overflows, and the version rises by exactly one.
+//! Invariants kept for every accepted op: `reserved + allowance <= quantity`,
+//! `held <= reserved` (single-key release and fulfil never touch what holds
+//! account for), no counter under- or overflows, and the version rises by
+//! exactly one.
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::Rejection;
-use crate::item::{Item, ItemKey, KeyState, validate_amount, validate_name};
+use crate::item::{
+    Item, ItemKey, KeyState, validate_amount, validate_id, validate_name, validate_ttl,
+};
+use crate::lock;
 
 /// A write to one key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,6 +67,31 @@ pub enum Op {
     },
     /// Remove the item, leaving a tombstone. Needs the expected version; no reservations may remain.
     Delete,
+    /// Lock the key for `holder`; the new version is the lock's token.
+    LockGrant {
+        /// Who takes the lock (same pattern as a location id).
+        holder: String,
+        /// Lease length in milliseconds, 1 s..=1 h.
+        ttl_ms: u64,
+    },
+    /// Extend the live lock with `token` to `ttl_ms` from now.
+    LockRenew {
+        /// The lock's token.
+        token: u64,
+        /// New lease length in milliseconds from now, 1 s..=1 h.
+        ttl_ms: u64,
+    },
+    /// End the live lock with `token`.
+    LockRelease {
+        /// The lock's token.
+        token: u64,
+    },
+    /// The coordinator's own write ending the lock with `token` once its
+    /// lease has passed. Never accepted from a store.
+    LockExpire {
+        /// The token of the lock to end.
+        token: u64,
+    },
 }
 
 impl Op {
@@ -74,6 +106,10 @@ impl Op {
             Op::Release { .. } => "release",
             Op::Fulfil { .. } => "fulfil",
             Op::Delete => "delete",
+            Op::LockGrant { .. } => "lock_grant",
+            Op::LockRenew { .. } => "lock_renew",
+            Op::LockRelease { .. } => "lock_release",
+            Op::LockExpire { .. } => "lock_expire",
         }
     }
 
@@ -107,7 +143,14 @@ impl Op {
             | Op::Reserve { amount }
             | Op::Release { amount }
             | Op::Fulfil { amount } => validate_amount(*amount),
-            Op::Delete => Ok(()),
+            Op::Delete | Op::LockRelease { .. } | Op::LockExpire { .. } => Ok(()),
+            Op::LockGrant { holder, ttl_ms } => {
+                validate_id("holder", holder)?;
+                validate_ttl("ttl", *ttl_ms, lock::MIN_TTL_MS, lock::MAX_TTL_MS)
+            }
+            Op::LockRenew { ttl_ms, .. } => {
+                validate_ttl("ttl", *ttl_ms, lock::MIN_TTL_MS, lock::MAX_TTL_MS)
+            }
         }
     }
 
@@ -115,32 +158,66 @@ impl Op {
     pub fn needs_expected_version(&self) -> bool {
         matches!(self, Op::Set { .. } | Op::Delete)
     }
+
+    /// Whether the op grants, renews, releases or expires a lock rather
+    /// than changing stock (the ops of the data model, which batches allow).
+    pub fn is_lock_op(&self) -> bool {
+        matches!(
+            self,
+            Op::LockGrant { .. }
+                | Op::LockRenew { .. }
+                | Op::LockRelease { .. }
+                | Op::LockExpire { .. }
+        )
+    }
+}
+
+/// What a write asserts about the key besides the op itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Precondition {
+    /// The version the client last saw (`If-Match`); the write is refused
+    /// when it differs from the key's version.
+    pub expected_version: Option<u64>,
+    /// The token of the key's lock (`Lock-Token`); needed while the key has
+    /// a live lock, refused when it is not that lock's.
+    pub lock_token: Option<u64>,
+}
+
+impl Precondition {
+    /// A precondition on the version only, with no lock token.
+    pub fn expecting(expected_version: Option<u64>) -> Self {
+        Precondition {
+            expected_version,
+            lock_token: None,
+        }
+    }
 }
 
 /// Applies `op` to the key in `state` at `now_ms` (the coordinator's clock,
 /// milliseconds since the Unix epoch) and returns the key's next state.
 ///
 /// Taking the clock as an argument keeps the decision pure: rules that
-/// depend on time are decided from it, never from a clock read inside. No
-/// rule of the single-key ops depends on time yet.
+/// depend on time (lock leases) are decided from it, never from a clock
+/// read inside.
 ///
 /// Checks, in order: the key and op fields, that the item exists (or does
-/// not, for create), that a set or delete carries `expected_version`, that
-/// `expected_version` matches, and the stock rules.
+/// not, for create), the key's lock ([`crate::lock`]), that a set or delete
+/// carries `expected_version`, that `expected_version` matches, and the
+/// stock rules.
 pub fn apply(
     key: &ItemKey,
     state: &KeyState,
     op: &Op,
-    expected_version: Option<u64>,
+    precondition: Precondition,
     now_ms: u64,
 ) -> Result<KeyState, Rejection> {
-    let _ = now_ms;
+    let Precondition {
+        expected_version,
+        lock_token,
+    } = precondition;
     key.validate()?;
     op.validate()?;
-    let next_version = state
-        .version()
-        .checked_add(1)
-        .ok_or(Rejection::Overflow { field: "version" })?;
+    let next_version = state.next_version()?;
 
     if let Op::Create { name, quantity } = op {
         if let KeyState::Live(item) = state {
@@ -149,20 +226,20 @@ pub fn apply(
                 current: Box::new(item.clone()),
             });
         }
+        lock::check(None, lock_token, now_ms)?;
         check_version(state, expected_version)?;
-        return Ok(KeyState::Live(Item {
-            location: key.location.clone(),
-            sku: key.sku.clone(),
-            name: name.clone(),
-            quantity: *quantity,
-            reserved: 0,
-            version: next_version,
-        }));
+        return Ok(KeyState::Live(Item::new(
+            key,
+            name.clone(),
+            *quantity,
+            next_version,
+        )));
     }
 
     let KeyState::Live(item) = state else {
         return Err(Rejection::NotFound { key: key.clone() });
     };
+    lock::authorize(item, op, lock_token, now_ms)?;
     if op.needs_expected_version() && expected_version.is_none() {
         return Err(Rejection::PreconditionRequired { op: op.kind() });
     }
@@ -175,10 +252,11 @@ pub fn apply(
         Op::Create { .. } => {}
         Op::Set { name, quantity } => {
             if let Some(quantity) = *quantity {
-                if quantity < item.reserved {
+                if quantity < item.reserved.saturating_add(item.allowance) {
                     return Err(Rejection::BelowReserved {
                         quantity,
                         reserved: item.reserved,
+                        allowance: item.allowance,
                     });
                 }
                 next.quantity = quantity;
@@ -202,11 +280,11 @@ pub fn apply(
             next.reserved = item.reserved + amount;
         }
         Op::Release { amount } => {
-            check_reserved(item, *amount)?;
+            check_unheld(item, *amount)?;
             next.reserved = item.reserved - amount;
         }
         Op::Fulfil { amount } => {
-            check_reserved(item, *amount)?;
+            check_unheld(item, *amount)?;
             next.reserved = item.reserved - amount;
             next.quantity = item.quantity - amount;
         }
@@ -220,6 +298,10 @@ pub fn apply(
                 version: next_version,
             });
         }
+        Op::LockGrant { .. }
+        | Op::LockRenew { .. }
+        | Op::LockRelease { .. }
+        | Op::LockExpire { .. } => lock::effect(&mut next, op, now_ms),
     }
     Ok(KeyState::Live(next))
 }
@@ -235,7 +317,8 @@ fn check_version(state: &KeyState, expected: Option<u64>) -> Result<(), Rejectio
     }
 }
 
-fn check_available(item: &Item, requested: u64) -> Result<(), Rejection> {
+/// Checks that `requested` units are available (`quantity - reserved - allowance`).
+pub(crate) fn check_available(item: &Item, requested: u64) -> Result<(), Rejection> {
     if requested > item.available() {
         return Err(Rejection::InsufficientStock {
             available: item.available(),
@@ -245,10 +328,12 @@ fn check_available(item: &Item, requested: u64) -> Result<(), Rejection> {
     Ok(())
 }
 
-fn check_reserved(item: &Item, requested: u64) -> Result<(), Rejection> {
-    if requested > item.reserved {
+/// Checks that `requested` units are reserved outside holds, which is all a
+/// single-key release or fulfil may take.
+fn check_unheld(item: &Item, requested: u64) -> Result<(), Rejection> {
+    if requested > item.unheld() {
         return Err(Rejection::InsufficientReserved {
-            reserved: item.reserved,
+            reserved: item.unheld(),
             requested,
         });
     }

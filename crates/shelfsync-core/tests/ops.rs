@@ -2,7 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use proptest::prelude::*;
-use shelfsync_core::{ItemKey, KeyState, Op, Rejection, apply};
+use shelfsync_core::{ItemKey, KeyState, Op, Precondition, Rejection, apply};
 
 fn key() -> ItemKey {
     ItemKey::new("store-1", "sku-1").unwrap()
@@ -16,6 +16,7 @@ fn live(quantity: u64, reserved: u64, version: u64) -> KeyState {
         quantity,
         reserved,
         version,
+        ..Default::default()
     })
 }
 
@@ -28,20 +29,41 @@ fn create(quantity: u64) -> Op {
 
 #[test]
 fn create_starts_at_version_one_and_refuses_an_existing_key() {
-    let state = apply(&key(), &KeyState::Absent, &create(5), None, 0).unwrap();
+    let state = apply(
+        &key(),
+        &KeyState::Absent,
+        &create(5),
+        Precondition::default(),
+        0,
+    )
+    .unwrap();
     assert_eq!(state, live(5, 0, 1));
-    let err = apply(&key(), &state, &create(5), None, 0).unwrap_err();
+    let err = apply(&key(), &state, &create(5), Precondition::default(), 0).unwrap_err();
     assert!(matches!(err, Rejection::AlreadyExists { .. }), "{err:?}");
     assert_eq!(err.current().map(|i| i.version), Some(1));
 }
 
 #[test]
 fn recreate_after_delete_continues_from_the_tombstone() {
-    let deleted = apply(&key(), &live(0, 0, 4), &Op::Delete, Some(4), 0).unwrap();
+    let deleted = apply(
+        &key(),
+        &live(0, 0, 4),
+        &Op::Delete,
+        Precondition::expecting(Some(4)),
+        0,
+    )
+    .unwrap();
     assert_eq!(deleted, KeyState::Deleted { version: 5 });
-    let again = apply(&key(), &deleted, &create(1), None, 0).unwrap();
+    let again = apply(&key(), &deleted, &create(1), Precondition::default(), 0).unwrap();
     assert_eq!(again.version(), 6);
-    let err = apply(&key(), &deleted, &Op::Add { amount: 1 }, None, 0).unwrap_err();
+    let err = apply(
+        &key(),
+        &deleted,
+        &Op::Add { amount: 1 },
+        Precondition::default(),
+        0,
+    )
+    .unwrap_err();
     assert!(matches!(err, Rejection::NotFound { .. }));
 }
 
@@ -192,7 +214,7 @@ fn stock_rules() {
         ),
     ];
     for (state, op, expected, want) in cases {
-        let got = apply(&key(), &state, &op, expected, 0);
+        let got = apply(&key(), &state, &op, Precondition::expecting(expected), 0);
         match (&got, &want) {
             (Ok(got), Ok(want)) => assert_eq!(got, want, "{op:?} on {state:?}"),
             (Err(err), Err(text)) => assert!(
@@ -210,13 +232,85 @@ fn set_renames_and_keeps_quantity() {
         name: Some("Oat milk".into()),
         quantity: None,
     };
-    let KeyState::Live(item) = apply(&key(), &live(5, 1, 3), &op, Some(3), 0).unwrap() else {
+    let KeyState::Live(item) = apply(
+        &key(),
+        &live(5, 1, 3),
+        &op,
+        Precondition::expecting(Some(3)),
+        0,
+    )
+    .unwrap() else {
         panic!("set must keep the item live");
     };
     assert_eq!(
         (item.name.as_str(), item.quantity, item.version),
         ("Oat milk", 5, 4)
     );
+}
+
+/// Held units belong to their holds and granted allowance to the owning
+/// store: single-key ops leave both alone.
+#[test]
+fn held_and_allowance_are_not_for_single_key_ops() {
+    let state = KeyState::Live(shelfsync_core::Item {
+        reserved: 4,
+        held: 3,
+        allowance: 2,
+        ..shelfsync_core::Item::new(&key(), "Milk", 10, 1)
+    });
+    // (op, expected version, quantity and reserved after, or the error text)
+    type Case = (Op, Option<u64>, Result<(u64, u64), &'static str>);
+    let cases: [Case; 8] = [
+        (Op::Remove { amount: 4 }, None, Ok((6, 4))),
+        (
+            Op::Remove { amount: 5 },
+            None,
+            Err("5 requested, 4 available"),
+        ),
+        (
+            Op::Reserve { amount: 5 },
+            None,
+            Err("5 requested, 4 available"),
+        ),
+        (Op::Release { amount: 1 }, None, Ok((10, 3))),
+        (
+            Op::Release { amount: 2 },
+            None,
+            Err("2 requested, 1 reserved"),
+        ),
+        (
+            Op::Fulfil { amount: 2 },
+            None,
+            Err("2 requested, 1 reserved"),
+        ),
+        (
+            Op::Set {
+                name: None,
+                quantity: Some(5),
+            },
+            Some(1),
+            Err("quantity 5 is below the 4 units reserved plus 2 granted for offline sales"),
+        ),
+        (
+            Op::Set {
+                name: None,
+                quantity: Some(6),
+            },
+            Some(1),
+            Ok((6, 4)),
+        ),
+    ];
+    for (op, expected, want) in cases {
+        let got = apply(&key(), &state, &op, Precondition::expecting(expected), 0);
+        match (got, want) {
+            (Ok(KeyState::Live(item)), Ok(want)) => {
+                assert_eq!((item.quantity, item.reserved), want, "{op:?}");
+                assert_eq!((item.held, item.allowance), (3, 2), "{op:?}");
+            }
+            (Err(err), Err(text)) => assert!(err.to_string().contains(text), "{op:?}: {err}"),
+            (got, want) => panic!("{op:?}: got {got:?}, want {want:?}"),
+        }
+    }
 }
 
 fn any_op() -> impl Strategy<Value = Op> {
@@ -253,7 +347,7 @@ proptest! {
             // Mostly the right version, sometimes a stale or future one.
             let expected = send_expected.then(|| state.version().saturating_add(skew).saturating_sub(1));
             let before = state.clone();
-            match apply(&key, &state, &op, expected, 0) {
+            match apply(&key, &state, &op, Precondition::expecting(expected), 0) {
                 Ok(next) => {
                     prop_assert_eq!(next.version(), before.version() + 1);
                     if let KeyState::Live(item) = &next {

@@ -16,6 +16,7 @@ fn item(i: u64) -> Item {
         quantity: 100 + i,
         reserved: 3,
         version: 7,
+        ..Default::default()
     }
 }
 

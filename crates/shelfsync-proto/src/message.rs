@@ -403,6 +403,13 @@ pub enum ErrorCode {
     BadRequest,
     /// The key is locked by another holder (reserved for lease locks).
     Locked,
+    /// The lock token is not the key's current lock's (released, expired
+    /// or granted again).
+    LockLost,
+    /// The hold or transfer has ended (fulfilled, released, expired, closed).
+    Gone,
+    /// A transfer receipt of more than is still in transit.
+    OverReceipt,
     /// The coordinator cannot serve the request now; retry later.
     Unavailable,
     /// The coordinator failed; the write did not take effect.
@@ -414,7 +421,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code this build knows.
-    pub const ALL: [ErrorCode; 20] = [
+    pub const ALL: [ErrorCode; 23] = [
         ErrorCode::VersionMismatch,
         ErrorCode::AlreadyExists,
         ErrorCode::NotFound,
@@ -432,6 +439,9 @@ impl ErrorCode {
         ErrorCode::HelloRequired,
         ErrorCode::BadRequest,
         ErrorCode::Locked,
+        ErrorCode::LockLost,
+        ErrorCode::Gone,
+        ErrorCode::OverReceipt,
         ErrorCode::Unavailable,
         ErrorCode::Internal,
         ErrorCode::Unknown,
@@ -452,7 +462,10 @@ impl ErrorCode {
             | ErrorCode::InsufficientStock
             | ErrorCode::InsufficientReserved
             | ErrorCode::BelowReserved
-            | ErrorCode::HasReservations => 409,
+            | ErrorCode::HasReservations
+            | ErrorCode::LockLost
+            | ErrorCode::OverReceipt => 409,
+            ErrorCode::Gone => 410,
             ErrorCode::NotFound => 404,
             ErrorCode::Overflow | ErrorCode::InvalidField | ErrorCode::IdempotencyKeyReused => 422,
             ErrorCode::PreconditionRequired => 428,
@@ -484,6 +497,9 @@ impl ErrorCode {
             ErrorCode::HelloRequired => "hello_required",
             ErrorCode::BadRequest => "bad_request",
             ErrorCode::Locked => "locked",
+            ErrorCode::LockLost => "lock_lost",
+            ErrorCode::Gone => "gone",
+            ErrorCode::OverReceipt => "over_receipt",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
             ErrorCode::Unknown => "unknown",
@@ -517,7 +533,8 @@ impl WireError {
     /// The refusal for a domain rejection, carrying `current` unless the
     /// rejection has its own.
     pub fn rejected(rejection: &Rejection, current: Option<&Item>) -> Self {
-        let code = match rejection {
+        // A refused line of a multi-key request answers with its own code.
+        let code = match rejection.cause() {
             Rejection::VersionMismatch { .. } => ErrorCode::VersionMismatch,
             Rejection::AlreadyExists { .. } => ErrorCode::AlreadyExists,
             Rejection::NotFound { .. } => ErrorCode::NotFound,
@@ -528,6 +545,12 @@ impl WireError {
             Rejection::Overflow { .. } => ErrorCode::Overflow,
             Rejection::InvalidField { .. } => ErrorCode::InvalidField,
             Rejection::PreconditionRequired { .. } => ErrorCode::PreconditionRequired,
+            Rejection::Locked { .. } => ErrorCode::Locked,
+            Rejection::LockLost { .. } => ErrorCode::LockLost,
+            Rejection::HoldGone { .. } | Rejection::TransferClosed { .. } => ErrorCode::Gone,
+            Rejection::OverReceipt { .. } => ErrorCode::OverReceipt,
+            // `cause` sees through every line.
+            Rejection::Line { .. } => ErrorCode::InvalidField,
         };
         WireError {
             code,

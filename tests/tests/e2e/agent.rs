@@ -149,6 +149,7 @@ async fn a_write_through_one_agent_is_read_on_the_other() {
         quantity: 12,
         reserved: 0,
         version: 1,
+        ..Default::default()
     };
     assert_eq!(created.json, item_json(&expected));
 
@@ -532,6 +533,7 @@ fn preloaded(i: usize) -> Item {
         quantity: (i as u64 * 7919) % 1000 + 1,
         reserved: 0,
         version: 1,
+        ..Default::default()
     }
 }
 

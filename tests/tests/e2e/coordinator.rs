@@ -6,7 +6,7 @@ use std::net::{Ipv4Addr, UdpSocket};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use shelfsync_core::{ItemKey, KeyState, Op, apply};
+use shelfsync_core::{ItemKey, KeyState, Op, Precondition, apply};
 use shelfsync_proto::{
     Change, Client, ErrorCode, HistoryRequest, ProtoError, ReadRequest, Request, Response,
     WriteAck, WriteRequest,
@@ -292,7 +292,14 @@ async fn acknowledged_writes_survive_sigkill() {
         assert_eq!(changes[0].state, KeyState::Live(item.clone()), "{key}");
         let mut state = KeyState::Absent;
         for change in changes.iter().rev() {
-            state = apply(key, &state, &change.op, None, change.at_ms).unwrap();
+            state = apply(
+                key,
+                &state,
+                &change.op,
+                Precondition::default(),
+                change.at_ms,
+            )
+            .unwrap();
             assert_eq!(state, change.state, "{key} at seq {}", change.seq);
         }
 

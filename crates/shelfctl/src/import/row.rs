@@ -314,6 +314,7 @@ mod tests {
             quantity: 10,
             reserved: 2,
             version: 7,
+            ..Default::default()
         };
         assert_eq!(plan(&row("Milk", 10), None), Plan::Create);
         assert_eq!(plan(&row("Milk", 10), Some(&item)), Plan::Unchanged);

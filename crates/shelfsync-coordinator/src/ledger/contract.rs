@@ -101,6 +101,7 @@ pub fn put(seq: u64, key: &ItemKey, version: u64, quantity: u64) -> CommittedWri
                 quantity,
                 reserved: 0,
                 version,
+                ..Default::default()
             }),
             op: Op::Add { amount: 1 },
             store: "store-1".into(),

@@ -212,6 +212,7 @@ mod tests {
                         quantity: 3,
                         reserved: 1,
                         version: 7,
+                        ..Default::default()
                     }),
                 },
             },
@@ -224,6 +225,34 @@ mod tests {
         let bytes = encode(&IdempotencyV::V1(record.clone())).unwrap();
         let back: IdempotencyRecord = decode::<IdempotencyV>(b"k", &bytes).unwrap().into();
         assert_eq!(back, record);
+    }
+
+    /// Items stored before `held`, `allowance` and `lock` existed (fields
+    /// by position, six of them) still decode, with those at their defaults.
+    #[test]
+    fn an_item_from_before_holds_and_locks_decodes() {
+        #[derive(Serialize)]
+        struct Before {
+            location: String,
+            sku: String,
+            name: String,
+            quantity: u64,
+            reserved: u64,
+            version: u64,
+        }
+        let before = Before {
+            location: "s1".into(),
+            sku: "milk".into(),
+            name: "Milk".into(),
+            quantity: 3,
+            reserved: 1,
+            version: 7,
+        };
+        let bytes = encode(&before).unwrap();
+        let item: Item = decode(b"k", &bytes).unwrap();
+        let (held, allowance, lock) = (item.held, item.allowance, item.lock.clone());
+        assert_eq!((item.quantity, item.reserved, item.version), (3, 1, 7));
+        assert_eq!((held, allowance, lock), (0, 0, None));
     }
 
     #[test]

@@ -21,6 +21,7 @@ fn item(sku: &str, quantity: u64, version: u64) -> KeyState {
         quantity,
         reserved: 0,
         version,
+        ..Default::default()
     })
 }
 
