@@ -267,6 +267,14 @@ impl Service {
             .key
             .validate()
             .map_err(|e| WireError::rejected(&e, None))?;
+        // Locks are granted, renewed and released through requests of their
+        // own, and only the coordinator expires one: never as a plain write.
+        if write.op.is_lock_op() {
+            return Err(WireError::new(
+                ErrorCode::BadRequest,
+                format!("{} is not a write a store may send", write.op.kind()),
+            ));
+        }
         self.check(peer, Access::Write, &write.key.location)
     }
 

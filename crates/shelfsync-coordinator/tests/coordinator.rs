@@ -388,6 +388,17 @@ async fn access_control() {
     ack(fx
         .write("store-1", "z", &key("online", "a"), create(1))
         .await);
+    // Lock ops are not plain writes; expiry is the coordinator's alone.
+    for op in [
+        Op::LockGrant {
+            holder: "counter-7".into(),
+            ttl_ms: 60_000,
+        },
+        Op::LockExpire { token: 2 },
+    ] {
+        let code = refusal(fx.write("store-1", "l", &key("online", "a"), op).await);
+        assert_eq!(code, ErrorCode::BadRequest);
+    }
 
     let store2 = fx.service.identify("store-2").unwrap();
     let read = Request::Read(ReadRequest {
