@@ -27,6 +27,3 @@ pub const AFTER_FORWARD_BEFORE_APPLY: &str = "agent-after-forward-before-apply";
 /// [`crate::replica::ReplicaError::Storage`]: `return` or `return(eio)`
 /// with EIO, `return(enospc)` with ENOSPC.
 pub const REPLICA_WRITE: &str = "agent-replica-write";
-/// The flush that makes each replica write durable fails (after the write
-/// itself went through), with the error chosen as for [`REPLICA_WRITE`].
-pub const REPLICA_FLUSH: &str = "agent-replica-flush";

@@ -8,11 +8,10 @@
 //! transport errors and `unavailable` answers only, always with the same
 //! keys, each attempt bounded as [`Link::attempt`] says) until the forward
 //! timeout is spent; the coordinator applies each write at most once
-//! whatever happens to the answers. The states a batch's answers carry go
-//! into the replica in one batch and one flush, through one thread
-//! ([`LocalApplier`]). An accepted write is in the replica before its
-//! caller hears of it, so the client reads its own write from this agent
-//! at once.
+//! whatever happens to the answers. The states the answers carry are
+//! remembered by the replica ([`Replica::remember`], in memory) before the
+//! callers hear of them, so a client reads its own write from this agent at
+//! once; the replica stores them when the sync brings them.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,10 +27,6 @@ use crate::link::Link;
 use crate::metrics::Metrics;
 use crate::replica::{Replica, ReplicaError};
 
-/// States that may wait for the local-apply thread before callers wait.
-const LOCAL_QUEUE: usize = 4096;
-/// Most states put into the replica in one batch.
-const LOCAL_BATCH: usize = 1024;
 /// First pause between two attempts; doubled each time.
 const FIRST_RETRY: Duration = Duration::from_millis(50);
 /// Most writes forwarded in one request.
@@ -56,7 +51,7 @@ pub enum ForwardError {
     /// No answer within the forward timeout.
     #[error("coordinator unreachable: {0}")]
     Unavailable(ProtoError),
-    /// The local replica failed after the coordinator accepted.
+    /// The local replica failed.
     #[error(transparent)]
     Replica(#[from] ReplicaError),
 }
@@ -79,7 +74,7 @@ impl Forwarder {
     ) -> Self {
         let sender = Arc::new(Sender {
             link,
-            local: LocalApplier::start(replica),
+            replica,
             metrics,
             timeout,
         });
@@ -110,7 +105,7 @@ impl Forwarder {
         match self.sender.send("read", request).await? {
             Response::Read(reply) => {
                 let state = KeyState::Live(reply.item.clone());
-                self.sender.local.apply(vec![(key, state)]).await?;
+                self.sender.replica.remember([(key, state, reply.head)]);
                 Ok(reply.item)
             }
             Response::Error(err) => Err(ForwardError::Refused(err)),
@@ -146,7 +141,7 @@ async fn batch_writes(sender: Arc<Sender>, mut queue: mpsc::Receiver<QueuedWrite
 #[derive(Debug)]
 struct Sender {
     link: Arc<Link>,
-    local: LocalApplier,
+    replica: Arc<Replica>,
     metrics: Arc<Metrics>,
     timeout: Duration,
 }
@@ -164,8 +159,8 @@ impl Sender {
         result
     }
 
-    /// Forwards a batch of writes, puts the accepted states into the
-    /// replica, then answers each caller.
+    /// Forwards a batch of writes, has the replica remember the accepted
+    /// states, then answers each caller.
     async fn forward(&self, batch: Vec<QueuedWrite>) {
         let n = batch.len();
         let (requests, callers): (Vec<WriteRequest>, Vec<_>) = batch.into_iter().unzip();
@@ -182,19 +177,16 @@ impl Sender {
         for (key, answer) in keys.into_iter().zip(&answers) {
             self.metrics.forwarded("write", outcome(answer));
             if let Ok(Response::Write(ack)) = answer {
-                accepted.push((key, ack.state.clone()));
+                accepted.push((key, ack.state.clone(), ack.seq));
             }
         }
         if !accepted.is_empty() {
             crate::failpoints::crash_point(crate::failpoints::AFTER_FORWARD_BEFORE_APPLY);
         }
-        let applied = self.local.apply(accepted).await;
+        self.replica.remember(accepted);
         for (caller, answer) in callers.into_iter().zip(answers) {
             let result = match answer {
-                Ok(Response::Write(ack)) => match &applied {
-                    Ok(()) => Ok(ack),
-                    Err(err) => Err(ReplicaError::Storage(err.to_string()).into()),
-                },
+                Ok(Response::Write(ack)) => Ok(ack),
                 Ok(Response::Error(err)) => Err(ForwardError::Refused(err)),
                 Ok(_) => Err(unexpected("expected a write reply")),
                 Err(err) => Err(err),
@@ -284,71 +276,5 @@ fn unavailable(response: &Response) -> Option<WireError> {
     match response {
         Response::Writes(answers) => answers.iter().find_map(refused),
         other => refused(other),
-    }
-}
-
-/// States waiting for the replica, with whom to tell once they are in.
-type LocalJob = (
-    Vec<(ItemKey, KeyState)>,
-    oneshot::Sender<Result<(), ReplicaError>>,
-);
-
-/// Puts the states the coordinator answered into the replica, on a thread
-/// of its own: every state queued while a batch is written and flushed
-/// goes into the next batch, so writes answered together share one replica
-/// write and one flush (docs/decisions.md: a flush per write cost a third
-/// of the agent's write throughput).
-#[derive(Debug)]
-struct LocalApplier {
-    jobs: mpsc::Sender<LocalJob>,
-}
-
-impl LocalApplier {
-    /// Starts the thread; it ends when the applier is dropped.
-    fn start(replica: Arc<Replica>) -> Self {
-        let (jobs, mut queue) = mpsc::channel::<LocalJob>(LOCAL_QUEUE);
-        let spawned = std::thread::Builder::new()
-            .name("local-apply".into())
-            .spawn(move || {
-                while let Some((mut states, done)) = queue.blocking_recv() {
-                    let mut waiting = vec![done];
-                    while states.len() < LOCAL_BATCH {
-                        match queue.try_recv() {
-                            Ok((more, done)) => {
-                                states.extend(more);
-                                waiting.push(done);
-                            }
-                            Err(_) => break,
-                        }
-                    }
-                    let result = replica.apply_local_many(states);
-                    for done in waiting {
-                        let answer = match &result {
-                            Ok(()) => Ok(()),
-                            Err(err) => Err(ReplicaError::Storage(err.to_string())),
-                        };
-                        // The caller may have gone (its client hung up).
-                        let _ = done.send(answer);
-                    }
-                }
-            });
-        if let Err(err) = spawned {
-            // Without the thread every apply below fails with a clear
-            // error instead of the agent failing to start.
-            tracing::error!(error = %err, "cannot start the local-apply thread");
-        }
-        LocalApplier { jobs }
-    }
-
-    /// Puts `states` into the replica; returns once they are there and
-    /// flushed (at once when there are none).
-    async fn apply(&self, states: Vec<(ItemKey, KeyState)>) -> Result<(), ReplicaError> {
-        if states.is_empty() {
-            return Ok(());
-        }
-        let (done, wait) = oneshot::channel();
-        let gone = || ReplicaError::Storage("the local-apply thread has stopped".into());
-        self.jobs.send((states, done)).await.map_err(|_| gone())?;
-        wait.await.map_err(|_| gone())?
     }
 }

@@ -11,6 +11,7 @@ pub mod failpoints;
 pub mod forward;
 pub mod link;
 pub mod metrics;
+pub mod overlay;
 pub mod replica;
 pub mod rest;
 pub mod sync;
@@ -99,7 +100,7 @@ impl Agent {
         })
     }
 
-    /// Serves and syncs until `shutdown` resolves, then flushes the replica.
+    /// Serves and syncs until `shutdown` resolves, then closes the replica.
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -136,8 +137,8 @@ impl Agent {
         let _ = prune.await;
         let _ = http.await;
         let replica = self.state.replica.clone();
-        tokio::task::spawn_blocking(move || replica.flush()).await??;
-        tracing::info!("replica flushed; bye");
+        tokio::task::spawn_blocking(move || replica.close()).await??;
+        tracing::info!("replica closed; bye");
         Ok(())
     }
 }

@@ -9,9 +9,12 @@
 //! | `m` | `meta` | [`Meta`]: cursor, bootstrap progress, epoch, digest, last sync time |
 //!
 //! Every change to the replica is one `sled::Batch` that writes the items and
-//! the new [`Meta`] together, so after a crash the items and the cursor agree,
-//! and is flushed before its caller goes on, so that nothing a client was
-//! answered from is lost in a crash.
+//! the new [`Meta`] together, so after a crash the items and the cursor agree.
+//! Batches are not flushed one by one (sled flushes every 500 ms on its own,
+//! and a clean stop flushes): after a crash the replica may have lost the
+//! last states a client was answered from, so it is not [caught
+//! up](Replica::caught_up) until a sync has brought it to the coordinator's
+//! head again, and local reads wait for that.
 //! Applying a state never moves a key to a lower version, so replayed or
 //! overlapping pages are harmless.
 //!
@@ -22,6 +25,7 @@
 
 use std::path::Path;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -29,7 +33,11 @@ use shelfsync_core::digest::Digest;
 use shelfsync_core::{Item, ItemKey, KeyState};
 use shelfsync_proto::Change;
 
+use crate::overlay::{self, Overlay};
+
 const META: &[u8] = b"mmeta";
+/// Present while the replica is closed after a clean stop.
+const CLEAN: &[u8] = b"mclean";
 
 /// Failures of the local store.
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +108,10 @@ pub struct Replica {
     db: sled::Db,
     tree: sled::Tree,
     meta: Mutex<Meta>,
+    /// See [`Replica::caught_up`].
+    caught_up: AtomicBool,
+    /// What clients were answered with that the sync has not brought yet.
+    overlay: Overlay,
 }
 
 fn storage(err: sled::Error) -> ReplicaError {
@@ -211,20 +223,10 @@ impl Pending<'_> {
             ReplicaError::Storage(format!("injected: {}", crate::failpoints::io_error(arg)))
         ));
         replica.tree.apply_batch(batch).map_err(storage)?;
+        if let Some(cursor) = meta.cursor {
+            replica.overlay.settle(cursor);
+        }
         *guard = meta;
-        drop(guard);
-        // Durable before the caller answers from it: a write acknowledged
-        // to a client must still be there after a crash, or the replica
-        // would go back in time (found by the fault suite, seed 1: a write
-        // acknowledged at version 249, the agent crashed, and its replica
-        // showed 248 after the restart). Flushed after the guard is
-        // released, so that concurrent commits share one flush. A local
-        // read in the moment between the batch and the flush can still see
-        // a state that a crash right then loses.
-        fail::fail_point!(crate::failpoints::REPLICA_FLUSH, |arg| Err(
-            ReplicaError::Storage(format!("injected: {}", crate::failpoints::io_error(arg)))
-        ));
-        replica.db.flush().map_err(storage)?;
         Ok(())
     }
 }
@@ -242,11 +244,45 @@ impl Replica {
             Some(bytes) => decode(&bytes)?,
             None => Meta::default(),
         };
+        // Open means "not cleanly closed" until `close`; durable at once, so
+        // that a crash from here on is seen as one at the next start.
+        let clean = tree.remove(CLEAN).map_err(storage)?.is_some();
+        db.flush().map_err(storage)?;
+        if !clean && meta.cursor.is_some() {
+            tracing::warn!("the replica was not closed cleanly: local reads wait for a sync");
+        }
         Ok(Replica {
+            caught_up: AtomicBool::new(clean || meta.cursor.is_none()),
+            overlay: Overlay::default(),
             db,
             tree,
             meta: Mutex::new(meta),
         })
+    }
+
+    /// Whether local reads may be served: false after a start that followed
+    /// a crash, until [`Replica::mark_caught_up`]. Such a replica may have
+    /// lost the last states its clients were answered from, and answering
+    /// from it would take them back in time (the fault suite found that:
+    /// a write acknowledged at version 249, the agent killed, and its
+    /// replica answering 248 after the restart).
+    pub fn caught_up(&self) -> bool {
+        self.caught_up.load(Ordering::Acquire)
+    }
+
+    /// Records that a sync brought the replica to the coordinator's head.
+    pub fn mark_caught_up(&self) {
+        if !self.caught_up.swap(true, Ordering::AcqRel) {
+            tracing::info!("replica caught up: local reads are served again");
+        }
+    }
+
+    /// Flushes everything and marks the replica cleanly closed, so that the
+    /// next start serves local reads at once.
+    pub fn close(&self) -> Result<(), ReplicaError> {
+        self.db.flush().map_err(storage)?;
+        self.tree.insert(CLEAN, &[]).map_err(storage)?;
+        self.db.flush().map(|_| ()).map_err(storage)
     }
 
     fn record(&self, key: &ItemKey) -> Result<Option<Record>, ReplicaError> {
@@ -276,15 +312,46 @@ impl Replica {
         self.meta.lock().map(|m| m.clone()).unwrap_or_default()
     }
 
-    /// The live item under `key`, if any.
+    /// The live item under `key`, if any: the newer of the replica's state
+    /// and the one a client of this agent was answered with.
     pub fn get(&self, key: &ItemKey) -> Result<Option<Item>, ReplicaError> {
-        Ok(self
-            .record(key)?
-            .and_then(|record| record.state.item().cloned()))
+        let stored = self.record(key)?.map(|record| record.state);
+        let state = overlay::newest(self.overlay.get(key), stored);
+        Ok(state.and_then(|state| state.item().cloned()))
     }
 
-    /// Up to `limit` live items of `location` in sku order, after `after_sku`.
+    /// Up to `limit` live items of `location` in sku order, after
+    /// `after_sku`, as [`Replica::get`] sees them, and the sku to list on
+    /// after (`None` once the last was listed).
     pub fn list(
+        &self,
+        location: &str,
+        after_sku: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<Item>, Option<String>), ReplicaError> {
+        let mut listed = self.stored_list(location, after_sku, limit.saturating_add(1))?;
+        let full = listed.len() > limit;
+        listed.truncate(limit);
+        let bound = listed.last().map(|item| item.sku.clone()).filter(|_| full);
+        let mut overlaid = Vec::new();
+        for (key, state) in self.overlay.after(location, after_sku) {
+            let stored = self.record(&key)?.map(|record| record.state);
+            if let Some(state) = overlay::newest(Some(state), stored) {
+                overlaid.push((key.sku, state));
+            }
+        }
+        let mut items = overlay::merge(listed, full, overlaid);
+        let next = if items.len() > limit {
+            items.truncate(limit);
+            items.last().map(|item| item.sku.clone())
+        } else {
+            bound
+        };
+        Ok((items, next))
+    }
+
+    /// Up to `limit` live items of `location` in the replica itself.
+    fn stored_list(
         &self,
         location: &str,
         after_sku: Option<&str>,
@@ -422,23 +489,22 @@ impl Replica {
         pending.commit()
     }
 
-    /// Applies the state a forwarded write or strong read returned, so this
-    /// agent's clients read their own writes at once. The cursor stays: the
-    /// change will come again with the next sync and be ignored.
-    pub fn apply_local(&self, key: &ItemKey, state: KeyState) -> Result<(), ReplicaError> {
-        self.apply_local_many(vec![(key.clone(), state)])
+    /// Remembers states clients of this agent are answered with (accepted
+    /// writes, strong reads), so that they read them back at once:
+    /// `(key, state, seq)`, the sync bringing the state (or a newer one) by
+    /// `seq`. In memory only; the replica itself is written by the sync.
+    pub fn remember(&self, states: impl IntoIterator<Item = (ItemKey, KeyState, u64)>) {
+        let cursor = self.meta().cursor;
+        self.overlay.put(
+            states
+                .into_iter()
+                .filter(|(_, _, seq)| cursor.is_none_or(|cursor| *seq > cursor)),
+        );
     }
 
-    /// Like [`Replica::apply_local`] for several states at once: one batch
-    /// and one flush for all of them (the forwarded writes answered
-    /// together by the forwarder's local-apply thread).
-    pub fn apply_local_many(&self, states: Vec<(ItemKey, KeyState)>) -> Result<(), ReplicaError> {
-        let mut pending = self.pending()?;
-        let epoch = pending.meta.epoch;
-        for (key, state) in states {
-            pending.merge(&key, state, epoch, false)?;
-        }
-        pending.commit()
+    /// How many remembered states the sync has not brought yet.
+    pub fn remembered(&self) -> usize {
+        self.overlay.len()
     }
 
     /// Forgets everything (a diverged replica heals by bootstrapping again).
@@ -509,25 +575,71 @@ mod tests {
     }
 
     #[test]
-    fn states_applied_together_keep_the_newest_of_each_key_and_the_digest() {
+    fn remembered_states_are_read_until_the_sync_brings_them() {
         let dir = tempfile::tempdir().unwrap();
         let replica = Replica::open(dir.path()).unwrap();
         let (a, b) = (
             ItemKey::new("s1", "a").unwrap(),
             ItemKey::new("s1", "b").unwrap(),
         );
-        // Two answers for one key in one batch, the newer first.
         replica
-            .apply_local_many(vec![
-                (a.clone(), KeyState::Live(item("a", 3, 2))),
-                (b, KeyState::Live(item("b", 7, 1))),
-                (a, KeyState::Live(item("a", 1, 1))),
-            ])
+            .apply_changes(&[change(1, KeyState::Live(item("a", 1, 1)), "a")], 1, None)
             .unwrap();
-        let items = replica.items().unwrap();
-        assert_eq!(items, vec![item("a", 3, 2), item("b", 7, 1)]);
-        assert_eq!(replica.meta().digest(), digest_of(&items));
-        assert_eq!(replica.meta().cursor, None, "a local apply moves no cursor");
+        // Answers for two keys, the newer of `a` first: read at once, in
+        // memory only (no digest, no cursor moves).
+        replica.remember([
+            (a.clone(), KeyState::Live(item("a", 3, 2)), 2),
+            (b.clone(), KeyState::Live(item("b", 7, 1)), 3),
+            (a.clone(), KeyState::Live(item("a", 1, 1)), 1),
+        ]);
+        assert_eq!(replica.get(&a).unwrap(), Some(item("a", 3, 2)));
+        let (listed, next) = replica.list("s1", None, 10).unwrap();
+        assert_eq!(listed, vec![item("a", 3, 2), item("b", 7, 1)]);
+        assert_eq!(next, None);
+        let (page, next) = replica.list("s1", None, 1).unwrap();
+        assert_eq!((page, next), (vec![item("a", 3, 2)], Some("a".to_string())));
+        assert_eq!(replica.items().unwrap(), vec![item("a", 1, 1)]);
+        assert_eq!(replica.meta().cursor, Some(1));
+        // The sync brings `a` at 2 and then deletes it at 3: the replica's
+        // state wins once it is as new, and what the cursor passed is gone.
+        let a2 = change(2, KeyState::Live(item("a", 3, 2)), "a");
+        replica.apply_changes(&[a2], 2, None).unwrap();
+        assert_eq!(replica.remembered(), 1);
+        let gone = change(3, KeyState::Deleted { version: 3 }, "a");
+        replica.apply_changes(&[gone], 3, None).unwrap();
+        assert_eq!(replica.get(&a).unwrap(), None);
+        assert_eq!(replica.remembered(), 0, "b's seq 3 is passed too");
+        assert_eq!(replica.get(&b).unwrap(), None, "the sync never brought b");
+    }
+
+    #[test]
+    fn a_listing_merges_remembered_states_page_by_page() {
+        let dir = tempfile::tempdir().unwrap();
+        let replica = Replica::open(dir.path()).unwrap();
+        let changes: Vec<Change> = ["b", "d", "f"]
+            .iter()
+            .zip(1..)
+            .map(|(sku, seq)| change(seq, KeyState::Live(item(sku, 1, 1)), sku))
+            .collect();
+        replica.apply_changes(&changes, 3, None).unwrap();
+        let key = |sku| ItemKey::new("s1", sku).unwrap();
+        replica.remember([
+            (key("a"), KeyState::Live(item("a", 1, 1)), 4),
+            (key("d"), KeyState::Deleted { version: 2 }, 5),
+            (key("g"), KeyState::Live(item("g", 1, 1)), 6),
+        ]);
+        let mut seen = Vec::new();
+        let mut after: Option<String> = None;
+        for _ in 0..10 {
+            let (page, next) = replica.list("s1", after.as_deref(), 2).unwrap();
+            assert!(page.len() <= 2);
+            seen.extend(page.into_iter().map(|i| i.sku));
+            match next {
+                Some(sku) => after = Some(sku),
+                None => break,
+            }
+        }
+        assert_eq!(seen, ["a", "b", "f", "g"]);
     }
 
     #[test]
@@ -594,6 +706,30 @@ mod tests {
     }
 
     #[test]
+    fn after_a_stop_without_close_local_reads_wait_for_a_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let replica = Replica::open(dir.path()).unwrap();
+            assert!(replica.caught_up(), "a new replica has nothing to lose");
+            replica.begin_bootstrap(1).unwrap();
+            replica
+                .apply_snapshot_page(vec![item("a", 1, 1)], None, 1)
+                .unwrap();
+            // Dropped without `close`, as in a crash.
+        }
+        let replica = reopen(dir.path());
+        assert!(!replica.caught_up());
+        replica.mark_caught_up();
+        assert!(replica.caught_up());
+        replica.close().unwrap();
+        drop(replica);
+        let replica = reopen(dir.path());
+        assert!(replica.caught_up(), "after a clean close");
+        drop(replica);
+        assert!(!reopen(dir.path()).caught_up(), "the clean mark holds once");
+    }
+
+    #[test]
     fn state_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
@@ -613,7 +749,7 @@ mod tests {
         assert_eq!(meta.cursor, None);
         assert_eq!(meta.bootstrap.unwrap().after.unwrap().sku, "a");
         assert_eq!(replica.items().unwrap().len(), 1);
-        assert_eq!(replica.list("s1", None, 10).unwrap().len(), 1);
-        assert!(replica.list("s1", Some("a"), 10).unwrap().is_empty());
+        assert_eq!(replica.list("s1", None, 10).unwrap().0.len(), 1);
+        assert!(replica.list("s1", Some("a"), 10).unwrap().0.is_empty());
     }
 }

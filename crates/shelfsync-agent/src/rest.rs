@@ -219,6 +219,18 @@ impl Problem {
     fn bad_request(detail: impl Into<String>) -> Self {
         Problem::new(StatusCode::BAD_REQUEST, "bad_request", detail)
     }
+
+    /// Local reads of a replica that may have lost states after a crash.
+    fn catching_up() -> Self {
+        let mut problem = Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "replica_catching_up",
+            "the agent stopped without closing its replica and waits for a sync before it \
+             answers local reads; ?consistency=strong reads through the coordinator",
+        );
+        problem.retry_after = Some(RETRY_AFTER_SECS);
+        problem
+    }
 }
 
 impl From<shelfsync_core::Rejection> for Problem {
@@ -403,6 +415,9 @@ async fn get_item(
     let item = match query.consistency.as_deref() {
         Some("strong") => Some(state.forwarder.read(key.clone()).await?),
         None | Some("local") => {
+            if !state.replica.caught_up() {
+                return Err(Problem::catching_up());
+            }
             let replica = state.replica.clone();
             let lookup = key.clone();
             tokio::task::spawn_blocking(move || replica.get(&lookup))
@@ -461,10 +476,13 @@ async fn list_items(
             "limit is {limit}, it must be between 1 and 1000"
         )));
     }
+    if !state.replica.caught_up() {
+        return Err(Problem::catching_up());
+    }
     let replica = state.replica.clone();
     let after = query.after;
-    let mut items = tokio::task::spawn_blocking(move || {
-        replica.list(&location, after.as_deref(), limit as usize + 1)
+    let (items, next) = tokio::task::spawn_blocking(move || {
+        replica.list(&location, after.as_deref(), limit as usize)
     })
     .await
     .map_err(|_| {
@@ -475,12 +493,6 @@ async fn list_items(
         )
     })?
     .map_err(|e| Problem::from(ForwardError::Replica(e)))?;
-    let next = if items.len() > limit as usize {
-        items.truncate(limit as usize);
-        items.last().map(|i| i.sku.clone())
-    } else {
-        None
-    };
     Ok(axum::Json(ItemList {
         items: items.iter().map(ItemView::from).collect(),
         next,
@@ -608,10 +620,13 @@ async fn sync_status(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    if state.replica.meta().cursor.is_some() {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
+    if state.replica.meta().cursor.is_none() {
         (StatusCode::SERVICE_UNAVAILABLE, "replica not yet synced\n").into_response()
+    } else if !state.replica.caught_up() {
+        let body = "replica catching up after an unclean stop\n";
+        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+    } else {
+        (StatusCode::OK, "ready\n").into_response()
     }
 }
 

@@ -228,6 +228,7 @@ impl Syncer {
                         .behind
                         .set(gauge_value(page.head.saturating_sub(page.next)));
                     if done {
+                        self.replica.mark_caught_up();
                         break;
                     }
                 }

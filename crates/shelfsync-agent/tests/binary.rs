@@ -136,7 +136,7 @@ mod failpoints {
     use super::*;
     use shelfsync_agent::failpoints as points;
     use shelfsync_agent::replica::{Replica, ReplicaError};
-    use shelfsync_core::{Item, ItemKey, KeyState};
+    use shelfsync_core::{Item, ItemKey};
 
     fn item(sku: &str, version: u64) -> Item {
         Item {
@@ -156,18 +156,17 @@ mod failpoints {
         let dir = tempfile::tempdir().unwrap();
         let replica = Replica::open(dir.path()).unwrap();
         let key = ItemKey::new("store-1", "a").unwrap();
+        let page = |replica: &Replica| {
+            replica.begin_bootstrap(1)?;
+            replica.apply_snapshot_page(vec![item("a", 1)], None, 1)
+        };
         fail::cfg(points::REPLICA_WRITE, "return").unwrap();
-        let err = replica
-            .apply_local(&key, KeyState::Live(item("a", 1)))
-            .unwrap_err();
+        let err = page(&replica).unwrap_err();
         assert!(matches!(err, ReplicaError::Storage(_)), "{err}");
-        assert!(replica.begin_bootstrap(1).is_err());
         assert_eq!(replica.get(&key).unwrap(), None);
         assert_eq!(replica.meta(), Default::default());
         fail::cfg(points::REPLICA_WRITE, "off").unwrap();
-        replica
-            .apply_local(&key, KeyState::Live(item("a", 1)))
-            .unwrap();
+        page(&replica).unwrap();
         assert_eq!(replica.get(&key).unwrap(), Some(item("a", 1)));
     }
 

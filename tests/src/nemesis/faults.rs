@@ -183,7 +183,6 @@ const AGENT_FAILPOINTS: &[(&str, &str)] = &[
     ("agent-mid-replica-page", "1*return"),
     ("agent-after-forward-before-apply", "1*return"),
     ("agent-replica-write", "return(eio)"),
-    ("agent-replica-flush", "return(eio)"),
 ];
 
 /// The steps for a run of `duration_ms` with `agents` agents, drawn from

@@ -382,6 +382,60 @@ async fn a_replayed_idempotency_key_changes_nothing() {
     );
 }
 
+/// An agent killed with SIGKILL may have lost the last states it answered
+/// from (its replica is not flushed per write), so after the restart it
+/// answers local reads only once a sync has brought it to the coordinator's
+/// head: never an older version than a client was already told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_agent_answers_local_reads_only_after_a_sync() {
+    let (mut cluster, rest) = cluster_with_store_1(store_1_spec()).await;
+    let path = item_path(STORE_1, "lamp");
+    let created = rest
+        .put(&path, &[], &json!({"name": "Lamp", "quantity": 3}))
+        .await
+        .unwrap();
+    expect(&created, 201);
+    let added = rest
+        .post(&op_path(STORE_1, "lamp", "add"), &[], &amount(2))
+        .await
+        .unwrap();
+    expect(&added, 200);
+
+    cluster.coordinator_mut().kill9();
+    let agent = cluster.agent_mut(STORE_1);
+    agent.kill9();
+    agent.restart_waiting(Wait::Serving).await.unwrap();
+    let rest = agent.rest();
+    let reply = rest.get(&path).await.unwrap();
+    expect(&reply, 503);
+    assert_eq!(
+        reply.json["type"],
+        "urn:shelfsync:problem:replica_catching_up"
+    );
+    assert!(reply.retry_after().is_some(), "no Retry-After: {reply}");
+    let listed = rest
+        .get(&format!("/v1/items?location={STORE_1}"))
+        .await
+        .unwrap();
+    expect(&listed, 503);
+    let ready = rest.get("/readyz").await.unwrap();
+    assert_eq!(ready.status, 503, "ready before catching up: {ready}");
+
+    cluster.restart_coordinator().await.unwrap();
+    let rest = cluster.agent(STORE_1).rest();
+    let read = poll::until("a local read after the sync", PATIENCE, || async {
+        let reply = rest.get(&path).await?;
+        Ok(match reply.status {
+            200 => Check::Done(reply),
+            503 => Check::NotYet(reply.to_string()),
+            _ => anyhow::bail!("unexpected answer: {reply}"),
+        })
+    })
+    .await
+    .unwrap();
+    assert_eq!(read.json, added.json);
+}
+
 /// Consistency over availability: with the coordinator gone, reads go on
 /// (and say how stale they are), writes fail fast with 503 and
 /// `Retry-After`, and `/v1/sync` shows the error; when it is back, writes
