@@ -103,6 +103,7 @@ pub async fn write(
         key: key.clone(),
         op,
         expected_version,
+        lock_token: None,
     });
     match client.request(&request).await? {
         Response::Write(ack) => Ok(ack),

@@ -45,6 +45,9 @@ const RETRY_AFTER_SECS: u64 = 2;
 const X_REPLICA_CURSOR: HeaderName = HeaderName::from_static("x-replica-cursor");
 const X_REPLICA_AGE_MS: HeaderName = HeaderName::from_static("x-replica-age-ms");
 const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+const LOCK_TOKEN: HeaderName = HeaderName::from_static("lock-token");
+
+mod locks;
 
 /// What every handler shares.
 pub struct AppState {
@@ -141,6 +144,17 @@ fn routes() -> Routes {
         "/v1/items/{location}/{sku}/{op}",
         post(post_op),
     )
+    .add(
+        Method::POST,
+        "/v1/locks/{location}/{sku}",
+        post(locks::grant),
+    )
+    .add(Method::PUT, "/v1/locks/{location}/{sku}", put(locks::renew))
+    .add(
+        Method::DELETE,
+        "/v1/locks/{location}/{sku}",
+        delete(locks::release),
+    )
     .add(Method::GET, "/v1/sync", get(sync_status))
     .add(Method::GET, "/v1/openapi.json", get(openapi))
     .add(Method::GET, "/healthz", get(|| async { "ok\n" }))
@@ -175,7 +189,12 @@ pub fn router(state: Arc<AppState>, cors_origins: &[String]) -> Result<Router, S
             CorsLayer::new()
                 .allow_origin(AllowOrigin::list(origins))
                 .allow_methods([Method::GET, Method::PUT, Method::POST, Method::DELETE])
-                .allow_headers([header::CONTENT_TYPE, header::IF_MATCH, IDEMPOTENCY_KEY])
+                .allow_headers([
+                    header::CONTENT_TYPE,
+                    header::IF_MATCH,
+                    IDEMPOTENCY_KEY,
+                    LOCK_TOKEN,
+                ])
                 .expose_headers([header::ETAG, X_REPLICA_CURSOR, X_REPLICA_AGE_MS]),
         );
     }
@@ -195,6 +214,10 @@ pub struct Problem {
     detail: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     current: Option<Box<ItemView>>,
+    /// For 423: who holds the lock (`holder`) and for how long yet
+    /// (`expires_in_ms`).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    locked: Option<Box<shelfsync_proto::LockedBy>>,
     #[serde(skip)]
     retry_after: Option<u64>,
 }
@@ -208,6 +231,7 @@ impl Problem {
             status_code: status.as_u16(),
             detail: detail.into(),
             current: None,
+            locked: None,
             retry_after: None,
         }
     }
@@ -251,6 +275,10 @@ impl From<ForwardError> for Problem {
                     .current
                     .as_deref()
                     .map(|item| Box::new(ItemView::from(item)));
+                if let Some(locked) = err.locked {
+                    problem.retry_after = Some(locked.expires_in_ms.div_ceil(1000).max(1));
+                    problem.locked = Some(Box::new(locked));
+                }
                 problem
             }
             ForwardError::Unavailable(err) => {
@@ -300,20 +328,39 @@ pub struct ItemView {
     name: String,
     quantity: u64,
     reserved: u64,
+    held: u64,
+    allowance: u64,
     available: u64,
     version: u64,
+    lock: Option<LockView>,
+}
+
+/// A live lock as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct LockView {
+    holder: String,
+    token: u64,
+    expires_in_ms: u64,
 }
 
 impl From<&Item> for ItemView {
     fn from(item: &Item) -> Self {
+        let now = shelfsync_proto::time::now_ms();
         ItemView {
             location: item.location.clone(),
             sku: item.sku.clone(),
             name: item.name.clone(),
             quantity: item.quantity,
             reserved: item.reserved,
+            held: item.held,
+            allowance: item.allowance,
             available: item.available(),
             version: item.version,
+            lock: item.live_lock(now).map(|lock| LockView {
+                holder: lock.holder.clone(),
+                token: lock.token,
+                expires_in_ms: lock.expires_in_ms(now),
+            }),
         }
     }
 }
@@ -365,6 +412,17 @@ fn if_match(headers: &HeaderMap) -> Result<Option<u64>> {
         .ok_or_else(|| Problem::bad_request("If-Match must be a version in quotes, like \"3\""))
 }
 
+/// Parses `Lock-Token: N`; `None` when absent.
+fn lock_token(headers: &HeaderMap) -> Result<Option<u64>> {
+    let Some(value) = headers.get(LOCK_TOKEN) else {
+        return Ok(None);
+    };
+    let token = value.to_str().ok().and_then(|v| v.trim().parse().ok());
+    token
+        .map(Some)
+        .ok_or_else(|| Problem::bad_request("Lock-Token must be the number a lock grant returned"))
+}
+
 /// The client's `Idempotency-Key`, or a fresh one.
 fn idempotency_key(headers: &HeaderMap) -> Result<String> {
     match headers.get(IDEMPOTENCY_KEY) {
@@ -396,6 +454,7 @@ async fn forward(
         key,
         op,
         expected_version,
+        lock_token: lock_token(headers)?,
     };
     Ok(state.forwarder.write(request).await?)
 }

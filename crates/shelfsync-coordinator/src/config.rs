@@ -99,6 +99,11 @@ impl Config {
             if id == shelfsync_proto::ADMIN_IDENTITY {
                 return invalid("`admin` is reserved for the admin certificate".into());
             }
+            if id == crate::sequencer::COORDINATOR {
+                return invalid(
+                    "`coordinator` is reserved for the coordinator's own writes".into(),
+                );
+            }
             if !seen.insert(id) {
                 return invalid(format!("store {id} is registered twice"));
             }
@@ -157,6 +162,8 @@ mod tests {
         assert!(config.validate().is_err());
         config.stores.truncate(1);
         config.stores[0].id = "admin".into();
+        assert!(config.validate().is_err());
+        config.stores[0].id = "coordinator".into();
         assert!(config.validate().is_err());
     }
 

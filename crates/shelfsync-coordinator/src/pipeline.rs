@@ -62,9 +62,17 @@ enum Job {
         queued: Instant,
         reply: oneshot::Sender<Answer>,
     },
+    /// Look for locks past their lease (sent every [`EXPIRY_TICK`]).
+    Tick,
     /// Finish the jobs queued before this one, then stop.
     Stop,
 }
+
+/// How often the sequencer looks for locks past their lease: an expired
+/// lock ends within this (plus a group) of its deadline.
+const EXPIRY_TICK: Duration = Duration::from_millis(250);
+/// Most lock expiries added to one group.
+const MAX_EXPIRIES: usize = 256;
 
 /// Handle to the pipeline; cheap to clone.
 #[derive(Clone)]
@@ -110,6 +118,20 @@ impl Pipeline {
             .name("sequencer".into())
             .spawn(move || sequencer.run(jobs_rx))
             .map_err(|e| LedgerError::Storage(format!("cannot start the sequencer: {e}")))?;
+        // The deadlines are in the ledger; this only says when to look, so a
+        // restart loses nothing. It ends when the sequencer has.
+        let ticks = jobs_tx.clone();
+        std::thread::Builder::new()
+            .name("expiry-tick".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(EXPIRY_TICK);
+                    if let Err(mpsc::error::TrySendError::Closed(_)) = ticks.try_send(Job::Tick) {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| LedgerError::Storage(format!("cannot start the expiry tick: {e}")))?;
         Ok(Pipeline {
             jobs: jobs_tx,
             head: head_rx,
@@ -256,6 +278,7 @@ fn command(store: &str, request: WriteRequest) -> Command {
             key: request.key,
             op: request.op,
             expected_version: request.expected_version,
+            lock_token: request.lock_token,
         }],
     }
 }
@@ -308,27 +331,35 @@ impl Sequencer {
                 std::thread::sleep(GROUP_LINGER);
             }
             let (mut requests, mut replies) = (Vec::new(), Vec::new());
-            let mut stop = false;
+            let (mut stop, mut tick) = (false, false);
             let mut next = Some(first);
             while let Some(job) = next.take() {
-                let Job::Work {
-                    request,
-                    queued,
-                    reply,
-                } = job
-                else {
-                    stop = true;
-                    break;
-                };
-                self.metrics.observe_key_wait(queued.elapsed());
-                requests.push(request);
-                replies.push(reply);
+                match job {
+                    Job::Work {
+                        request,
+                        queued,
+                        reply,
+                    } => {
+                        self.metrics.observe_key_wait(queued.elapsed());
+                        requests.push(request);
+                        replies.push(reply);
+                    }
+                    Job::Tick => tick = true,
+                    Job::Stop => {
+                        stop = true;
+                        break;
+                    }
+                }
                 if requests.len() < MAX_GROUP {
                     next = jobs.try_recv().ok();
                 }
             }
             last_group = requests.len();
-            if let Err(err) = self.run_group(requests, replies) {
+            let mut group = Ok(());
+            if tick {
+                group = self.expire_locks(&mut requests, &mut replies);
+            }
+            if let Err(err) = group.and_then(|()| self.run_group(requests, replies)) {
                 tracing::error!(error = %err, "the ledger failed; the pipeline stops");
                 self.failed.set(&err);
                 jobs.close();
@@ -341,6 +372,20 @@ impl Sequencer {
                 return;
             }
         }
+    }
+
+    /// Adds to the group the coordinator's own writes that end the locks
+    /// past their lease; nobody waits for their answers.
+    fn expire_locks(
+        &self,
+        requests: &mut Vec<Request>,
+        replies: &mut Vec<oneshot::Sender<Answer>>,
+    ) -> Result<(), LedgerError> {
+        for due in self.ledger.due_locks(now_ms(), MAX_EXPIRIES)? {
+            requests.push(Request::Write(sequencer::lock_expiry(due)));
+            replies.push(oneshot::channel().0);
+        }
+        Ok(())
     }
 
     /// Fetches, decides, commits and answers one group. On an error the

@@ -16,12 +16,13 @@
 //! The threads around it ([`crate::pipeline`]) fetch what it needs, commit
 //! the [`CommitGroup`] it returns and deliver the answers.
 
-use shelfsync_core::{ItemKey, KeyState, Precondition, apply};
+use shelfsync_core::{ItemKey, KeyState, Op, Precondition, apply};
 use shelfsync_proto::{Change, ErrorCode, WireError};
 
 use crate::FastMap;
 use crate::ledger::{
-    CommitGroup, CommittedWrite, IdempotencyEntry, IdempotencyRecord, ItemRecord, Line, Recorded,
+    CommitGroup, CommittedWrite, Deadline, IdempotencyEntry, IdempotencyRecord, ItemRecord, Line,
+    Recorded,
 };
 
 /// A write request: one or more lines from one store under one idempotency
@@ -171,7 +172,10 @@ fn write(command: &Command, view: &mut View, decision: &mut Decision, now_ms: u6
     let mut next = Vec::with_capacity(lines.len());
     for line in lines {
         let current = state_of(view, &line.key);
-        let precondition = Precondition::expecting(line.expected_version);
+        let precondition = Precondition {
+            expected_version: line.expected_version,
+            lock_token: line.lock_token,
+        };
         match apply(&line.key, &current, &line.op, precondition, now_ms) {
             Ok(state) => next.push((current, state)),
             Err(rejection) => {
@@ -201,6 +205,10 @@ fn write(command: &Command, view: &mut View, decision: &mut Decision, now_ms: u6
             },
             prior_version: before.version(),
             prior_seq: prior.map(|r| r.seq),
+            prior_lock_expiry: before
+                .item()
+                .and_then(|item| item.lock.as_ref())
+                .map(|lock| lock.expires_at_ms),
         });
         decision.replaced.push(before);
         changes.push((seq, after));
@@ -209,6 +217,24 @@ fn write(command: &Command, view: &mut View, decision: &mut Decision, now_ms: u6
     Answer::Accepted {
         changes,
         replayed: false,
+    }
+}
+
+/// The store name of the coordinator's own writes.
+pub const COORDINATOR: &str = "coordinator";
+
+/// The coordinator's own write that ends the lock of `due` (its
+/// idempotency key names the lock, so it takes effect once).
+pub fn lock_expiry(due: Deadline) -> Command {
+    Command {
+        store: COORDINATOR.to_string(),
+        idempotency_key: format!("lock-expiry:{}:{}", due.key, due.token),
+        lines: vec![Line {
+            op: Op::LockExpire { token: due.token },
+            key: due.key,
+            expected_version: None,
+            lock_token: None,
+        }],
     }
 }
 
@@ -225,6 +251,8 @@ fn record_of(command: &Command, answer: &Answer, now_ms: u64) -> Option<Idempote
                 .collect(),
             expected_versions: command.lines.iter().map(|l| l.expected_version).collect(),
         },
+        // A lock says when to try again: the retry is decided anew.
+        Answer::Refused(error) if error.code == ErrorCode::Locked => return None,
         Answer::Refused(error) => Recorded::Rejected {
             lines: command.lines.clone(),
             refusal: error.into(),

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use shelfsync_core::{Item, ItemKey};
+use shelfsync_core::{Item, ItemKey, Op};
 use shelfsync_proto::{
     ADMIN_IDENTITY, Change, ChangesPage, ChangesRequest, ErrorCode, Hello, HelloReply,
     HistoryReply, HistoryRequest, MAX_WRITES, PROTOCOL_VERSION, ReportAck, Request, Response,
@@ -267,9 +267,8 @@ impl Service {
             .key
             .validate()
             .map_err(|e| WireError::rejected(&e, None))?;
-        // Locks are granted, renewed and released through requests of their
-        // own, and only the coordinator expires one: never as a plain write.
-        if write.op.is_lock_op() {
+        // Only the coordinator ends an expired lock.
+        if matches!(write.op, Op::LockExpire { .. }) {
             return Err(WireError::new(
                 ErrorCode::BadRequest,
                 format!("{} is not a write a store may send", write.op.kind()),

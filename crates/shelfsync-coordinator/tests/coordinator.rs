@@ -164,6 +164,7 @@ impl Fixture {
             key: key.clone(),
             op,
             expected_version,
+            lock_token: None,
         });
         self.service.handle(&peer, request).await
     }
@@ -388,17 +389,10 @@ async fn access_control() {
     ack(fx
         .write("store-1", "z", &key("online", "a"), create(1))
         .await);
-    // Lock ops are not plain writes; expiry is the coordinator's alone.
-    for op in [
-        Op::LockGrant {
-            holder: "counter-7".into(),
-            ttl_ms: 60_000,
-        },
-        Op::LockExpire { token: 2 },
-    ] {
-        let code = refusal(fx.write("store-1", "l", &key("online", "a"), op).await);
-        assert_eq!(code, ErrorCode::BadRequest);
-    }
+    // Expiring a lock is the coordinator's alone.
+    let expire = Op::LockExpire { token: 2 };
+    let code = refusal(fx.write("store-1", "l", &key("online", "a"), expire).await);
+    assert_eq!(code, ErrorCode::BadRequest);
 
     let store2 = fx.service.identify("store-2").unwrap();
     let read = Request::Read(ReadRequest {
@@ -550,6 +544,7 @@ async fn a_multi_key_commit_is_whole_in_the_log_and_in_every_page() {
         key: key(location, sku),
         op,
         expected_version: None,
+        lock_token: None,
     };
     let command = |idem: &str, lines| Command {
         store: "store-1".into(),
@@ -653,6 +648,7 @@ async fn writes_in_one_request_are_each_decided_on_their_own() {
         key: key(location, "tea"),
         op,
         expected_version: None,
+        lock_token: None,
     };
     let request = Request::Writes(vec![
         write("a", "store-1", create(5)),
@@ -1004,6 +1000,7 @@ readable = ["store-1"]
             key: key.clone(),
             op,
             expected_version: None,
+            lock_token: None,
         })
     }
 

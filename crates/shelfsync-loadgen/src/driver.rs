@@ -352,6 +352,7 @@ async fn create(client: &Client, shared: &Shared, index: u64) -> Result<bool, Lo
             quantity: PRELOAD_QUANTITY,
         },
         expected_version: None,
+        lock_token: None,
     });
     let failed = |detail: String| LoadError::Preload {
         sku: key.sku.clone(),
@@ -697,6 +698,7 @@ async fn worker(
             key,
             op,
             expected_version,
+            lock_token: None,
         });
         let sent = Instant::now();
         let answer = match session.as_mut() {

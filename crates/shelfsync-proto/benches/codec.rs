@@ -26,6 +26,7 @@ fn codec(c: &mut Criterion) {
         key: ItemKey::new("store-1", "sku-000123").unwrap(),
         op: Op::Reserve { amount: 1 },
         expected_version: Some(7),
+        lock_token: None,
     });
     let page = Response::Changes(ChangesPage {
         changes: (0..1000)

@@ -141,6 +141,7 @@ mod tests {
             key: ItemKey::new("store-1", "sku-1").unwrap(),
             op: Op::Reserve { amount: 2 },
             expected_version: Some(4),
+            lock_token: None,
         })
     }
 

@@ -157,6 +157,10 @@ pub struct WriteRequest {
     /// If present, the write is refused unless the key is at this version.
     #[serde(default)]
     pub expected_version: Option<u64>,
+    /// The token of the key's lock (`Lock-Token`): needed while the key is
+    /// locked, refused when it is not the live lock's.
+    #[serde(default)]
+    pub lock_token: Option<u64>,
 }
 
 /// An accepted, durable write.
@@ -518,6 +522,18 @@ pub struct WireError {
     /// The item as it stands, for version and stock refusals.
     #[serde(default)]
     pub current: Option<Box<Item>>,
+    /// Who holds the lock that refused the write, and for how long yet.
+    #[serde(default)]
+    pub locked: Option<LockedBy>,
+}
+
+/// The live lock a write was refused for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockedBy {
+    /// The lock's holder.
+    pub holder: String,
+    /// Milliseconds until the lock expires, on the coordinator's clock.
+    pub expires_in_ms: u64,
 }
 
 impl WireError {
@@ -527,6 +543,7 @@ impl WireError {
             code,
             message: message.into(),
             current: None,
+            locked: None,
         }
     }
 
@@ -552,10 +569,21 @@ impl WireError {
             // `cause` sees through every line.
             Rejection::Line { .. } => ErrorCode::InvalidField,
         };
+        let locked = match rejection.cause() {
+            Rejection::Locked {
+                holder,
+                expires_in_ms,
+            } => Some(LockedBy {
+                holder: holder.clone(),
+                expires_in_ms: *expires_in_ms,
+            }),
+            _ => None,
+        };
         WireError {
             code,
             message: rejection.to_string(),
             current: rejection.current().or(current).cloned().map(Box::new),
+            locked,
         }
     }
 

@@ -21,14 +21,14 @@ use shelfsync_tests::poll::{self, Check};
 use shelfsync_tests::rest::item_path;
 use shelfsync_tests::{AgentSpec, Cluster, RestClient, RestReply, StoreSpec, Wait};
 
-const STORE_1: &str = "store-1";
+pub(crate) const STORE_1: &str = "store-1";
 const STORE_2: &str = "store-2";
 /// The pool both stores write and replicate.
-const ONLINE: &str = "online";
+pub(crate) const ONLINE: &str = "online";
 /// Sync interval of the agents (and expected by the coordinator).
 const SYNC: Duration = Duration::from_millis(300);
 /// Bound on anything a test waits for that should take far less.
-const PATIENCE: Duration = Duration::from_secs(20);
+pub(crate) const PATIENCE: Duration = Duration::from_secs(20);
 
 /// store-1 and store-2, each writing and reading itself and `online`.
 fn stores() -> Vec<StoreSpec> {
@@ -44,7 +44,7 @@ fn stores() -> Vec<StoreSpec> {
 }
 
 /// A cluster with the agent of store-1 (holding `store-1` and `online`) ready.
-async fn cluster_with_store_1(spec: AgentSpec) -> (Cluster, RestClient) {
+pub(crate) async fn cluster_with_store_1(spec: AgentSpec) -> (Cluster, RestClient) {
     let mut cluster = Cluster::start(stores()).await.unwrap();
     let rest = cluster
         .start_agent_with(spec, Wait::Ready)
@@ -54,33 +54,36 @@ async fn cluster_with_store_1(spec: AgentSpec) -> (Cluster, RestClient) {
     (cluster, rest)
 }
 
-fn store_1_spec() -> AgentSpec {
+pub(crate) fn store_1_spec() -> AgentSpec {
     AgentSpec::new(STORE_1, &[STORE_1, ONLINE]).sync_interval(SYNC)
 }
 
 /// The JSON the REST API shows for `item`.
-fn item_json(item: &Item) -> Value {
+pub(crate) fn item_json(item: &Item) -> Value {
     json!({
         "location": item.location,
         "sku": item.sku,
         "name": item.name,
         "quantity": item.quantity,
         "reserved": item.reserved,
+        "held": item.held,
+        "allowance": item.allowance,
         "available": item.available(),
         "version": item.version,
+        "lock": null,
     })
 }
 
-fn amount(n: u64) -> Value {
+pub(crate) fn amount(n: u64) -> Value {
     json!({ "amount": n })
 }
 
-fn op_path(location: &str, sku: &str, op: &str) -> String {
+pub(crate) fn op_path(location: &str, sku: &str, op: &str) -> String {
     format!("{}/{op}", item_path(location, sku))
 }
 
 /// Asserts `reply` has `status` and, for an error, is a problem document.
-fn expect(reply: &RestReply, status: u16) {
+pub(crate) fn expect(reply: &RestReply, status: u16) {
     assert_eq!(reply.status, status, "{reply}");
     if status >= 400 {
         assert!(reply.is_problem(), "not a problem document: {reply}");
@@ -614,6 +617,7 @@ async fn preload(cluster: &Cluster) {
                             quantity: item.quantity,
                         },
                         expected_version: None,
+                        lock_token: None,
                     });
                     match client.call(&request).await {
                         Ok(Response::Write(WriteAck { state, .. })) if state.version() == 1 => {}

@@ -39,6 +39,7 @@ fn write_request(idempotency_key: &str, key: &ItemKey, op: Op) -> WriteRequest {
         key: key.clone(),
         op,
         expected_version: None,
+        lock_token: None,
     }
 }
 

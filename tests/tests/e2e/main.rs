@@ -15,4 +15,5 @@
 mod agent;
 mod coordinator;
 mod harness;
+mod locks;
 mod recovery;

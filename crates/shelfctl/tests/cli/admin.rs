@@ -203,6 +203,7 @@ async fn import_creates_again_after_a_delete() {
             key: key.clone(),
             op: Op::Delete,
             expected_version: Some(1),
+            lock_token: None,
         }))
         .await
         .unwrap();

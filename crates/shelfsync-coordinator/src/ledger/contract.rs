@@ -63,6 +63,10 @@ pub const CASES: &[(&str, Case)] = &[
     ),
     ("compaction_keeps_the_newest", compaction_keeps_the_newest),
     ("reports_are_remembered", reports_are_remembered),
+    (
+        "lock_deadlines_follow_the_writes",
+        lock_deadlines_follow_the_writes,
+    ),
 ];
 
 /// Runs every case on a fresh ledger from `fresh`; a failing case panics
@@ -112,6 +116,7 @@ pub fn put(seq: u64, key: &ItemKey, version: u64, quantity: u64) -> CommittedWri
         prior_version: version - 1,
         // In these cases a key's versions are written at consecutive seqs.
         prior_seq: (version > 1).then(|| seq - 1),
+        prior_lock_expiry: None,
     }
 }
 
@@ -264,6 +269,7 @@ fn idempotency_round_trips_and_expires(ledger: &dyn Ledger) {
                 key: key("s1", "a"),
                 op: Op::Reserve { amount: 1 },
                 expected_version: None,
+                lock_token: None,
             }],
             refusal: Refusal {
                 code: ErrorCode::NotFound,
@@ -352,4 +358,45 @@ fn reports_are_remembered(ledger: &dyn Ledger) {
         ledger.reports().unwrap(),
         vec![("store-1".to_string(), report)]
     );
+}
+
+fn lock_deadlines_follow_the_writes(ledger: &dyn Ledger) {
+    let (a, b) = (key("s1", "a"), key("s1", "b"));
+    let locked = |seq, k: &ItemKey, version, until: u64, prior: Option<u64>| {
+        let mut write = put(seq, k, version, 1);
+        if let KeyState::Live(item) = &mut write.change.state {
+            item.lock = Some(shelfsync_core::lock::Lock {
+                holder: "counter-7".into(),
+                token: version,
+                expires_at_ms: until,
+            });
+        }
+        write.prior_lock_expiry = prior;
+        write
+    };
+    // a: granted until 500, renewed until 900 in the same group; b: until 700.
+    commit_puts(
+        ledger,
+        vec![
+            locked(1, &a, 1, 500, None),
+            locked(2, &a, 2, 900, Some(500)),
+            locked(3, &b, 1, 700, None),
+        ],
+    );
+    let due = |now| -> Vec<(u64, String, u64)> {
+        let found = ledger.due_locks(now, 10).unwrap();
+        found
+            .into_iter()
+            .map(|d| (d.at_ms, d.key.sku, d.token))
+            .collect()
+    };
+    assert!(due(699).is_empty(), "a's first deadline moved");
+    assert_eq!(due(700), [(700, "b".to_string(), 1)]);
+    assert_eq!(due(u64::MAX), [(700, "b".into(), 1), (900, "a".into(), 2)]);
+    assert_eq!(ledger.due_locks(u64::MAX, 1).unwrap().len(), 1, "limit");
+    // b's lock ends (released or expired): its deadline goes with it.
+    let mut ended = put(4, &b, 2, 1);
+    ended.prior_lock_expiry = Some(700);
+    commit_puts(ledger, vec![ended]);
+    assert_eq!(due(u64::MAX), [(900, "a".to_string(), 2)]);
 }

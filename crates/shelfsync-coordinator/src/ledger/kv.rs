@@ -8,6 +8,7 @@
 //! | `items` | `location \0 sku` | [`ItemV`]: the key's state and its last change's seq |
 //! | `log` | `location \0 seq` (8 bytes big-endian) | [`ChangeV`]: the change log, by location |
 //! | `idem.<width>.<start>` | `store \0 idempotency key` | [`IdempotencyV`] |
+//! | `deadlines` | expiry (8 bytes big-endian) `location \0 sku` | the lock's token |
 //! | `reports` | store id | [`ReportV`] |
 //! | `meta` | `layout`, `head`, `oldest` | u64, big-endian |
 //!
@@ -27,7 +28,8 @@ use shelfsync_proto::Change;
 use super::engine::{Engine, Write};
 use super::records::{ChangeV, IdempotencyV, ItemV, ReportV, decode, encode};
 use super::{
-    Buckets, CommitGroup, IdempotencyRecord, ItemRecord, LAYOUT, Ledger, LedgerError, StoredReport,
+    Buckets, CommitGroup, Deadline, IdempotencyRecord, ItemRecord, LAYOUT, Ledger, LedgerError,
+    StoredReport,
 };
 use crate::FastMap;
 
@@ -42,6 +44,7 @@ pub struct KvLedger<E: Engine> {
     engine: E,
     items: E::Space,
     log: E::Space,
+    deadlines: E::Space,
     reports: E::Space,
     meta: E::Space,
     buckets: Buckets,
@@ -59,6 +62,10 @@ impl<E: Engine> std::fmt::Debug for KvLedger<E> {
 
 fn item_key(key: &ItemKey) -> Vec<u8> {
     [key.location.as_bytes(), &[0], key.sku.as_bytes()].concat()
+}
+
+fn deadline_key(at_ms: u64, key: &ItemKey) -> Vec<u8> {
+    [&at_ms.to_be_bytes()[..], &item_key(key)].concat()
 }
 
 fn log_key(location: &str, seq: u64) -> Vec<u8> {
@@ -133,6 +140,7 @@ impl<E: Engine> KvLedger<E> {
             oldest: AtomicU64::new(read_u64("oldest")?.unwrap_or(1)),
             items: engine.space("items")?,
             log: engine.space("log")?,
+            deadlines: engine.space("deadlines")?,
             reports: engine.space("reports")?,
             meta,
             buckets,
@@ -191,9 +199,22 @@ impl<E: Engine> Ledger for KvLedger<E> {
         // Each key's last state only: the batch is atomic, so the states
         // before it in the group are never seen anyway.
         let mut last: FastMap<&ItemKey, &Change> = FastMap::default();
+        // Deadline keys to set (`Some(token)`) or clear, the group's last
+        // word on each.
+        let mut deadlines: BTreeMap<Vec<u8>, Option<u64>> = BTreeMap::new();
         for write in &group.writes {
             let change = &write.change;
             last.insert(&change.key, change);
+            let lock = change.state.item().and_then(|item| item.lock.as_ref());
+            if write.prior_lock_expiry != lock.map(|lock| lock.expires_at_ms) {
+                if let Some(at_ms) = write.prior_lock_expiry {
+                    deadlines.insert(deadline_key(at_ms, &change.key), None);
+                }
+                if let Some(lock) = lock {
+                    let key = deadline_key(lock.expires_at_ms, &change.key);
+                    deadlines.insert(key, Some(lock.token));
+                }
+            }
             batch.push(Write::Put(
                 self.log.clone(),
                 log_key(&change.key.location, change.seq),
@@ -210,6 +231,12 @@ impl<E: Engine> Ledger for KvLedger<E> {
                 item_key(key),
                 encode(&ItemV::V1(record))?,
             ));
+        }
+        for (key, token) in deadlines {
+            batch.push(match token {
+                Some(token) => Write::Put(self.deadlines.clone(), key, token.to_be_bytes().into()),
+                None => Write::Delete(self.deadlines.clone(), key),
+            });
         }
         for entry in group.idempotency {
             let bucket = self.bucket_for(entry.record.at_ms)?;
@@ -254,6 +281,28 @@ impl<E: Engine> Ledger for KvLedger<E> {
 
     fn change(&self, location: &str, seq: u64) -> Result<Option<Change>, LedgerError> {
         Ok(self.get_change(location, seq)?.map(|(change, _)| change))
+    }
+
+    fn due_locks(&self, now_ms: u64, limit: usize) -> Result<Vec<Deadline>, LedgerError> {
+        let to = now_ms.saturating_add(1).to_be_bytes();
+        let mut out = Vec::new();
+        for (k, v) in self.engine.range(&self.deadlines, &[], &to, limit)? {
+            let (k, v) = (k.as_ref(), v.as_ref());
+            let corrupt = || LedgerError::corrupt(k, "not a lock deadline");
+            let at_ms = k.get(..8).and_then(seq_of).ok_or_else(corrupt)?;
+            let (location, sku) = k[8..]
+                .iter()
+                .position(|b| *b == 0)
+                .map(|at| (&k[8..8 + at], &k[9 + at..]))
+                .ok_or_else(corrupt)?;
+            let key = ItemKey {
+                location: String::from_utf8_lossy(location).into_owned(),
+                sku: String::from_utf8_lossy(sku).into_owned(),
+            };
+            let token = seq_of(v).ok_or_else(corrupt)?;
+            out.push(Deadline { at_ms, key, token });
+        }
+        Ok(out)
     }
 
     fn head(&self) -> Result<u64, LedgerError> {

@@ -106,6 +106,9 @@ pub struct Line {
     pub op: Op,
     /// The version the client expects the key to be at.
     pub expected_version: Option<u64>,
+    /// The token of the key's lock the client holds.
+    #[serde(default)]
+    pub lock_token: Option<u64>,
 }
 
 /// The outcome recorded for an idempotency key.
@@ -171,6 +174,8 @@ impl From<&Refusal> for WireError {
             code: refusal.code,
             message: refusal.message.clone(),
             current: refusal.current.clone().map(Box::new),
+            // Lock refusals are not recorded (they say when to retry).
+            locked: None,
         }
     }
 }
@@ -185,6 +190,21 @@ pub struct CommittedWrite {
     /// The seq of the change that produced that version (`None` when the
     /// key had never been written); it links the key's history.
     pub prior_seq: Option<u64>,
+    /// When the key's lock before the write was to expire, if it had one:
+    /// the deadline the write moves or ends.
+    pub prior_lock_expiry: Option<u64>,
+}
+
+/// A lock the coordinator must end at `at_ms` unless it is renewed or
+/// released before.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deadline {
+    /// When the lease ends, milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// The locked key.
+    pub key: ItemKey,
+    /// The lock's token.
+    pub token: u64,
 }
 
 /// An idempotency record to store under `(store, key)`.
@@ -238,6 +258,11 @@ pub trait Ledger: Send + Sync + 'static {
 
     /// The change to `location` at `seq`, if it is still in the log.
     fn change(&self, location: &str, seq: u64) -> Result<Option<Change>, LedgerError>;
+
+    /// Up to `limit` lock deadlines at or before `now_ms`, earliest first.
+    /// A commit keeps them: a write that grants, renews or ends a lock
+    /// moves its deadline in the same batch.
+    fn due_locks(&self, now_ms: u64, limit: usize) -> Result<Vec<Deadline>, LedgerError>;
 
     /// The sequence number of the last committed change (0 when none).
     fn head(&self) -> Result<u64, LedgerError>;

@@ -201,6 +201,7 @@ mod tests {
                     key: ItemKey::new("s1", "milk").unwrap(),
                     op: Op::Remove { amount: 5 },
                     expected_version: Some(7),
+                    lock_token: None,
                 }],
                 refusal: Refusal {
                     code: ErrorCode::InsufficientStock,

@@ -30,6 +30,7 @@ fn line(sku: &str, op: Op) -> Line {
         key: key(sku),
         op,
         expected_version: None,
+        lock_token: None,
     }
 }
 
