@@ -15,7 +15,7 @@ use shelfsync_core::ItemKey;
 
 use crate::certs::CertsCommand;
 use crate::config::Config;
-use crate::{demo, history, import, item, status};
+use crate::{demo, history, import, item, lock, status};
 
 /// Shown at the end of `--help`.
 const EXIT_CODES: &str = "\
@@ -70,6 +70,13 @@ pub enum Command {
     /// Load or update a catalog from CSV (columns location,sku,name,quantity).
     #[command(after_help = EXIT_CODES)]
     Import(ImportArgs),
+    /// Take the lock on one item for a stock count; prints its token (exit 1
+    /// when another holder has it).
+    #[command(after_help = EXIT_CODES)]
+    Lock(LockArgs),
+    /// Give back a lock taken with `shelfctl lock` (also fine when it is gone).
+    #[command(after_help = EXIT_CODES)]
+    Unlock(UnlockArgs),
     /// Run a local demo cluster (coordinator, store agents, simulated traffic) until Ctrl-C.
     #[command(after_help = DEMO_HELP)]
     Demo(DemoArgs),
@@ -116,6 +123,32 @@ pub struct HistoryArgs {
     #[arg(long, default_value_t = history::DEFAULT_LIMIT,
           value_parser = clap::value_parser!(u32).range(1..=i64::from(history::MAX_LIMIT)))]
     pub limit: u32,
+}
+
+/// Arguments of `shelfctl lock`.
+#[derive(Debug, Args)]
+pub struct LockArgs {
+    /// The item.
+    #[command(flatten)]
+    pub key: KeyArgs,
+    /// Who takes the lock, e.g. counter-7 (same pattern as a location id).
+    #[arg(long)]
+    pub holder: String,
+    /// The lease, 1s..=1h.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub ttl: std::time::Duration,
+}
+
+/// Arguments of `shelfctl unlock`.
+#[derive(Debug, Args)]
+pub struct UnlockArgs {
+    /// Location id.
+    pub location: String,
+    /// Stock keeping unit.
+    pub sku: String,
+    /// The token `shelfctl lock` printed.
+    #[arg(long)]
+    pub token: u64,
 }
 
 /// Arguments of `shelfctl import`.
@@ -170,6 +203,10 @@ pub enum Task {
     History(history::Settings),
     /// `shelfctl import`.
     Import(import::Settings),
+    /// `shelfctl lock`.
+    Lock(lock::LockSettings),
+    /// `shelfctl unlock`.
+    Unlock(lock::UnlockSettings),
 }
 
 impl Task {
@@ -180,6 +217,8 @@ impl Task {
             Task::ItemGet(_) => "item get",
             Task::History(_) => "history",
             Task::Import(_) => "import",
+            Task::Lock(_) => "lock",
+            Task::Unlock(_) => "unlock",
         }
     }
 }
@@ -207,6 +246,17 @@ impl Invocation {
                 key: key(&args.key)?,
                 limit: args.limit,
                 json: args.key.json,
+            }),
+            Command::Lock(args) => Task::Lock(lock::LockSettings {
+                key: key(&args.key)?,
+                holder: args.holder,
+                ttl: args.ttl,
+                json: args.key.json,
+            }),
+            Command::Unlock(args) => Task::Unlock(lock::UnlockSettings {
+                key: ItemKey::new(&args.location, &args.sku)
+                    .with_context(|| format!("invalid item {}/{}", args.location, args.sku))?,
+                token: args.token,
             }),
             Command::Import(args) => Task::Import(import::Settings {
                 path: args.file,

@@ -36,10 +36,27 @@ pub struct ItemView {
     pub quantity: u64,
     /// Units promised to orders.
     pub reserved: u64,
-    /// `quantity - reserved`.
+    /// The part of `reserved` in active holds.
+    pub held: u64,
+    /// Units granted to the owning store for offline sales.
+    pub allowance: u64,
+    /// `quantity - reserved - allowance`.
     pub available: u64,
     /// Version of the item.
     pub version: u64,
+    /// The live lock, if any.
+    pub lock: Option<LockView>,
+}
+
+/// A live lock as shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LockView {
+    /// Who holds it.
+    pub holder: String,
+    /// Its fencing token.
+    pub token: u64,
+    /// Milliseconds until it expires.
+    pub expires_in_ms: u64,
 }
 
 impl From<&Item> for ItemView {
@@ -50,8 +67,17 @@ impl From<&Item> for ItemView {
             name: item.name.clone(),
             quantity: item.quantity,
             reserved: item.reserved,
+            held: item.held,
+            allowance: item.allowance,
             available: item.available(),
             version: item.version,
+            lock: item
+                .live_lock(shelfsync_proto::time::now_ms())
+                .map(|lock| LockView {
+                    holder: lock.holder.clone(),
+                    token: lock.token,
+                    expires_in_ms: lock.expires_in_ms(shelfsync_proto::time::now_ms()),
+                }),
         }
     }
 }
@@ -60,14 +86,26 @@ impl ItemView {
     /// A two-column table, one field per row.
     pub fn to_text(&self, styled: bool) -> String {
         let mut table = render::table(&["FIELD", "VALUE"], styled);
-        let rows: [(&str, String); 7] = [
+        let lock = match &self.lock {
+            Some(lock) => format!(
+                "{} (token {}, {} s left)",
+                lock.holder,
+                lock.token,
+                lock.expires_in_ms.div_ceil(1000)
+            ),
+            None => "-".to_string(),
+        };
+        let rows: [(&str, String); 10] = [
             ("location", self.location.clone()),
             ("sku", self.sku.clone()),
             ("name", self.name.clone()),
             ("quantity", self.quantity.to_string()),
             ("reserved", self.reserved.to_string()),
+            ("held", self.held.to_string()),
+            ("allowance", self.allowance.to_string()),
             ("available", self.available.to_string()),
             ("version", self.version.to_string()),
+            ("lock", lock),
         ];
         for (field, value) in rows {
             table.add_row(vec![Cell::new(field), Cell::new(value)]);
@@ -115,7 +153,8 @@ mod tests {
             json,
             serde_json::json!({
                 "location": "store-1", "sku": "milk-1l", "name": "Milk 1 l",
-                "quantity": 10, "reserved": 3, "available": 7, "version": 4
+                "quantity": 10, "reserved": 3, "held": 0, "allowance": 0,
+                "available": 7, "version": 4, "lock": null
             })
         );
         let text = view.to_text(false);

@@ -5,7 +5,7 @@
 //! Read in this order: [`cli`] (what may be typed, checked in one step into
 //! an [`cli::Invocation`]), [`config`] (the `--config` file), [`coordinator`]
 //! (connecting and the typed requests), then one module per command:
-//! [`certs`], [`status`], [`item`], [`history`], [`import`], and [`demo`],
+//! [`certs`], [`status`], [`item`], [`history`], [`import`], [`lock`], and [`demo`],
 //! which starts a local cluster of the real binaries. [`render`] holds the
 //! text formatting they share.
 //!
@@ -25,6 +25,7 @@ pub mod demo;
 pub mod history;
 pub mod import;
 pub mod item;
+pub mod lock;
 pub mod render;
 pub mod status;
 
@@ -69,5 +70,7 @@ pub async fn run(invocation: Invocation) -> anyhow::Result<Outcome> {
         Task::ItemGet(settings) => item::get(&config, &settings).await,
         Task::History(settings) => history::run(&config, &settings).await,
         Task::Import(settings) => import::run(&config, &settings).await,
+        Task::Lock(settings) => lock::lock(&config, &settings).await,
+        Task::Unlock(settings) => lock::unlock(&config, &settings).await,
     }
 }

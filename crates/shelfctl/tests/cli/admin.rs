@@ -422,3 +422,93 @@ async fn usage_config_and_connection_errors_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("cannot open /nonexistent/catalog.csv"));
 }
+
+/// `shelfctl lock` takes the lock and prints its token, a second holder is
+/// told who has it (exit 1), `item get` shows it, history names the lock
+/// events, and `unlock` gives it back (also when it is already gone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_item_get_history_and_unlock() {
+    let cluster = Cluster::start().await;
+    let file = cluster.file(
+        "one.csv",
+        "location,sku,name,quantity\nstore-1,milk,Milk,10\n",
+    );
+    assert_eq!(
+        cluster.shelfctl(&["import", &file]).await.status.code(),
+        Some(0)
+    );
+
+    let args = [
+        "lock",
+        "store-1",
+        "milk",
+        "--holder",
+        "counter-7",
+        "--ttl",
+        "5m",
+        "--json",
+    ];
+    let taken = cluster.shelfctl(&args).await;
+    assert_eq!(taken.status.code(), Some(0), "{}", text(&taken.stderr));
+    let granted = json(&taken);
+    assert_eq!(granted["holder"], "counter-7");
+    let token = granted["token"].as_u64().unwrap();
+    assert_eq!(token, 2, "the item's version after the grant");
+
+    let other = ["lock", "store-1", "milk", "--holder", "counter-8"];
+    let refused = cluster.shelfctl(&other).await;
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        text(&refused.stderr).contains("locked by counter-7"),
+        "{}",
+        text(&refused.stderr)
+    );
+
+    let item = json(
+        &cluster
+            .shelfctl(&["item", "get", "store-1", "milk", "--json"])
+            .await,
+    );
+    assert_eq!(item["lock"]["holder"], "counter-7");
+    assert_eq!(item["lock"]["token"].as_u64(), Some(token));
+
+    let token = token.to_string();
+    let unlocked = cluster
+        .shelfctl(&["unlock", "store-1", "milk", "--token", &token])
+        .await;
+    assert_eq!(
+        unlocked.status.code(),
+        Some(0),
+        "{}",
+        text(&unlocked.stderr)
+    );
+    let again = cluster
+        .shelfctl(&["unlock", "store-1", "milk", "--token", &token])
+        .await;
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again.stderr));
+    assert!(
+        text(&again.stdout).contains("holds no lock"),
+        "{}",
+        text(&again.stdout)
+    );
+
+    let item = json(
+        &cluster
+            .shelfctl(&["item", "get", "store-1", "milk", "--json"])
+            .await,
+    );
+    assert!(item["lock"].is_null(), "{item}");
+    let history = json(
+        &cluster
+            .shelfctl(&["history", "store-1", "milk", "--json"])
+            .await,
+    );
+    let ops: Vec<&str> = history["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["op_kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(ops, ["lock_release", "lock_grant", "create"]);
+    cluster.stop().await;
+}
