@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use shelfsync_core::{Item, ItemKey, KeyState};
 use shelfsync_proto::{
-    ErrorCode, ProtoError, ReadRequest, Request, Response, WireError, WriteAck, WriteRequest,
+    BatchAck, BatchRequest, ErrorCode, ProtoError, ReadRequest, Request, Response, WireError,
+    WriteAck, WriteRequest,
 };
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -97,6 +98,32 @@ impl Forwarder {
             .await
             .map_err(|_| gone())?;
         outcome.await.map_err(|_| gone())?
+    }
+
+    /// Forwards a batch, one commit at the coordinator; on acceptance the
+    /// replica remembers every line's state before this returns.
+    pub async fn batch(&self, request: BatchRequest) -> Result<BatchAck, ForwardError> {
+        let keys: Vec<ItemKey> = request.lines.iter().map(|l| l.key.clone()).collect();
+        match self.sender.send("batch", Request::Batch(request)).await? {
+            // An older coordinator cannot even read the request.
+            Response::Error(_) if !self.sender.link.takes_commits() => {
+                Err(ForwardError::Refused(WireError::new(
+                    ErrorCode::Unavailable,
+                    "the coordinator runs a version without batches (protocol 3 needed)",
+                )))
+            }
+            Response::Batch(ack) => {
+                let states = keys.into_iter().zip(ack.states.iter().cloned());
+                let seqs = ack.seq..;
+                let remembered = states
+                    .zip(seqs)
+                    .map(|((key, state), seq)| (key, state, seq));
+                self.sender.replica.remember(remembered.collect::<Vec<_>>());
+                Ok(ack)
+            }
+            Response::Error(err) => Err(ForwardError::Refused(err)),
+            _ => Err(unexpected("expected a batch reply")),
+        }
     }
 
     /// Reads one item from the coordinator (and refreshes the replica with it).

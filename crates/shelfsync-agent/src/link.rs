@@ -75,6 +75,12 @@ impl Link {
         self.protocol.load(Ordering::Relaxed) >= 2
     }
 
+    /// Whether the last connection's coordinator takes multi-key commits
+    /// ([`shelfsync_proto::Request::Batch`], protocol version 3).
+    pub fn takes_commits(&self) -> bool {
+        self.protocol.load(Ordering::Relaxed) >= 3
+    }
+
     /// How long one attempt (a handshake, or a forwarded request) may take
     /// before it is given up: [`MIN_ATTEMPT`], or more on a link whose
     /// round trips are long.

@@ -47,6 +47,7 @@ const X_REPLICA_AGE_MS: HeaderName = HeaderName::from_static("x-replica-age-ms")
 const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 const LOCK_TOKEN: HeaderName = HeaderName::from_static("lock-token");
 
+mod batch;
 mod locks;
 
 /// What every handler shares.
@@ -144,6 +145,7 @@ fn routes() -> Routes {
         "/v1/items/{location}/{sku}/{op}",
         post(post_op),
     )
+    .add(Method::POST, "/v1/batch", post(batch::post))
     .add(
         Method::POST,
         "/v1/locks/{location}/{sku}",
@@ -218,6 +220,9 @@ pub struct Problem {
     /// (`expires_in_ms`).
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     locked: Option<Box<shelfsync_proto::LockedBy>>,
+    /// For a batch: the index of the refused line.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    line: Option<u32>,
     #[serde(skip)]
     retry_after: Option<u64>,
 }
@@ -232,12 +237,19 @@ impl Problem {
             detail: detail.into(),
             current: None,
             locked: None,
+            line: None,
             retry_after: None,
         }
     }
 
     fn invalid(detail: impl Into<String>) -> Self {
         Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", detail)
+    }
+
+    /// This problem as the refusal of line `index` of a batch.
+    fn at_line(mut self, index: usize) -> Self {
+        self.line = u32::try_from(index).ok();
+        self
     }
 
     fn bad_request(detail: impl Into<String>) -> Self {
@@ -275,6 +287,7 @@ impl From<ForwardError> for Problem {
                     .current
                     .as_deref()
                     .map(|item| Box::new(ItemView::from(item)));
+                problem.line = err.line;
                 if let Some(locked) = err.locked {
                     problem.retry_after = Some(locked.expires_in_ms.div_ceil(1000).max(1));
                     problem.locked = Some(Box::new(locked));

@@ -25,7 +25,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use shelfsync_core::{ItemKey, KeyState};
-use shelfsync_proto::{ErrorCode, ReadReply, Response, WireError, WriteAck, WriteRequest};
+use shelfsync_proto::{
+    BatchAck, BatchRequest, ErrorCode, ReadReply, Response, WireError, WriteAck, WriteRequest,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::digests::Digests;
@@ -161,11 +163,34 @@ impl Pipeline {
         responses
     }
 
-    /// Decides a write of several lines as one commit. The REST surfaces
-    /// for it (batches, holds, transfers) come with SPEC §5; today tests
-    /// use it.
+    /// Decides a write of several lines as one commit.
     pub async fn commit(&self, command: Command) -> Answer {
         self.submit(Request::Write(command)).await
+    }
+
+    /// Decides a batch from `store` as one commit, all lines or none, and
+    /// answers once it is durable.
+    pub async fn batch(&self, store: &str, batch: BatchRequest) -> Response {
+        let lines = batch.lines.into_iter().map(|line| Line {
+            key: line.key,
+            op: line.op,
+            expected_version: line.expected_version,
+            lock_token: line.lock_token,
+        });
+        let command = Command {
+            store: store.to_string(),
+            idempotency_key: batch.idempotency_key,
+            lines: lines.collect(),
+        };
+        match self.commit(command).await {
+            Answer::Accepted { changes, replayed } => Response::Batch(BatchAck {
+                seq: changes.first().map_or(0, |(seq, _)| *seq),
+                states: changes.into_iter().map(|(_, state)| state).collect(),
+                replayed,
+            }),
+            Answer::Refused(err) => Response::Error(err),
+            Answer::Read { .. } => Response::Error(unavailable()),
+        }
     }
 
     /// Reads one key after everything decided before it is durable.

@@ -163,14 +163,16 @@ fn write(command: &Command, view: &mut View, decision: &mut Decision, now_ms: u6
     }
     for (i, line) in lines.iter().enumerate() {
         if lines[..i].iter().any(|l| l.key == line.key) {
-            return Answer::Refused(WireError::new(
+            let mut err = WireError::new(
                 ErrorCode::InvalidField,
                 format!("key {} appears twice in one request", line.key),
-            ));
+            );
+            err.line = u32::try_from(i).ok();
+            return Answer::Refused(err);
         }
     }
     let mut next = Vec::with_capacity(lines.len());
-    for line in lines {
+    for (index, line) in lines.iter().enumerate() {
         let current = state_of(view, &line.key);
         let precondition = Precondition {
             expected_version: line.expected_version,
@@ -179,6 +181,11 @@ fn write(command: &Command, view: &mut View, decision: &mut Decision, now_ms: u6
         match apply(&line.key, &current, &line.op, precondition, now_ms) {
             Ok(state) => next.push((current, state)),
             Err(rejection) => {
+                // A line of a multi-key request says which one it is.
+                let rejection = match lines.len() {
+                    1 => rejection,
+                    _ => rejection.at_line(index),
+                };
                 return Answer::Refused(WireError::rejected(&rejection, current.item()));
             }
         }

@@ -12,10 +12,10 @@ use std::time::Instant;
 
 use shelfsync_core::{Item, ItemKey, Op};
 use shelfsync_proto::{
-    ADMIN_IDENTITY, Change, ChangesPage, ChangesRequest, ErrorCode, Hello, HelloReply,
-    HistoryReply, HistoryRequest, MAX_WRITES, PROTOCOL_VERSION, ReportAck, Request, Response,
-    SOFTWARE_VERSION, SUPPORTED_VERSIONS, SnapshotPage, SnapshotRequest, StatusReply, StoreReport,
-    StoreStatus, WireError, WriteRequest,
+    ADMIN_IDENTITY, BatchRequest, Change, ChangesPage, ChangesRequest, ErrorCode, Hello,
+    HelloReply, HistoryReply, HistoryRequest, MAX_BATCH_LINES, MAX_WRITES, PROTOCOL_VERSION,
+    ReportAck, Request, Response, SOFTWARE_VERSION, SUPPORTED_VERSIONS, SnapshotPage,
+    SnapshotRequest, StatusReply, StoreReport, StoreStatus, WireError, WriteRequest,
 };
 
 use crate::FastMap;
@@ -186,6 +186,7 @@ impl Service {
                 }
                 answer
             }
+            Request::Batch(batch) => self.batch(peer, batch).await,
             Request::Read(read) => match self.check(peer, Access::Read, &read.key.location) {
                 Ok(()) => Ok(self.pipeline.read(read.key).await),
                 Err(err) => Err(err),
@@ -254,27 +255,46 @@ impl Service {
     }
 
     fn check_write(&self, peer: &Peer, write: &WriteRequest) -> Result<(), WireError> {
-        let key = &write.idempotency_key;
-        if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY || key.chars().any(char::is_control) {
-            return Err(WireError::new(
-                ErrorCode::InvalidField,
-                format!(
-                    "invalid idempotency key: 1 to {MAX_IDEMPOTENCY_KEY} bytes without control characters"
-                ),
-            ));
-        }
-        write
-            .key
-            .validate()
-            .map_err(|e| WireError::rejected(&e, None))?;
-        // Only the coordinator ends an expired lock.
-        if matches!(write.op, Op::LockExpire { .. }) {
+        check_idempotency_key(&write.idempotency_key)?;
+        self.check_line(peer, &write.key, &write.op)
+    }
+
+    /// A line of a write: a valid key the peer may write, and an op a store
+    /// may send (only the coordinator ends an expired lock).
+    fn check_line(&self, peer: &Peer, key: &ItemKey, op: &Op) -> Result<(), WireError> {
+        key.validate().map_err(|e| WireError::rejected(&e, None))?;
+        if matches!(op, Op::LockExpire { .. }) {
             return Err(WireError::new(
                 ErrorCode::BadRequest,
-                format!("{} is not a write a store may send", write.op.kind()),
+                format!("{} is not a write a store may send", op.kind()),
             ));
         }
-        self.check(peer, Access::Write, &write.key.location)
+        self.check(peer, Access::Write, &key.location)
+    }
+
+    /// Writes to several keys as one commit, all or none.
+    async fn batch(&self, peer: &Peer, batch: BatchRequest) -> Result<Response, WireError> {
+        check_idempotency_key(&batch.idempotency_key)?;
+        if !(1..=MAX_BATCH_LINES).contains(&batch.lines.len()) {
+            return Err(WireError::new(
+                ErrorCode::InvalidField,
+                format!("a batch has 1 to {MAX_BATCH_LINES} lines"),
+            ));
+        }
+        for (index, line) in batch.lines.iter().enumerate() {
+            let mut checked = self.check_line(peer, &line.key, &line.op);
+            if checked.is_ok() && line.op.is_lock_op() {
+                checked = Err(WireError::new(
+                    ErrorCode::InvalidField,
+                    "a batch line takes the ops of single items, not locks",
+                ));
+            }
+            checked.map_err(|mut err| {
+                err.line = u32::try_from(index).ok();
+                err
+            })?;
+        }
+        Ok(self.pipeline.batch(peer.name(), batch).await)
     }
 
     fn check_locations(&self, peer: &Peer, locations: &[String]) -> Result<(), WireError> {
@@ -572,3 +592,15 @@ async fn blocking<T: Send + 'static>(
 
 #[cfg(test)]
 mod tests;
+
+fn check_idempotency_key(key: &str) -> Result<(), WireError> {
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY || key.chars().any(char::is_control) {
+        return Err(WireError::new(
+            ErrorCode::InvalidField,
+            format!(
+                "invalid idempotency key: 1 to {MAX_IDEMPOTENCY_KEY} bytes without control characters"
+            ),
+        ));
+    }
+    Ok(())
+}

@@ -14,13 +14,13 @@ use shelfsync_core::{Item, ItemKey, KeyState, Op, Rejection};
 /// The protocol version this build speaks; a coordinator names its own in
 /// its hello reply. Version 2 added [`Request::Writes`], which a client
 /// sends only to a coordinator whose reply says 2 or more.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 /// The version a client of this build asks for in its hello: the oldest it
 /// can work with, so that it can still talk to a coordinator of an older
 /// build (it then does without what came later).
 pub const MIN_PROTOCOL_VERSION: u16 = 1;
 /// Every protocol version this build can talk; the hello is refused otherwise.
-pub const SUPPORTED_VERSIONS: &[u16] = &[1, 2];
+pub const SUPPORTED_VERSIONS: &[u16] = &[1, 2, 3];
 /// Most writes in one [`Request::Writes`].
 pub const MAX_WRITES: usize = 1024;
 /// The software version carried in hellos and store reports.
@@ -41,6 +41,10 @@ pub enum Request {
     /// One stream for many writes: an agent sends the writes its clients
     /// made while its previous ones were on their way (protocol version 2).
     Writes(Vec<WriteRequest>),
+    /// Writes to several keys as one commit, all or none (protocol version
+    /// 3): answered with [`Response::Batch`], or an error naming the first
+    /// refused line.
+    Batch(BatchRequest),
     /// A strong read of one key: the coordinator's durable state.
     Read(ReadRequest),
     /// The change-log entries after a cursor.
@@ -62,6 +66,7 @@ impl Request {
             Request::Hello(_) => "hello",
             Request::Write(_) => "write",
             Request::Writes(_) => "writes",
+            Request::Batch(_) => "batch",
             Request::Read(_) => "read",
             Request::Changes(_) => "changes",
             Request::Snapshot(_) => "snapshot",
@@ -83,6 +88,8 @@ pub enum Response {
     /// One answer per write of a [`Request::Writes`], in order: each a
     /// [`Response::Write`] or a [`Response::Error`].
     Writes(Vec<Response>),
+    /// The batch was accepted whole and is durable.
+    Batch(BatchAck),
     /// The item as it stands, durable.
     Read(ReadReply),
     /// A page of change-log entries.
@@ -161,6 +168,45 @@ pub struct WriteRequest {
     /// locked, refused when it is not the live lock's.
     #[serde(default)]
     pub lock_token: Option<u64>,
+}
+
+/// Most lines in one [`Request::Batch`].
+pub const MAX_BATCH_LINES: usize = 100;
+
+/// One line of a batch: a write to one key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchLine {
+    /// The key written.
+    pub key: ItemKey,
+    /// What to do.
+    pub op: Op,
+    /// If present, the batch is refused unless the key is at this version.
+    #[serde(default)]
+    pub expected_version: Option<u64>,
+    /// The token of the key's lock, while it is locked.
+    #[serde(default)]
+    pub lock_token: Option<u64>,
+}
+
+/// Writes to several distinct keys (1..=[`MAX_BATCH_LINES`]) as one commit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchRequest {
+    /// Covers the whole batch: a retry returns the original outcome.
+    pub idempotency_key: String,
+    /// The lines, on distinct keys.
+    pub lines: Vec<BatchLine>,
+}
+
+/// An accepted, durable batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchAck {
+    /// Sequence number of the first line's change; the others follow.
+    pub seq: u64,
+    /// Each line's key state after the batch, in line order.
+    pub states: Vec<KeyState>,
+    /// True when this is the recorded outcome of an earlier identical request.
+    #[serde(default)]
+    pub replayed: bool,
 }
 
 /// An accepted, durable write.
@@ -525,6 +571,9 @@ pub struct WireError {
     /// Who holds the lock that refused the write, and for how long yet.
     #[serde(default)]
     pub locked: Option<LockedBy>,
+    /// The index of the refused line of a batch.
+    #[serde(default)]
+    pub line: Option<u32>,
 }
 
 /// The live lock a write was refused for.
@@ -544,6 +593,7 @@ impl WireError {
             message: message.into(),
             current: None,
             locked: None,
+            line: None,
         }
     }
 
@@ -584,6 +634,7 @@ impl WireError {
             message: rejection.to_string(),
             current: rejection.current().or(current).cloned().map(Box::new),
             locked,
+            line: rejection.line().and_then(|line| u32::try_from(line).ok()),
         }
     }
 

@@ -1,6 +1,7 @@
-//! Locks through the agent's REST API (SPEC §5 "Locks", guarantee 9): one
-//! holder at a time, fenced by tokens, ended by the coordinator when the
-//! lease passes, also across its restart.
+//! Locks and batches through the agent's REST API (SPEC §5, guarantees 9
+//! and 11): one lock holder at a time, fenced by tokens, ended by the
+//! coordinator when the lease passes, also across its restart; a batch is
+//! applied whole or not at all.
 
 use std::time::{Duration, Instant};
 
@@ -34,6 +35,13 @@ async fn lock_of(rest: &RestClient, sku: &str) -> Value {
     let reply = rest.get(&path).await.unwrap();
     expect(&reply, 200);
     reply.json["lock"].clone()
+}
+
+/// A local read, which must answer 200.
+async fn local(rest: &RestClient, sku: &str) -> Value {
+    let reply = rest.get(&item_path(STORE_1, sku)).await.unwrap();
+    expect(&reply, 200);
+    reply.json
 }
 
 async fn create(rest: &RestClient, sku: &str) {
@@ -175,4 +183,46 @@ async fn a_lock_expires_across_a_coordinator_kill() {
         "ended after {waited:?}, restarted after {restarted:?}"
     );
     assert!(after.json["lock"].is_null(), "{after}");
+}
+
+/// A batch is one commit: with one bad line nothing changes and the
+/// problem names the line; a good one changes every line, and its key
+/// returns the same outcome when sent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_with_one_bad_line_changes_nothing() {
+    let (_cluster, rest) = cluster_with_store_1(store_1_spec()).await;
+    create(&rest, "a").await;
+    create(&rest, "b").await;
+    let (a, b) = (local(&rest, "a").await, local(&rest, "b").await);
+    let line = |sku: &str, op: &str, amount: u64| json!({"location": STORE_1, "sku": sku, "op": op, "amount": amount});
+
+    // b has 10: removing 11 fails, and a's add must not happen either.
+    let bad = json!({"lines": [line("a", "add", 5), line("b", "remove", 11)]});
+    let refused = rest.post("/v1/batch", &[], &bad).await.unwrap();
+    expect(&refused, 409);
+    assert_eq!(refused.json["line"], 1, "{refused}");
+    assert_eq!(refused.json["current"]["sku"], "b");
+    let twice = json!({"lines": [line("a", "add", 1), line("a", "add", 1)]});
+    let dup = rest.post("/v1/batch", &[], &twice).await.unwrap();
+    expect(&dup, 422);
+    assert_eq!(dup.json["line"], 1, "{dup}");
+    let strong = |sku| format!("{}?consistency=strong", item_path(STORE_1, sku));
+    for (sku, before) in [("a", &a), ("b", &b)] {
+        let now = rest.get(&strong(sku)).await.unwrap();
+        assert_eq!(&now.json, before, "{sku} changed");
+    }
+
+    let good = json!({"lines": [line("a", "add", 5), line("b", "reserve", 3)]});
+    let key = [("Idempotency-Key", "batch-1")];
+    let accepted = rest.post("/v1/batch", &key, &good).await.unwrap();
+    expect(&accepted, 200);
+    let items = accepted.json["items"].as_array().unwrap();
+    assert_eq!(items[0]["quantity"], 15);
+    assert_eq!(items[1]["reserved"], 3);
+    // Read back at once from this agent, and the retry changes nothing.
+    assert_eq!(local(&rest, "a").await, items[0]);
+    let again = rest.post("/v1/batch", &key, &good).await.unwrap();
+    expect(&again, 200);
+    assert_eq!(again.json, accepted.json);
+    assert_eq!(rest.get(&strong("a")).await.unwrap().json, items[0]);
 }

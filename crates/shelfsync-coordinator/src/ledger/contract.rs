@@ -275,6 +275,7 @@ fn idempotency_round_trips_and_expires(ledger: &dyn Ledger) {
                 code: ErrorCode::NotFound,
                 message: "gone".into(),
                 current: None,
+                line: None,
             },
         },
     };

@@ -156,6 +156,9 @@ pub struct Refusal {
     pub message: String,
     /// The item as it stood, for version and stock refusals.
     pub current: Option<Item>,
+    /// The refused line of a batch.
+    #[serde(default)]
+    pub line: Option<u32>,
 }
 
 impl From<&WireError> for Refusal {
@@ -164,6 +167,7 @@ impl From<&WireError> for Refusal {
             code: error.code,
             message: error.message.clone(),
             current: error.current.as_deref().cloned(),
+            line: error.line,
         }
     }
 }
@@ -176,6 +180,7 @@ impl From<&Refusal> for WireError {
             current: refusal.current.clone().map(Box::new),
             // Lock refusals are not recorded (they say when to retry).
             locked: None,
+            line: refusal.line,
         }
     }
 }

@@ -215,6 +215,7 @@ mod tests {
                         version: 7,
                         ..Default::default()
                     }),
+                    line: None,
                 },
             },
         }

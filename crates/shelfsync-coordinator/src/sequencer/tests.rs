@@ -224,6 +224,7 @@ fn cases() -> Vec<Case> {
                             code: ErrorCode::InsufficientStock,
                             message: "no".into(),
                             current: None,
+                            line: None,
                         },
                     },
                 },
