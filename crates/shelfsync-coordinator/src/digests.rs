@@ -1,11 +1,9 @@
 //! Per-location digests of the coordinator's items, to verify replicas.
 //!
-//! For each location the coordinator keeps the digest of its live items
-//! ([`shelfsync_core::digest`]) and the sequence number of the last change
-//! to it. A store reports its replica's digest at its cursor; when none of
-//! the store's locations changed after that cursor, the coordinator's
-//! current digest of those locations *is* the digest at the cursor, and the
-//! two must be equal. Otherwise the check waits for a quieter report.
+//! Per location: the digest of its live items ([`shelfsync_core::digest`])
+//! and the seq of its last change. When none of a store's locations changed
+//! after the cursor it reports, our digest of them is the digest at that
+//! cursor and must equal the replica's; otherwise the check waits.
 
 use std::sync::Mutex;
 
@@ -62,12 +60,10 @@ impl Digests {
         let Ok(mut locations) = self.locations.lock() else {
             return;
         };
-        // Found without allocating, as for every write after the first.
-        if !locations.contains_key(location) {
-            locations.insert(location.to_string(), Default::default());
-        }
-        let Some(entry) = locations.get_mut(location) else {
-            return;
+        // Looked up without allocating, as for every write after the first.
+        let entry = match locations.get_mut(location) {
+            Some(entry) => entry,
+            None => locations.entry(location.to_string()).or_default(),
         };
         if let Some(item) = old.item() {
             entry.digest.remove(item);

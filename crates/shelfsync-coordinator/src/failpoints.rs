@@ -1,13 +1,10 @@
 //! The coordinator's failpoints, for the fault suite (docs/testing.md).
 //!
-//! The points sit where the faults happen ([`crate::pipeline`]), named by the constants below; those names are an
-//! interface of the fault suite. They are configured from `FAILPOINTS` at
-//! start ([`crate::run`]) and through `PUT /debug/failpoints/{name}` (the
-//! actions as the body) and `GET /debug/failpoints` on the HTTP listener
-//! ([`routes`]); [`shelfsync_proto::failpoints`] holds that shared
-//! machinery. All of it is compiled in only with the `failpoints` cargo
-//! feature: in any other build the points do nothing and the routes answer
-//! 404.
+//! The points sit in [`crate::pipeline`]; their names below are an
+//! interface of the fault suite. They are set from `FAILPOINTS` at start
+//! and through `PUT /debug/failpoints/{name}` ([`routes`]), with the
+//! machinery of [`shelfsync_proto::failpoints`]. All of it is compiled in
+//! only with the `failpoints` feature; otherwise the routes answer 404.
 
 #[cfg(feature = "failpoints")]
 pub use shelfsync_proto::failpoints::set;

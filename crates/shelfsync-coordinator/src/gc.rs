@@ -1,16 +1,11 @@
 //! Background collection: expired idempotency buckets and change-log
 //! entries beyond `retain_changes`.
 //!
-//! Collection runs on a thread of its own ([`COLLECTOR_THREAD`]) at a low
-//! CPU priority ([`BACKGROUND_NICE`]), a round every `gc_interval`.
-//! Compaction is done in slices of [`SLICE`] changes, and after
-//! each slice the collector rests [`REST_FACTOR`] times as long as the
-//! slice took. A burst of writes leaves hundreds of thousands of changes
-//! past retention for the next round; done at once, at the priority of
-//! the threads that answer writes, that took one core for a quarter of a
-//! second and more (docs/performance.md). Paced, it takes at most a
-//! quarter of a core, writes go on between slices and take a contended
-//! CPU first, and no slice holds the storage engine for long.
+//! It runs a round every `gc_interval` on a thread of its own at a low CPU
+//! priority, and compacts in slices, resting after each [`REST_FACTOR`]
+//! times as long as the slice took: a burst of writes can leave hundreds of
+//! thousands of changes for one round, and paced like this the round takes
+//! at most a quarter of a core while writes go on (docs/performance.md).
 
 use std::future::Future;
 use std::sync::{Arc, mpsc};
@@ -102,8 +97,8 @@ fn collect(ledger: &dyn Ledger, config: &GcConfig, stop: &mpsc::Receiver<()>) {
 }
 
 /// One round: every expired idempotency bucket, then every change past
-/// retention, in slices. After each slice `pace` gets the time it took and returns
-/// whether to go on (false ends the round early; the next one resumes).
+/// retention, in slices. After each slice `pace` gets the time it took and
+/// returns whether to go on (false ends the round early; the next resumes).
 pub fn round(
     ledger: &dyn Ledger,
     config: &GcConfig,
@@ -118,10 +113,7 @@ pub fn round(
         let started = Instant::now();
         let n = ledger.compact_changes(config.retain_changes, SLICE)?;
         compacted += n;
-        if n < SLICE {
-            break;
-        }
-        if !pace(started.elapsed()) {
+        if n < SLICE || !pace(started.elapsed()) {
             break;
         }
     }

@@ -2,9 +2,9 @@
 //!
 //! Read in this order: [`config`] (what it is told), [`ledger`] (what it
 //! keeps), [`sequencer`] (how a group of writes is decided), [`pipeline`]
-//! (the thread that decides and commits),
-//! [`service`] (what it answers), [`server`] and [`http`] (how it listens),
-//! and [`run`], which wires them together.
+//! (the thread that decides and commits), [`service`] (what it answers),
+//! [`server`] and [`http`] (how it listens), and [`run`], which wires them
+//! together.
 
 pub mod config;
 pub mod digests;
@@ -22,24 +22,23 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use anyhow::Context;
 pub use config::Config;
 
 use crate::digests::Digests;
 use crate::ledger::{Buckets, FjallLedger, Ledger};
 use crate::metrics::Metrics;
-use crate::pipeline::{Pipeline, PipelineConfig};
+use crate::pipeline::Pipeline;
 use crate::service::Service;
 
-/// A hash map for the short names stores send (item and idempotency keys,
-/// locations, store ids) on every write's path. foldhash hashes them
-/// several times faster than std's SipHash, which took about 2 % of the
-/// CPU at half of the peak (docs/performance.md); its seed is random per
-/// map, like std's, so a store cannot aim its keys at one map's buckets.
+/// A hash map for the short names on every write's path (keys, locations,
+/// store ids): foldhash is several times faster than std's SipHash
+/// (docs/performance.md), and like std's it seeds each map at random, so a
+/// store cannot aim its keys at one map's buckets.
 pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::quality::RandomState>;
 
 /// The file in `data_dir` that keeps the QUIC stateless-reset key across
-/// restarts, so that agents connected before a restart learn of it at their
-/// next packet ([`shelfsync_proto::net::reset_key`]).
+/// restarts, so agents learn of a restart at their next packet.
 pub const RESET_KEY_FILE: &str = "quic-reset-key";
 /// The directory in `data_dir` that holds the ledger.
 pub const LEDGER_DIR: &str = "ledger";
@@ -69,11 +68,9 @@ impl Coordinator {
         let digests = Arc::new(Digests::load(ledger.as_ref())?);
         let pipeline = Pipeline::start(
             ledger.clone(),
-            PipelineConfig {
-                idempotency_ttl: config.idempotency_ttl,
-                digests: digests.clone(),
-            },
+            digests.clone(),
             metrics.clone(),
+            config.idempotency_ttl,
         )?;
         let service = Arc::new(Service::new(
             ledger.clone(),
@@ -84,18 +81,18 @@ impl Coordinator {
         )?);
         let server_config = shelfsync_proto::tls::server_config(&config.tls)?;
         let reset_key_path = config.data_dir.join(RESET_KEY_FILE);
-        let reset_key = shelfsync_proto::net::reset_key(&reset_key_path).map_err(|e| {
-            anyhow::anyhow!(
-                "cannot load the QUIC reset key {}: {e}",
+        let reset_key = shelfsync_proto::net::reset_key(&reset_key_path).with_context(|| {
+            format!(
+                "cannot load the QUIC reset key {}",
                 reset_key_path.display()
             )
         })?;
         let endpoint =
             shelfsync_proto::net::server_endpoint(config.listen, server_config, &reset_key)
-                .map_err(|e| anyhow::anyhow!("cannot listen on {} (QUIC): {e}", config.listen))?;
+                .with_context(|| format!("cannot listen on {} (QUIC)", config.listen))?;
         let http = tokio::net::TcpListener::bind(config.http_listen)
             .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {} (HTTP): {e}", config.http_listen))?;
+            .with_context(|| format!("cannot listen on {} (HTTP)", config.http_listen))?;
         Ok(Coordinator {
             quic_addr: endpoint.local_addr()?,
             http_addr: http.local_addr()?,
@@ -127,11 +124,9 @@ impl Coordinator {
             self.service.clone(),
             stopped(),
         ));
-        // A storage failure ends the run like a shutdown, but with an error,
-        // so the process exits non-zero and its supervisor restarts it. Going
-        // on is not safe after a failed fdatasync (the kernel may have dropped
-        // the pages); the restart reads what the ledger really holds, which
-        // has every acknowledged write.
+        // A storage failure ends the run with an error, for the supervisor
+        // to restart the process: going on after a failed fdatasync is not
+        // safe, and the restart reads what the ledger really holds.
         let failed = tokio::select! {
             () = shutdown => None,
             cause = self.service.pipeline().failed() => Some(cause),

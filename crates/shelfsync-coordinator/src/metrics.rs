@@ -13,7 +13,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use shelfsync_proto::ErrorCode;
 use shelfsync_proto::time::now_ms;
+
+use crate::sequencer::{Answer, Command};
 
 /// Labels of the write counter: both from fixed sets (op kinds, outcomes
 /// and wire codes), so counting a write allocates nothing.
@@ -38,6 +41,7 @@ const BUCKETS: u64 = 5;
 type RecentBucket = (u64, u64, u64);
 
 /// All coordinator metrics.
+#[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
     writes: Family<WriteLabels, Counter>,
@@ -49,12 +53,6 @@ pub struct Metrics {
     connected: Gauge,
     head: Gauge,
     recent: Mutex<HashMap<String, Vec<RecentBucket>>>,
-}
-
-impl std::fmt::Debug for Metrics {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Metrics").finish_non_exhaustive()
-    }
 }
 
 impl Default for Metrics {
@@ -131,23 +129,35 @@ impl Metrics {
         out
     }
 
-    pub(crate) fn count_write(&self, op: &'static str, outcome: &'static str) {
-        self.writes
-            .get_or_create(&WriteLabels { op, outcome })
-            .inc();
-    }
-
-    pub(crate) fn count_conflict(&self, store: &str) {
-        self.conflicts
-            .get_or_create(&StoreLabels {
-                store: store.to_string(),
-            })
-            .inc();
-        self.bump_recent(store, true);
-    }
-
-    pub(crate) fn count_rejection(&self, store: &str) {
-        self.bump_recent(store, false);
+    /// Counts the answer to a write: by op and outcome, and per store its
+    /// conflicts and other rejections.
+    pub(crate) fn count(&self, command: &Command, answer: &Answer) {
+        let op = match command.lines.as_slice() {
+            [line] => line.op.kind(),
+            _ => "multi",
+        };
+        let outcome = match answer {
+            Answer::Accepted { replayed: true, .. } => "replayed",
+            Answer::Accepted { .. } => "accepted",
+            Answer::Refused(err) => err.code.as_str(),
+            Answer::Read { .. } => return,
+        };
+        let labels = WriteLabels { op, outcome };
+        self.writes.get_or_create(&labels).inc();
+        let store = &command.store;
+        match answer {
+            Answer::Refused(err) if err.code == ErrorCode::VersionMismatch => {
+                let labels = StoreLabels {
+                    store: store.clone(),
+                };
+                self.conflicts.get_or_create(&labels).inc();
+                self.bump_recent(store, true);
+            }
+            Answer::Refused(err) if err.code != ErrorCode::IdempotencyKeyReused => {
+                self.bump_recent(store, false);
+            }
+            _ => {}
+        }
     }
 
     pub(crate) fn observe_key_wait(&self, wait: Duration) {
@@ -180,23 +190,20 @@ impl Metrics {
 
     fn bump_recent(&self, store: &str, conflict: bool) {
         let bucket = now_ms() / BUCKET_MS;
+        let new = (bucket, u64::from(conflict), u64::from(!conflict));
         let Ok(mut recent) = self.recent.lock() else {
             return;
         };
-        // Found without allocating, as for every rejection after a store's
-        // first.
-        if !recent.contains_key(store) {
-            recent.insert(store.to_string(), Vec::new());
-        }
+        // Looked up without allocating, as for every rejection after a
+        // store's first.
         let Some(buckets) = recent.get_mut(store) else {
+            recent.insert(store.to_string(), vec![new]);
             return;
         };
         buckets.retain(|(b, _, _)| b + BUCKETS > bucket);
         match buckets.last_mut() {
-            Some((b, c, r)) if *b == bucket => {
-                *if conflict { c } else { r } += 1;
-            }
-            _ => buckets.push((bucket, u64::from(conflict), u64::from(!conflict))),
+            Some((b, c, r)) if *b == bucket => *if conflict { c } else { r } += 1,
+            _ => buckets.push(new),
         }
     }
 

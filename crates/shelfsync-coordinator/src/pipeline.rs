@@ -1,25 +1,16 @@
 //! The write pipeline: one thread, the sequencer's, that every write and
 //! strong read passes through.
 //!
-//! It takes every job queued so far as one group and:
-//! 1. fetches what the decision reads: each named key's state (from its
-//!    cache, else the ledger), each write's idempotency record and the
-//!    changes a record points to;
-//! 2. decides the group with [`sequencer::decide`], a pure function;
-//! 3. commits the group's [`crate::ledger::CommitGroup`] with one
-//!    [`Ledger::commit`], which returns once the group is durable;
-//! 4. raises the head readers see, then answers the jobs.
-//!
-//! Deciding in one place serializes writes to a key; a group at a time lets
-//! many writes share one `fdatasync`. Jobs that arrive during a commit form
-//! the next group. Nothing is answered before its commit returns, and
-//! readers (sync, snapshots, history) read from the ledger, which holds
-//! only committed groups.
+//! It takes every job queued so far as one group; fetches what deciding it
+//! reads (item states from its cache or the ledger, idempotency records and
+//! the changes they point to); decides it with [`sequencer::decide`];
+//! commits it with one [`Ledger::commit`], durable on return; then raises
+//! the head readers see and answers the jobs. Jobs that arrive during a
+//! commit form the next group, so many writes share one `fdatasync`.
 //!
 //! If a commit fails, what it held is not known to be durable: the pipeline
 //! stops, answers every job `unavailable`, and [`Pipeline::failed`]
-//! resolves; the coordinator's run ends with an error and its supervisor
-//! restarts it, and the restart reads what the ledger really holds.
+//! resolves, so the coordinator exits for its supervisor to restart it.
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -44,17 +35,16 @@ const QUEUE_DEPTH: usize = 16 * 1024;
 /// Item states the sequencer keeps in memory (about 250 bytes each); past
 /// this the cache is emptied and refills from the ledger.
 const ITEM_CACHE_ENTRIES: usize = 256 * 1024;
-/// The nice value the sequencer asks for: above the default, so that the
-/// thread every acknowledgement waits for gets a contended CPU first.
-/// Raising a priority needs a privilege (root, `CAP_SYS_NICE`, or an
-/// `RLIMIT_NICE` of at least 25, which the systemd unit grants with
+/// The sequencer's nice value: the thread every acknowledgement waits for
+/// gets a contended CPU first. Raising a priority needs root,
+/// `CAP_SYS_NICE` or an `RLIMIT_NICE` of at least 25 (the systemd unit's
 /// `LimitNICE=-5`); without it the sequencer runs at the default priority.
 pub const ACK_PATH_NICE: i32 = -5;
 /// The nice value of work off the acknowledgement path (the collector).
 pub const BACKGROUND_NICE: i32 = 10;
-/// How long the sequencer lets a group gather before deciding it when the
-/// group before had more than one job: under load, more writers then share
-/// one sync, and a lone writer does not wait.
+/// How long a group gathers before it is decided when the group before had
+/// more than one job: under load more writers share one sync, and a lone
+/// writer does not wait.
 pub const GROUP_LINGER: Duration = Duration::from_micros(200);
 
 /// A unit of work for the pipeline.
@@ -86,21 +76,14 @@ pub struct Pipeline {
     thread: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
-/// Settings of the pipeline.
-#[derive(Debug, Clone)]
-pub struct PipelineConfig {
-    /// How long an idempotency record answers a retry.
-    pub idempotency_ttl: Duration,
-    /// Per-location digests to keep in step with accepted writes.
-    pub digests: Arc<Digests>,
-}
-
 impl Pipeline {
-    /// Starts the sequencer thread over `ledger`.
+    /// Starts the sequencer thread over `ledger`. Idempotency records answer
+    /// retries for `idempotency_ttl`; `digests` follow accepted writes.
     pub fn start(
         ledger: Arc<dyn Ledger>,
-        config: PipelineConfig,
+        digests: Arc<Digests>,
         metrics: Arc<Metrics>,
+        idempotency_ttl: Duration,
     ) -> Result<Self, LedgerError> {
         let head = ledger.head()?;
         let (jobs_tx, jobs_rx) = mpsc::channel(QUEUE_DEPTH);
@@ -108,12 +91,12 @@ impl Pipeline {
         let failed = Arc::new(Failure::default());
         let sequencer = Sequencer {
             ledger,
-            ttl_ms: u64::try_from(config.idempotency_ttl.as_millis()).unwrap_or(u64::MAX),
+            ttl_ms: u64::try_from(idempotency_ttl.as_millis()).unwrap_or(u64::MAX),
             head,
             head_tx,
             metrics,
             failed: failed.clone(),
-            digests: config.digests,
+            digests,
             view: View::default(),
         };
         let thread = std::thread::Builder::new()
@@ -144,8 +127,7 @@ impl Pipeline {
 
     /// Decides a write from `store` and answers once it is durable.
     pub async fn write(&self, store: &str, request: WriteRequest) -> Response {
-        let answer = self.enqueue(Request::Write(command(store, request))).await;
-        write_response(answer.await)
+        write_response(self.submit(Request::Write(command(store, request))).await)
     }
 
     /// Decides several writes from `store`, each on its own, and answers
@@ -424,16 +406,22 @@ impl Sequencer {
             return Ok(());
         }
         self.fetch(&requests)?;
-        let decision =
-            sequencer::decide(&requests, &mut self.view, self.head, now_ms(), self.ttl_ms);
-        self.count(&requests, &decision.answers);
+        let sequencer::Decision {
+            group,
+            replaced,
+            answers,
+        } = sequencer::decide(&requests, &mut self.view, self.head, now_ms(), self.ttl_ms);
+        for (request, answer) in requests.iter().zip(&answers) {
+            if let Request::Write(command) = request {
+                self.metrics.count(command, answer);
+            }
+        }
         self.metrics.observe_group(requests.len());
-        for (write, before) in decision.group.writes.iter().zip(&decision.replaced) {
+        for (write, before) in group.writes.iter().zip(&replaced) {
             let change = &write.change;
             self.digests
                 .apply(&change.key.location, change.seq, before, &change.state);
         }
-        let sequencer::Decision { group, answers, .. } = decision;
         let head = group.head;
         let has_writes = !group.writes.is_empty() || !group.idempotency.is_empty();
         if has_writes && failpoints::triggered(failpoints::ACK_BEFORE_DURABLE) {
@@ -490,19 +478,16 @@ impl Sequencer {
         self.view.idempotency.clear();
         self.view.changes.clear();
         for request in requests {
-            let keys: Vec<&ItemKey> = match request {
-                Request::Read(key) => vec![key],
-                Request::Write(command) => command.lines.iter().map(|l| &l.key).collect(),
-            };
-            for key in keys {
-                if !self.view.items.contains_key(key) {
-                    let record = self.ledger.load(key)?;
-                    self.view.items.insert(key.clone(), record);
+            let command = match request {
+                Request::Read(key) => {
+                    self.load(key)?;
+                    continue;
                 }
-            }
-            let Request::Write(command) = request else {
-                continue;
+                Request::Write(command) => command,
             };
+            for line in &command.lines {
+                self.load(&line.key)?;
+            }
             // A deliberate bug for the fault suite: a retry is decided anew.
             if failpoints::triggered(failpoints::SKIP_IDEMPOTENCY_LOOKUP) {
                 continue;
@@ -526,31 +511,13 @@ impl Sequencer {
         Ok(())
     }
 
-    fn count(&self, requests: &[Request], answers: &[Answer]) {
-        for (request, answer) in requests.iter().zip(answers) {
-            let Request::Write(command) = request else {
-                continue;
-            };
-            let kind = match command.lines.as_slice() {
-                [line] => line.op.kind(),
-                _ => "multi",
-            };
-            match answer {
-                Answer::Accepted { replayed: true, .. } => {
-                    self.metrics.count_write(kind, "replayed")
-                }
-                Answer::Accepted { .. } => self.metrics.count_write(kind, "accepted"),
-                Answer::Refused(err) => {
-                    match err.code {
-                        ErrorCode::VersionMismatch => self.metrics.count_conflict(&command.store),
-                        ErrorCode::IdempotencyKeyReused => {}
-                        _ => self.metrics.count_rejection(&command.store),
-                    }
-                    self.metrics.count_write(kind, err.code.as_str());
-                }
-                Answer::Read { .. } => {}
-            }
+    /// Brings a key's state into the view, unless it is there.
+    fn load(&mut self, key: &ItemKey) -> Result<(), LedgerError> {
+        if !self.view.items.contains_key(key) {
+            let record = self.ledger.load(key)?;
+            self.view.items.insert(key.clone(), record);
         }
+        Ok(())
     }
 }
 

@@ -1,20 +1,14 @@
 //! The sequencer's decision: what a group of requests does, as a pure
 //! function of what is known (items, idempotency records), the change-log
-//! head and the coordinator's clock.
+//! head and the clock (docs/architecture.md, "The path of a write").
 //!
-//! [`decide`] takes the requests in arrival order and, for each:
-//! 1. a write whose `(store, idempotency key)` has an unexpired record is
-//!    answered from the record (the same request) or refused (another
-//!    request under a used key);
-//! 2. otherwise each line is decided with [`shelfsync_core::apply`] against
-//!    the state the requests before it left; all lines are accepted or the
-//!    request is refused whole;
-//! 3. accepted lines are numbered with consecutive seqs, one commit, and
-//!    the outcome is recorded under the idempotency key;
-//! 4. a strong read answers the state as decided so far.
-//!
-//! The threads around it ([`crate::pipeline`]) fetch what it needs, commit
-//! the [`CommitGroup`] it returns and deliver the answers.
+//! [`decide`] takes the requests in arrival order: a write whose
+//! idempotency record is unexpired is answered from it (or refused, when
+//! the key was used for another request); otherwise its lines are decided
+//! with [`shelfsync_core::apply`], all or none, numbered with consecutive
+//! seqs as one commit, and the outcome is recorded. A strong read answers
+//! the state as decided so far. [`crate::pipeline`] fetches what it needs,
+//! commits the [`CommitGroup`] it returns and delivers the answers.
 
 use shelfsync_core::{ItemKey, KeyState, Op, Precondition, apply};
 use shelfsync_proto::{Change, ErrorCode, WireError};

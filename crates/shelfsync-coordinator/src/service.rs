@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use shelfsync_core::digest::Digest;
 use shelfsync_core::{Item, ItemKey, Op};
 use shelfsync_proto::{
     ADMIN_IDENTITY, BatchRequest, Change, ChangesPage, ChangesRequest, ErrorCode, Hello,
@@ -148,19 +149,16 @@ impl Service {
         if !SUPPORTED_VERSIONS.contains(&hello.protocol_version) {
             return Response::Error(WireError::unsupported_version(hello.protocol_version));
         }
-        let (writable, readable) = match peer {
-            Peer::Store(id) => self
-                .store(id)
-                .map(|s| (s.writable.clone(), s.readable.clone()))
-                .unwrap_or_default(),
-            Peer::Admin => (Vec::new(), Vec::new()),
+        let store = match peer {
+            Peer::Store(id) => self.store(id),
+            Peer::Admin => None,
         };
         Response::Hello(HelloReply {
             protocol_version: PROTOCOL_VERSION,
             software_version: SOFTWARE_VERSION.to_string(),
             identity: peer.name().to_string(),
-            writable,
-            readable,
+            writable: store.map(|s| s.writable.clone()).unwrap_or_default(),
+            readable: store.map(|s| s.readable.clone()).unwrap_or_default(),
             head: self.pipeline.read_head(),
         })
     }
@@ -187,10 +185,7 @@ impl Service {
                 answer
             }
             Request::Batch(batch) => self.batch(peer, batch).await,
-            Request::Read(read) => match self.check(peer, Access::Read, &read.key.location) {
-                Ok(()) => Ok(self.pipeline.read(read.key).await),
-                Err(err) => Err(err),
-            },
+            Request::Read(read) => self.read(peer, read.key).await,
             Request::Changes(req) => self.changes(peer, req).await,
             Request::Snapshot(req) => self.snapshot(peer, req).await,
             Request::Report(report) => self.report(peer, report),
@@ -219,6 +214,11 @@ impl Service {
         ))
     }
 
+    async fn read(&self, peer: &Peer, key: ItemKey) -> Result<Response, WireError> {
+        self.check(peer, Access::Read, &key.location)?;
+        Ok(self.pipeline.read(key).await)
+    }
+
     async fn write(&self, peer: &Peer, write: WriteRequest) -> Result<Response, WireError> {
         self.check_write(peer, &write)?;
         Ok(self.pipeline.write(peer.name(), write).await)
@@ -234,8 +234,7 @@ impl Service {
         }
         let checked: Vec<_> = writes.iter().map(|w| self.check_write(peer, w)).collect();
         let valid = (writes.into_iter().zip(&checked))
-            .filter(|(_, checked)| checked.is_ok())
-            .map(|(write, _)| write)
+            .filter_map(|(write, checked)| checked.is_ok().then_some(write))
             .collect();
         let mut decided = self
             .pipeline
@@ -297,57 +296,59 @@ impl Service {
         Ok(self.pipeline.batch(peer.name(), batch).await)
     }
 
-    fn check_locations(&self, peer: &Peer, locations: &[String]) -> Result<(), WireError> {
+    /// A sync request's locations, sorted and distinct, if the peer may
+    /// read each one.
+    fn readable(&self, peer: &Peer, mut locations: Vec<String>) -> Result<Vec<String>, WireError> {
         if locations.is_empty() {
             return Err(WireError::new(
                 ErrorCode::BadRequest,
                 "at least one location is needed",
             ));
         }
-        locations
-            .iter()
-            .try_for_each(|l| self.check(peer, Access::Read, l))
+        for location in &locations {
+            self.check(peer, Access::Read, location)?;
+        }
+        locations.sort();
+        locations.dedup();
+        Ok(locations)
     }
 
     async fn changes(&self, peer: &Peer, req: ChangesRequest) -> Result<Response, WireError> {
-        self.check_locations(peer, &req.locations)?;
+        let locations = self.readable(peer, req.locations)?;
         let head = self.pipeline.read_head();
         let ledger = self.ledger.clone();
-        let limit = req.limit.clamp(1, MAX_PAGE) as usize;
+        let limit = page_limit(req.limit);
+        let after = req.after;
         blocking(move || {
-            let expired = |oldest: u64| req.after.saturating_add(1) < oldest || req.after > head;
-            let oldest = ledger.oldest()?;
-            if expired(oldest) {
-                return Ok(Response::CursorExpired { oldest, head });
+            // Checked again after the read: compaction may have removed
+            // entries of the page meanwhile, and then it must not count.
+            let expired = || -> Result<Option<Response>, LedgerError> {
+                let oldest = ledger.oldest()?;
+                let expired = after.saturating_add(1) < oldest || after > head;
+                Ok(expired.then_some(Response::CursorExpired { oldest, head }))
+            };
+            if let Some(expired) = expired()? {
+                return Ok(expired);
             }
-            let locations = distinct(req.locations);
-            let (changes, next) =
-                changes_page(ledger.as_ref(), &locations, req.after, head, limit)?;
-            // Compaction may have run during the read and removed entries
-            // of the page; then the page is not complete and must not count.
-            let oldest = ledger.oldest()?;
-            if expired(oldest) {
-                return Ok(Response::CursorExpired { oldest, head });
-            }
-            Ok(Response::Changes(ChangesPage {
+            let (changes, next) = changes_page(ledger.as_ref(), &locations, after, head, limit)?;
+            let page = Response::Changes(ChangesPage {
                 changes,
                 next,
                 head,
-            }))
+            });
+            Ok(expired()?.unwrap_or(page))
         })
         .await
     }
 
     async fn snapshot(&self, peer: &Peer, req: SnapshotRequest) -> Result<Response, WireError> {
-        self.check_locations(peer, &req.locations)?;
+        let locations = self.readable(peer, req.locations)?;
         let head = self.pipeline.read_head();
         let ledger = self.ledger.clone();
-        let limit = req.limit.clamp(1, MAX_PAGE) as usize;
-        let (items, next, newest) = blocking(move || {
-            let locations = distinct(req.locations);
-            snapshot_page(ledger.as_ref(), &locations, req.after.as_ref(), limit)
-        })
-        .await?;
+        let limit = page_limit(req.limit);
+        let (items, next, newest) =
+            blocking(move || snapshot_page(ledger.as_ref(), &locations, req.after.as_ref(), limit))
+                .await?;
         // Items are read from committed state; answer only once it is durable.
         if !self.pipeline.wait_durable(newest).await {
             return Err(WireError::new(
@@ -365,15 +366,14 @@ impl Service {
                 "only stores send sync reports",
             ));
         };
-        let digest_ok = self.digests.verify(
-            &report.locations,
-            report.cursor,
-            self.pipeline.read_head(),
-            shelfsync_core::digest::Digest {
-                sum: report.digest,
-                count: report.item_count,
-            },
-        );
+        let replica = Digest {
+            sum: report.digest,
+            count: report.item_count,
+        };
+        let head = self.pipeline.read_head();
+        let digest_ok = self
+            .digests
+            .verify(&report.locations, report.cursor, head, replica);
         if digest_ok == Some(false) {
             tracing::warn!(store = %id, cursor = report.cursor, "replica digest does not match; the store will resync");
         }
@@ -441,7 +441,7 @@ impl Service {
             .map_err(|e| WireError::rejected(&e, None))?;
         let ledger = self.ledger.clone();
         let head = self.pipeline.read_head();
-        let limit = req.limit.clamp(1, MAX_PAGE) as usize;
+        let limit = page_limit(req.limit);
         blocking(move || {
             let mut changes = ledger.history(&req.key, limit + 64)?;
             // Only durable entries: drop any committed but not yet flushed.
@@ -570,10 +570,9 @@ fn snapshot_page(
     Ok((items, None, newest))
 }
 
-fn distinct(mut locations: Vec<String>) -> Vec<String> {
-    locations.sort();
-    locations.dedup();
-    locations
+/// A request's page size, within `1..=MAX_PAGE`.
+fn page_limit(limit: u32) -> usize {
+    limit.clamp(1, MAX_PAGE) as usize
 }
 
 /// Runs ledger work off the async threads.

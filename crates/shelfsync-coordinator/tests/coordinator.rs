@@ -10,7 +10,7 @@ use shelfsync_coordinator::config::StoreConfig;
 use shelfsync_coordinator::digests::Digests;
 use shelfsync_coordinator::ledger::{Buckets, FjallLedger, Ledger};
 use shelfsync_coordinator::metrics::Metrics;
-use shelfsync_coordinator::pipeline::{Pipeline, PipelineConfig};
+use shelfsync_coordinator::pipeline::Pipeline;
 use shelfsync_coordinator::service::{Peer, Service};
 use shelfsync_core::{Item, ItemKey, KeyState, Op, Precondition, apply};
 use shelfsync_proto::{
@@ -105,15 +105,8 @@ impl Fixture {
         let ledger: Arc<dyn Ledger> = Arc::new(open_ledger(dir.path(), ttl));
         let metrics = Arc::new(Metrics::new());
         let digests = Arc::new(Digests::load(ledger.as_ref()).unwrap());
-        let pipeline = Pipeline::start(
-            ledger.clone(),
-            PipelineConfig {
-                idempotency_ttl: ttl,
-                digests: digests.clone(),
-            },
-            metrics.clone(),
-        )
-        .unwrap();
+        let pipeline =
+            Pipeline::start(ledger.clone(), digests.clone(), metrics.clone(), ttl).unwrap();
         let stores = vec![
             store("store-1", &["store-1", "online"], &["store-1", "online"]),
             store("store-2", &["store-2"], &["store-2", "online"]),
@@ -688,7 +681,7 @@ async fn a_hello_with_another_protocol_version_gets_a_clear_error() {
             assert_eq!(err.code, ErrorCode::UnsupportedVersion);
             assert_eq!(
                 err.message,
-                "unsupported protocol version 99, supported are [1, 2]"
+                "unsupported protocol version 99, supported are [1, 2, 3]"
             );
         }
         other => panic!("unexpected {other:?}"),

@@ -2,12 +2,8 @@
 //! point reads, range reads and atomic batches, nothing more. The ledger's
 //! logic is written once over this trait; an engine is only glue.
 //!
-//! Engines: [`super::fjall::FjallEngine`] on disk and [`MemoryEngine`] here,
-//! a `BTreeMap` per keyspace for tests and for benches of the layers above.
-
-use std::collections::BTreeMap;
-use std::ops::Bound;
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+//! Engines: [`super::fjall::FjallEngine`] on disk and, for the crate's
+//! tests, `MemoryEngine` below, a `BTreeMap` per keyspace.
 
 use super::LedgerError;
 
@@ -56,83 +52,108 @@ pub trait Engine: Send + Sync + 'static {
     fn write(&self, batch: Vec<Write<Self::Space>>, durable: bool) -> Result<(), LedgerError>;
 }
 
-/// An engine in memory: nothing is durable.
-#[derive(Debug, Default)]
-pub struct MemoryEngine {
-    spaces: RwLock<Spaces>,
-}
+#[cfg(test)]
+pub(crate) use memory::{MemoryEngine, MemoryLedger};
 
-type Spaces = BTreeMap<String, BTreeMap<Vec<u8>, Vec<u8>>>;
+/// The twin of the fjall engine that the crate's tests run the ledger on.
+#[cfg(test)]
+mod memory {
+    use std::collections::BTreeMap;
+    use std::ops::Bound;
+    use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-fn poisoned<T>(_: T) -> LedgerError {
-    LedgerError::Storage("the memory engine's lock is poisoned".into())
-}
+    use super::{Engine, Entries, Write};
+    use crate::ledger::{Buckets, KvLedger, LedgerError};
 
-impl MemoryEngine {
-    fn read(&self) -> Result<RwLockReadGuard<'_, Spaces>, LedgerError> {
-        self.spaces.read().map_err(poisoned)
+    /// An engine in memory: nothing is durable.
+    #[derive(Debug, Default)]
+    pub(crate) struct MemoryEngine {
+        spaces: RwLock<Spaces>,
     }
 
-    fn write_lock(&self) -> Result<RwLockWriteGuard<'_, Spaces>, LedgerError> {
-        self.spaces.write().map_err(poisoned)
-    }
-}
+    type Spaces = BTreeMap<String, BTreeMap<Vec<u8>, Vec<u8>>>;
 
-impl Engine for MemoryEngine {
-    type Space = String;
-    type Bytes = Vec<u8>;
+    /// A ledger in memory: the same contract as [`crate::ledger::FjallLedger`],
+    /// nothing durable.
+    pub(crate) type MemoryLedger = KvLedger<MemoryEngine>;
 
-    fn space(&self, name: &str) -> Result<String, LedgerError> {
-        self.write_lock()?.entry(name.to_string()).or_default();
-        Ok(name.to_string())
-    }
-
-    fn space_names(&self) -> Result<Vec<String>, LedgerError> {
-        Ok(self.read()?.keys().cloned().collect())
+    impl MemoryLedger {
+        /// An empty ledger bucketing idempotency records as `buckets` says.
+        pub(crate) fn new(buckets: Buckets) -> Result<Self, LedgerError> {
+            KvLedger::with_engine(MemoryEngine::default(), buckets)
+        }
     }
 
-    fn drop_space(&self, space: String) -> Result<(), LedgerError> {
-        self.write_lock()?.remove(&space);
-        Ok(())
+    fn poisoned<T>(_: T) -> LedgerError {
+        LedgerError::Storage("the memory engine's lock is poisoned".into())
     }
 
-    fn get(&self, space: &String, key: &[u8]) -> Result<Option<Vec<u8>>, LedgerError> {
-        Ok(self.read()?.get(space).and_then(|s| s.get(key)).cloned())
+    impl MemoryEngine {
+        fn read(&self) -> Result<RwLockReadGuard<'_, Spaces>, LedgerError> {
+            self.spaces.read().map_err(poisoned)
+        }
+
+        fn write_lock(&self) -> Result<RwLockWriteGuard<'_, Spaces>, LedgerError> {
+            self.spaces.write().map_err(poisoned)
+        }
     }
 
-    fn range(
-        &self,
-        space: &String,
-        from: &[u8],
-        to: &[u8],
-        limit: usize,
-    ) -> Result<Entries<Vec<u8>>, LedgerError> {
-        let spaces = self.read()?;
-        let Some(entries) = spaces.get(space).filter(|_| from < to) else {
-            return Ok(Vec::new());
-        };
-        let bounds = (Bound::Included(from), Bound::Excluded(to));
-        Ok(entries
-            .range::<[u8], _>(bounds)
-            .take(limit)
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect())
-    }
+    impl Engine for MemoryEngine {
+        type Space = String;
+        type Bytes = Vec<u8>;
 
-    fn write(&self, batch: Vec<Write<String>>, _durable: bool) -> Result<(), LedgerError> {
-        let mut spaces = self.write_lock()?;
-        for write in batch {
-            match write {
-                Write::Put(space, key, value) => {
-                    spaces.entry(space).or_default().insert(key, value);
-                }
-                Write::Delete(space, key) => {
-                    if let Some(entries) = spaces.get_mut(&space) {
-                        entries.remove(&key);
+        fn space(&self, name: &str) -> Result<String, LedgerError> {
+            self.write_lock()?.entry(name.to_string()).or_default();
+            Ok(name.to_string())
+        }
+
+        fn space_names(&self) -> Result<Vec<String>, LedgerError> {
+            Ok(self.read()?.keys().cloned().collect())
+        }
+
+        fn drop_space(&self, space: String) -> Result<(), LedgerError> {
+            self.write_lock()?.remove(&space);
+            Ok(())
+        }
+
+        fn get(&self, space: &String, key: &[u8]) -> Result<Option<Vec<u8>>, LedgerError> {
+            Ok(self.read()?.get(space).and_then(|s| s.get(key)).cloned())
+        }
+
+        fn range(
+            &self,
+            space: &String,
+            from: &[u8],
+            to: &[u8],
+            limit: usize,
+        ) -> Result<Entries<Vec<u8>>, LedgerError> {
+            let spaces = self.read()?;
+            let Some(entries) = spaces.get(space).filter(|_| from < to) else {
+                return Ok(Vec::new());
+            };
+            let bounds = (Bound::Included(from), Bound::Excluded(to));
+            Ok(entries
+                .range::<[u8], _>(bounds)
+                .take(limit)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect())
+        }
+
+        fn write(&self, batch: Vec<Write<String>>, _durable: bool) -> Result<(), LedgerError> {
+            let mut spaces = self.write_lock()?;
+            for write in batch {
+                match write {
+                    Write::Put(space, key, value) => {
+                        spaces.entry(space).or_default().insert(key, value);
+                    }
+                    Write::Delete(space, key) => {
+                        if let Some(entries) = spaces.get_mut(&space) {
+                            entries.remove(&key);
+                        }
                     }
                 }
             }
+            Ok(())
         }
-        Ok(())
     }
 }

@@ -62,10 +62,9 @@ impl KvLedger<FjallEngine> {
     /// as `buckets` says.
     pub fn open(dir: &Path, buckets: Buckets) -> Result<Self, LedgerError> {
         refuse_older(dir)?;
-        // The engine's flush and compaction threads are spawned by `open`
-        // and inherit the priority of the thread that opens it: opened from
-        // a background-priority thread, they give way to the sequencer and
-        // the network tasks instead of taking a core from them mid-write.
+        // The engine's flush and compaction threads inherit the priority of
+        // the thread that opens it: opened from a background-priority one,
+        // they give way to the sequencer and the network tasks.
         let opened = std::thread::scope(|scope| {
             scope
                 .spawn(|| {
@@ -78,12 +77,9 @@ impl KvLedger<FjallEngine> {
                 })
                 .join()
         });
-        let db = match opened {
-            Ok(db) => db.map_err(|e| {
-                storage(format!("cannot open the ledger in {}: {e}", dir.display()))
-            })?,
-            Err(_) => return Err(storage("the thread opening the ledger panicked")),
-        };
+        let opened = opened.map_err(|_| storage("the thread opening the ledger panicked"))?;
+        let db = opened
+            .map_err(|e| storage(format!("cannot open the ledger in {}: {e}", dir.display())))?;
         let ledger = KvLedger::with_engine(FjallEngine { db }, buckets);
         ledger.map_err(|e| storage(format!("the ledger in {}: {e}", dir.display())))
     }

@@ -60,8 +60,13 @@ impl<E: Engine> std::fmt::Debug for KvLedger<E> {
     }
 }
 
+/// `a \0 b`: an item's key, or an idempotency record's.
+fn pair_key(a: &str, b: &str) -> Vec<u8> {
+    [a.as_bytes(), &[0], b.as_bytes()].concat()
+}
+
 fn item_key(key: &ItemKey) -> Vec<u8> {
-    [key.location.as_bytes(), &[0], key.sku.as_bytes()].concat()
+    pair_key(&key.location, &key.sku)
 }
 
 fn deadline_key(at_ms: u64, key: &ItemKey) -> Vec<u8> {
@@ -77,8 +82,9 @@ fn after_location(location: &str) -> Vec<u8> {
     [location.as_bytes(), &[1]].concat()
 }
 
-fn idempotency_key(store: &str, key: &str) -> Vec<u8> {
-    [store.as_bytes(), &[0], key.as_bytes()].concat()
+/// A `meta` entry holding `value`.
+fn meta_put<S: Clone>(meta: &S, name: &str, value: u64) -> Write<S> {
+    Write::Put(meta.clone(), name.into(), value.to_be_bytes().into())
 }
 
 fn seq_of(bytes: &[u8]) -> Option<u64> {
@@ -103,23 +109,14 @@ impl<E: Engine> KvLedger<E> {
     pub fn with_engine(engine: E, buckets: Buckets) -> Result<Self, LedgerError> {
         let meta = engine.space("meta")?;
         let read_u64 = |name: &str| -> Result<Option<u64>, LedgerError> {
-            let Some(v) = engine.get(&meta, name.as_bytes())? else {
-                return Ok(None);
-            };
-            let v = seq_of(v.as_ref());
-            v.map(Some).ok_or_else(|| {
-                LedgerError::corrupt(format!("meta/{name}").as_bytes(), "not 8 bytes")
-            })
+            let corrupt = || LedgerError::corrupt(format!("meta/{name}").as_bytes(), "not 8 bytes");
+            let value = engine.get(&meta, name.as_bytes())?;
+            value
+                .map(|v| seq_of(v.as_ref()).ok_or_else(corrupt))
+                .transpose()
         };
         match read_u64("layout")? {
-            None => {
-                let layout = Write::Put(
-                    meta.clone(),
-                    b"layout".to_vec(),
-                    LAYOUT.to_be_bytes().into(),
-                );
-                engine.write(vec![layout], true)?;
-            }
+            None => engine.write(vec![meta_put(&meta, "layout", LAYOUT)], true)?,
             Some(LAYOUT) => {}
             Some(other) => {
                 return Err(LedgerError::Storage(format!(
@@ -169,8 +166,10 @@ impl<E: Engine> KvLedger<E> {
             .map_err(|_| LedgerError::Storage("the idempotency buckets' lock is poisoned".into()))
     }
 
+    /// The keyspace of the bucket holding records decided at `at_ms`.
     fn bucket_for(&self, at_ms: u64) -> Result<E::Space, LedgerError> {
-        let id = (self.buckets.start(at_ms), self.buckets.width_ms);
+        let width = self.buckets.width_ms;
+        let id = (at_ms - at_ms % width, width);
         let mut buckets = self.buckets()?;
         if let Some(space) = buckets.get(&id) {
             return Ok(space.clone());
@@ -222,14 +221,14 @@ impl<E: Engine> Ledger for KvLedger<E> {
             ));
         }
         for (key, change) in last {
-            let record = ItemRecord {
+            let record = ItemV::V1(ItemRecord {
                 state: change.state.clone(),
                 seq: change.seq,
-            };
+            });
             batch.push(Write::Put(
                 self.items.clone(),
                 item_key(key),
-                encode(&ItemV::V1(record))?,
+                encode(&record)?,
             ));
         }
         for (key, token) in deadlines {
@@ -240,19 +239,12 @@ impl<E: Engine> Ledger for KvLedger<E> {
         }
         for entry in group.idempotency {
             let bucket = self.bucket_for(entry.record.at_ms)?;
-            let key = idempotency_key(&entry.store, &entry.key);
-            batch.push(Write::Put(
-                bucket,
-                key,
-                encode(&IdempotencyV::V1(entry.record))?,
-            ));
+            let key = pair_key(&entry.store, &entry.key);
+            let record = encode(&IdempotencyV::V1(entry.record))?;
+            batch.push(Write::Put(bucket, key, record));
         }
         let head = group.head.max(self.head.load(Ordering::Acquire));
-        batch.push(Write::Put(
-            self.meta.clone(),
-            b"head".to_vec(),
-            head.to_be_bytes().into(),
-        ));
+        batch.push(meta_put(&self.meta, "head", head));
         self.engine.write(batch, true)?;
         self.head.store(head, Ordering::Release);
         Ok(())
@@ -269,7 +261,7 @@ impl<E: Engine> Ledger for KvLedger<E> {
         store: &str,
         key: &str,
     ) -> Result<Option<IdempotencyRecord>, LedgerError> {
-        let k = idempotency_key(store, key);
+        let k = pair_key(store, key);
         let buckets: Vec<E::Space> = self.buckets()?.values().rev().cloned().collect();
         for bucket in buckets {
             if let Some(record) = self.read::<IdempotencyV>(&bucket, &k)? {
@@ -385,8 +377,9 @@ impl<E: Engine> Ledger for KvLedger<E> {
 
     fn expire_idempotency(&self, before_ms: u64) -> Result<usize, LedgerError> {
         let mut expired = Vec::new();
+        // Whole buckets only: one goes once its end is before `before_ms`.
         self.buckets()?.retain(|&(start, width), space| {
-            let keep = !Buckets { width_ms: width }.all_before(start, before_ms);
+            let keep = start.saturating_add(width) > before_ms;
             if !keep {
                 expired.push(space.clone());
             }
@@ -415,11 +408,7 @@ impl<E: Engine> Ledger for KvLedger<E> {
             }
         }
         let removed = batch.len();
-        batch.push(Write::Put(
-            self.meta.clone(),
-            b"oldest".to_vec(),
-            until.to_be_bytes().into(),
-        ));
+        batch.push(meta_put(&self.meta, "oldest", until));
         self.engine.write(batch, false)?;
         self.oldest.store(until, Ordering::Release);
         Ok(removed)
@@ -445,8 +434,8 @@ impl<E: Engine> Ledger for KvLedger<E> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger::engine::MemoryEngine;
-    use crate::ledger::{MemoryLedger, contract};
+    use crate::ledger::contract;
+    use crate::ledger::engine::{MemoryEngine, MemoryLedger};
 
     #[test]
     fn keeps_the_contract_in_memory() {

@@ -1,24 +1,15 @@
-//! The ledger: where the coordinator keeps items, the change log, the
-//! per-location change index, idempotency records and store reports.
+//! The ledger: where the coordinator keeps items, the change log,
+//! idempotency records and store reports.
 //!
-//! [`Ledger`] is the seam between the sequencer and storage. The sequencer
-//! decides a group of requests ([`crate::sequencer`]) and hands the ledger
-//! the group's [`CommitGroup`]; [`Ledger::commit`] applies it atomically and
-//! returns once it is durable. That return is the one point of durability:
-//! the coordinator acknowledges nothing before it, and each backend owns
-//! whatever logging it needs to get there. Readers only ever see committed
-//! (so durable) groups.
+//! [`Ledger`] is the seam between the sequencer and storage: the sequencer
+//! decides a group ([`crate::sequencer`]) and [`Ledger::commit`] applies its
+//! [`CommitGroup`] atomically, returning once it is durable. That return is
+//! the one point of durability; readers only ever see committed groups.
 //!
-//! Backends: [`KvLedger`], written once over an ordered key-value
-//! [`engine::Engine`], as [`FjallLedger`] (the embedded engine, on disk) and
-//! [`MemoryLedger`] (in memory, for tests and benches of the layers above).
-//! Every backend passes the same contract suite ([`contract`], public
-//! behind the `testing` feature so that a backend in another crate runs it
-//! too).
-//!
-//! Idempotency records expire by whole time buckets: a record lives in the
-//! bucket of its decision time, and [`Ledger::expire_idempotency`] drops a
-//! bucket once every record in it is past the time-to-live.
+//! [`KvLedger`] is written once over an ordered key-value
+//! [`engine::Engine`]; the coordinator runs it on fjall ([`FjallLedger`]).
+//! Every backend passes the contract suite ([`contract`], public behind the
+//! `testing` feature so that a backend in another crate runs it too).
 
 use std::time::Duration;
 
@@ -39,17 +30,6 @@ pub use self::kv::KvLedger;
 
 /// The storage layout this code writes and reads, kept under `meta/layout`.
 pub const LAYOUT: u64 = 7;
-
-/// A ledger in memory: the same contract as [`FjallLedger`], nothing
-/// durable.
-pub type MemoryLedger = KvLedger<engine::MemoryEngine>;
-
-impl MemoryLedger {
-    /// An empty ledger bucketing idempotency records as `buckets` says.
-    pub fn new(buckets: Buckets) -> Result<Self, LedgerError> {
-        KvLedger::with_engine(engine::MemoryEngine::default(), buckets)
-    }
-}
 
 /// Storage failures. None of them is the client's fault.
 #[derive(Debug, thiserror::Error)]
@@ -124,9 +104,8 @@ pub struct IdempotencyRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Recorded {
     /// Accepted as the commit starting at `seq`, one change per line. The
-    /// changes themselves hold the keys and ops; the record adds where they
-    /// are and the expected versions, so that a retry is known to be the
-    /// same request.
+    /// changes hold the keys and ops; the record adds where they are and
+    /// the expected versions, to know a retry for the same request.
     Accepted {
         /// The seq of the commit's first change.
         seq: u64,
@@ -144,9 +123,8 @@ pub enum Recorded {
     },
 }
 
-/// A refusal as the ledger keeps it: the wire error's fields, in a type of
-/// the ledger's own so that the wire's can change without touching what is
-/// stored.
+/// A refusal as the ledger keeps it: the wire error's fields in a type of
+/// the ledger's own, so the wire's can change without touching the disk.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Refusal {
     /// What kind of refusal.
@@ -316,7 +294,8 @@ pub trait Ledger: Send + Sync + 'static {
     fn reports(&self) -> Result<Vec<(String, StoredReport)>, LedgerError>;
 }
 
-/// How idempotency records are bucketed by decision time.
+/// How idempotency records are bucketed by decision time: expiry drops a
+/// whole bucket once every record in it is past the time-to-live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Buckets {
     /// The width of one bucket, in milliseconds (at least 1).
@@ -332,16 +311,5 @@ impl Buckets {
         Buckets {
             width_ms: (ttl_ms / 8).max(1),
         }
-    }
-
-    /// The start of the bucket holding a record decided at `at_ms`.
-    pub fn start(self, at_ms: u64) -> u64 {
-        at_ms - at_ms % self.width_ms
-    }
-
-    /// Whether a bucket starting at `start` holds only records decided
-    /// before `before_ms`.
-    pub fn all_before(self, start: u64, before_ms: u64) -> bool {
-        start.saturating_add(self.width_ms) <= before_ms
     }
 }

@@ -1,15 +1,12 @@
-//! The records a ledger stores, apart from the wire messages: each is an
-//! enum with one variant per version of its layout, encoded as compact
-//! msgpack (fields by position). A new layout adds a variant (the old
-//! type kept beside the new) and the code that reads the old one; the wire
-//! protocol can change without touching what is on disk, and the other way
-//! round.
+//! The records a ledger stores: each is an enum with one variant per
+//! version of its layout, encoded as compact msgpack (fields by position).
+//! A new layout adds a variant (the old type kept beside the new) and the
+//! code that reads the old one. Records have fields of their own, so the
+//! wire protocol and the disk layout change independently.
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use shelfsync_core::{ItemKey, KeyState, Op};
-#[cfg(doc)]
-use shelfsync_proto::ErrorCode;
 use shelfsync_proto::{Change, StoreReport};
 
 use super::{IdempotencyRecord, ItemRecord, LedgerError, StoredReport};
@@ -26,37 +23,45 @@ pub(crate) enum IdempotencyV {
     V1(IdempotencyRecord),
 }
 
-/// A change-log entry; its seq is the storage key. Its own fields, not the
-/// wire's [`Change`].
+/// A change-log entry; its seq is the storage key.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum ChangeV {
-    V1 {
-        key: ItemKey,
-        state: KeyState,
-        op: Op,
-        store: String,
-        idempotency_key: String,
-        at_ms: u64,
-        commit_end: u64,
-        /// The key's previous change, which links its history.
-        prior_seq: Option<u64>,
-    },
+    V1(ChangeV1),
 }
 
-/// A store's last report. Its own fields, not the wire's [`StoreReport`].
+/// A change as layout 1 keeps it: the wire [`Change`]'s fields but the
+/// seq, and the seq of the key's previous change, which links its history.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct ChangeV1 {
+    key: ItemKey,
+    state: KeyState,
+    op: Op,
+    store: String,
+    idempotency_key: String,
+    at_ms: u64,
+    commit_end: u64,
+    prior_seq: Option<u64>,
+}
+
+/// A store's last report.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum ReportV {
-    V1 {
-        cursor: u64,
-        digest: u64,
-        item_count: u64,
-        pending_forwards: u64,
-        last_error: Option<String>,
-        software_version: String,
-        locations: Vec<String>,
-        at_ms: u64,
-        digest_ok: Option<bool>,
-    },
+    V1(ReportV1),
+}
+
+/// A report as layout 1 keeps it: the wire [`StoreReport`]'s fields, when
+/// it arrived and whether its digest matched.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct ReportV1 {
+    cursor: u64,
+    digest: u64,
+    item_count: u64,
+    pending_forwards: u64,
+    last_error: Option<String>,
+    software_version: String,
+    locations: Vec<String>,
+    at_ms: u64,
+    digest_ok: Option<bool>,
 }
 
 pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, LedgerError> {
@@ -67,10 +72,9 @@ pub(crate) fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T,
     rmp_serde::from_slice(bytes).map_err(|e| LedgerError::corrupt(key, e))
 }
 
-/// Error codes are stored by name
-/// ([`as_str`](shelfsync_proto::ErrorCode::as_str)), not through the
-/// wire's serde, which reads a name it does not know as `Unknown`: here an
-/// unknown name makes the record corrupt.
+/// Error codes are stored by name, not through the wire's serde, which
+/// reads a name it does not know as `Unknown`: here an unknown name makes
+/// the record corrupt.
 pub(crate) mod code_name {
     use serde::de::Error;
     use serde::{Deserialize, Deserializer, Serializer};
@@ -101,7 +105,7 @@ impl From<IdempotencyV> for IdempotencyRecord {
 
 impl ChangeV {
     pub(crate) fn new(change: &Change, prior_seq: Option<u64>) -> Self {
-        ChangeV::V1 {
+        ChangeV::V1(ChangeV1 {
             key: change.key.clone(),
             state: change.state.clone(),
             op: change.op.clone(),
@@ -110,39 +114,30 @@ impl ChangeV {
             at_ms: change.at_ms,
             commit_end: change.commit_end(),
             prior_seq,
-        }
+        })
     }
 
     /// The change at `seq`, and the seq of its key's previous change.
     pub(crate) fn into_change(self, seq: u64) -> (Change, Option<u64>) {
-        let ChangeV::V1 {
-            key,
-            state,
-            op,
-            store,
-            idempotency_key,
-            at_ms,
-            commit_end,
-            prior_seq,
-        } = self;
+        let ChangeV::V1(c) = self;
         let change = Change {
             seq,
-            key,
-            state,
-            op,
-            store,
-            idempotency_key,
-            at_ms,
-            commit_end,
+            key: c.key,
+            state: c.state,
+            op: c.op,
+            store: c.store,
+            idempotency_key: c.idempotency_key,
+            at_ms: c.at_ms,
+            commit_end: c.commit_end,
         };
-        (change, prior_seq)
+        (change, c.prior_seq)
     }
 }
 
 impl From<&StoredReport> for ReportV {
     fn from(stored: &StoredReport) -> Self {
         let r = &stored.report;
-        ReportV::V1 {
+        ReportV::V1(ReportV1 {
             cursor: r.cursor,
             digest: r.digest,
             item_count: r.item_count,
@@ -152,35 +147,25 @@ impl From<&StoredReport> for ReportV {
             locations: r.locations.clone(),
             at_ms: stored.at_ms,
             digest_ok: stored.digest_ok,
-        }
+        })
     }
 }
 
 impl From<ReportV> for StoredReport {
-    fn from(value: ReportV) -> Self {
-        let ReportV::V1 {
-            cursor,
-            digest,
-            item_count,
-            pending_forwards,
-            last_error,
-            software_version,
-            locations,
-            at_ms,
-            digest_ok,
-        } = value;
+    fn from(ReportV::V1(r): ReportV) -> Self {
+        let report = StoreReport {
+            cursor: r.cursor,
+            digest: r.digest,
+            item_count: r.item_count,
+            pending_forwards: r.pending_forwards,
+            last_error: r.last_error,
+            software_version: r.software_version,
+            locations: r.locations,
+        };
         StoredReport {
-            report: StoreReport {
-                cursor,
-                digest,
-                item_count,
-                pending_forwards,
-                last_error,
-                software_version,
-                locations,
-            },
-            at_ms,
-            digest_ok,
+            report,
+            at_ms: r.at_ms,
+            digest_ok: r.digest_ok,
         }
     }
 }
@@ -219,6 +204,59 @@ mod tests {
                 },
             },
         }
+    }
+
+    /// The bytes layout 7 writes for a change and a report: a change here
+    /// means a new layout (a new variant), not an edit of this test.
+    #[test]
+    fn the_stored_layout_is_unchanged() {
+        let hex = |bytes: Vec<u8>| -> String { bytes.iter().map(|b| format!("{b:02x}")).collect() };
+        let change = Change {
+            seq: 9,
+            key: ItemKey::new("s1", "milk").unwrap(),
+            state: KeyState::Live(Item {
+                location: "s1".into(),
+                sku: "milk".into(),
+                name: "Milk".into(),
+                quantity: 3,
+                reserved: 1,
+                version: 2,
+                ..Default::default()
+            }),
+            op: Op::Add { amount: 2 },
+            store: "store-1".into(),
+            idempotency_key: "k9".into(),
+            at_ms: 1234,
+            commit_end: 10,
+        };
+        let bytes = encode(&ChangeV::new(&change, Some(4))).unwrap();
+        assert_eq!(
+            hex(bytes.clone()),
+            "81a256319892a27331a46d696c6b81a44c69766599a27331a46d696c6ba44d696c6b\
+             0301020000c081a36164649102a773746f72652d31a26b39cd04d20a04"
+        );
+        let back = decode::<ChangeV>(b"c", &bytes).unwrap().into_change(9);
+        assert_eq!(back, (change, Some(4)));
+        let report = StoredReport {
+            report: StoreReport {
+                cursor: 7,
+                digest: 99,
+                item_count: 3,
+                pending_forwards: 1,
+                last_error: Some("e".into()),
+                software_version: "0.1.0".into(),
+                locations: vec!["s1".into()],
+            },
+            at_ms: 5,
+            digest_ok: Some(true),
+        };
+        let bytes = encode(&ReportV::from(&report)).unwrap();
+        assert_eq!(
+            hex(bytes.clone()),
+            "81a256319907630301a165a5302e312e3091a2733105c3"
+        );
+        let back: StoredReport = decode::<ReportV>(b"r", &bytes).unwrap().into();
+        assert_eq!(back, report);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Tests of the read side's paging.
 
 use super::*;
-use crate::ledger::{MemoryLedger, contract};
+use crate::ledger::contract;
+use crate::ledger::engine::MemoryLedger;
 
 /// s1 and s2 written at seqs 1..=6, with 3..=5 one commit over both.
 fn ledger() -> MemoryLedger {
