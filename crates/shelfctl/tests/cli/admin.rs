@@ -112,7 +112,8 @@ async fn import_twice_then_update_read_and_history() {
         json(&got),
         serde_json::json!({
             "location": "store-1", "sku": "sku-2", "name": "Item 2, recounted",
-            "quantity": 99, "reserved": 0, "available": 99, "version": 2
+            "quantity": 99, "reserved": 0, "held": 0, "allowance": 0, "available": 99,
+            "version": 2, "lock": null
         })
     );
     let table = cluster.shelfctl(&["item", "get", "online", "sku-5"]).await;
