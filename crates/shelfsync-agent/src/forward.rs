@@ -91,6 +91,7 @@ impl Forwarder {
 
     /// Forwards a write; on acceptance the replica has it before this returns.
     pub async fn write(&self, request: WriteRequest) -> Result<WriteAck, ForwardError> {
+        self.check_replica()?;
         let (done, outcome) = oneshot::channel();
         let gone = || unexpected("the write forwarder has stopped");
         self.writes
@@ -103,6 +104,7 @@ impl Forwarder {
     /// Forwards a batch, one commit at the coordinator; on acceptance the
     /// replica remembers every line's state before this returns.
     pub async fn batch(&self, request: BatchRequest) -> Result<BatchAck, ForwardError> {
+        self.check_replica()?;
         let keys: Vec<ItemKey> = request.lines.iter().map(|l| l.key.clone()).collect();
         match self.sender.send("batch", Request::Batch(request)).await? {
             // An older coordinator cannot even read the request.
@@ -124,6 +126,19 @@ impl Forwarder {
             Response::Error(err) => Err(ForwardError::Refused(err)),
             _ => Err(unexpected("expected a batch reply")),
         }
+    }
+
+    /// Refuses new writes while the replica is too far behind what it
+    /// remembers for its clients (its syncs failing, say), so that memory
+    /// stays bounded; the writes go through again once a sync catches up.
+    fn check_replica(&self) -> Result<(), ForwardError> {
+        if self.sender.replica.behind() {
+            return Err(ForwardError::Refused(WireError::new(
+                ErrorCode::Unavailable,
+                "the local replica is too far behind its syncs to take more writes; see /v1/sync",
+            )));
+        }
+        Ok(())
     }
 
     /// Reads one item from the coordinator (and refreshes the replica with it).

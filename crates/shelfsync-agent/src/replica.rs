@@ -36,6 +36,10 @@ use shelfsync_proto::Change;
 use crate::overlay::{self, Overlay};
 
 const META: &[u8] = b"mmeta";
+/// Most states remembered for clients before the sync brings them (a
+/// minute of writes at a busy store's rate, a few tens of MiB): past it,
+/// new writes wait for a sync.
+pub const MAX_REMEMBERED: usize = 200_000;
 /// Present while the replica is closed after a clean stop.
 const CLEAN: &[u8] = b"mclean";
 
@@ -507,6 +511,12 @@ impl Replica {
         self.overlay.len()
     }
 
+    /// Whether [`MAX_REMEMBERED`] states wait for the sync: the agent takes
+    /// no new writes until it has caught up.
+    pub fn behind(&self) -> bool {
+        self.remembered() >= MAX_REMEMBERED
+    }
+
     /// Forgets everything (a diverged replica heals by bootstrapping again).
     pub fn reset_cursor(&self) -> Result<(), ReplicaError> {
         let mut pending = self.pending()?;
@@ -610,6 +620,23 @@ mod tests {
         assert_eq!(replica.get(&a).unwrap(), None);
         assert_eq!(replica.remembered(), 0, "b's seq 3 is passed too");
         assert_eq!(replica.get(&b).unwrap(), None, "the sync never brought b");
+    }
+
+    #[test]
+    fn too_many_remembered_states_hold_writes_until_a_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let replica = Replica::open(dir.path()).unwrap();
+        let states = (0..MAX_REMEMBERED as u64).map(|i| {
+            let sku = format!("k{i}");
+            let state = KeyState::Live(item(&sku, 1, 1));
+            (ItemKey::new("s1", sku).unwrap(), state, i + 1)
+        });
+        replica.remember(states.collect::<Vec<_>>());
+        assert!(replica.behind());
+        replica
+            .apply_changes(&[], MAX_REMEMBERED as u64, None)
+            .unwrap();
+        assert!(!replica.behind(), "the sync passed every seq");
     }
 
     #[test]

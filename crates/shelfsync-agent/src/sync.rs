@@ -73,6 +73,12 @@ pub struct SyncStatus {
     pub digest_ok: Option<bool>,
     /// Forwarded writes in flight.
     pub pending_forwards: u64,
+    /// States clients were answered with that the sync has not brought yet
+    /// (writes wait once there are `MAX_REMEMBERED`).
+    pub remembered: u64,
+    /// False after an unclean stop until a sync caught the replica up;
+    /// local reads wait for it.
+    pub caught_up: bool,
     /// Locations held.
     pub locations: Vec<String>,
 }
@@ -157,6 +163,8 @@ impl Syncer {
             digest: meta.digest_sum,
             digest_ok,
             pending_forwards: u64::try_from(self.metrics.pending_forwards.get()).unwrap_or(0),
+            remembered: u64::try_from(self.replica.remembered()).unwrap_or(u64::MAX),
+            caught_up: self.replica.caught_up(),
             locations: self.locations.clone(),
         }
     }

@@ -423,6 +423,8 @@ async fn a_killed_agent_answers_local_reads_only_after_a_sync() {
     expect(&listed, 503);
     let ready = rest.get("/readyz").await.unwrap();
     assert_eq!(ready.status, 503, "ready before catching up: {ready}");
+    let status = rest.sync_status().await.unwrap();
+    assert_eq!(status["caught_up"], false, "{status}");
 
     cluster.restart_coordinator().await.unwrap();
     let rest = cluster.agent(STORE_1).rest();
