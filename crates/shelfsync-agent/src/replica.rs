@@ -337,10 +337,16 @@ impl Replica {
         let full = listed.len() > limit;
         listed.truncate(limit);
         let bound = listed.last().map(|item| item.sku.clone()).filter(|_| full);
-        let mut overlaid = Vec::new();
+        // Resolve only the remembered states that can reach this page: none
+        // past a full page's last sku, none past `limit + 1` live ones.
+        let (mut overlaid, mut live) = (Vec::new(), 0);
         for (key, state) in self.overlay.after(location, after_sku) {
+            if live > limit || bound.as_ref().is_some_and(|bound| &key.sku > bound) {
+                break;
+            }
             let stored = self.record(&key)?.map(|record| record.state);
             if let Some(state) = overlay::newest(Some(state), stored) {
+                live += usize::from(state.item().is_some());
                 overlaid.push((key.sku, state));
             }
         }
@@ -523,11 +529,6 @@ impl Replica {
         pending.meta.cursor = None;
         pending.meta.bootstrap = None;
         pending.commit()
-    }
-
-    /// Makes everything applied so far durable.
-    pub fn flush(&self) -> Result<(), ReplicaError> {
-        self.db.flush().map(|_| ()).map_err(storage)
     }
 }
 
@@ -769,7 +770,7 @@ mod tests {
                     1,
                 )
                 .unwrap();
-            replica.flush().unwrap();
+            replica.close().unwrap();
         }
         let replica = reopen(dir.path());
         let meta = replica.meta();

@@ -46,6 +46,8 @@ const X_REPLICA_CURSOR: HeaderName = HeaderName::from_static("x-replica-cursor")
 const X_REPLICA_AGE_MS: HeaderName = HeaderName::from_static("x-replica-age-ms");
 const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 const LOCK_TOKEN: HeaderName = HeaderName::from_static("lock-token");
+/// The prefix of every problem document's `type`.
+const PROBLEM_TYPE: &str = "urn:shelfsync:problem:";
 
 mod batch;
 mod locks;
@@ -231,7 +233,7 @@ impl Problem {
     fn new(status: StatusCode, code: &str, detail: impl Into<String>) -> Self {
         Problem {
             status,
-            kind: format!("urn:shelfsync:problem:{code}"),
+            kind: format!("{PROBLEM_TYPE}{code}"),
             title: status.canonical_reason().unwrap_or("error").to_string(),
             status_code: status.as_u16(),
             detail: detail.into(),
@@ -244,6 +246,11 @@ impl Problem {
 
     fn invalid(detail: impl Into<String>) -> Self {
         Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", detail)
+    }
+
+    /// Whether this problem is the coordinator's refusal `code`.
+    fn is(&self, code: shelfsync_proto::ErrorCode) -> bool {
+        self.kind.strip_prefix(PROBLEM_TYPE) == Some(code.as_str())
     }
 
     /// This problem as the refusal of line `index` of a batch.

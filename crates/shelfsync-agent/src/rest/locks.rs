@@ -123,7 +123,7 @@ pub(super) async fn release(
     let token = required_token(&headers)?;
     match forward(&state, &headers, key, Op::LockRelease { token }, None).await {
         Ok(_) => Ok(StatusCode::NO_CONTENT.into_response()),
-        Err(problem) if problem.kind.rsplit(':').next() == Some(ErrorCode::LockLost.as_str()) => {
+        Err(problem) if problem.is(ErrorCode::LockLost) => {
             Ok(StatusCode::NO_CONTENT.into_response())
         }
         Err(problem) => Err(problem),
