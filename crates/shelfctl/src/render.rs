@@ -89,6 +89,13 @@ pub fn op(op: &Op) -> String {
         Op::LockRelease { token } | Op::LockExpire { token } => {
             format!("{} token {token}", op.kind())
         }
+        Op::Hold { hold, amount }
+        | Op::HoldFulfil { hold, amount }
+        | Op::HoldRelease { hold, amount }
+        | Op::HoldExpire { hold, amount } => format!("{} {hold} {amount}", op.kind()),
+        Op::TransferShip { transfer, amount } | Op::TransferReceive { transfer, amount } => {
+            format!("{} {transfer} {amount}", op.kind())
+        }
     }
 }
 
@@ -193,6 +200,13 @@ mod tests {
             (Op::Reserve { amount: 3 }, "reserve 3"),
             (Op::Release { amount: 2 }, "release 2"),
             (Op::Fulfil { amount: 5 }, "fulfil 5"),
+            (
+                Op::HoldExpire {
+                    hold: "h12".into(),
+                    amount: 2,
+                },
+                "hold_expire h12 2",
+            ),
             (Op::Delete, "delete"),
         ];
         for (o, expected) in cases {

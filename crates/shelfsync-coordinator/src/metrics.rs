@@ -16,7 +16,7 @@ use prometheus_client::registry::Registry;
 use shelfsync_proto::ErrorCode;
 use shelfsync_proto::time::now_ms;
 
-use crate::sequencer::{Answer, Command};
+use crate::sequencer::{Answer, Request};
 
 /// Labels of the write counter: both from fixed sets (op kinds, outcomes
 /// and wire codes), so counting a write allocates nothing.
@@ -131,20 +131,25 @@ impl Metrics {
 
     /// Counts the answer to a write: by op and outcome, and per store its
     /// conflicts and other rejections.
-    pub(crate) fn count(&self, command: &Command, answer: &Answer) {
-        let op = match command.lines.as_slice() {
-            [line] => line.op.kind(),
-            _ => "multi",
+    pub(crate) fn count(&self, request: &Request, answer: &Answer) {
+        let (op, store) = match request {
+            Request::Write(command) => match command.lines.as_slice() {
+                [line] => (line.op.kind(), &command.store),
+                _ => ("multi", &command.store),
+            },
+            Request::Step(step) => (step.action.kind(), &step.store),
+            Request::Read(_) => return,
         };
         let outcome = match answer {
-            Answer::Accepted { replayed: true, .. } => "replayed",
-            Answer::Accepted { .. } => "accepted",
+            Answer::Accepted { replayed: true, .. } | Answer::Stepped { replayed: true, .. } => {
+                "replayed"
+            }
+            Answer::Accepted { .. } | Answer::Stepped { .. } => "accepted",
             Answer::Refused(err) => err.code.as_str(),
             Answer::Read { .. } => return,
         };
         let labels = WriteLabels { op, outcome };
         self.writes.get_or_create(&labels).inc();
-        let store = &command.store;
         match answer {
             Answer::Refused(err) if err.code == ErrorCode::VersionMismatch => {
                 let labels = StoreLabels {

@@ -23,9 +23,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::digests::Digests;
 use crate::failpoints;
-use crate::ledger::{CommitGroup, Ledger, LedgerError, Line, Recorded};
+use crate::ledger::{Action, CommitGroup, Ledger, LedgerError, Line, Recorded};
 use crate::metrics::Metrics;
-use crate::sequencer::{self, Answer, Command, Request, View};
+use crate::sequencer::{self, Answer, Command, Request, StepCommand, View};
 use shelfsync_proto::time::now_ms;
 
 /// Most jobs decided in one group.
@@ -54,16 +54,16 @@ enum Job {
         queued: Instant,
         reply: oneshot::Sender<Answer>,
     },
-    /// Look for locks past their lease (sent every [`EXPIRY_TICK`]).
+    /// Look for locks and holds past their time (sent every [`EXPIRY_TICK`]).
     Tick,
     /// Finish the jobs queued before this one, then stop.
     Stop,
 }
 
-/// How often the sequencer looks for locks past their lease: an expired
-/// lock ends within this (plus a group) of its deadline.
+/// How often the sequencer looks for locks past their lease and holds past
+/// their expiry: each ends within this (plus a group) of its deadline.
 const EXPIRY_TICK: Duration = Duration::from_millis(250);
-/// Most lock expiries added to one group.
+/// Most lock expiries, and most hold expiries, added to one group.
 const MAX_EXPIRIES: usize = 256;
 
 /// Handle to the pipeline; cheap to clone.
@@ -150,6 +150,11 @@ impl Pipeline {
         self.submit(Request::Write(command)).await
     }
 
+    /// Decides a step of a hold as one commit and answers once it is durable.
+    pub async fn step(&self, command: StepCommand) -> Answer {
+        self.submit(Request::Step(command)).await
+    }
+
     /// Decides a batch from `store` as one commit, all lines or none, and
     /// answers once it is durable.
     pub async fn batch(&self, store: &str, batch: BatchRequest) -> Response {
@@ -171,7 +176,7 @@ impl Pipeline {
                 replayed,
             }),
             Answer::Refused(err) => Response::Error(err),
-            Answer::Read { .. } => Response::Error(unavailable()),
+            _ => Response::Error(unavailable()),
         }
     }
 
@@ -187,7 +192,7 @@ impl Pipeline {
                 format!("item {key} does not exist"),
             )),
             Answer::Refused(err) => Response::Error(err),
-            Answer::Accepted { .. } => Response::Error(unavailable()),
+            _ => Response::Error(unavailable()),
         }
     }
 
@@ -305,7 +310,7 @@ fn write_response(answer: Answer) -> Response {
             None => Response::Error(unavailable()),
         },
         Answer::Refused(err) => Response::Error(err),
-        Answer::Read { .. } => Response::Error(unavailable()),
+        _ => Response::Error(unavailable()),
     }
 }
 
@@ -364,7 +369,7 @@ impl Sequencer {
             last_group = requests.len();
             let mut group = Ok(());
             if tick {
-                group = self.expire_locks(&mut requests, &mut replies);
+                group = self.expire(&mut requests, &mut replies);
             }
             if let Err(err) = group.and_then(|()| self.run_group(requests, replies)) {
                 tracing::error!(error = %err, "the ledger failed; the pipeline stops");
@@ -382,14 +387,20 @@ impl Sequencer {
     }
 
     /// Adds to the group the coordinator's own writes that end the locks
-    /// past their lease; nobody waits for their answers.
-    fn expire_locks(
+    /// past their lease and the holds past their expiry; nobody waits for
+    /// their answers.
+    fn expire(
         &self,
         requests: &mut Vec<Request>,
         replies: &mut Vec<oneshot::Sender<Answer>>,
     ) -> Result<(), LedgerError> {
-        for due in self.ledger.due_locks(now_ms(), MAX_EXPIRIES)? {
+        let now = now_ms();
+        for due in self.ledger.due_locks(now, MAX_EXPIRIES)? {
             requests.push(Request::Write(sequencer::lock_expiry(due)));
+            replies.push(oneshot::channel().0);
+        }
+        for id in self.ledger.due_holds(now, MAX_EXPIRIES)? {
+            requests.push(Request::Step(sequencer::hold_expiry(id)));
             replies.push(oneshot::channel().0);
         }
         Ok(())
@@ -412,9 +423,7 @@ impl Sequencer {
             answers,
         } = sequencer::decide(&requests, &mut self.view, self.head, now_ms(), self.ttl_ms);
         for (request, answer) in requests.iter().zip(&answers) {
-            if let Request::Write(command) = request {
-                self.metrics.count(command, answer);
-            }
+            self.metrics.count(request, answer);
         }
         self.metrics.observe_group(requests.len());
         for (write, before) in group.writes.iter().zip(&replaced) {
@@ -423,7 +432,8 @@ impl Sequencer {
                 .apply(&change.key.location, change.seq, before, &change.state);
         }
         let head = group.head;
-        let has_writes = !group.writes.is_empty() || !group.idempotency.is_empty();
+        let has_writes =
+            !(group.writes.is_empty() && group.idempotency.is_empty() && group.holds.is_empty());
         if has_writes && failpoints::triggered(failpoints::ACK_BEFORE_DURABLE) {
             // A deliberate bug for the fault suite: answered before the
             // commit, which comes a moment later.
@@ -477,37 +487,68 @@ impl Sequencer {
     fn fetch(&mut self, requests: &[Request]) -> Result<(), LedgerError> {
         self.view.idempotency.clear();
         self.view.changes.clear();
+        self.view.holds.clear();
         for request in requests {
-            let command = match request {
+            let (store, idempotency_key) = match request {
                 Request::Read(key) => {
                     self.load(key)?;
                     continue;
                 }
-                Request::Write(command) => command,
+                Request::Write(command) => {
+                    for line in &command.lines {
+                        self.load(&line.key)?;
+                    }
+                    (&command.store, &command.idempotency_key)
+                }
+                Request::Step(step) => {
+                    if let Action::HoldCreate { lines, .. } = &step.action {
+                        for line in lines {
+                            self.load(&line.key)?;
+                        }
+                    }
+                    if let Some(id) = step.action.id() {
+                        self.load_hold(id)?;
+                    }
+                    (&step.store, &step.idempotency_key)
+                }
             };
-            for line in &command.lines {
-                self.load(&line.key)?;
-            }
             // A deliberate bug for the fault suite: a retry is decided anew.
             if failpoints::triggered(failpoints::SKIP_IDEMPOTENCY_LOOKUP) {
                 continue;
             }
-            let id = (command.store.clone(), command.idempotency_key.clone());
+            let id = (store.clone(), idempotency_key.clone());
             if self.view.idempotency.contains_key(&id) {
                 continue;
             }
             let Some(record) = self.ledger.idempotency(&id.0, &id.1)? else {
                 continue;
             };
-            if let Recorded::Accepted { seq, locations, .. } = &record.outcome {
-                for (location, seq) in locations.iter().zip(*seq..) {
-                    if let Some(change) = self.ledger.change(location, seq)? {
-                        self.view.changes.insert(seq, change);
+            match &record.outcome {
+                Recorded::Accepted { seq, locations, .. } => {
+                    for (location, seq) in locations.iter().zip(*seq..) {
+                        if let Some(change) = self.ledger.change(location, seq)? {
+                            self.view.changes.insert(seq, change);
+                        }
                     }
                 }
+                Recorded::Step { id, .. } => self.load_hold(id)?,
+                Recorded::Rejected { .. } | Recorded::StepRejected { .. } => {}
             }
             self.view.idempotency.insert(id, record);
         }
+        Ok(())
+    }
+
+    /// Brings a hold and its lines' states into the view, unless it is there.
+    fn load_hold(&mut self, id: &str) -> Result<(), LedgerError> {
+        if self.view.holds.contains_key(id) {
+            return Ok(());
+        }
+        let hold = self.ledger.hold(id)?;
+        for line in hold.iter().flat_map(|hold| &hold.lines) {
+            self.load(&line.key)?;
+        }
+        self.view.holds.insert(id.to_string(), hold);
         Ok(())
     }
 

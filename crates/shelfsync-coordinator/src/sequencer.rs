@@ -10,14 +10,16 @@
 //! the state as decided so far. [`crate::pipeline`] fetches what it needs,
 //! commits the [`CommitGroup`] it returns and delivers the answers.
 
-use shelfsync_core::{ItemKey, KeyState, Op, Precondition, apply};
+use shelfsync_core::{Hold, ItemKey, KeyState, Op, Precondition, apply};
 use shelfsync_proto::{Change, ErrorCode, WireError};
 
 use crate::FastMap;
 use crate::ledger::{
-    CommitGroup, CommittedWrite, Deadline, IdempotencyEntry, IdempotencyRecord, ItemRecord, Line,
-    Recorded,
+    Action, CommitGroup, CommittedWrite, Deadline, IdempotencyEntry, IdempotencyRecord, ItemRecord,
+    Line, Recorded,
 };
+
+mod holds;
 
 /// A write request: one or more lines from one store under one idempotency
 /// key, applied whole or not at all.
@@ -31,11 +33,24 @@ pub struct Command {
     pub lines: Vec<Line>,
 }
 
+/// A step of a hold from one store under one idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepCommand {
+    /// The store (or `admin`, or `coordinator`) that sent it.
+    pub store: String,
+    /// The request's idempotency key.
+    pub idempotency_key: String,
+    /// What to do.
+    pub action: Action,
+}
+
 /// A request to the sequencer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     /// A write.
     Write(Command),
+    /// A step of a hold.
+    Step(StepCommand),
     /// A strong read of one key.
     Read(ItemKey),
 }
@@ -46,6 +61,16 @@ pub enum Answer {
     /// Accepted: per line, the seq and state after it.
     Accepted {
         /// `(seq, state)` per line.
+        changes: Vec<(u64, KeyState)>,
+        /// Whether this is a retry answered from its record.
+        replayed: bool,
+    },
+    /// A step accepted: the hold after it and `(seq, state)` of each line
+    /// it wrote (a retry gets the hold and its lines as they are now).
+    Stepped {
+        /// The hold.
+        hold: Hold,
+        /// `(seq, state)` per line written.
         changes: Vec<(u64, KeyState)>,
         /// Whether this is a retry answered from its record.
         replayed: bool,
@@ -74,6 +99,9 @@ pub struct View {
     /// Changes that stored accepted records point to, by seq (a change
     /// already compacted away is absent).
     pub changes: FastMap<u64, Change>,
+    /// Holds by id (`None`: no such hold) that steps name or records point
+    /// to; the decision updates them as it accepts steps.
+    pub holds: FastMap<String, Option<Hold>>,
 }
 
 /// The decision for a group.
@@ -103,40 +131,91 @@ pub fn decide(
         },
         ..Decision::default()
     };
-    // Records made by this group, which the view does not have yet.
-    let mut recorded: FastMap<(String, String), IdempotencyRecord> = FastMap::default();
+    let mut recorded = Recent::default();
     for request in requests {
         let answer = match request {
             Request::Read(key) => Answer::Read {
                 state: state_of(view, key),
                 head: decision.group.head,
             },
-            Request::Write(command) => {
-                let id = (command.store.clone(), command.idempotency_key.clone());
-                let record = recorded
-                    .get(&id)
-                    .or_else(|| view.idempotency.get(&id))
-                    .filter(|r| r.at_ms.saturating_add(ttl_ms) > now_ms);
-                match record {
-                    Some(record) => replay(command, record, view, &decision.group),
-                    None => {
-                        let answer = write(command, view, &mut decision, now_ms);
-                        if let Some(record) = record_of(command, &answer, now_ms) {
-                            decision.group.idempotency.push(IdempotencyEntry {
-                                store: id.0.clone(),
-                                key: id.1.clone(),
-                                record: record.clone(),
-                            });
-                            recorded.insert(id, record);
-                        }
-                        answer
-                    }
-                }
-            }
+            Request::Write(command) => once(
+                Mutation::Write(command),
+                view,
+                &mut decision,
+                &mut recorded,
+                (now_ms, ttl_ms),
+            ),
+            Request::Step(step) => once(
+                Mutation::Step(step),
+                view,
+                &mut decision,
+                &mut recorded,
+                (now_ms, ttl_ms),
+            ),
         };
         decision.answers.push(answer);
     }
     decision
+}
+
+/// Records made by the group being decided, which the view does not have.
+type Recent = FastMap<(String, String), IdempotencyRecord>;
+
+/// A request that changes something, and so is decided once per
+/// idempotency key.
+enum Mutation<'a> {
+    Write(&'a Command),
+    Step(&'a StepCommand),
+}
+
+/// Decides a write or a step once per idempotency key: a retry is answered
+/// from the unexpired record, a new request is decided and recorded.
+fn once(
+    request: Mutation<'_>,
+    view: &mut View,
+    decision: &mut Decision,
+    recorded: &mut Recent,
+    (now_ms, ttl_ms): (u64, u64),
+) -> Answer {
+    let id = match request {
+        Mutation::Write(c) => (c.store.clone(), c.idempotency_key.clone()),
+        Mutation::Step(s) => (s.store.clone(), s.idempotency_key.clone()),
+    };
+    let record = recorded
+        .get(&id)
+        .or_else(|| view.idempotency.get(&id))
+        .filter(|r| r.at_ms.saturating_add(ttl_ms) > now_ms);
+    if let Some(record) = record {
+        return match request {
+            Mutation::Write(command) => replay(command, record, view, &decision.group),
+            Mutation::Step(step) => holds::replay(step, record, view),
+        };
+    }
+    let (answer, outcome) = match request {
+        Mutation::Write(command) => {
+            let answer = write(command, view, decision, now_ms);
+            let outcome = record_of(command, &answer);
+            (answer, outcome)
+        }
+        Mutation::Step(step) => {
+            let answer = holds::step(step, view, decision, now_ms);
+            let outcome = holds::record_of(step, &answer);
+            (answer, outcome)
+        }
+    };
+    if let Some(outcome) = outcome {
+        let record = IdempotencyRecord {
+            at_ms: now_ms,
+            outcome,
+        };
+        decision.group.idempotency.push(IdempotencyEntry {
+            store: id.0.clone(),
+            key: id.1.clone(),
+            record: record.clone(),
+        });
+        recorded.insert(id, record);
+    }
+    answer
 }
 
 fn state_of(view: &View, key: &ItemKey) -> KeyState {
@@ -184,24 +263,80 @@ fn write(command: &Command, view: &mut View, decision: &mut Decision, now_ms: u6
             }
         }
     }
+    let entries = lines.iter().zip(next).map(|(line, (before, after))| Entry {
+        key: line.key.clone(),
+        op: line.op.clone(),
+        before,
+        after,
+    });
+    let changes = add_commit(
+        view,
+        decision,
+        command_stamp(command, now_ms),
+        entries.collect(),
+    );
+    Answer::Accepted {
+        changes,
+        replayed: false,
+    }
+}
+
+/// Who made a commit, under which key, and when.
+struct Stamp<'a> {
+    store: &'a str,
+    idempotency_key: &'a str,
+    now_ms: u64,
+}
+
+fn command_stamp(command: &Command, now_ms: u64) -> Stamp<'_> {
+    Stamp {
+        store: &command.store,
+        idempotency_key: &command.idempotency_key,
+        now_ms,
+    }
+}
+
+/// One accepted line of a commit: the key, the op the log records, and the
+/// key's states before and after.
+struct Entry {
+    key: ItemKey,
+    op: Op,
+    before: KeyState,
+    after: KeyState,
+}
+
+/// Numbers `entries` as one commit after the group's head, adds them to
+/// the group and the view, and returns `(seq, state)` per entry.
+fn add_commit(
+    view: &mut View,
+    decision: &mut Decision,
+    stamp: Stamp<'_>,
+    entries: Vec<Entry>,
+) -> Vec<(u64, KeyState)> {
     let first = decision.group.head + 1;
-    let commit_end = decision.group.head + lines.len() as u64;
-    let mut changes = Vec::with_capacity(lines.len());
-    for ((line, (before, after)), seq) in lines.iter().zip(next).zip(first..) {
+    let commit_end = decision.group.head + entries.len() as u64;
+    let mut changes = Vec::with_capacity(entries.len());
+    for (entry, seq) in entries.into_iter().zip(first..) {
+        let Entry {
+            key,
+            op,
+            before,
+            after,
+        } = entry;
         let record = ItemRecord {
             state: after.clone(),
             seq,
         };
-        let prior = view.items.insert(line.key.clone(), Some(record)).flatten();
+        let prior = view.items.insert(key.clone(), Some(record)).flatten();
         decision.group.writes.push(CommittedWrite {
             change: Change {
                 seq,
-                key: line.key.clone(),
+                key,
                 state: after.clone(),
-                op: line.op.clone(),
-                store: command.store.clone(),
-                idempotency_key: command.idempotency_key.clone(),
-                at_ms: now_ms,
+                op,
+                store: stamp.store.to_string(),
+                idempotency_key: stamp.idempotency_key.to_string(),
+                at_ms: stamp.now_ms,
                 commit_end,
             },
             prior_version: before.version(),
@@ -214,15 +349,21 @@ fn write(command: &Command, view: &mut View, decision: &mut Decision, now_ms: u6
         decision.replaced.push(before);
         changes.push((seq, after));
     }
-    decision.group.head = commit_end;
-    Answer::Accepted {
-        changes,
-        replayed: false,
-    }
+    decision.group.head = decision.group.head.max(commit_end);
+    changes
 }
 
 /// The store name of the coordinator's own writes.
 pub const COORDINATOR: &str = "coordinator";
+
+/// The coordinator's own step that ends the hold `id` once it is due.
+pub fn hold_expiry(id: String) -> StepCommand {
+    StepCommand {
+        store: COORDINATOR.to_string(),
+        idempotency_key: format!("hold-expiry:{id}"),
+        action: Action::HoldExpire { id },
+    }
+}
 
 /// The coordinator's own write that ends the lock of `due` (its
 /// idempotency key names the lock, so it takes effect once).
@@ -239,10 +380,10 @@ pub fn lock_expiry(due: Deadline) -> Command {
     }
 }
 
-/// The record a new write's answer leaves (none for a refusal that is not
-/// the request's own outcome).
-fn record_of(command: &Command, answer: &Answer, now_ms: u64) -> Option<IdempotencyRecord> {
-    let outcome = match answer {
+/// The outcome a new write's answer records (none for a refusal that is
+/// not the request's own outcome).
+fn record_of(command: &Command, answer: &Answer) -> Option<Recorded> {
+    Some(match answer {
         Answer::Accepted { changes, .. } => Recorded::Accepted {
             seq: changes.first().map_or(0, |c| c.0),
             locations: command
@@ -258,11 +399,7 @@ fn record_of(command: &Command, answer: &Answer, now_ms: u64) -> Option<Idempote
             lines: command.lines.clone(),
             refusal: error.into(),
         },
-        Answer::Read { .. } => return None,
-    };
-    Some(IdempotencyRecord {
-        at_ms: now_ms,
-        outcome,
+        Answer::Read { .. } | Answer::Stepped { .. } => return None,
     })
 }
 
@@ -274,16 +411,9 @@ fn replay(
     view: &View,
     group: &CommitGroup,
 ) -> Answer {
-    let reused = || {
-        Answer::Refused(WireError::new(
-            ErrorCode::IdempotencyKeyReused,
-            format!(
-                "idempotency key {:?} was already used for another request",
-                command.idempotency_key
-            ),
-        ))
-    };
+    let reused = || reused(&command.idempotency_key);
     match &record.outcome {
+        Recorded::Step { .. } | Recorded::StepRejected { .. } => reused(),
         Recorded::Rejected { lines, refusal } => {
             if lines == &command.lines {
                 Answer::Refused(refusal.into())
@@ -326,6 +456,14 @@ fn replay(
             }
         }
     }
+}
+
+/// The refusal of a request under a key used for another request.
+fn reused(idempotency_key: &str) -> Answer {
+    Answer::Refused(WireError::new(
+        ErrorCode::IdempotencyKeyReused,
+        format!("idempotency key {idempotency_key:?} was already used for another request"),
+    ))
 }
 
 #[cfg(test)]

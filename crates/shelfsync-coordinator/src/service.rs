@@ -185,6 +185,8 @@ impl Service {
                 answer
             }
             Request::Batch(batch) => self.batch(peer, batch).await,
+            Request::Hold(hold) => self.hold(peer, hold).await,
+            Request::Holds(req) => self.holds(peer, req).await,
             Request::Read(read) => self.read(peer, read.key).await,
             Request::Changes(req) => self.changes(peer, req).await,
             Request::Snapshot(req) => self.snapshot(peer, req).await,
@@ -589,6 +591,7 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
+mod holds;
 #[cfg(test)]
 mod tests;
 

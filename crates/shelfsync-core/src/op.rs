@@ -92,6 +92,51 @@ pub enum Op {
         /// The token of the lock to end.
         token: u64,
     },
+    /// A line of a new hold: `reserved` and `held` grew by `amount`.
+    /// This and the step ops below are written by the coordinator for the
+    /// steps of holds and transfers ([`crate::hold`], [`crate::transfer`]),
+    /// so that the change log says what happened; never accepted as a write.
+    Hold {
+        /// The hold's id.
+        hold: String,
+        /// Units of the line.
+        amount: u64,
+    },
+    /// A hold's line left stock: `quantity`, `reserved` and `held` fell by `amount`.
+    HoldFulfil {
+        /// The hold's id.
+        hold: String,
+        /// Units of the line.
+        amount: u64,
+    },
+    /// A client gave a hold's line back: `reserved` and `held` fell by `amount`.
+    HoldRelease {
+        /// The hold's id.
+        hold: String,
+        /// Units of the line.
+        amount: u64,
+    },
+    /// The coordinator gave an expired hold's line back.
+    HoldExpire {
+        /// The hold's id.
+        hold: String,
+        /// Units of the line.
+        amount: u64,
+    },
+    /// A transfer's line left its source: `quantity` fell by `amount`.
+    TransferShip {
+        /// The transfer's id.
+        transfer: String,
+        /// Units shipped.
+        amount: u64,
+    },
+    /// A transfer's line arrived: `quantity` grew by `amount`.
+    TransferReceive {
+        /// The transfer's id.
+        transfer: String,
+        /// Units received.
+        amount: u64,
+    },
 }
 
 impl Op {
@@ -110,6 +155,12 @@ impl Op {
             Op::LockRenew { .. } => "lock_renew",
             Op::LockRelease { .. } => "lock_release",
             Op::LockExpire { .. } => "lock_expire",
+            Op::Hold { .. } => "hold",
+            Op::HoldFulfil { .. } => "hold_fulfil",
+            Op::HoldRelease { .. } => "hold_release",
+            Op::HoldExpire { .. } => "hold_expire",
+            Op::TransferShip { .. } => "transfer_ship",
+            Op::TransferReceive { .. } => "transfer_receive",
         }
     }
 
@@ -151,7 +202,27 @@ impl Op {
             Op::LockRenew { ttl_ms, .. } => {
                 validate_ttl("ttl", *ttl_ms, lock::MIN_TTL_MS, lock::MAX_TTL_MS)
             }
+            Op::Hold { .. }
+            | Op::HoldFulfil { .. }
+            | Op::HoldRelease { .. }
+            | Op::HoldExpire { .. }
+            | Op::TransferShip { .. }
+            | Op::TransferReceive { .. } => Err(not_a_write(self)),
         }
+    }
+
+    /// Whether the op records a step of a hold or a transfer: the
+    /// coordinator writes these, [`apply`] refuses them.
+    pub fn is_step(&self) -> bool {
+        matches!(
+            self,
+            Op::Hold { .. }
+                | Op::HoldFulfil { .. }
+                | Op::HoldRelease { .. }
+                | Op::HoldExpire { .. }
+                | Op::TransferShip { .. }
+                | Op::TransferReceive { .. }
+        )
     }
 
     /// Whether the op is refused without an expected version.
@@ -302,8 +373,26 @@ pub fn apply(
         | Op::LockRenew { .. }
         | Op::LockRelease { .. }
         | Op::LockExpire { .. } => lock::effect(&mut next, op, now_ms),
+        // Refused by `validate` above; listed so the match stays exhaustive.
+        Op::Hold { .. }
+        | Op::HoldFulfil { .. }
+        | Op::HoldRelease { .. }
+        | Op::HoldExpire { .. }
+        | Op::TransferShip { .. }
+        | Op::TransferReceive { .. } => return Err(not_a_write(op)),
     }
     Ok(KeyState::Live(next))
+}
+
+/// The refusal of a step op sent as a write.
+fn not_a_write(op: &Op) -> Rejection {
+    Rejection::InvalidField {
+        field: "op",
+        reason: format!(
+            "{} is a step of a hold or a transfer, not a write",
+            op.kind()
+        ),
+    }
 }
 
 fn check_version(state: &KeyState, expected: Option<u64>) -> Result<(), Rejection> {

@@ -9,7 +9,7 @@
 //! protocol version in [`SUPPORTED_VERSIONS`].
 
 use serde::{Deserialize, Serialize};
-use shelfsync_core::{Item, ItemKey, KeyState, Op, Rejection};
+use shelfsync_core::{Hold, HoldLine, Item, ItemKey, KeyState, Op, Rejection};
 
 /// The protocol version this build speaks; a coordinator names its own in
 /// its hello reply. Version 2 added [`Request::Writes`], which a client
@@ -45,6 +45,12 @@ pub enum Request {
     /// 3): answered with [`Response::Batch`], or an error naming the first
     /// refused line.
     Batch(BatchRequest),
+    /// A step of a hold, or a read of one (protocol 3): answered with
+    /// [`Response::Hold`].
+    Hold(HoldRequest),
+    /// The active holds on a location (protocol 3): answered with
+    /// [`Response::Holds`].
+    Holds(HoldsRequest),
     /// A strong read of one key: the coordinator's durable state.
     Read(ReadRequest),
     /// The change-log entries after a cursor.
@@ -67,6 +73,8 @@ impl Request {
             Request::Write(_) => "write",
             Request::Writes(_) => "writes",
             Request::Batch(_) => "batch",
+            Request::Hold(_) => "hold",
+            Request::Holds(_) => "holds",
             Request::Read(_) => "read",
             Request::Changes(_) => "changes",
             Request::Snapshot(_) => "snapshot",
@@ -90,6 +98,10 @@ pub enum Response {
     Writes(Vec<Response>),
     /// The batch was accepted whole and is durable.
     Batch(BatchAck),
+    /// A hold after a durable step, or as read.
+    Hold(HoldAck),
+    /// Active holds.
+    Holds(Vec<HoldAck>),
     /// The item as it stands, durable.
     Read(ReadReply),
     /// A page of change-log entries.
@@ -207,6 +219,88 @@ pub struct BatchAck {
     /// True when this is the recorded outcome of an earlier identical request.
     #[serde(default)]
     pub replayed: bool,
+}
+
+/// A step of a hold, or a read of one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldRequest {
+    /// Covers the step (empty for a read): a retry returns the same hold.
+    #[serde(default)]
+    pub idempotency_key: String,
+    /// What to do.
+    pub action: HoldAction,
+}
+
+/// What a [`HoldRequest`] asks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HoldAction {
+    /// Reserve every line, or none, for `ttl_ms`.
+    Create {
+        /// Whose hold it is (e.g. `cart-123`).
+        owner: String,
+        /// 1..=100 lines on distinct keys.
+        lines: Vec<HoldLine>,
+        /// How long it lasts, 1 s..=24 h.
+        ttl_ms: u64,
+        /// The token of the lines' locks, for keys that are locked.
+        #[serde(default)]
+        lock_token: Option<u64>,
+    },
+    /// The hold as it is.
+    Get {
+        /// The hold's id.
+        id: String,
+    },
+    /// The hold lasts `ttl_ms` from now.
+    Extend {
+        /// The hold's id.
+        id: String,
+        /// New length from now, 1 s..=24 h.
+        ttl_ms: u64,
+    },
+    /// The hold's units leave stock.
+    Fulfil {
+        /// The hold's id.
+        id: String,
+        /// The token of the lines' locks, for keys that are locked.
+        #[serde(default)]
+        lock_token: Option<u64>,
+    },
+    /// The hold's units are given back (a no-op once released or expired).
+    Release {
+        /// The hold's id.
+        id: String,
+        /// The token of the lines' locks, for keys that are locked.
+        #[serde(default)]
+        lock_token: Option<u64>,
+    },
+}
+
+/// A hold as the coordinator answers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldAck {
+    /// The hold.
+    pub hold: Hold,
+    /// Milliseconds until it expires, on the coordinator's clock (0 once
+    /// it has, or once it ended).
+    pub expires_in_ms: u64,
+    /// `(seq, state)` of each line's key: after the step for a new step,
+    /// as they are now for a read or a retry.
+    pub states: Vec<(u64, KeyState)>,
+    /// True when this is the recorded outcome of an earlier identical request.
+    #[serde(default)]
+    pub replayed: bool,
+}
+
+/// Asks for the active holds with a line at `location` (and `sku`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldsRequest {
+    /// The location.
+    pub location: String,
+    /// Only holds with a line on this sku.
+    #[serde(default)]
+    pub sku: Option<String>,
 }
 
 /// An accepted, durable write.

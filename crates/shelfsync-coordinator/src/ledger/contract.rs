@@ -67,6 +67,10 @@ pub const CASES: &[(&str, Case)] = &[
         "lock_deadlines_follow_the_writes",
         lock_deadlines_follow_the_writes,
     ),
+    (
+        "holds_and_their_deadlines_follow_the_steps",
+        holds_and_their_deadlines_follow_the_steps,
+    ),
 ];
 
 /// Runs every case on a fresh ledger from `fresh`; a failing case panics
@@ -400,4 +404,57 @@ fn lock_deadlines_follow_the_writes(ledger: &dyn Ledger) {
     ended.prior_lock_expiry = Some(700);
     commit_puts(ledger, vec![ended]);
     assert_eq!(due(u64::MAX), [(900, "a".to_string(), 2)]);
+}
+
+fn holds_and_their_deadlines_follow_the_steps(ledger: &dyn Ledger) {
+    use shelfsync_core::{Hold, HoldLine, HoldState};
+    let hold = |id: &str, expires_at_ms, state| Hold {
+        id: id.into(),
+        owner: "cart-1".into(),
+        lines: vec![HoldLine {
+            key: key("s1", "a"),
+            amount: 1,
+        }],
+        expires_at_ms,
+        state,
+    };
+    let commit = |holds: Vec<HoldWrite>| {
+        let head = ledger.head().unwrap();
+        let group = CommitGroup {
+            holds,
+            head,
+            ..CommitGroup::default()
+        };
+        ledger.commit(group).unwrap();
+    };
+    let write = |hold, prior_expiry| HoldWrite { hold, prior_expiry };
+    // h1 made until 500 and extended to 900 in one group; h2 until 700.
+    commit(vec![
+        write(hold("h1", 500, HoldState::Active), None),
+        write(hold("h1", 900, HoldState::Active), Some(500)),
+        write(hold("h2", 700, HoldState::Active), None),
+    ]);
+    assert_eq!(ledger.hold("h1").unwrap().unwrap().expires_at_ms, 900);
+    assert!(ledger.hold("h3").unwrap().is_none());
+    assert!(
+        ledger.due_holds(699, 10).unwrap().is_empty(),
+        "h1's first deadline moved"
+    );
+    assert_eq!(ledger.due_holds(700, 10).unwrap(), ["h2"]);
+    assert_eq!(ledger.due_holds(u64::MAX, 10).unwrap(), ["h2", "h1"]);
+    assert_eq!(ledger.due_holds(u64::MAX, 1).unwrap(), ["h2"], "limit");
+    let active: Vec<String> = ledger
+        .active_holds(10)
+        .unwrap()
+        .into_iter()
+        .map(|h| h.id)
+        .collect();
+    assert_eq!(active, ["h2", "h1"]);
+    // h2 ends: its record stays, its deadline goes.
+    commit(vec![write(hold("h2", 700, HoldState::Released), Some(700))]);
+    assert_eq!(ledger.due_holds(u64::MAX, 10).unwrap(), ["h1"]);
+    assert_eq!(
+        ledger.hold("h2").unwrap().unwrap().state,
+        HoldState::Released
+    );
 }

@@ -9,6 +9,8 @@
 //! | `log` | `location \0 seq` (8 bytes big-endian) | [`ChangeV`]: the change log, by location |
 //! | `idem.<width>.<start>` | `store \0 idempotency key` | [`IdempotencyV`] |
 //! | `deadlines` | expiry (8 bytes big-endian) `location \0 sku` | the lock's token |
+//! | `holds` | hold id | [`HoldV`] |
+//! | `hold_deadlines` | expiry (8 bytes big-endian) hold id | empty: the active holds |
 //! | `reports` | store id | [`ReportV`] |
 //! | `meta` | `layout`, `head`, `oldest` | u64, big-endian |
 //!
@@ -22,11 +24,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use serde::de::DeserializeOwned;
-use shelfsync_core::ItemKey;
+use shelfsync_core::{Hold, HoldState, ItemKey};
 use shelfsync_proto::Change;
 
 use super::engine::{Engine, Write};
-use super::records::{ChangeV, IdempotencyV, ItemV, ReportV, decode, encode};
+use super::records::{ChangeV, HoldV, IdempotencyV, ItemV, ReportV, decode, encode};
 use super::{
     Buckets, CommitGroup, Deadline, IdempotencyRecord, ItemRecord, LAYOUT, Ledger, LedgerError,
     StoredReport,
@@ -45,6 +47,8 @@ pub struct KvLedger<E: Engine> {
     items: E::Space,
     log: E::Space,
     deadlines: E::Space,
+    holds: E::Space,
+    hold_deadlines: E::Space,
     reports: E::Space,
     meta: E::Space,
     buckets: Buckets,
@@ -71,6 +75,10 @@ fn item_key(key: &ItemKey) -> Vec<u8> {
 
 fn deadline_key(at_ms: u64, key: &ItemKey) -> Vec<u8> {
     [&at_ms.to_be_bytes()[..], &item_key(key)].concat()
+}
+
+fn hold_deadline_key(at_ms: u64, id: &str) -> Vec<u8> {
+    [&at_ms.to_be_bytes()[..], id.as_bytes()].concat()
 }
 
 fn log_key(location: &str, seq: u64) -> Vec<u8> {
@@ -138,6 +146,8 @@ impl<E: Engine> KvLedger<E> {
             items: engine.space("items")?,
             log: engine.space("log")?,
             deadlines: engine.space("deadlines")?,
+            holds: engine.space("holds")?,
+            hold_deadlines: engine.space("hold_deadlines")?,
             reports: engine.space("reports")?,
             meta,
             buckets,
@@ -237,6 +247,34 @@ impl<E: Engine> Ledger for KvLedger<E> {
                 None => Write::Delete(self.deadlines.clone(), key),
             });
         }
+        // The same for holds: each hold's last state, and its deadline
+        // moved, kept or ended.
+        let mut holds: BTreeMap<&str, &Hold> = BTreeMap::new();
+        let mut hold_deadlines: BTreeMap<Vec<u8>, bool> = BTreeMap::new();
+        for write in &group.holds {
+            let hold = &write.hold;
+            holds.insert(&hold.id, hold);
+            if let Some(at_ms) = write.prior_expiry {
+                hold_deadlines.insert(hold_deadline_key(at_ms, &hold.id), false);
+            }
+            if hold.state == HoldState::Active {
+                hold_deadlines.insert(hold_deadline_key(hold.expires_at_ms, &hold.id), true);
+            }
+        }
+        for (id, hold) in holds {
+            let value = encode(&HoldV::V1(hold.clone()))?;
+            batch.push(Write::Put(
+                self.holds.clone(),
+                id.as_bytes().to_vec(),
+                value,
+            ));
+        }
+        for (key, active) in hold_deadlines {
+            batch.push(match active {
+                true => Write::Put(self.hold_deadlines.clone(), key, Vec::new()),
+                false => Write::Delete(self.hold_deadlines.clone(), key),
+            });
+        }
         for entry in group.idempotency {
             let bucket = self.bucket_for(entry.record.at_ms)?;
             let key = pair_key(&entry.store, &entry.key);
@@ -293,6 +331,36 @@ impl<E: Engine> Ledger for KvLedger<E> {
             };
             let token = seq_of(v).ok_or_else(corrupt)?;
             out.push(Deadline { at_ms, key, token });
+        }
+        Ok(out)
+    }
+
+    fn hold(&self, id: &str) -> Result<Option<Hold>, LedgerError> {
+        Ok(self
+            .read::<HoldV>(&self.holds, id.as_bytes())?
+            .map(Into::into))
+    }
+
+    fn due_holds(&self, now_ms: u64, limit: usize) -> Result<Vec<String>, LedgerError> {
+        let to = now_ms.saturating_add(1).to_be_bytes();
+        let due = self.engine.range(&self.hold_deadlines, &[], &to, limit)?;
+        due.into_iter()
+            .map(|(k, _)| {
+                let id = k.as_ref().get(8..).filter(|id| !id.is_empty());
+                let id =
+                    id.ok_or_else(|| LedgerError::corrupt(k.as_ref(), "not a hold deadline"))?;
+                Ok(String::from_utf8_lossy(id).into_owned())
+            })
+            .collect()
+    }
+
+    fn active_holds(&self, limit: usize) -> Result<Vec<Hold>, LedgerError> {
+        let active = self.due_holds(u64::MAX - 1, limit)?;
+        let mut out = Vec::with_capacity(active.len());
+        for id in active {
+            if let Some(hold) = self.hold(&id)? {
+                out.push(hold);
+            }
         }
         Ok(out)
     }

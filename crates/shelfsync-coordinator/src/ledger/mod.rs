@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use shelfsync_core::{Item, ItemKey, KeyState, Op};
+use shelfsync_core::{Hold, HoldLine, Item, ItemKey, KeyState, Op};
 use shelfsync_proto::{Change, ErrorCode, StoreReport, WireError};
 
 pub mod engine;
@@ -91,6 +91,72 @@ pub struct Line {
     pub lock_token: Option<u64>,
 }
 
+/// A step of a hold, as a store (or the coordinator) asked for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Action {
+    /// A new hold on `lines` for `ttl_ms`.
+    HoldCreate {
+        /// Whose hold it is.
+        owner: String,
+        /// What it reserves.
+        lines: Vec<HoldLine>,
+        /// How long it lasts.
+        ttl_ms: u64,
+        /// The token of the lines' locks the client holds.
+        lock_token: Option<u64>,
+    },
+    /// The hold lasts `ttl_ms` from now.
+    HoldExtend {
+        /// The hold.
+        id: String,
+        /// New length from now.
+        ttl_ms: u64,
+    },
+    /// The hold's units leave stock.
+    HoldFulfil {
+        /// The hold.
+        id: String,
+        /// The token of the lines' locks the client holds.
+        lock_token: Option<u64>,
+    },
+    /// The hold's units are given back.
+    HoldRelease {
+        /// The hold.
+        id: String,
+        /// The token of the lines' locks the client holds.
+        lock_token: Option<u64>,
+    },
+    /// The coordinator's own step ending a hold past its expiry.
+    HoldExpire {
+        /// The hold.
+        id: String,
+    },
+}
+
+impl Action {
+    /// The hold or transfer the step names (none for a create).
+    pub fn id(&self) -> Option<&str> {
+        match self {
+            Action::HoldCreate { .. } => None,
+            Action::HoldExtend { id, .. }
+            | Action::HoldFulfil { id, .. }
+            | Action::HoldRelease { id, .. }
+            | Action::HoldExpire { id } => Some(id),
+        }
+    }
+
+    /// The step's name, as metrics count it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Action::HoldCreate { .. } => "hold_create",
+            Action::HoldExtend { .. } => "hold_extend",
+            Action::HoldFulfil { .. } => "hold_fulfil",
+            Action::HoldRelease { .. } => "hold_release",
+            Action::HoldExpire { .. } => "hold_expire",
+        }
+    }
+}
+
 /// The outcome recorded for an idempotency key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IdempotencyRecord {
@@ -118,6 +184,21 @@ pub enum Recorded {
     Rejected {
         /// The request's lines.
         lines: Vec<Line>,
+        /// The refusal.
+        refusal: Refusal,
+    },
+    /// A step accepted: what was asked and the hold it made or changed
+    /// (a retry answers with that hold as it is then).
+    Step {
+        /// The request.
+        action: Action,
+        /// The hold's id.
+        id: String,
+    },
+    /// A step refused with this error.
+    StepRejected {
+        /// The request.
+        action: Action,
         /// The refusal.
         refusal: Refusal,
     },
@@ -178,6 +259,16 @@ pub struct CommittedWrite {
     pub prior_lock_expiry: Option<u64>,
 }
 
+/// A hold as a group leaves it, and where its deadline was before.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HoldWrite {
+    /// The hold after the group's step.
+    pub hold: Hold,
+    /// The hold's expiry before the step, if it was active then: the
+    /// deadline the step moves or ends.
+    pub prior_expiry: Option<u64>,
+}
+
 /// A lock the coordinator must end at `at_ms` unless it is renewed or
 /// released before.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -209,6 +300,8 @@ pub struct CommitGroup {
     pub writes: Vec<CommittedWrite>,
     /// Idempotency records to store.
     pub idempotency: Vec<IdempotencyEntry>,
+    /// Holds made or changed, in step order.
+    pub holds: Vec<HoldWrite>,
     /// The change-log head after this group.
     pub head: u64,
 }
@@ -246,6 +339,16 @@ pub trait Ledger: Send + Sync + 'static {
     /// A commit keeps them: a write that grants, renews or ends a lock
     /// moves its deadline in the same batch.
     fn due_locks(&self, now_ms: u64, limit: usize) -> Result<Vec<Deadline>, LedgerError>;
+
+    /// The hold `id`, if there is one.
+    fn hold(&self, id: &str) -> Result<Option<Hold>, LedgerError>;
+
+    /// Up to `limit` ids of active holds whose expiry is at or before
+    /// `now_ms`, earliest first. A commit keeps them, like lock deadlines.
+    fn due_holds(&self, now_ms: u64, limit: usize) -> Result<Vec<String>, LedgerError>;
+
+    /// Up to `limit` active holds, earliest expiry first.
+    fn active_holds(&self, limit: usize) -> Result<Vec<Hold>, LedgerError>;
 
     /// The sequence number of the last committed change (0 when none).
     fn head(&self) -> Result<u64, LedgerError>;

@@ -6,7 +6,7 @@
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use shelfsync_core::{ItemKey, KeyState, Op};
+use shelfsync_core::{Hold, ItemKey, KeyState, Op};
 use shelfsync_proto::{Change, StoreReport};
 
 use super::{IdempotencyRecord, ItemRecord, LedgerError, StoredReport};
@@ -21,6 +21,18 @@ pub(crate) enum ItemV {
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum IdempotencyV {
     V1(IdempotencyRecord),
+}
+
+/// A hold; its id is the storage key.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum HoldV {
+    V1(Hold),
+}
+
+impl From<HoldV> for Hold {
+    fn from(HoldV::V1(hold): HoldV) -> Self {
+        hold
+    }
 }
 
 /// A change-log entry; its seq is the storage key.

@@ -68,7 +68,10 @@ enum Expect {
 
 fn short(answer: &Answer) -> Expect {
     match answer {
-        Answer::Accepted { changes, replayed } => Expect::Ok(
+        Answer::Accepted { changes, replayed }
+        | Answer::Stepped {
+            changes, replayed, ..
+        } => Expect::Ok(
             changes
                 .iter()
                 .map(|(seq, s)| (*seq, s.item().map_or(0, |i| i.quantity), s.version()))
