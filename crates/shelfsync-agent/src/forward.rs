@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use shelfsync_core::{Item, ItemKey, KeyState};
 use shelfsync_proto::{
-    BatchAck, BatchRequest, ErrorCode, ProtoError, ReadRequest, Request, Response, WireError,
-    WriteAck, WriteRequest,
+    BatchAck, BatchRequest, ErrorCode, HoldAck, HoldAction, HoldRequest, ProtoError, ReadRequest,
+    Request, Response, WireError, WriteAck, WriteRequest,
 };
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -125,6 +125,26 @@ impl Forwarder {
             }
             Response::Error(err) => Err(ForwardError::Refused(err)),
             _ => Err(unexpected("expected a batch reply")),
+        }
+    }
+
+    /// Forwards a step of a hold (one commit at the coordinator) or a read
+    /// of one; the replica remembers its lines' states before this returns.
+    pub async fn hold(&self, request: HoldRequest) -> Result<HoldAck, ForwardError> {
+        if !matches!(request.action, HoldAction::Get { .. }) {
+            self.check_replica()?;
+        }
+        match self.sender.send("hold", Request::Hold(request)).await? {
+            Response::Hold(ack) => {
+                let remembered = ack.states.iter().filter_map(|(seq, state)| {
+                    let item = state.item()?;
+                    Some((item.key(), state.clone(), *seq))
+                });
+                self.sender.replica.remember(remembered.collect::<Vec<_>>());
+                Ok(ack)
+            }
+            Response::Error(err) => Err(ForwardError::Refused(err)),
+            _ => Err(unexpected("expected a hold reply")),
         }
     }
 

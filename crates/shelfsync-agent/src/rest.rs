@@ -50,6 +50,7 @@ const LOCK_TOKEN: HeaderName = HeaderName::from_static("lock-token");
 const PROBLEM_TYPE: &str = "urn:shelfsync:problem:";
 
 mod batch;
+mod holds;
 mod locks;
 
 /// What every handler shares.
@@ -148,6 +149,11 @@ fn routes() -> Routes {
         post(post_op),
     )
     .add(Method::POST, "/v1/batch", post(batch::post))
+    .add(Method::POST, "/v1/holds", post(holds::create))
+    .add(Method::GET, "/v1/holds/{id}", get(holds::get))
+    .add(Method::POST, "/v1/holds/{id}/extend", post(holds::extend))
+    .add(Method::POST, "/v1/holds/{id}/fulfil", post(holds::fulfil))
+    .add(Method::POST, "/v1/holds/{id}/release", post(holds::release))
     .add(
         Method::POST,
         "/v1/locks/{location}/{sku}",

@@ -15,5 +15,6 @@
 mod agent;
 mod coordinator;
 mod harness;
+mod holds;
 mod locks;
 mod recovery;
