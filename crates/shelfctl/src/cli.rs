@@ -13,9 +13,11 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use shelfsync_core::ItemKey;
 
+use shelfsync_core::item::validate_id;
+
 use crate::certs::CertsCommand;
 use crate::config::Config;
-use crate::{demo, history, import, item, lock, status};
+use crate::{demo, history, holds, import, item, lock, status};
 
 /// Shown at the end of `--help`.
 const EXIT_CODES: &str = "\
@@ -77,6 +79,9 @@ pub enum Command {
     /// Give back a lock taken with `shelfctl lock` (also fine when it is gone).
     #[command(after_help = EXIT_CODES)]
     Unlock(UnlockArgs),
+    /// Active holds (carts, click & collect) with a line at a location, earliest expiry first.
+    #[command(after_help = EXIT_CODES)]
+    Holds(HoldsArgs),
     /// Run a local demo cluster (coordinator, store agents, simulated traffic) until Ctrl-C.
     #[command(after_help = DEMO_HELP)]
     Demo(DemoArgs),
@@ -151,6 +156,18 @@ pub struct UnlockArgs {
     pub token: u64,
 }
 
+/// Arguments of `shelfctl holds`.
+#[derive(Debug, Args)]
+pub struct HoldsArgs {
+    /// Location id.
+    pub location: String,
+    /// Only holds on this stock keeping unit.
+    pub sku: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// Arguments of `shelfctl import`.
 #[derive(Debug, Args)]
 pub struct ImportArgs {
@@ -207,6 +224,8 @@ pub enum Task {
     Lock(lock::LockSettings),
     /// `shelfctl unlock`.
     Unlock(lock::UnlockSettings),
+    /// `shelfctl holds`.
+    Holds(holds::Settings),
 }
 
 impl Task {
@@ -219,6 +238,7 @@ impl Task {
             Task::Import(_) => "import",
             Task::Lock(_) => "lock",
             Task::Unlock(_) => "unlock",
+            Task::Holds(_) => "holds",
         }
     }
 }
@@ -258,6 +278,17 @@ impl Invocation {
                     .with_context(|| format!("invalid item {}/{}", args.location, args.sku))?,
                 token: args.token,
             }),
+            Command::Holds(args) => {
+                validate_id("location", &args.location)?;
+                if let Some(sku) = &args.sku {
+                    validate_id("sku", sku)?;
+                }
+                Task::Holds(holds::Settings {
+                    location: args.location,
+                    sku: args.sku,
+                    json: args.json,
+                })
+            }
             Command::Import(args) => Task::Import(import::Settings {
                 path: args.file,
                 concurrency: usize::try_from(args.concurrency)

@@ -23,6 +23,7 @@ pub mod config;
 pub mod coordinator;
 pub mod demo;
 pub mod history;
+pub mod holds;
 pub mod import;
 pub mod item;
 pub mod lock;
@@ -72,5 +73,6 @@ pub async fn run(invocation: Invocation) -> anyhow::Result<Outcome> {
         Task::Import(settings) => import::run(&config, &settings).await,
         Task::Lock(settings) => lock::lock(&config, &settings).await,
         Task::Unlock(settings) => lock::unlock(&config, &settings).await,
+        Task::Holds(settings) => holds::run(&config, &settings).await,
     }
 }

@@ -20,9 +20,15 @@ pub fn ago(now_ms: u64, then_ms: Option<u64>) -> String {
     let Some(then_ms) = then_ms else {
         return "never".to_string();
     };
-    let secs = now_ms.saturating_sub(then_ms) / 1000;
+    format!("{} ago", span(now_ms.saturating_sub(then_ms)))
+}
+
+/// A span of `ms` milliseconds in the largest two units: `"42s"`,
+/// `"5m 3s"`, `"2h 5m"`, `"3d 4h"`.
+pub fn span(ms: u64) -> String {
+    let secs = ms / 1000;
     let (minutes, hours, days) = (secs / 60, secs / 3600, secs / 86_400);
-    let text = if days > 0 {
+    if days > 0 {
         two_units(days, 'd', hours % 24, 'h')
     } else if hours > 0 {
         two_units(hours, 'h', minutes % 60, 'm')
@@ -30,8 +36,7 @@ pub fn ago(now_ms: u64, then_ms: Option<u64>) -> String {
         two_units(minutes, 'm', secs % 60, 's')
     } else {
         format!("{secs}s")
-    };
-    format!("{text} ago")
+    }
 }
 
 fn two_units(big: u64, big_unit: char, small: u64, small_unit: char) -> String {

@@ -513,3 +513,110 @@ async fn lock_item_get_history_and_unlock() {
     assert_eq!(ops, ["lock_release", "lock_grant", "create"]);
     cluster.stop().await;
 }
+
+/// `shelfctl holds` lists the active holds of a location (or one sku), and
+/// history names the hold's steps; an ended hold is no longer listed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holds_lists_the_active_holds_and_history_names_their_steps() {
+    use shelfsync_core::HoldLine;
+    use shelfsync_proto::{HoldAction, HoldRequest};
+
+    let cluster = Cluster::start().await;
+    let file = cluster.file(
+        "two.csv",
+        "location,sku,name,quantity\nstore-1,milk,Milk,10\nstore-1,eggs,Eggs,6\n",
+    );
+    assert_eq!(
+        cluster.shelfctl(&["import", &file]).await.status.code(),
+        Some(0)
+    );
+    let client = cluster.client("store-1").await;
+    let hold = |idem: &str, lines: &[(&str, u64)]| HoldRequest {
+        idempotency_key: idem.to_string(),
+        action: HoldAction::Create {
+            owner: format!("cart-{idem}"),
+            lines: lines
+                .iter()
+                .map(|(sku, amount)| HoldLine {
+                    key: ItemKey::new("store-1", *sku).unwrap(),
+                    amount: *amount,
+                })
+                .collect(),
+            ttl_ms: 600_000,
+            lock_token: None,
+        },
+    };
+    let mut ids = Vec::new();
+    for (idem, lines) in [
+        ("a", &[("milk", 2), ("eggs", 1)][..]),
+        ("b", &[("eggs", 3)]),
+    ] {
+        match client
+            .call(&Request::Hold(hold(idem, lines)))
+            .await
+            .unwrap()
+        {
+            Response::Hold(ack) => ids.push(ack.hold.id),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    let listed = |args: &'static [&'static str]| {
+        let cluster = &cluster;
+        async move {
+            let out = cluster.shelfctl(args).await;
+            assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+            let holds = json(&out);
+            let ids: Vec<String> = holds
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|h| h["id"].as_str().unwrap().to_string())
+                .collect();
+            ids
+        }
+    };
+    assert_eq!(listed(&["holds", "store-1", "--json"]).await, ids);
+    assert_eq!(
+        listed(&["holds", "store-1", "milk", "--json"]).await,
+        ids[..1]
+    );
+    assert!(listed(&["holds", "online", "--json"]).await.is_empty());
+    let table = cluster.shelfctl(&["holds", "store-1"]).await;
+    let table = text(&table.stdout);
+    assert!(table.contains("2 active holds"), "{table}");
+    assert!(
+        table.contains("store-1/milk ×2, store-1/eggs ×1"),
+        "{table}"
+    );
+
+    let release = HoldRequest {
+        idempotency_key: "c".into(),
+        action: HoldAction::Release {
+            id: ids[0].clone(),
+            lock_token: None,
+        },
+    };
+    let released = client.call(&Request::Hold(release)).await.unwrap();
+    assert!(matches!(released, Response::Hold(_)), "{released:?}");
+    assert_eq!(listed(&["holds", "store-1", "--json"]).await, ids[1..]);
+
+    let history = json(
+        &cluster
+            .shelfctl(&["history", "store-1", "milk", "--json"])
+            .await,
+    );
+    let ops: Vec<&str> = history["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["op"].as_str().unwrap())
+        .collect();
+    let hold_ops = [
+        format!("hold_release {} 2", ids[0]),
+        format!("hold {} 2", ids[0]),
+    ];
+    assert_eq!(ops[..2], hold_ops, "{history}");
+    client.close().await;
+    cluster.stop().await;
+}
