@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::digests::Digests;
 use crate::failpoints;
-use crate::ledger::{Action, CommitGroup, Ledger, LedgerError, Line, Recorded};
+use crate::ledger::{Action, CommitGroup, Ledger, LedgerError, Line, Object, Recorded};
 use crate::metrics::Metrics;
 use crate::sequencer::{self, Answer, Command, Request, StepCommand, View};
 use shelfsync_proto::time::now_ms;
@@ -150,7 +150,8 @@ impl Pipeline {
         self.submit(Request::Write(command)).await
     }
 
-    /// Decides a step of a hold as one commit and answers once it is durable.
+    /// Decides a step of a hold or a transfer as one commit and answers
+    /// once it is durable.
     pub async fn step(&self, command: StepCommand) -> Answer {
         self.submit(Request::Step(command)).await
     }
@@ -432,8 +433,10 @@ impl Sequencer {
                 .apply(&change.key.location, change.seq, before, &change.state);
         }
         let head = group.head;
-        let has_writes =
-            !(group.writes.is_empty() && group.idempotency.is_empty() && group.holds.is_empty());
+        let has_writes = !(group.writes.is_empty()
+            && group.idempotency.is_empty()
+            && group.holds.is_empty()
+            && group.transfers.is_empty());
         if has_writes && failpoints::triggered(failpoints::ACK_BEFORE_DURABLE) {
             // A deliberate bug for the fault suite: answered before the
             // commit, which comes a moment later.
@@ -488,6 +491,7 @@ impl Sequencer {
         self.view.idempotency.clear();
         self.view.changes.clear();
         self.view.holds.clear();
+        self.view.transfers.clear();
         for request in requests {
             let (store, idempotency_key) = match request {
                 Request::Read(key) => {
@@ -501,13 +505,20 @@ impl Sequencer {
                     (&command.store, &command.idempotency_key)
                 }
                 Request::Step(step) => {
-                    if let Action::HoldCreate { lines, .. } = &step.action {
-                        for line in lines {
-                            self.load(&line.key)?;
+                    let new_keys = match &step.action {
+                        Action::HoldCreate { lines, .. } => {
+                            lines.iter().map(|l| l.key.clone()).collect()
                         }
+                        Action::TransferCreate { from, lines, .. } => {
+                            sequencer::transfers::keys(from, lines)
+                        }
+                        _ => Vec::new(),
+                    };
+                    for key in &new_keys {
+                        self.load(key)?;
                     }
                     if let Some(id) = step.action.id() {
-                        self.load_hold(id)?;
+                        self.load_object(step.action.is_transfer(), id)?;
                     }
                     (&step.store, &step.idempotency_key)
                 }
@@ -531,7 +542,7 @@ impl Sequencer {
                         }
                     }
                 }
-                Recorded::Step { id, .. } => self.load_hold(id)?,
+                Recorded::Step { action, id } => self.load_object(action.is_transfer(), id)?,
                 Recorded::Rejected { .. } | Recorded::StepRejected { .. } => {}
             }
             self.view.idempotency.insert(id, record);
@@ -539,16 +550,25 @@ impl Sequencer {
         Ok(())
     }
 
-    /// Brings a hold and its lines' states into the view, unless it is there.
-    fn load_hold(&mut self, id: &str) -> Result<(), LedgerError> {
-        if self.view.holds.contains_key(id) {
-            return Ok(());
+    /// Brings a hold (or a transfer) and the states of the keys it writes
+    /// into the view, unless it is there.
+    fn load_object(&mut self, transfer: bool, id: &str) -> Result<(), LedgerError> {
+        let object = match transfer {
+            false if !self.view.holds.contains_key(id) => {
+                let hold = self.ledger.hold(id)?;
+                self.view.holds.insert(id.to_string(), hold.clone());
+                hold.map(Object::Hold)
+            }
+            true if !self.view.transfers.contains_key(id) => {
+                let found = self.ledger.transfer(id)?;
+                self.view.transfers.insert(id.to_string(), found.clone());
+                found.map(Object::Transfer)
+            }
+            _ => None,
+        };
+        for key in object.iter().flat_map(Object::keys) {
+            self.load(&key)?;
         }
-        let hold = self.ledger.hold(id)?;
-        for line in hold.iter().flat_map(|hold| &hold.lines) {
-            self.load(&line.key)?;
-        }
-        self.view.holds.insert(id.to_string(), hold);
         Ok(())
     }
 

@@ -10,16 +10,18 @@
 //! the state as decided so far. [`crate::pipeline`] fetches what it needs,
 //! commits the [`CommitGroup`] it returns and delivers the answers.
 
-use shelfsync_core::{Hold, ItemKey, KeyState, Op, Precondition, apply};
+use shelfsync_core::{Hold, ItemKey, KeyState, Op, Precondition, Transfer, apply};
 use shelfsync_proto::{Change, ErrorCode, WireError};
 
 use crate::FastMap;
 use crate::ledger::{
     Action, CommitGroup, CommittedWrite, Deadline, IdempotencyEntry, IdempotencyRecord, ItemRecord,
-    Line, Recorded,
+    Line, Object, Recorded,
 };
 
 mod holds;
+mod steps;
+pub(crate) mod transfers;
 
 /// A write request: one or more lines from one store under one idempotency
 /// key, applied whole or not at all.
@@ -33,7 +35,7 @@ pub struct Command {
     pub lines: Vec<Line>,
 }
 
-/// A step of a hold from one store under one idempotency key.
+/// A step of a hold or a transfer from one store under one idempotency key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StepCommand {
     /// The store (or `admin`, or `coordinator`) that sent it.
@@ -49,7 +51,7 @@ pub struct StepCommand {
 pub enum Request {
     /// A write.
     Write(Command),
-    /// A step of a hold.
+    /// A step of a hold or a transfer.
     Step(StepCommand),
     /// A strong read of one key.
     Read(ItemKey),
@@ -65,11 +67,11 @@ pub enum Answer {
         /// Whether this is a retry answered from its record.
         replayed: bool,
     },
-    /// A step accepted: the hold after it and `(seq, state)` of each line
-    /// it wrote (a retry gets the hold and its lines as they are now).
+    /// A step accepted: the hold or transfer after it and `(seq, state)`
+    /// of each key it wrote (a retry gets them as they are now).
     Stepped {
-        /// The hold.
-        hold: Hold,
+        /// The hold or transfer.
+        object: Object,
         /// `(seq, state)` per line written.
         changes: Vec<(u64, KeyState)>,
         /// Whether this is a retry answered from its record.
@@ -102,6 +104,23 @@ pub struct View {
     /// Holds by id (`None`: no such hold) that steps name or records point
     /// to; the decision updates them as it accepts steps.
     pub holds: FastMap<String, Option<Hold>>,
+    /// Transfers by id, the same way.
+    pub transfers: FastMap<String, Option<Transfer>>,
+}
+
+impl View {
+    /// The hold or transfer `id` a step of `action`'s kind names, if known.
+    fn object(&self, action: &Action, id: &str) -> Option<Object> {
+        match action.is_transfer() {
+            false => self.holds.get(id).cloned().flatten().map(Object::Hold),
+            true => self
+                .transfers
+                .get(id)
+                .cloned()
+                .flatten()
+                .map(Object::Transfer),
+        }
+    }
 }
 
 /// The decision for a group.
@@ -188,7 +207,7 @@ fn once(
     if let Some(record) = record {
         return match request {
             Mutation::Write(command) => replay(command, record, view, &decision.group),
-            Mutation::Step(step) => holds::replay(step, record, view),
+            Mutation::Step(step) => steps::replay(step, record, view),
         };
     }
     let (answer, outcome) = match request {
@@ -198,8 +217,8 @@ fn once(
             (answer, outcome)
         }
         Mutation::Step(step) => {
-            let answer = holds::step(step, view, decision, now_ms);
-            let outcome = holds::record_of(step, &answer);
+            let answer = steps::step(step, view, decision, now_ms);
+            let outcome = steps::record_of(step, &answer);
             (answer, outcome)
         }
     };

@@ -187,6 +187,8 @@ impl Service {
             Request::Batch(batch) => self.batch(peer, batch).await,
             Request::Hold(hold) => self.hold(peer, hold).await,
             Request::Holds(req) => self.holds(peer, req).await,
+            Request::Transfer(transfer) => self.transfer(peer, transfer).await,
+            Request::Transfers(req) => self.transfers(peer, req).await,
             Request::Read(read) => self.read(peer, read.key).await,
             Request::Changes(req) => self.changes(peer, req).await,
             Request::Snapshot(req) => self.snapshot(peer, req).await,
@@ -594,6 +596,7 @@ async fn blocking<T: Send + 'static>(
 mod holds;
 #[cfg(test)]
 mod tests;
+mod transfers;
 
 fn check_idempotency_key(key: &str) -> Result<(), WireError> {
     if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY || key.chars().any(char::is_control) {

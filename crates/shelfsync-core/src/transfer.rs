@@ -69,7 +69,7 @@ pub enum TransferState {
 }
 
 /// A sku and a number of units, as shipment and receipt requests name them.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TransferAmount {
     /// The sku.
     pub sku: String,

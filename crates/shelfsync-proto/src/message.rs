@@ -9,7 +9,10 @@
 //! protocol version in [`SUPPORTED_VERSIONS`].
 
 use serde::{Deserialize, Serialize};
-use shelfsync_core::{Hold, HoldLine, Item, ItemKey, KeyState, Op, Rejection};
+use shelfsync_core::transfer::TransferAmount;
+use shelfsync_core::{
+    Hold, HoldLine, Item, ItemKey, KeyState, Op, Rejection, Transfer, TransferState,
+};
 
 /// The protocol version this build speaks; a coordinator names its own in
 /// its hello reply. Version 2 added [`Request::Writes`], which a client
@@ -51,6 +54,12 @@ pub enum Request {
     /// The active holds on a location (protocol 3): answered with
     /// [`Response::Holds`].
     Holds(HoldsRequest),
+    /// A step of a transfer, or a read of one (protocol 3): answered with
+    /// [`Response::Transfer`].
+    Transfer(TransferRequest),
+    /// Transfers from or to a location (protocol 3): answered with
+    /// [`Response::Transfers`].
+    Transfers(TransfersRequest),
     /// A strong read of one key: the coordinator's durable state.
     Read(ReadRequest),
     /// The change-log entries after a cursor.
@@ -75,6 +84,8 @@ impl Request {
             Request::Batch(_) => "batch",
             Request::Hold(_) => "hold",
             Request::Holds(_) => "holds",
+            Request::Transfer(_) => "transfer",
+            Request::Transfers(_) => "transfers",
             Request::Read(_) => "read",
             Request::Changes(_) => "changes",
             Request::Snapshot(_) => "snapshot",
@@ -102,6 +113,10 @@ pub enum Response {
     Hold(HoldAck),
     /// Active holds.
     Holds(Vec<HoldAck>),
+    /// A transfer after a durable step, or as read.
+    Transfer(TransferAck),
+    /// Transfers.
+    Transfers(Vec<Transfer>),
     /// The item as it stands, durable.
     Read(ReadReply),
     /// A page of change-log entries.
@@ -301,6 +316,78 @@ pub struct HoldsRequest {
     /// Only holds with a line on this sku.
     #[serde(default)]
     pub sku: Option<String>,
+}
+
+/// A step of a transfer, or a read of one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferRequest {
+    /// Covers the step (empty for a read): a retry returns the same transfer.
+    #[serde(default)]
+    pub idempotency_key: String,
+    /// What to do.
+    pub action: TransferAction,
+}
+
+/// What a [`TransferRequest`] asks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransferAction {
+    /// Ship every line from `from`, or none.
+    Create {
+        /// The location shipped from (writable by the store).
+        from: String,
+        /// The location shipped to.
+        to: String,
+        /// 1..=100 lines on distinct skus.
+        lines: Vec<TransferAmount>,
+        /// The token of the lines' locks, for keys that are locked.
+        #[serde(default)]
+        lock_token: Option<u64>,
+    },
+    /// The transfer as it is.
+    Get {
+        /// The transfer's id.
+        id: String,
+    },
+    /// Units arrived at `to` (writable by the store).
+    Receive {
+        /// The transfer's id.
+        id: String,
+        /// What arrived, per sku.
+        lines: Vec<TransferAmount>,
+        /// The token of the lines' locks, for keys that are locked.
+        #[serde(default)]
+        lock_token: Option<u64>,
+    },
+    /// End it: what was not received is lost.
+    Close {
+        /// The transfer's id.
+        id: String,
+    },
+}
+
+/// A transfer as the coordinator answers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferAck {
+    /// The transfer.
+    pub transfer: Transfer,
+    /// `(seq, state)` of each key the step wrote (for a read or a retry:
+    /// every key of the transfer, as it is now).
+    pub states: Vec<(u64, KeyState)>,
+    /// True when this is the recorded outcome of an earlier identical request.
+    #[serde(default)]
+    pub replayed: bool,
+}
+
+/// Asks for transfers, newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransfersRequest {
+    /// Only those from or to this location (a store must name one it reads).
+    #[serde(default)]
+    pub location: Option<String>,
+    /// Only those in this state.
+    #[serde(default)]
+    pub state: Option<TransferState>,
 }
 
 /// An accepted, durable write.

@@ -71,6 +71,10 @@ pub const CASES: &[(&str, Case)] = &[
         "holds_and_their_deadlines_follow_the_steps",
         holds_and_their_deadlines_follow_the_steps,
     ),
+    (
+        "transfers_are_kept_and_listed_by_location",
+        transfers_are_kept_and_listed_by_location,
+    ),
 ];
 
 /// Runs every case on a fresh ledger from `fresh`; a failing case panics
@@ -457,4 +461,52 @@ fn holds_and_their_deadlines_follow_the_steps(ledger: &dyn Ledger) {
         ledger.hold("h2").unwrap().unwrap().state,
         HoldState::Released
     );
+}
+
+fn transfers_are_kept_and_listed_by_location(ledger: &dyn Ledger) {
+    use shelfsync_core::{Transfer, TransferLine, TransferState};
+    let transfer = |id: &str, from: &str, to: &str, state| Transfer {
+        id: id.into(),
+        from: from.into(),
+        to: to.into(),
+        lines: vec![TransferLine {
+            sku: "a".into(),
+            name: "A".into(),
+            shipped: 3,
+            received: 0,
+            lost: 0,
+        }],
+        state,
+    };
+    let commit = |transfers: Vec<Transfer>| {
+        let group = CommitGroup {
+            transfers,
+            head: ledger.head().unwrap(),
+            ..CommitGroup::default()
+        };
+        ledger.commit(group).unwrap();
+    };
+    commit(vec![
+        transfer("t1", "s1", "s2", TransferState::InTransit),
+        transfer("t2", "s2", "s3", TransferState::InTransit),
+    ]);
+    commit(vec![transfer("t1", "s1", "s2", TransferState::Closed)]);
+    let ids = |location: Option<&str>| -> Vec<(String, TransferState)> {
+        let found = ledger.transfers(location, 10).unwrap();
+        found.into_iter().map(|t| (t.id, t.state)).collect()
+    };
+    let (closed, open) = (TransferState::Closed, TransferState::InTransit);
+    assert_eq!(ids(Some("s1")), [("t1".to_string(), closed)]);
+    assert_eq!(
+        ids(Some("s2")),
+        [("t1".to_string(), closed), ("t2".into(), open)]
+    );
+    assert_eq!(ids(Some("s3")), [("t2".to_string(), open)]);
+    assert!(
+        ids(Some("s")).is_empty(),
+        "a prefix of a location is not it"
+    );
+    assert_eq!(ids(None).len(), 2);
+    assert_eq!(ledger.transfer("t2").unwrap().unwrap().to, "s3");
+    assert!(ledger.transfer("t3").unwrap().is_none());
 }

@@ -11,6 +11,8 @@
 //! | `deadlines` | expiry (8 bytes big-endian) `location \0 sku` | the lock's token |
 //! | `holds` | hold id | [`HoldV`] |
 //! | `hold_deadlines` | expiry (8 bytes big-endian) hold id | empty: the active holds |
+//! | `transfers` | transfer id | [`TransferV`] |
+//! | `transfer_index` | `location \0 id`, for its `from` and its `to` | empty |
 //! | `reports` | store id | [`ReportV`] |
 //! | `meta` | `layout`, `head`, `oldest` | u64, big-endian |
 //!
@@ -24,11 +26,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use serde::de::DeserializeOwned;
-use shelfsync_core::{Hold, HoldState, ItemKey};
+use shelfsync_core::{Hold, HoldState, ItemKey, Transfer};
 use shelfsync_proto::Change;
 
 use super::engine::{Engine, Write};
-use super::records::{ChangeV, HoldV, IdempotencyV, ItemV, ReportV, decode, encode};
+use super::records::{ChangeV, HoldV, IdempotencyV, ItemV, ReportV, TransferV, decode, encode};
 use super::{
     Buckets, CommitGroup, Deadline, IdempotencyRecord, ItemRecord, LAYOUT, Ledger, LedgerError,
     StoredReport,
@@ -49,6 +51,8 @@ pub struct KvLedger<E: Engine> {
     deadlines: E::Space,
     holds: E::Space,
     hold_deadlines: E::Space,
+    transfers: E::Space,
+    transfer_index: E::Space,
     reports: E::Space,
     meta: E::Space,
     buckets: Buckets,
@@ -148,6 +152,8 @@ impl<E: Engine> KvLedger<E> {
             deadlines: engine.space("deadlines")?,
             holds: engine.space("holds")?,
             hold_deadlines: engine.space("hold_deadlines")?,
+            transfers: engine.space("transfers")?,
+            transfer_index: engine.space("transfer_index")?,
             reports: engine.space("reports")?,
             meta,
             buckets,
@@ -275,6 +281,21 @@ impl<E: Engine> Ledger for KvLedger<E> {
                 false => Write::Delete(self.hold_deadlines.clone(), key),
             });
         }
+        let transfers: BTreeMap<&str, &Transfer> =
+            group.transfers.iter().map(|t| (t.id.as_str(), t)).collect();
+        for (id, transfer) in transfers {
+            let value = encode(&TransferV::V1(transfer.clone()))?;
+            batch.push(Write::Put(
+                self.transfers.clone(),
+                id.as_bytes().to_vec(),
+                value,
+            ));
+            // The same keys for every step of a transfer: written again, no harm.
+            for location in [&transfer.from, &transfer.to] {
+                let key = pair_key(location, id);
+                batch.push(Write::Put(self.transfer_index.clone(), key, Vec::new()));
+            }
+        }
         for entry in group.idempotency {
             let bucket = self.bucket_for(entry.record.at_ms)?;
             let key = pair_key(&entry.store, &entry.key);
@@ -360,6 +381,41 @@ impl<E: Engine> Ledger for KvLedger<E> {
         for id in active {
             if let Some(hold) = self.hold(&id)? {
                 out.push(hold);
+            }
+        }
+        Ok(out)
+    }
+
+    fn transfer(&self, id: &str) -> Result<Option<Transfer>, LedgerError> {
+        Ok(self
+            .read::<TransferV>(&self.transfers, id.as_bytes())?
+            .map(Into::into))
+    }
+
+    fn transfers(
+        &self,
+        location: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Transfer>, LedgerError> {
+        let Some(location) = location else {
+            let all = self.engine.range(&self.transfers, &[], &[0xff], limit)?;
+            return all
+                .into_iter()
+                .map(|(k, v)| Ok(decode::<TransferV>(k.as_ref(), v.as_ref())?.into()))
+                .collect();
+        };
+        let prefix = pair_key(location, "");
+        let index = self.engine.range(
+            &self.transfer_index,
+            &prefix,
+            &after_location(location),
+            limit,
+        )?;
+        let mut out = Vec::with_capacity(index.len());
+        for (k, _) in index {
+            let id = String::from_utf8_lossy(&k.as_ref()[prefix.len()..]).into_owned();
+            if let Some(transfer) = self.transfer(&id)? {
+                out.push(transfer);
             }
         }
         Ok(out)

@@ -14,7 +14,8 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use shelfsync_core::{Hold, HoldLine, Item, ItemKey, KeyState, Op};
+use shelfsync_core::transfer::TransferAmount;
+use shelfsync_core::{Hold, HoldLine, Item, ItemKey, KeyState, Op, Transfer};
 use shelfsync_proto::{Change, ErrorCode, StoreReport, WireError};
 
 pub mod engine;
@@ -91,7 +92,8 @@ pub struct Line {
     pub lock_token: Option<u64>,
 }
 
-/// A step of a hold, as a store (or the coordinator) asked for it.
+/// A step of a hold or a transfer, as a store (or the coordinator) asked
+/// for it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Action {
     /// A new hold on `lines` for `ttl_ms`.
@@ -131,18 +133,55 @@ pub enum Action {
         /// The hold.
         id: String,
     },
+    /// A new transfer: every line leaves `from`.
+    TransferCreate {
+        /// The location shipped from.
+        from: String,
+        /// The location shipped to.
+        to: String,
+        /// What is shipped.
+        lines: Vec<TransferAmount>,
+        /// The token of the lines' locks the client holds.
+        lock_token: Option<u64>,
+    },
+    /// A receipt at the transfer's `to`.
+    TransferReceive {
+        /// The transfer.
+        id: String,
+        /// What arrived.
+        lines: Vec<TransferAmount>,
+        /// The token of the lines' locks the client holds.
+        lock_token: Option<u64>,
+    },
+    /// The transfer ends; what was not received is lost.
+    TransferClose {
+        /// The transfer.
+        id: String,
+    },
 }
 
 impl Action {
     /// The hold or transfer the step names (none for a create).
     pub fn id(&self) -> Option<&str> {
         match self {
-            Action::HoldCreate { .. } => None,
+            Action::HoldCreate { .. } | Action::TransferCreate { .. } => None,
             Action::HoldExtend { id, .. }
             | Action::HoldFulfil { id, .. }
             | Action::HoldRelease { id, .. }
-            | Action::HoldExpire { id } => Some(id),
+            | Action::HoldExpire { id }
+            | Action::TransferReceive { id, .. }
+            | Action::TransferClose { id } => Some(id),
         }
+    }
+
+    /// Whether the step is one of a transfer (else of a hold).
+    pub fn is_transfer(&self) -> bool {
+        matches!(
+            self,
+            Action::TransferCreate { .. }
+                | Action::TransferReceive { .. }
+                | Action::TransferClose { .. }
+        )
     }
 
     /// The step's name, as metrics count it.
@@ -153,6 +192,9 @@ impl Action {
             Action::HoldFulfil { .. } => "hold_fulfil",
             Action::HoldRelease { .. } => "hold_release",
             Action::HoldExpire { .. } => "hold_expire",
+            Action::TransferCreate { .. } => "transfer_create",
+            Action::TransferReceive { .. } => "transfer_receive",
+            Action::TransferClose { .. } => "transfer_close",
         }
     }
 }
@@ -187,12 +229,12 @@ pub enum Recorded {
         /// The refusal.
         refusal: Refusal,
     },
-    /// A step accepted: what was asked and the hold it made or changed
-    /// (a retry answers with that hold as it is then).
+    /// A step accepted: what was asked and the hold or transfer it made or
+    /// changed (a retry answers with it as it is then).
     Step {
         /// The request.
         action: Action,
-        /// The hold's id.
+        /// The hold's or transfer's id.
         id: String,
     },
     /// A step refused with this error.
@@ -259,6 +301,42 @@ pub struct CommittedWrite {
     pub prior_lock_expiry: Option<u64>,
 }
 
+/// What a step makes or changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Object {
+    /// A hold.
+    Hold(Hold),
+    /// A transfer.
+    Transfer(Transfer),
+}
+
+impl Object {
+    /// Its id.
+    pub fn id(&self) -> &str {
+        match self {
+            Object::Hold(hold) => &hold.id,
+            Object::Transfer(transfer) => &transfer.id,
+        }
+    }
+
+    /// The keys its steps write: a hold's lines; a transfer's skus at both
+    /// ends.
+    pub fn keys(&self) -> Vec<ItemKey> {
+        match self {
+            Object::Hold(hold) => hold.lines.iter().map(|l| l.key.clone()).collect(),
+            Object::Transfer(t) => [&t.from, &t.to]
+                .into_iter()
+                .flat_map(|location| {
+                    t.lines.iter().map(|line| ItemKey {
+                        location: location.clone(),
+                        sku: line.sku.clone(),
+                    })
+                })
+                .collect(),
+        }
+    }
+}
+
 /// A hold as a group leaves it, and where its deadline was before.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HoldWrite {
@@ -302,6 +380,8 @@ pub struct CommitGroup {
     pub idempotency: Vec<IdempotencyEntry>,
     /// Holds made or changed, in step order.
     pub holds: Vec<HoldWrite>,
+    /// Transfers made or changed, in step order.
+    pub transfers: Vec<Transfer>,
     /// The change-log head after this group.
     pub head: u64,
 }
@@ -349,6 +429,14 @@ pub trait Ledger: Send + Sync + 'static {
 
     /// Up to `limit` active holds, earliest expiry first.
     fn active_holds(&self, limit: usize) -> Result<Vec<Hold>, LedgerError>;
+
+    /// The transfer `id`, if there is one.
+    fn transfer(&self, id: &str) -> Result<Option<Transfer>, LedgerError>;
+
+    /// Up to `limit` transfers from or to `location` (every transfer when
+    /// `None`), newest first.
+    fn transfers(&self, location: Option<&str>, limit: usize)
+    -> Result<Vec<Transfer>, LedgerError>;
 
     /// The sequence number of the last committed change (0 when none).
     fn head(&self) -> Result<u64, LedgerError>;

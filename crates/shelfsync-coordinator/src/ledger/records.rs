@@ -6,7 +6,7 @@
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use shelfsync_core::{Hold, ItemKey, KeyState, Op};
+use shelfsync_core::{Hold, ItemKey, KeyState, Op, Transfer};
 use shelfsync_proto::{Change, StoreReport};
 
 use super::{IdempotencyRecord, ItemRecord, LedgerError, StoredReport};
@@ -32,6 +32,18 @@ pub(crate) enum HoldV {
 impl From<HoldV> for Hold {
     fn from(HoldV::V1(hold): HoldV) -> Self {
         hold
+    }
+}
+
+/// A transfer; its id is the storage key.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum TransferV {
+    V1(Transfer),
+}
+
+impl From<TransferV> for Transfer {
+    fn from(TransferV::V1(transfer): TransferV) -> Self {
+        transfer
     }
 }
 

@@ -1,77 +1,32 @@
-//! The hold steps of a group (SPEC §5 "Holds"): each is decided by the pure
-//! functions of [`shelfsync_core::hold`] against the view and, when it
-//! writes items, becomes one commit whose changes name the hold
-//! ([`Op::Hold`], [`Op::HoldFulfil`], [`Op::HoldRelease`],
-//! [`Op::HoldExpire`]). The hold's record goes to the same group.
-//!
-//! A new hold's id is `h` and the seq of its commit's first change: unique,
-//! and the same however often the decision is replayed.
+//! Hold steps (SPEC §5 "Holds"), decided by [`shelfsync_core::hold`]
+//! against the view; [`super::steps`] commits them. A line's change names
+//! the hold ([`Op::Hold`], [`Op::HoldFulfil`], [`Op::HoldRelease`],
+//! [`Op::HoldExpire`]).
 
 use shelfsync_core::hold::{self, HoldStep, NewHold};
-use shelfsync_core::{Hold, HoldState, KeyState, LockTokens, Op, Rejection};
-use shelfsync_proto::{ErrorCode, WireError};
+use shelfsync_core::{Hold, KeyState, Op};
+use shelfsync_proto::WireError;
 
-use super::{Answer, Decision, Entry, Stamp, StepCommand, View, add_commit, reused, state_of};
-use crate::ledger::{Action, HoldWrite, IdempotencyRecord, Recorded};
+use super::steps::{Outcome, not_found, refused, tokens};
+use super::{Entry, View, state_of};
+use crate::ledger::{Action, Object};
 
-/// What a step does: the hold before and after it, and the lines it writes.
-struct Outcome {
-    before: Option<Hold>,
-    after: Hold,
-    entries: Vec<Entry>,
-}
-
-/// Decides a new step and adds what it writes to the group.
-pub(super) fn step(
-    command: &StepCommand,
-    view: &mut View,
-    decision: &mut Decision,
+/// Decides a hold step at `now_ms`, the group's head at `head`.
+pub(super) fn decide(
+    action: &Action,
+    view: &View,
+    head: u64,
     now_ms: u64,
-) -> Answer {
-    let Outcome {
-        before,
-        after,
-        entries,
-    } = match decide(&command.action, view, decision.group.head, now_ms) {
-        Ok(outcome) => outcome,
-        Err(error) => return Answer::Refused(error),
-    };
-    let stamp = Stamp {
-        store: &command.store,
-        idempotency_key: &command.idempotency_key,
-        now_ms,
-    };
-    let changes = add_commit(view, decision, stamp, entries);
-    if before.as_ref() != Some(&after) {
-        decision.group.holds.push(HoldWrite {
-            hold: after.clone(),
-            prior_expiry: before
-                .filter(|hold| hold.state == HoldState::Active)
-                .map(|hold| hold.expires_at_ms),
-        });
-        view.holds.insert(after.id.clone(), Some(after.clone()));
-    }
-    Answer::Stepped {
-        hold: after,
-        changes,
-        replayed: false,
-    }
-}
-
-fn decide(action: &Action, view: &View, head: u64, now_ms: u64) -> Result<Outcome, WireError> {
+) -> Result<Outcome, WireError> {
     // The hold a step names, and its lines' states in line order.
     let existing = |id: &str| -> Result<(Hold, Vec<KeyState>), WireError> {
         let Some(Some(hold)) = view.holds.get(id) else {
-            return Err(not_found(id));
+            return Err(not_found("hold", id));
         };
         let states = hold.lines.iter().map(|l| state_of(view, &l.key)).collect();
         Ok((hold.clone(), states))
     };
-    let unchanged = |hold: Hold| Outcome {
-        before: Some(hold.clone()),
-        after: hold,
-        entries: Vec::new(),
-    };
+    let unchanged = |hold: Hold| Outcome::unchanged(Object::Hold(hold));
     match action {
         Action::HoldCreate {
             owner,
@@ -98,8 +53,8 @@ fn decide(action: &Action, view: &View, head: u64, now_ms: u64) -> Result<Outcom
             let (hold, _) = existing(id)?;
             let after = hold::extend(&hold, *ttl_ms, now_ms).map_err(|r| refused(&r, &[]))?;
             Ok(Outcome {
-                before: Some(hold),
-                after,
+                before: Some(Object::Hold(hold)),
+                after: Object::Hold(after),
                 entries: Vec::new(),
             })
         }
@@ -130,6 +85,12 @@ fn decide(action: &Action, view: &View, head: u64, now_ms: u64) -> Result<Outcom
                 None => Ok(unchanged(hold)),
             }
         }
+        Action::TransferCreate { .. }
+        | Action::TransferReceive { .. }
+        | Action::TransferClose { .. } => Err(WireError::new(
+            shelfsync_proto::ErrorCode::Internal,
+            "a transfer step reached the hold rules",
+        )),
     }
 }
 
@@ -155,81 +116,9 @@ fn outcome(
         })
         .collect();
     Outcome {
-        before: prior,
-        after: hold,
+        before: prior.map(Object::Hold),
+        after: Object::Hold(hold),
         entries,
-    }
-}
-
-/// The request's one lock token, for each line whose item has a lock: a
-/// client that holds the lock of a hold's key names it in `Lock-Token`.
-fn tokens(lock_token: Option<u64>, states: &[KeyState]) -> LockTokens {
-    let Some(token) = lock_token else {
-        return LockTokens::new();
-    };
-    states
-        .iter()
-        .filter_map(KeyState::item)
-        .filter(|item| item.lock.is_some())
-        .map(|item| (item.key(), token))
-        .collect()
-}
-
-fn refused(rejection: &Rejection, states: &[KeyState]) -> WireError {
-    let current = rejection.line().and_then(|i| states.get(i));
-    WireError::rejected(rejection, current.and_then(KeyState::item))
-}
-
-fn not_found(id: &str) -> WireError {
-    WireError::new(ErrorCode::NotFound, format!("hold {id} does not exist"))
-}
-
-/// The outcome a new step's answer records. The coordinator's own expiry
-/// records nothing: it is decided from the hold's state and clock alone,
-/// and an expiry found not due (the hold was extended in the same group)
-/// must not stand for the later one.
-pub(super) fn record_of(command: &StepCommand, answer: &Answer) -> Option<Recorded> {
-    if matches!(command.action, Action::HoldExpire { .. }) {
-        return None;
-    }
-    Some(match answer {
-        Answer::Stepped { hold, .. } => Recorded::Step {
-            action: command.action.clone(),
-            id: hold.id.clone(),
-        },
-        Answer::Refused(error) if error.code == ErrorCode::Locked => return None,
-        Answer::Refused(error) => Recorded::StepRejected {
-            action: command.action.clone(),
-            refusal: error.into(),
-        },
-        Answer::Accepted { .. } | Answer::Read { .. } => return None,
-    })
-}
-
-/// Answers a retried step from its record: the hold as it is now, with its
-/// lines' current states.
-pub(super) fn replay(command: &StepCommand, record: &IdempotencyRecord, view: &View) -> Answer {
-    match &record.outcome {
-        Recorded::Step { action, id } if *action == command.action => {
-            let Some(Some(hold)) = view.holds.get(id) else {
-                return Answer::Refused(not_found(id));
-            };
-            let changes = hold
-                .lines
-                .iter()
-                .filter_map(|line| view.items.get(&line.key).cloned().flatten())
-                .map(|record| (record.seq, record.state))
-                .collect();
-            Answer::Stepped {
-                hold: hold.clone(),
-                changes,
-                replayed: true,
-            }
-        }
-        Recorded::StepRejected { action, refusal } if *action == command.action => {
-            Answer::Refused(refusal.into())
-        }
-        _ => reused(&command.idempotency_key),
     }
 }
 
@@ -239,9 +128,12 @@ mod tests {
 
     use shelfsync_core::{HoldLine, Item, ItemKey};
 
-    use super::super::{Request, decide};
+    use shelfsync_core::HoldState;
+    use shelfsync_proto::ErrorCode;
+
+    use super::super::{Answer, Request, StepCommand, decide};
     use super::*;
-    use crate::ledger::ItemRecord;
+    use crate::ledger::{ItemRecord, Recorded};
 
     const NOW: u64 = 1_000_000;
     const TTL: u64 = 60_000;
@@ -315,7 +207,11 @@ mod tests {
 
     fn short(answer: &Answer) -> Short {
         match answer {
-            Answer::Stepped { hold, changes, .. } => Ok((
+            Answer::Stepped {
+                object: Object::Hold(hold),
+                changes,
+                ..
+            } => Ok((
                 hold.state,
                 changes
                     .iter()
@@ -489,7 +385,9 @@ mod tests {
             .answers
             .iter()
             .map(|answer| match answer {
-                Answer::Stepped { hold, replayed, .. } => Ok((hold.id.clone(), *replayed)),
+                Answer::Stepped {
+                    object, replayed, ..
+                } => Ok((object.id().to_string(), *replayed)),
                 Answer::Refused(err) => Err(err.code),
                 other => panic!("{other:?}"),
             })

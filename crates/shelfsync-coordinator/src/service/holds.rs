@@ -12,7 +12,7 @@ use shelfsync_proto::{
 };
 
 use super::{Access, Peer, Service, blocking, check_idempotency_key, internal};
-use crate::ledger::{Action, Ledger, LedgerError};
+use crate::ledger::{Action, Ledger, LedgerError, Object};
 use crate::sequencer::{Answer, StepCommand};
 use shelfsync_proto::time::now_ms;
 
@@ -83,7 +83,7 @@ impl Service {
         };
         Ok(match self.pipeline.step(command).await {
             Answer::Stepped {
-                hold,
+                object: Object::Hold(hold),
                 changes,
                 replayed,
             } => Response::Hold(HoldAck {
@@ -93,7 +93,7 @@ impl Service {
                 replayed,
             }),
             Answer::Refused(err) => Response::Error(err),
-            Answer::Accepted { .. } | Answer::Read { .. } => Response::Error(WireError::new(
+            _ => Response::Error(WireError::new(
                 ErrorCode::Internal,
                 "a hold step went astray",
             )),
