@@ -16,10 +16,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use shelfsync_core::{Item, ItemKey, KeyState};
+use shelfsync_core::{Item, ItemKey, KeyState, Transfer};
 use shelfsync_proto::{
     BatchAck, BatchRequest, ErrorCode, HoldAck, HoldAction, HoldRequest, ProtoError, ReadRequest,
-    Request, Response, WireError, WriteAck, WriteRequest,
+    Request, Response, TransferAck, TransferAction, TransferRequest, TransfersRequest, WireError,
+    WriteAck, WriteRequest,
 };
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -136,16 +137,57 @@ impl Forwarder {
         }
         match self.sender.send("hold", Request::Hold(request)).await? {
             Response::Hold(ack) => {
-                let remembered = ack.states.iter().filter_map(|(seq, state)| {
-                    let item = state.item()?;
-                    Some((item.key(), state.clone(), *seq))
-                });
-                self.sender.replica.remember(remembered.collect::<Vec<_>>());
+                self.remember_states(&ack.states);
                 Ok(ack)
             }
             Response::Error(err) => Err(ForwardError::Refused(err)),
             _ => Err(unexpected("expected a hold reply")),
         }
+    }
+
+    /// Forwards a step of a transfer (one commit at the coordinator) or a
+    /// read of one; the replica remembers the states it carries.
+    pub async fn transfer(&self, request: TransferRequest) -> Result<TransferAck, ForwardError> {
+        if !matches!(request.action, TransferAction::Get { .. }) {
+            self.check_replica()?;
+        }
+        match self
+            .sender
+            .send("transfer", Request::Transfer(request))
+            .await?
+        {
+            Response::Transfer(ack) => {
+                self.remember_states(&ack.states);
+                Ok(ack)
+            }
+            Response::Error(err) => Err(ForwardError::Refused(err)),
+            _ => Err(unexpected("expected a transfer reply")),
+        }
+    }
+
+    /// Lists transfers at the coordinator.
+    pub async fn transfers(
+        &self,
+        request: TransfersRequest,
+    ) -> Result<Vec<Transfer>, ForwardError> {
+        match self
+            .sender
+            .send("transfers", Request::Transfers(request))
+            .await?
+        {
+            Response::Transfers(transfers) => Ok(transfers),
+            Response::Error(err) => Err(ForwardError::Refused(err)),
+            _ => Err(unexpected("expected a list of transfers")),
+        }
+    }
+
+    /// Remembers the live states of a step's answer, each with its seq.
+    fn remember_states(&self, states: &[(u64, KeyState)]) {
+        let remembered = states.iter().filter_map(|(seq, state)| {
+            let item = state.item()?;
+            Some((item.key(), state.clone(), *seq))
+        });
+        self.sender.replica.remember(remembered.collect::<Vec<_>>());
     }
 
     /// Refuses new writes while the replica is too far behind what it

@@ -52,6 +52,7 @@ const PROBLEM_TYPE: &str = "urn:shelfsync:problem:";
 mod batch;
 mod holds;
 mod locks;
+mod transfers;
 
 /// What every handler shares.
 pub struct AppState {
@@ -154,6 +155,19 @@ fn routes() -> Routes {
     .add(Method::POST, "/v1/holds/{id}/extend", post(holds::extend))
     .add(Method::POST, "/v1/holds/{id}/fulfil", post(holds::fulfil))
     .add(Method::POST, "/v1/holds/{id}/release", post(holds::release))
+    .add(Method::GET, "/v1/transfers", get(transfers::list))
+    .add(Method::POST, "/v1/transfers", post(transfers::create))
+    .add(Method::GET, "/v1/transfers/{id}", get(transfers::get))
+    .add(
+        Method::POST,
+        "/v1/transfers/{id}/receive",
+        post(transfers::receive),
+    )
+    .add(
+        Method::POST,
+        "/v1/transfers/{id}/close",
+        post(transfers::close),
+    )
     .add(
         Method::POST,
         "/v1/locks/{location}/{sku}",

@@ -22,7 +22,7 @@ use shelfsync_tests::rest::item_path;
 use shelfsync_tests::{AgentSpec, Cluster, RestClient, RestReply, StoreSpec, Wait};
 
 pub(crate) const STORE_1: &str = "store-1";
-const STORE_2: &str = "store-2";
+pub(crate) const STORE_2: &str = "store-2";
 /// The pool both stores write and replicate.
 pub(crate) const ONLINE: &str = "online";
 /// Sync interval of the agents (and expected by the coordinator).

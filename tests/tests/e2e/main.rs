@@ -18,3 +18,4 @@ mod harness;
 mod holds;
 mod locks;
 mod recovery;
+mod transfers;
