@@ -17,7 +17,7 @@ use shelfsync_core::item::validate_id;
 
 use crate::certs::CertsCommand;
 use crate::config::Config;
-use crate::{demo, history, holds, import, item, lock, status};
+use crate::{demo, history, holds, import, item, lock, status, transfers};
 
 /// Shown at the end of `--help`.
 const EXIT_CODES: &str = "\
@@ -82,6 +82,12 @@ pub enum Command {
     /// Active holds (carts, click & collect) with a line at a location, earliest expiry first.
     #[command(after_help = EXIT_CODES)]
     Holds(HoldsArgs),
+    /// Transfers between locations, newest first.
+    #[command(after_help = EXIT_CODES)]
+    Transfers(TransfersArgs),
+    /// One transfer.
+    #[command(subcommand)]
+    Transfer(TransferCommand),
     /// Run a local demo cluster (coordinator, store agents, simulated traffic) until Ctrl-C.
     #[command(after_help = DEMO_HELP)]
     Demo(DemoArgs),
@@ -168,6 +174,34 @@ pub struct HoldsArgs {
     pub json: bool,
 }
 
+/// Arguments of `shelfctl transfers`.
+#[derive(Debug, Args)]
+pub struct TransfersArgs {
+    /// Only transfers from or to this location.
+    #[arg(long)]
+    pub location: Option<String>,
+    /// Only transfers in this state: in_transit or closed.
+    #[arg(long, value_parser = transfers::parse_state)]
+    pub state: Option<shelfsync_core::TransferState>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `shelfctl transfer ...`.
+#[derive(Debug, Subcommand)]
+pub enum TransferCommand {
+    /// A transfer with its lines (exit 1 when not found).
+    #[command(after_help = EXIT_CODES)]
+    Show {
+        /// The transfer's id, e.g. t42.
+        id: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 /// Arguments of `shelfctl import`.
 #[derive(Debug, Args)]
 pub struct ImportArgs {
@@ -226,6 +260,10 @@ pub enum Task {
     Unlock(lock::UnlockSettings),
     /// `shelfctl holds`.
     Holds(holds::Settings),
+    /// `shelfctl transfers`.
+    Transfers(transfers::ListSettings),
+    /// `shelfctl transfer show`.
+    TransferShow(transfers::ShowSettings),
 }
 
 impl Task {
@@ -239,6 +277,8 @@ impl Task {
             Task::Lock(_) => "lock",
             Task::Unlock(_) => "unlock",
             Task::Holds(_) => "holds",
+            Task::Transfers(_) => "transfers",
+            Task::TransferShow(_) => "transfer show",
         }
     }
 }
@@ -288,6 +328,20 @@ impl Invocation {
                     sku: args.sku,
                     json: args.json,
                 })
+            }
+            Command::Transfers(args) => {
+                if let Some(location) = &args.location {
+                    validate_id("location", location)?;
+                }
+                Task::Transfers(transfers::ListSettings {
+                    location: args.location,
+                    state: args.state,
+                    json: args.json,
+                })
+            }
+            Command::Transfer(TransferCommand::Show { id, json }) => {
+                validate_id("id", &id)?;
+                Task::TransferShow(transfers::ShowSettings { id, json })
             }
             Command::Import(args) => Task::Import(import::Settings {
                 path: args.file,

@@ -79,7 +79,8 @@ pub fn to_text(holds: &[HoldView], styled: bool) -> String {
             Cell::new(lines.join(", ")),
         ]);
     }
-    format!("{} active holds\n{table}\n", holds.len())
+    let plural = if holds.len() == 1 { "" } else { "s" };
+    format!("{} active hold{plural}\n{table}\n", holds.len())
 }
 
 /// Runs `shelfctl holds`.

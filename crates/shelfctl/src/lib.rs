@@ -29,6 +29,7 @@ pub mod item;
 pub mod lock;
 pub mod render;
 pub mod status;
+pub mod transfers;
 
 use cli::{Invocation, Task};
 
@@ -74,5 +75,7 @@ pub async fn run(invocation: Invocation) -> anyhow::Result<Outcome> {
         Task::Lock(settings) => lock::lock(&config, &settings).await,
         Task::Unlock(settings) => lock::unlock(&config, &settings).await,
         Task::Holds(settings) => holds::run(&config, &settings).await,
+        Task::Transfers(settings) => transfers::list(&config, &settings).await,
+        Task::TransferShow(settings) => transfers::show(&config, &settings).await,
     }
 }

@@ -620,3 +620,84 @@ async fn holds_lists_the_active_holds_and_history_names_their_steps() {
     client.close().await;
     cluster.stop().await;
 }
+
+/// `shelfctl transfers` lists transfers by location and state, and
+/// `transfer show` shows one (exit 1 for an unknown id); history names the
+/// shipment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfers_and_transfer_show() {
+    use shelfsync_core::transfer::TransferAmount;
+    use shelfsync_proto::{TransferAction, TransferRequest};
+
+    let cluster = Cluster::start().await;
+    let file = cluster.file(
+        "one.csv",
+        "location,sku,name,quantity\nstore-1,milk,Milk,10\n",
+    );
+    assert_eq!(
+        cluster.shelfctl(&["import", &file]).await.status.code(),
+        Some(0)
+    );
+    let client = cluster.client("store-1").await;
+    let ship = TransferRequest {
+        idempotency_key: "truck-1".into(),
+        action: TransferAction::Create {
+            from: "store-1".into(),
+            to: "store-2".into(),
+            lines: vec![TransferAmount {
+                sku: "milk".into(),
+                amount: 4,
+            }],
+            lock_token: None,
+        },
+    };
+    let id = match client.call(&Request::Transfer(ship)).await.unwrap() {
+        Response::Transfer(ack) => ack.transfer.id,
+        other => panic!("{other:?}"),
+    };
+    client.close().await;
+
+    let listed = |args: &'static [&'static str]| {
+        let cluster = &cluster;
+        async move {
+            let out = cluster.shelfctl(args).await;
+            assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+            json(&out)
+        }
+    };
+    let open = listed(&[
+        "transfers",
+        "--location",
+        "store-2",
+        "--state",
+        "in_transit",
+        "--json",
+    ])
+    .await;
+    assert_eq!(open[0]["id"].as_str(), Some(id.as_str()), "{open}");
+    assert_eq!(open[0]["lines"][0]["shipped"], 4);
+    let closed = listed(&["transfers", "--state", "closed", "--json"]).await;
+    assert_eq!(closed.as_array().map(Vec::len), Some(0), "{closed}");
+    let table = cluster.shelfctl(&["transfers"]).await;
+    let table = text(&table.stdout);
+    assert!(
+        table.contains("1 transfer\n") && table.contains("milk 4/0/0"),
+        "{table}"
+    );
+
+    let shown = cluster.shelfctl(&["transfer", "show", &id, "--json"]).await;
+    assert_eq!(shown.status.code(), Some(0), "{}", text(&shown.stderr));
+    assert_eq!(json(&shown)["state"], "in_transit");
+    let missing = cluster.shelfctl(&["transfer", "show", "t999999"]).await;
+    assert_eq!(missing.status.code(), Some(1));
+    let bad = cluster.shelfctl(&["transfers", "--state", "lost"]).await;
+    assert_eq!(bad.status.code(), Some(2), "{}", text(&bad.stderr));
+
+    let history = json(
+        &cluster
+            .shelfctl(&["history", "store-1", "milk", "--json"])
+            .await,
+    );
+    assert_eq!(history["changes"][0]["op"], format!("transfer_ship {id} 4"));
+    cluster.stop().await;
+}
