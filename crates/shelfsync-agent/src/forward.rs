@@ -158,6 +158,10 @@ impl Forwarder {
         {
             Response::Transfer(ack) => {
                 self.remember_states(&ack.states);
+                if let Err(err) = self.sender.replica.transfers().remember(&ack.transfer) {
+                    // The next sync brings it; the answer stands.
+                    tracing::warn!(error = %err, "cannot keep a transfer in the replica");
+                }
                 Ok(ack)
             }
             Response::Error(err) => Err(ForwardError::Refused(err)),

@@ -15,6 +15,7 @@ pub mod overlay;
 pub mod replica;
 pub mod rest;
 pub mod sync;
+pub mod transfers;
 
 use std::future::Future;
 use std::net::SocketAddr;

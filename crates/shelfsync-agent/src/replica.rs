@@ -34,6 +34,7 @@ use shelfsync_core::{Item, ItemKey, KeyState};
 use shelfsync_proto::Change;
 
 use crate::overlay::{self, Overlay};
+use crate::transfers::OpenTransfers;
 
 const META: &[u8] = b"mmeta";
 /// Most states remembered for clients before the sync brings them (a
@@ -116,17 +117,19 @@ pub struct Replica {
     caught_up: AtomicBool,
     /// What clients were answered with that the sync has not brought yet.
     overlay: Overlay,
+    /// The open transfers of the replica's locations.
+    transfers: OpenTransfers,
 }
 
-fn storage(err: sled::Error) -> ReplicaError {
+pub(crate) fn storage(err: sled::Error) -> ReplicaError {
     ReplicaError::Storage(err.to_string())
 }
 
-fn encode<T: Serialize>(value: T) -> Result<Vec<u8>, ReplicaError> {
+pub(crate) fn encode<T: Serialize>(value: T) -> Result<Vec<u8>, ReplicaError> {
     rmp_serde::to_vec_named(&Stored::V1(value)).map_err(|e| ReplicaError::Storage(e.to_string()))
 }
 
-fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ReplicaError> {
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ReplicaError> {
     match rmp_serde::from_slice::<Stored<T>>(bytes) {
         Ok(Stored::V1(value)) => Ok(value),
         Err(e) => Err(ReplicaError::Corrupt(e.to_string())),
@@ -244,6 +247,7 @@ impl Replica {
             .open()
             .map_err(|e| ReplicaError::Storage(format!("cannot open {}: {e}", dir.display())))?;
         let tree = db.open_tree("replica").map_err(storage)?;
+        let transfers = OpenTransfers::new(db.open_tree("transfers").map_err(storage)?);
         let meta = match tree.get(META).map_err(storage)? {
             Some(bytes) => decode(&bytes)?,
             None => Meta::default(),
@@ -258,6 +262,7 @@ impl Replica {
         Ok(Replica {
             caught_up: AtomicBool::new(clean || meta.cursor.is_none()),
             overlay: Overlay::default(),
+            transfers,
             db,
             tree,
             meta: Mutex::new(meta),
@@ -309,6 +314,11 @@ impl Replica {
             guard,
             written: Default::default(),
         })
+    }
+
+    /// The open transfers from or to the replica's locations.
+    pub fn transfers(&self) -> &OpenTransfers {
+        &self.transfers
     }
 
     /// The sync position and summary.

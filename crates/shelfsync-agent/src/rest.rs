@@ -283,6 +283,15 @@ impl Problem {
         Problem::new(StatusCode::BAD_REQUEST, "bad_request", detail)
     }
 
+    /// A replica read whose task failed.
+    fn replica_failed() -> Self {
+        Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "replica_failed",
+            "replica read failed",
+        )
+    }
+
     /// Local reads of a replica that may have lost states after a crash.
     fn catching_up() -> Self {
         let mut problem = Problem::new(
@@ -521,13 +530,7 @@ async fn get_item(
             let lookup = key.clone();
             tokio::task::spawn_blocking(move || replica.get(&lookup))
                 .await
-                .map_err(|_| {
-                    Problem::new(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "replica_failed",
-                        "replica read failed",
-                    )
-                })?
+                .map_err(|_| Problem::replica_failed())?
                 .map_err(|e| Problem::from(ForwardError::Replica(e)))?
         }
         Some(other) => {

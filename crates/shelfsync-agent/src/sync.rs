@@ -13,9 +13,10 @@ use std::time::Duration;
 
 use backoff::backoff::Backoff;
 use serde::Serialize;
+use shelfsync_core::{Transfer, TransferState};
 use shelfsync_proto::{
     ChangesRequest, ErrorCode, ProtoError, Request, Response, SOFTWARE_VERSION, SnapshotRequest,
-    StoreReport, WireError,
+    StoreReport, TransfersRequest, WireError,
 };
 use tokio::sync::Notify;
 
@@ -141,6 +142,11 @@ impl Syncer {
         self.wake.notify_one();
     }
 
+    /// The locations the replica holds.
+    pub fn locations(&self) -> &[String] {
+        &self.locations
+    }
+
     /// The state `GET /v1/sync` reports.
     pub fn status(&self) -> SyncStatus {
         let meta = self.replica.meta();
@@ -210,7 +216,7 @@ impl Syncer {
 
     /// One sync: bootstrap if needed, changes up to the head, then a report.
     pub async fn sync_once(&self) -> Result<(), SyncError> {
-        loop {
+        let transfers_at = loop {
             let meta = self.replica.meta();
             let Some(cursor) = meta.cursor else {
                 self.bootstrap().await?;
@@ -224,6 +230,7 @@ impl Syncer {
             match self.call(request).await? {
                 Response::Changes(page) => {
                     let done = page.next >= page.head;
+                    let transfers_at = page.transfers_at;
                     let replica = self.replica.clone();
                     let synced_at = done.then(now_ms);
                     blocking(move || replica.apply_changes(&page.changes, page.next, synced_at))
@@ -237,7 +244,7 @@ impl Syncer {
                         .set(gauge_value(page.head.saturating_sub(page.next)));
                     if done {
                         self.replica.mark_caught_up();
-                        break;
+                        break transfers_at;
                     }
                 }
                 Response::CursorExpired { oldest, head } => {
@@ -252,7 +259,8 @@ impl Syncer {
                 }
                 _ => return Err(SyncError::Unexpected),
             }
-        }
+        };
+        self.fetch_transfers(transfers_at).await?;
         let meta = self.replica.meta();
         self.metrics.syncs.inc();
         self.metrics.items.set(gauge_value(meta.item_count));
@@ -263,6 +271,33 @@ impl Syncer {
             p.last_error = None;
         }
         self.report().await
+    }
+
+    /// Fetches the open transfers of the replica's locations once the
+    /// coordinator says they changed after the last fetch.
+    async fn fetch_transfers(&self, transfers_at: u64) -> Result<(), SyncError> {
+        let kept = self.replica.transfers();
+        if transfers_at <= kept.fetched_at()? {
+            return Ok(());
+        }
+        let mut open: Vec<Transfer> = Vec::new();
+        for location in &self.locations {
+            let request = Request::Transfers(TransfersRequest {
+                location: Some(location.clone()),
+                state: Some(TransferState::InTransit),
+            });
+            let Response::Transfers(transfers) = self.call(request).await? else {
+                return Err(SyncError::Unexpected);
+            };
+            for transfer in transfers {
+                if open.iter().all(|t| t.id != transfer.id) {
+                    open.push(transfer);
+                }
+            }
+        }
+        let replica = self.replica.clone();
+        blocking(move || replica.transfers().replace(&open, transfers_at)).await?;
+        Ok(())
     }
 
     async fn bootstrap(&self) -> Result<(), SyncError> {

@@ -21,6 +21,7 @@ use shelfsync_proto::{
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::FastMap;
 use crate::digests::Digests;
 use crate::failpoints;
 use crate::ledger::{Action, CommitGroup, Ledger, LedgerError, Line, Object, Recorded};
@@ -66,10 +67,44 @@ const EXPIRY_TICK: Duration = Duration::from_millis(250);
 /// Most lock expiries, and most hold expiries, added to one group.
 const MAX_EXPIRIES: usize = 256;
 
+/// When the transfers of each location last changed, on the coordinator's
+/// clock (ms), for sync pages to tell replicas when to fetch them again.
+/// Kept in memory: after a start every location counts as changed then.
+struct TransferMarks {
+    started_ms: u64,
+    by_location: std::sync::Mutex<FastMap<String, u64>>,
+}
+
+impl TransferMarks {
+    /// Marks `locations` as changed now (later than any mark before,
+    /// whatever the clock did).
+    fn mark(&self, locations: Vec<String>) {
+        if locations.is_empty() {
+            return;
+        }
+        let Ok(mut marks) = self.by_location.lock() else {
+            return;
+        };
+        for location in locations {
+            let last = marks.get(&location).copied().unwrap_or(self.started_ms);
+            marks.insert(location, now_ms().max(last + 1));
+        }
+    }
+
+    fn latest(&self, locations: &[String]) -> u64 {
+        let Ok(marks) = self.by_location.lock() else {
+            return now_ms();
+        };
+        let mark = |l: &String| marks.get(l).copied().unwrap_or(self.started_ms);
+        locations.iter().map(mark).max().unwrap_or(self.started_ms)
+    }
+}
+
 /// Handle to the pipeline; cheap to clone.
 #[derive(Clone)]
 pub struct Pipeline {
     jobs: mpsc::Sender<Job>,
+    transfer_marks: Arc<TransferMarks>,
     /// The head of the committed (durable, readable) change log.
     head: watch::Receiver<u64>,
     failed: Arc<Failure>,
@@ -89,7 +124,12 @@ impl Pipeline {
         let (jobs_tx, jobs_rx) = mpsc::channel(QUEUE_DEPTH);
         let (head_tx, head_rx) = watch::channel(head);
         let failed = Arc::new(Failure::default());
+        let transfer_marks = Arc::new(TransferMarks {
+            started_ms: now_ms(),
+            by_location: std::sync::Mutex::default(),
+        });
         let sequencer = Sequencer {
+            transfer_marks: transfer_marks.clone(),
             ledger,
             ttl_ms: u64::try_from(idempotency_ttl.as_millis()).unwrap_or(u64::MAX),
             head,
@@ -119,6 +159,7 @@ impl Pipeline {
             .map_err(|e| LedgerError::Storage(format!("cannot start the expiry tick: {e}")))?;
         Ok(Pipeline {
             jobs: jobs_tx,
+            transfer_marks,
             head: head_rx,
             failed,
             thread: Arc::new(std::sync::Mutex::new(Some(thread))),
@@ -228,6 +269,12 @@ impl Pipeline {
         }
     }
 
+    /// When a transfer from or to one of `locations` last changed (ms on
+    /// the coordinator's clock; the start of this process at the earliest).
+    pub fn transfers_at(&self, locations: &[String]) -> u64 {
+        self.transfer_marks.latest(locations)
+    }
+
     /// The head a reader reads up to: every write acknowledged so far.
     pub fn read_head(&self) -> u64 {
         *self.head.borrow()
@@ -324,6 +371,7 @@ fn unavailable() -> WireError {
 
 struct Sequencer {
     ledger: Arc<dyn Ledger>,
+    transfer_marks: Arc<TransferMarks>,
     ttl_ms: u64,
     head: u64,
     head_tx: watch::Sender<u64>,
@@ -464,7 +512,11 @@ impl Sequencer {
                 failpoints::io_error(arg)
             )
         )));
+        let ends: Vec<String> = (group.transfers.iter())
+            .flat_map(|t| [t.from.clone(), t.to.clone()])
+            .collect();
         self.ledger.commit(group)?;
+        self.transfer_marks.mark(ends);
         self.metrics.observe_flush(started.elapsed());
         // Durable and not yet acknowledged: where the fault suite crashes.
         failpoints::crash_point(failpoints::AFTER_COMMIT_BEFORE_ACK);

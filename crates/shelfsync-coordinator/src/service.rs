@@ -320,6 +320,7 @@ impl Service {
     async fn changes(&self, peer: &Peer, req: ChangesRequest) -> Result<Response, WireError> {
         let locations = self.readable(peer, req.locations)?;
         let head = self.pipeline.read_head();
+        let transfers_at = self.pipeline.transfers_at(&locations);
         let ledger = self.ledger.clone();
         let limit = page_limit(req.limit);
         let after = req.after;
@@ -339,6 +340,7 @@ impl Service {
                 changes,
                 next,
                 head,
+                transfers_at,
             });
             Ok(expired()?.unwrap_or(page))
         })

@@ -43,6 +43,7 @@ fn codec(c: &mut Criterion) {
             .collect(),
         next: 1000,
         head: 5000,
+        transfers_at: 0,
     });
     let mut group = c.benchmark_group("codec");
     group.bench_function("encode_write", |b| b.iter(|| encode(black_box(&write))));

@@ -471,6 +471,12 @@ pub struct ChangesPage {
     pub next: u64,
     /// Durable head of the log; the replica is current when `next == head`.
     pub head: u64,
+    /// When a transfer from or to one of the asked locations last changed
+    /// (the coordinator's clock, ms): a replica that keeps the open
+    /// transfers asks for them again once this passes what it has (0 from
+    /// a coordinator that does not say).
+    #[serde(default)]
+    pub transfers_at: u64,
 }
 
 /// Asks for a page of the items of some locations, in key order.

@@ -8,10 +8,13 @@ use std::collections::BTreeMap;
 use serde_json::{Value, json};
 use shelfsync_core::{ItemKey, Op};
 use shelfsync_proto::{HistoryRequest, Request, Response};
+use shelfsync_tests::poll::{self, Check};
 use shelfsync_tests::rest::item_path;
 use shelfsync_tests::{AgentSpec, RestClient, Wait};
 
-use super::agent::{ONLINE, STORE_1, STORE_2, cluster_with_store_1, expect, store_1_spec};
+use super::agent::{
+    ONLINE, PATIENCE, STORE_1, STORE_2, cluster_with_store_1, expect, store_1_spec,
+};
 
 async fn create(rest: &RestClient, location: &str, sku: &str, quantity: u64) {
     let body = json!({"name": format!("Item {sku}"), "quantity": quantity});
@@ -38,9 +41,10 @@ fn progress(transfer: &Value) -> Vec<(u64, u64, u64)> {
         .collect()
 }
 
-/// Ids listed by `GET /v1/transfers?location=..&state=in_transit`.
+/// Ids listed by `GET /v1/transfers?location=..&state=in_transit`, read
+/// through the coordinator.
 async fn open_at(rest: &RestClient, location: &str) -> Vec<String> {
-    let path = format!("/v1/transfers?location={location}&state=in_transit");
+    let path = format!("/v1/transfers?location={location}&state=in_transit&consistency=strong");
     let reply = rest.get(&path).await.unwrap();
     expect(&reply, 200);
     let listed = reply.json["transfers"].as_array().unwrap();
@@ -48,6 +52,57 @@ async fn open_at(rest: &RestClient, location: &str) -> Vec<String> {
         .iter()
         .map(|t| t["id"].as_str().unwrap().to_string())
         .collect()
+}
+
+/// Waits until the agent's replica lists exactly `ids` as the open
+/// transfers of `location` (a local read).
+async fn kept_open(rest: &RestClient, location: &str, ids: &[&str]) {
+    let path = format!("/v1/transfers?location={location}&state=in_transit");
+    poll::until("the replica's open transfers", PATIENCE, || async {
+        let reply = rest.get(&path).await?;
+        anyhow::ensure!(reply.status == 200, "unexpected answer: {reply}");
+        let listed: Vec<&str> = (reply.json["transfers"].as_array())
+            .map(|t| t.iter().filter_map(|t| t["id"].as_str()).collect())
+            .unwrap_or_default();
+        Ok(match listed == ids {
+            true => Check::Done(()),
+            false => Check::NotYet(reply.to_string()),
+        })
+    })
+    .await
+    .unwrap();
+}
+
+/// A store's replica keeps the open transfers of its locations and shows
+/// them while the coordinator is down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_transfers_are_shown_while_the_coordinator_is_down() {
+    let (mut cluster, one) = cluster_with_store_1(store_1_spec()).await;
+    let spec = AgentSpec::new(STORE_2, &[STORE_2, ONLINE]);
+    let two = cluster.start_agent_with(spec, Wait::Ready).await;
+    let two = two.unwrap().rest();
+    create(&one, STORE_1, "a", 10).await;
+    let mut ship = lines(&[("a", 3)]);
+    ship["from"] = json!(STORE_1);
+    ship["to"] = json!(STORE_2);
+    let shipped = one.post("/v1/transfers", &[], &ship).await.unwrap();
+    expect(&shipped, 201);
+    let id = shipped.json["id"].as_str().unwrap().to_string();
+    kept_open(&two, STORE_2, &[id.as_str()]).await;
+
+    cluster.coordinator_mut().kill9();
+    let path = format!("/v1/transfers?location={STORE_2}&state=in_transit");
+    let local = two.get(&path).await.unwrap();
+    expect(&local, 200);
+    assert_eq!(
+        local.json["transfers"][0]["lines"][0]["shipped"], 3,
+        "{local}"
+    );
+    let strong = two
+        .get(&format!("{path}&consistency=strong"))
+        .await
+        .unwrap();
+    expect(&strong, 503);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -83,6 +138,9 @@ async fn a_transfer_shipped_received_in_parts_and_closed_conserves_stock() {
     assert_eq!(a1.json["quantity"], 4, "{a1}");
     assert_eq!(open_at(&two, STORE_2).await, [id.as_str()]);
     assert_eq!(open_at(&one, STORE_1).await, [id.as_str()]);
+    // store-2's replica learns of it at its next sync; store-1's at once.
+    kept_open(&two, STORE_2, &[id.as_str()]).await;
+    kept_open(&one, STORE_1, &[id.as_str()]).await;
 
     let path = format!("/v1/transfers/{id}");
     let receive = format!("{path}/receive");
@@ -115,6 +173,7 @@ async fn a_transfer_shipped_received_in_parts_and_closed_conserves_stock() {
         410,
     );
     assert!(open_at(&two, STORE_2).await.is_empty());
+    kept_open(&two, STORE_2, &[]).await;
     let read = two.get(&path).await.unwrap();
     assert_eq!(read.json["state"], "closed");
 

@@ -3,6 +3,11 @@
 //! the coordinator: every route here is forwarded, reads included, and each
 //! step is one commit there. A transfer is shown as the coordinator keeps
 //! it: per sku `shipped`, `received` and `lost` (written off at close).
+//!
+//! The open transfers of this agent's locations are also kept in its
+//! replica ([`crate::transfers`]): `GET /v1/transfers?location=L&state=
+//! in_transit` answers from there (also while the coordinator is away),
+//! unless `consistency=strong`.
 
 use std::sync::Arc;
 
@@ -18,6 +23,7 @@ use shelfsync_core::{Transfer, TransferState};
 use shelfsync_proto::{MAX_BATCH_LINES, TransferAction, TransferRequest, TransfersRequest};
 
 use super::{AppState, Problem, Result, idempotency_key, json, lock_token};
+use crate::forward::ForwardError;
 
 /// One sku and its units, in a shipment or a receipt.
 #[derive(Deserialize)]
@@ -49,6 +55,7 @@ struct ReceiveBody {
 pub(super) struct ListQuery {
     location: String,
     state: Option<TransferState>,
+    consistency: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -164,10 +171,38 @@ pub(super) async fn list(
 ) -> Result<Response> {
     let Query(query) = query.map_err(|e| Problem::invalid(e.body_text()))?;
     validate_id("location", &query.location)?;
-    let request = TransfersRequest {
-        location: Some(query.location),
-        state: query.state,
+    let held = state.syncer.locations().contains(&query.location);
+    let open = query.state == Some(TransferState::InTransit);
+    let transfers = match query.consistency.as_deref() {
+        None | Some("local") if open && held => {
+            if !state.replica.caught_up() {
+                return Err(Problem::catching_up());
+            }
+            let replica = state.replica.clone();
+            let location = query.location.clone();
+            tokio::task::spawn_blocking(move || replica.transfers().list(&location))
+                .await
+                .map_err(|_| Problem::replica_failed())?
+                .map_err(|e| Problem::from(ForwardError::Replica(e)))?
+        }
+        Some("local") => {
+            return Err(Problem::invalid(
+                "the replica keeps the open transfers (state=in_transit) of its own \
+                 locations only; use consistency=strong",
+            ));
+        }
+        None | Some("strong") => {
+            let request = TransfersRequest {
+                location: Some(query.location),
+                state: query.state,
+            };
+            state.forwarder.transfers(request).await?
+        }
+        Some(other) => {
+            return Err(Problem::invalid(format!(
+                "consistency must be `strong` or `local`, not {other:?}"
+            )));
+        }
     };
-    let transfers = state.forwarder.transfers(request).await?;
     Ok((StatusCode::OK, axum::Json(Listed { transfers })).into_response())
 }
