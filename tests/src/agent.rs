@@ -58,6 +58,8 @@ pub struct AgentSpec {
     pub rate_limit: Option<RateLimitSpec>,
     /// `cors_origins`.
     pub cors_origins: Vec<String>,
+    /// `push` (`None`: the binary's default, on).
+    pub push: Option<bool>,
 }
 
 impl AgentSpec {
@@ -71,7 +73,14 @@ impl AgentSpec {
             forward_timeout: None,
             rate_limit: None,
             cors_origins: Vec::new(),
+            push: None,
         }
+    }
+
+    /// Turns push on or off.
+    pub fn push(mut self, push: bool) -> Self {
+        self.push = Some(push);
+        self
     }
 
     /// Replaces the sync interval.
@@ -118,6 +127,9 @@ impl AgentSpec {
         let _ = writeln!(out, "locations = {}", list(&self.locations));
         if let Some(timeout) = self.forward_timeout {
             let _ = writeln!(out, "forward_timeout = {}", duration(timeout));
+        }
+        if let Some(push) = self.push {
+            let _ = writeln!(out, "push = {push}");
         }
         if let Some(limit) = self.rate_limit {
             let _ = writeln!(

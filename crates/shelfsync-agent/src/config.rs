@@ -29,6 +29,11 @@ pub struct Config {
     pub sync_interval: Duration,
     /// Locations this replica holds.
     pub locations: Vec<String>,
+    /// Whether to hold a subscription to the coordinator's wake-ups and
+    /// sync at once after a commit to these locations (else every
+    /// `sync_interval` only).
+    #[serde(default = "default_push")]
+    pub push: bool,
     /// How long a forwarded write (or strong read) may take, retries included,
     /// before the client gets 503.
     #[serde(default = "default_forward_timeout", with = "humantime_serde")]
@@ -58,6 +63,10 @@ pub struct RateLimit {
 
 fn default_server_name() -> String {
     "localhost".into()
+}
+
+fn default_push() -> bool {
+    true
 }
 
 fn default_sync_interval() -> Duration {

@@ -49,6 +49,8 @@ pub struct Agent {
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
     router: axum::Router,
+    /// Whether to hold the push subscription.
+    push: bool,
 }
 
 impl Agent {
@@ -94,6 +96,7 @@ impl Agent {
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.http_listen))?;
         Ok(Agent {
+            push: config.push,
             http_addr: listener.local_addr()?,
             listener,
             state,
@@ -110,6 +113,9 @@ impl Agent {
         let stopped = || stop.wait();
         tracing::info!(http = %self.http_addr, "agent serving");
         let sync = tokio::spawn(self.state.syncer.clone().run(stopped()));
+        let push = self
+            .push
+            .then(|| tokio::spawn(self.state.syncer.clone().push(stopped())));
         let prune = {
             let state = self.state.clone();
             let stop = stopped();
@@ -135,6 +141,9 @@ impl Agent {
         tracing::info!("shutting down");
         stop_handle.stop();
         let _ = sync.await;
+        if let Some(push) = push {
+            let _ = push.await;
+        }
         let _ = prune.await;
         let _ = http.await;
         let replica = self.state.replica.clone();

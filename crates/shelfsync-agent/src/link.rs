@@ -81,6 +81,12 @@ impl Link {
         self.protocol.load(Ordering::Relaxed) >= 3
     }
 
+    /// Whether the last connection's coordinator pushes wake-ups
+    /// ([`shelfsync_proto::Request::Subscribe`], protocol version 4).
+    pub fn takes_subscriptions(&self) -> bool {
+        self.protocol.load(Ordering::Relaxed) >= 4
+    }
+
     /// How long one attempt (a handshake, or a forwarded request) may take
     /// before it is given up: [`MIN_ATTEMPT`], or more on a link whose
     /// round trips are long.

@@ -34,6 +34,10 @@ pub struct Metrics {
     pub forwards: Family<ForwardLabels, Counter>,
     /// Forwarded requests in flight.
     pub pending_forwards: Gauge,
+    /// 1 while the push subscription is open, else 0.
+    pub push_connected: Gauge,
+    /// Wake-ups the coordinator pushed.
+    pub wakeups: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -61,6 +65,8 @@ impl Metrics {
             items: Gauge::default(),
             forwards: Family::default(),
             pending_forwards: Gauge::default(),
+            push_connected: Gauge::default(),
+            wakeups: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -98,6 +104,16 @@ impl Metrics {
             "pending_forwards",
             "Forwarded requests in flight",
             metrics.pending_forwards.clone(),
+        );
+        registry.register(
+            "push_connected",
+            "1 while the subscription to the coordinator's wake-ups is open",
+            metrics.push_connected.clone(),
+        );
+        registry.register(
+            "push_wakeups",
+            "Wake-ups the coordinator pushed",
+            metrics.wakeups.clone(),
         );
         Metrics {
             registry,

@@ -25,6 +25,8 @@ use crate::metrics::{Metrics, gauge_value};
 use crate::replica::{Replica, ReplicaError};
 use shelfsync_proto::time::now_ms;
 
+mod push;
+
 /// Items or changes asked for per page.
 const PAGE: u32 = 1000;
 /// Log bootstrap progress every this many pages.

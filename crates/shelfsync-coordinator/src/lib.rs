@@ -17,6 +17,7 @@ pub mod pipeline;
 pub mod sequencer;
 pub mod server;
 pub mod service;
+pub mod wake;
 
 use std::future::Future;
 use std::net::SocketAddr;

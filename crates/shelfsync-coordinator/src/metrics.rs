@@ -51,6 +51,8 @@ pub struct Metrics {
     flush: Histogram,
     write: Histogram,
     connected: Gauge,
+    /// Push subscriptions open (SPEC §5 "Sync push").
+    pub subscriptions: Gauge,
     head: Gauge,
     recent: Mutex<HashMap<String, Vec<RecentBucket>>>,
 }
@@ -73,6 +75,7 @@ impl Metrics {
             flush: Histogram::new(exponential_buckets(0.000_05, 2.5, 12)),
             write: Histogram::new(exponential_buckets(0.000_05, 2.0, 12)),
             connected: Gauge::default(),
+            subscriptions: Gauge::default(),
             head: Gauge::default(),
             recent: Mutex::new(HashMap::new()),
         };
@@ -111,6 +114,11 @@ impl Metrics {
             "connected_stores",
             "Store connections open",
             m.connected.clone(),
+        );
+        r.register(
+            "push_subscriptions",
+            "Agents subscribed to wake-ups after commits to their locations",
+            m.subscriptions.clone(),
         );
         r.register(
             "head_sequence",

@@ -21,12 +21,12 @@ use shelfsync_proto::{
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::FastMap;
 use crate::digests::Digests;
 use crate::failpoints;
 use crate::ledger::{Action, CommitGroup, Ledger, LedgerError, Line, Object, Recorded};
 use crate::metrics::Metrics;
 use crate::sequencer::{self, Answer, Command, Request, StepCommand, View};
+use crate::wake::{Subscribers, TransferMarks};
 use shelfsync_proto::time::now_ms;
 
 /// Most jobs decided in one group.
@@ -67,44 +67,18 @@ const EXPIRY_TICK: Duration = Duration::from_millis(250);
 /// Most lock expiries, and most hold expiries, added to one group.
 const MAX_EXPIRIES: usize = 256;
 
-/// When the transfers of each location last changed, on the coordinator's
-/// clock (ms), for sync pages to tell replicas when to fetch them again.
-/// Kept in memory: after a start every location counts as changed then.
-struct TransferMarks {
-    started_ms: u64,
-    by_location: std::sync::Mutex<FastMap<String, u64>>,
-}
-
-impl TransferMarks {
-    /// Marks `locations` as changed now (later than any mark before,
-    /// whatever the clock did).
-    fn mark(&self, locations: Vec<String>) {
-        if locations.is_empty() {
-            return;
-        }
-        let Ok(mut marks) = self.by_location.lock() else {
-            return;
-        };
-        for location in locations {
-            let last = marks.get(&location).copied().unwrap_or(self.started_ms);
-            marks.insert(location, now_ms().max(last + 1));
-        }
-    }
-
-    fn latest(&self, locations: &[String]) -> u64 {
-        let Ok(marks) = self.by_location.lock() else {
-            return now_ms();
-        };
-        let mark = |l: &String| marks.get(l).copied().unwrap_or(self.started_ms);
-        locations.iter().map(mark).max().unwrap_or(self.started_ms)
-    }
+/// What a commit tells beyond the head.
+#[derive(Default)]
+struct Wake {
+    subscribers: Subscribers,
+    transfers: TransferMarks,
 }
 
 /// Handle to the pipeline; cheap to clone.
 #[derive(Clone)]
 pub struct Pipeline {
     jobs: mpsc::Sender<Job>,
-    transfer_marks: Arc<TransferMarks>,
+    wake: Arc<Wake>,
     /// The head of the committed (durable, readable) change log.
     head: watch::Receiver<u64>,
     failed: Arc<Failure>,
@@ -124,12 +98,9 @@ impl Pipeline {
         let (jobs_tx, jobs_rx) = mpsc::channel(QUEUE_DEPTH);
         let (head_tx, head_rx) = watch::channel(head);
         let failed = Arc::new(Failure::default());
-        let transfer_marks = Arc::new(TransferMarks {
-            started_ms: now_ms(),
-            by_location: std::sync::Mutex::default(),
-        });
+        let wake = Arc::new(Wake::default());
         let sequencer = Sequencer {
-            transfer_marks: transfer_marks.clone(),
+            wake: wake.clone(),
             ledger,
             ttl_ms: u64::try_from(idempotency_ttl.as_millis()).unwrap_or(u64::MAX),
             head,
@@ -159,7 +130,7 @@ impl Pipeline {
             .map_err(|e| LedgerError::Storage(format!("cannot start the expiry tick: {e}")))?;
         Ok(Pipeline {
             jobs: jobs_tx,
-            transfer_marks,
+            wake,
             head: head_rx,
             failed,
             thread: Arc::new(std::sync::Mutex::new(Some(thread))),
@@ -272,7 +243,13 @@ impl Pipeline {
     /// When a transfer from or to one of `locations` last changed (ms on
     /// the coordinator's clock; the start of this process at the earliest).
     pub fn transfers_at(&self, locations: &[String]) -> u64 {
-        self.transfer_marks.latest(locations)
+        self.wake.transfers.latest(locations)
+    }
+
+    /// A flag raised after every commit that touches one of `locations`,
+    /// once the commit is durable and readable.
+    pub fn subscribe(&self, locations: &[String]) -> Arc<tokio::sync::Notify> {
+        self.wake.subscribers.subscribe(locations)
     }
 
     /// The head a reader reads up to: every write acknowledged so far.
@@ -371,7 +348,7 @@ fn unavailable() -> WireError {
 
 struct Sequencer {
     ledger: Arc<dyn Ledger>,
-    transfer_marks: Arc<TransferMarks>,
+    wake: Arc<Wake>,
     ttl_ms: u64,
     head: u64,
     head_tx: watch::Sender<u64>,
@@ -481,6 +458,7 @@ impl Sequencer {
                 .apply(&change.key.location, change.seq, before, &change.state);
         }
         let head = group.head;
+        let (touched, transfer_ends) = touched(&group);
         let has_writes = !(group.writes.is_empty()
             && group.idempotency.is_empty()
             && group.holds.is_empty()
@@ -495,8 +473,11 @@ impl Sequencer {
             if has_writes {
                 self.commit(group)?;
             }
+            self.wake.transfers.mark(&transfer_ends);
             self.answer(replies, answers, head);
         }
+        // Durable and readable: the subscribers may sync.
+        self.wake.subscribers.wake(&touched);
         if self.view.items.len() > ITEM_CACHE_ENTRIES {
             self.view.items.clear();
         }
@@ -512,11 +493,7 @@ impl Sequencer {
                 failpoints::io_error(arg)
             )
         )));
-        let ends: Vec<String> = (group.transfers.iter())
-            .flat_map(|t| [t.from.clone(), t.to.clone()])
-            .collect();
         self.ledger.commit(group)?;
-        self.transfer_marks.mark(ends);
         self.metrics.observe_flush(started.elapsed());
         // Durable and not yet acknowledged: where the fault suite crashes.
         failpoints::crash_point(failpoints::AFTER_COMMIT_BEFORE_ACK);
@@ -632,6 +609,26 @@ impl Sequencer {
         }
         Ok(())
     }
+}
+
+/// The locations a group's changes and transfers touch, and the ends of
+/// its transfers, each list sorted and distinct.
+fn touched(group: &CommitGroup) -> (Vec<String>, Vec<String>) {
+    let mut ends: Vec<&str> = (group.transfers.iter())
+        .flat_map(|t| [t.from.as_str(), t.to.as_str()])
+        .collect();
+    ends.sort_unstable();
+    ends.dedup();
+    let mut all: Vec<&str> = group
+        .writes
+        .iter()
+        .map(|w| w.change.key.location.as_str())
+        .collect();
+    all.extend(&ends);
+    all.sort_unstable();
+    all.dedup();
+    let owned = |list: Vec<&str>| list.into_iter().map(str::to_owned).collect();
+    (owned(all), owned(ends))
 }
 
 /// Sets the calling thread's nice value (Linux keeps one per thread).

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shelfsync_proto::codec::{FrameReader, FrameWriter, read_frame, write_frame};
-use shelfsync_proto::{ErrorCode, ProtoError, Request, Response, WireError, tls};
+use shelfsync_proto::{ErrorCode, ProtoError, Request, Response, SubscribeRequest, WireError, tls};
 
 use crate::service::{Peer, Service};
 
@@ -147,8 +147,12 @@ async fn serve_stream(
 ) -> Result<(), ProtoError> {
     let mut requests = FrameReader::new(recv);
     let mut responses = FrameWriter::new(send);
+    let mut first = true;
     loop {
         let response = match requests.next::<Request>().await {
+            Ok(Some(Request::Subscribe(subscribe))) if first => {
+                return serve_subscription(requests, responses, service, peer, subscribe).await;
+            }
             Ok(Some(request)) => service.handle(peer, request).await,
             Ok(None) => break,
             Err(err) => {
@@ -160,8 +164,47 @@ async fn serve_stream(
                 break;
             }
         };
+        first = false;
         responses.send(&response).await?;
     }
     let _ = responses.get_mut().finish();
     Ok(())
+}
+
+/// Sends a wake-up with the head at once and after every commit that
+/// touches the subscribed locations, until the peer ends the stream or the
+/// connection. While a send waits for a slow peer, the commits meanwhile
+/// raise one flag: one wake-up follows for all of them.
+async fn serve_subscription(
+    mut requests: FrameReader<quinn::RecvStream>,
+    mut responses: FrameWriter<quinn::SendStream>,
+    service: &Service,
+    peer: &Peer,
+    subscribe: SubscribeRequest,
+) -> Result<(), ProtoError> {
+    let flag = match service.subscribe(peer, subscribe.locations) {
+        Ok(flag) => flag,
+        Err(err) => {
+            responses.send(&Response::Error(err)).await?;
+            let _ = responses.get_mut().finish();
+            return Ok(());
+        }
+    };
+    let metrics = service.metrics().clone();
+    metrics.subscriptions.inc();
+    let served = async {
+        loop {
+            let head = service.pipeline().read_head();
+            responses.send(&Response::Wake { head }).await?;
+            tokio::select! {
+                () = flag.notified() => {}
+                // The peer finished its side (or sent something else).
+                _ = requests.next::<Request>() => return Ok::<_, ProtoError>(()),
+            }
+        }
+    };
+    let result = served.await;
+    metrics.subscriptions.dec();
+    let _ = responses.get_mut().finish();
+    result
 }

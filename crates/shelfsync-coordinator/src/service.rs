@@ -191,6 +191,11 @@ impl Service {
             Request::Transfers(req) => self.transfers(peer, req).await,
             Request::Read(read) => self.read(peer, read.key).await,
             Request::Changes(req) => self.changes(peer, req).await,
+            // The server keeps the stream for it (`Service::subscribe`).
+            Request::Subscribe(_) => Err(WireError::new(
+                ErrorCode::BadRequest,
+                "a subscription must be the first request of its stream",
+            )),
             Request::Snapshot(req) => self.snapshot(peer, req).await,
             Request::Report(report) => self.report(peer, report),
             Request::Status => self.status(peer),
@@ -298,6 +303,18 @@ impl Service {
             })?;
         }
         Ok(self.pipeline.batch(peer.name(), batch).await)
+    }
+
+    /// A flag raised after every commit that touches one of `locations`,
+    /// if the peer may read each one (a [`Request::Subscribe`]); the server
+    /// sends a wake-up each time it is raised.
+    pub fn subscribe(
+        &self,
+        peer: &Peer,
+        locations: Vec<String>,
+    ) -> Result<Arc<tokio::sync::Notify>, WireError> {
+        let locations = self.readable(peer, locations)?;
+        Ok(self.pipeline.subscribe(&locations))
     }
 
     /// A sync request's locations, sorted and distinct, if the peer may

@@ -681,7 +681,7 @@ async fn a_hello_with_another_protocol_version_gets_a_clear_error() {
             assert_eq!(err.code, ErrorCode::UnsupportedVersion);
             assert_eq!(
                 err.message,
-                "unsupported protocol version 99, supported are [1, 2, 3]"
+                "unsupported protocol version 99, supported are [1, 2, 3, 4]"
             );
         }
         other => panic!("unexpected {other:?}"),

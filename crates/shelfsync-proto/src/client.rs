@@ -167,6 +167,25 @@ impl Client {
         })
     }
 
+    /// Opens a stream, sends `request` (a [`Request::Subscribe`]) and
+    /// returns the stream, on which the coordinator sends frame after
+    /// frame; dropping it ends the subscription.
+    pub async fn subscribe(&self, request: &Request) -> Result<Subscription, ProtoError> {
+        let opened = tokio::time::timeout(self.timeout, async {
+            let (send, recv) = self.conn.open_bi().await?;
+            let mut send = FrameWriter::new(send);
+            send.send(request).await?;
+            Ok::<_, ProtoError>((send, recv))
+        });
+        let (send, recv) = opened
+            .await
+            .map_err(|_| ProtoError::Timeout(self.timeout))??;
+        Ok(Subscription {
+            _send: send,
+            recv: FrameReader::new(recv),
+        })
+    }
+
     /// Closes the connection and waits briefly (at most a second) for the
     /// peer to hear it. Over a shared endpoint this waits for every
     /// connection of the endpoint to close: close them together.
@@ -205,5 +224,20 @@ impl Session {
     pub fn finish(mut self) {
         // Fails only when the stream was already reset; nothing is owed then.
         let _ = self.send.get_mut().finish();
+    }
+}
+
+/// A stream the coordinator sends frames on as things happen
+/// ([`Client::subscribe`]). Its send side stays open: finishing it, or
+/// dropping the subscription, tells the coordinator to stop.
+pub struct Subscription {
+    _send: FrameWriter<quinn::SendStream>,
+    recv: FrameReader<quinn::RecvStream>,
+}
+
+impl Subscription {
+    /// The next frame; `None` once the coordinator ended the stream.
+    pub async fn next(&mut self) -> Result<Option<Response>, ProtoError> {
+        self.recv.next::<Response>().await
     }
 }

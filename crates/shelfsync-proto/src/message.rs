@@ -17,13 +17,13 @@ use shelfsync_core::{
 /// The protocol version this build speaks; a coordinator names its own in
 /// its hello reply. Version 2 added [`Request::Writes`], which a client
 /// sends only to a coordinator whose reply says 2 or more.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 /// The version a client of this build asks for in its hello: the oldest it
 /// can work with, so that it can still talk to a coordinator of an older
 /// build (it then does without what came later).
 pub const MIN_PROTOCOL_VERSION: u16 = 1;
 /// Every protocol version this build can talk; the hello is refused otherwise.
-pub const SUPPORTED_VERSIONS: &[u16] = &[1, 2, 3];
+pub const SUPPORTED_VERSIONS: &[u16] = &[1, 2, 3, 4];
 /// Most writes in one [`Request::Writes`].
 pub const MAX_WRITES: usize = 1024;
 /// The software version carried in hellos and store reports.
@@ -64,6 +64,11 @@ pub enum Request {
     Read(ReadRequest),
     /// The change-log entries after a cursor.
     Changes(ChangesRequest),
+    /// Wake me when these locations change (protocol 4): the stream stays
+    /// open and carries a [`Response::Wake`] at once and after every commit
+    /// that touches one of them, until the client finishes its side.
+    /// Wake-ups that come while one is being sent are merged into one.
+    Subscribe(SubscribeRequest),
     /// One page of a snapshot of the items of some locations.
     Snapshot(SnapshotRequest),
     /// A store agent's sync state (sent on every sync).
@@ -88,6 +93,7 @@ impl Request {
             Request::Transfers(_) => "transfers",
             Request::Read(_) => "read",
             Request::Changes(_) => "changes",
+            Request::Subscribe(_) => "subscribe",
             Request::Snapshot(_) => "snapshot",
             Request::Report(_) => "report",
             Request::Status => "status",
@@ -121,6 +127,11 @@ pub enum Response {
     Read(ReadReply),
     /// A page of change-log entries.
     Changes(ChangesPage),
+    /// Something changed at the subscribed locations: the durable head.
+    Wake {
+        /// Durable head of the change log.
+        head: u64,
+    },
     /// The cursor is older than the retained change log: bootstrap from a snapshot.
     CursorExpired {
         /// Oldest sequence number still in the log.
@@ -477,6 +488,13 @@ pub struct ChangesPage {
     /// a coordinator that does not say).
     #[serde(default)]
     pub transfers_at: u64,
+}
+
+/// Asks to be woken when `locations` change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscribeRequest {
+    /// The locations (each must be readable).
+    pub locations: Vec<String>,
 }
 
 /// Asks for a page of the items of some locations, in key order.

@@ -17,5 +17,6 @@ mod coordinator;
 mod harness;
 mod holds;
 mod locks;
+mod push;
 mod recovery;
 mod transfers;
