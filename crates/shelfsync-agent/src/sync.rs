@@ -2,6 +2,10 @@
 //! then pull changes every `sync_interval` (or at once when woken), and
 //! report the replica's state to the coordinator after each sync.
 //!
+//! What to do next is decided by a pure state machine ([`Machine`],
+//! `sync/machine.rs`, unit-tested without sockets or clocks); this module
+//! only does it: sends the requests, applies the pages, waits.
+//!
 //! While the coordinator is away the loop retries with exponential backoff
 //! and jitter, never waiting longer than the sync interval between tries, and
 //! resumes by itself when it is back. Every page is applied in one replica
@@ -9,11 +13,12 @@
 
 use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use backoff::backoff::Backoff;
 use serde::Serialize;
-use shelfsync_core::{Transfer, TransferState};
+use shelfsync_core::{ItemKey, Transfer, TransferState};
 use shelfsync_proto::{
     ChangesRequest, ErrorCode, ProtoError, Request, Response, SOFTWARE_VERSION, SnapshotRequest,
     StoreReport, TransfersRequest, WireError,
@@ -25,7 +30,10 @@ use crate::metrics::{Metrics, gauge_value};
 use crate::replica::{Replica, ReplicaError};
 use shelfsync_proto::time::now_ms;
 
+mod machine;
 mod push;
+
+pub use machine::{Event, Facts, Machine, Next};
 
 /// Items or changes asked for per page.
 const PAGE: u32 = 1000;
@@ -105,6 +113,8 @@ pub struct Syncer {
     metrics: Arc<Metrics>,
     progress: Mutex<Progress>,
     wake: Notify,
+    /// Snapshot pages applied in the bootstrap under way, for its progress log.
+    bootstrap_pages: AtomicU64,
 }
 
 impl std::fmt::Debug for Syncer {
@@ -136,6 +146,7 @@ impl Syncer {
             metrics,
             progress: Mutex::new(Progress::default()),
             wake: Notify::new(),
+            bootstrap_pages: AtomicU64::new(0),
         }
     }
 
@@ -177,7 +188,9 @@ impl Syncer {
         }
     }
 
-    /// Syncs every interval until `shutdown` resolves.
+    /// Syncs every interval, and at once when woken, until `shutdown`
+    /// resolves: does what the [`Machine`] decides and tells it what came
+    /// of it.
     pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
         let mut retry = backoff::ExponentialBackoff {
@@ -186,26 +199,72 @@ impl Syncer {
             max_elapsed_time: None,
             ..Default::default()
         };
+        let mut machine = Machine::default();
+        let mut event = self.start();
         loop {
-            let wait = match self.sync_once().await {
-                Ok(()) => {
-                    retry.reset();
-                    self.interval
+            event = match machine.step(event) {
+                Next::Snapshot { after } => self.snapshot_page(after).await,
+                Next::Changes { after } => self.changes_page(after).await,
+                Next::Transfers { at } => self.keep_transfers(at).await,
+                Next::Report => self.report().await,
+                Next::ResetCursor => {
+                    let replica = self.replica.clone();
+                    let reset = blocking(move || replica.reset_cursor()).await;
+                    self.outcome(reset.map(|()| Event::CursorReset))
                 }
-                Err(err) => {
-                    self.metrics.sync_errors.inc();
-                    tracing::warn!(error = %err, "sync failed");
-                    if let Ok(mut p) = self.progress.lock() {
-                        p.last_error = Some(err.to_string());
+                Next::Again => self.start(),
+                Next::Wait { failed } => {
+                    let wait = if failed {
+                        retry.next_backoff().unwrap_or(self.interval)
+                    } else {
+                        retry.reset();
+                        self.round_done();
+                        self.interval
+                    };
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = self.wake.notified() => {}
+                        () = &mut shutdown => return,
                     }
-                    retry.next_backoff().unwrap_or(self.interval)
+                    self.start()
                 }
             };
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {}
-                () = self.wake.notified() => {}
-                () = &mut shutdown => return,
+        }
+    }
+
+    /// What the replica says as a round starts.
+    fn start(&self) -> Event {
+        let meta = self.replica.meta();
+        Event::Start(Facts {
+            cursor: meta.cursor,
+            resume_after: meta.bootstrap.and_then(|b| b.after),
+            transfers_fetched_at: self.replica.transfers().fetched_at().unwrap_or(0),
+        })
+    }
+
+    /// The event of a step's result; a failure is logged and counted.
+    fn outcome<E: Into<SyncError>>(&self, result: Result<Event, E>) -> Event {
+        result.unwrap_or_else(|err| {
+            let err = err.into();
+            self.metrics.sync_errors.inc();
+            tracing::warn!(error = %err, "sync failed");
+            if let Ok(mut p) = self.progress.lock() {
+                p.last_error = Some(err.to_string());
             }
+            Event::Failed
+        })
+    }
+
+    /// A round completed: the replica is at the head it saw.
+    fn round_done(&self) {
+        let meta = self.replica.meta();
+        self.metrics.syncs.inc();
+        self.metrics.items.set(gauge_value(meta.item_count));
+        if let Some(t) = meta.last_sync_ms {
+            self.metrics.last_sync.set(gauge_value(t / 1000));
+        }
+        if let Ok(mut p) = self.progress.lock() {
+            p.last_error = None;
         }
     }
 
@@ -216,103 +275,93 @@ impl Syncer {
         }
     }
 
-    /// One sync: bootstrap if needed, changes up to the head, then a report.
-    pub async fn sync_once(&self) -> Result<(), SyncError> {
-        let transfers_at = loop {
-            let meta = self.replica.meta();
-            let Some(cursor) = meta.cursor else {
-                self.bootstrap().await?;
-                continue;
-            };
+    /// Asks for the changes after `after` and applies them in one batch.
+    async fn changes_page(&self, after: u64) -> Event {
+        let pulled = async {
             let request = Request::Changes(ChangesRequest {
-                after: cursor,
+                after,
                 locations: self.locations.clone(),
                 limit: PAGE,
             });
             match self.call(request).await? {
                 Response::Changes(page) => {
-                    let done = page.next >= page.head;
-                    let transfers_at = page.transfers_at;
+                    let (next, head, transfers_at) = (page.next, page.head, page.transfers_at);
+                    let done = next >= head;
                     let replica = self.replica.clone();
                     let synced_at = done.then(now_ms);
                     blocking(move || replica.apply_changes(&page.changes, page.next, synced_at))
                         .await?;
                     if let Ok(mut p) = self.progress.lock() {
-                        p.head = page.head;
+                        p.head = head;
                     }
-                    self.metrics.cursor.set(gauge_value(page.next));
+                    self.metrics.cursor.set(gauge_value(next));
                     self.metrics
                         .behind
-                        .set(gauge_value(page.head.saturating_sub(page.next)));
+                        .set(gauge_value(head.saturating_sub(next)));
                     if done {
                         self.replica.mark_caught_up();
-                        break transfers_at;
                     }
+                    Ok(Event::ChangesApplied {
+                        next,
+                        head,
+                        transfers_at,
+                    })
                 }
                 Response::CursorExpired { oldest, head } => {
                     tracing::warn!(
-                        cursor,
+                        cursor = after,
                         oldest,
                         head,
                         "cursor older than the coordinator's log; bootstrapping"
                     );
                     let replica = self.replica.clone();
                     blocking(move || replica.reset_cursor()).await?;
+                    Ok(Event::CursorExpired)
                 }
-                _ => return Err(SyncError::Unexpected),
+                _ => Err(SyncError::Unexpected),
             }
         };
-        self.fetch_transfers(transfers_at).await?;
-        let meta = self.replica.meta();
-        self.metrics.syncs.inc();
-        self.metrics.items.set(gauge_value(meta.item_count));
-        if let Some(t) = meta.last_sync_ms {
-            self.metrics.last_sync.set(gauge_value(t / 1000));
-        }
-        if let Ok(mut p) = self.progress.lock() {
-            p.last_error = None;
-        }
-        self.report().await
+        self.outcome(pulled.await)
     }
 
-    /// Fetches the open transfers of the replica's locations once the
-    /// coordinator says they changed after the last fetch.
-    async fn fetch_transfers(&self, transfers_at: u64) -> Result<(), SyncError> {
-        let kept = self.replica.transfers();
-        if transfers_at <= kept.fetched_at()? {
-            return Ok(());
-        }
-        let mut open: Vec<Transfer> = Vec::new();
-        for location in &self.locations {
-            let request = Request::Transfers(TransfersRequest {
-                location: Some(location.clone()),
-                state: Some(TransferState::InTransit),
-            });
-            let Response::Transfers(transfers) = self.call(request).await? else {
-                return Err(SyncError::Unexpected);
-            };
-            for transfer in transfers {
-                if open.iter().all(|t| t.id != transfer.id) {
-                    open.push(transfer);
+    /// Fetches the open transfers of the replica's locations and keeps
+    /// them as of `transfers_at`.
+    async fn keep_transfers(&self, transfers_at: u64) -> Event {
+        let fetched = async {
+            let mut open: Vec<Transfer> = Vec::new();
+            for location in &self.locations {
+                let request = Request::Transfers(TransfersRequest {
+                    location: Some(location.clone()),
+                    state: Some(TransferState::InTransit),
+                });
+                let Response::Transfers(transfers) = self.call(request).await? else {
+                    return Err(SyncError::Unexpected);
+                };
+                for transfer in transfers {
+                    if open.iter().all(|t| t.id != transfer.id) {
+                        open.push(transfer);
+                    }
                 }
             }
-        }
-        let replica = self.replica.clone();
-        blocking(move || replica.transfers().replace(&open, transfers_at)).await?;
-        Ok(())
+            let replica = self.replica.clone();
+            blocking(move || replica.transfers().replace(&open, transfers_at)).await?;
+            Ok(Event::TransfersKept)
+        };
+        self.outcome(fetched.await)
     }
 
-    async fn bootstrap(&self) -> Result<(), SyncError> {
-        let meta = self.replica.meta();
-        let mut after = meta.bootstrap.as_ref().and_then(|b| b.after.clone());
-        let resuming = meta.bootstrap.is_some();
-        tracing::info!(resuming, locations = ?self.locations, "bootstrapping the replica from a snapshot");
-        let mut pages = 0u64;
-        let mut copied = 0u64;
-        loop {
+    /// Asks for the snapshot page after `after` and applies it (starting
+    /// the bootstrap with the first).
+    async fn snapshot_page(&self, after: Option<ItemKey>) -> Event {
+        let copied = async {
+            let meta = self.replica.meta();
+            if self.bootstrap_pages.load(Ordering::Relaxed) == 0 {
+                let resuming = meta.bootstrap.is_some();
+                tracing::info!(resuming, locations = ?self.locations, "bootstrapping the replica from a snapshot");
+            }
             let request = Request::Snapshot(SnapshotRequest {
                 locations: self.locations.clone(),
-                after: after.clone(),
+                after,
                 limit: PAGE,
             });
             let Response::Snapshot(page) = self.call(request).await? else {
@@ -320,25 +369,32 @@ impl Syncer {
             };
             let replica = self.replica.clone();
             let head = page.head;
-            if replica.meta().bootstrap.is_none() {
+            if meta.bootstrap.is_none() {
                 blocking(move || replica.begin_bootstrap(head).map(|_| ())).await?;
             }
-            pages += 1;
-            copied += page.items.len() as u64;
-            after = page.next.clone();
+            let next = page.next.clone();
             let replica = self.replica.clone();
             blocking(move || replica.apply_snapshot_page(page.items, page.next, now_ms())).await?;
+            let pages = self.bootstrap_pages.fetch_add(1, Ordering::Relaxed) + 1;
+            let meta = self.replica.meta();
             if pages.is_multiple_of(PROGRESS_EVERY) {
-                tracing::info!(pages, items = copied, "bootstrap progress");
+                tracing::info!(pages, items = meta.item_count, "bootstrap progress");
             }
-            if after.is_none() {
-                tracing::info!(pages, items = copied, cursor = ?self.replica.meta().cursor, "bootstrap complete");
-                return Ok(());
+            if next.is_none() {
+                self.bootstrap_pages.store(0, Ordering::Relaxed);
+                tracing::info!(pages, items = meta.item_count, cursor = ?meta.cursor, "bootstrap complete");
             }
-        }
+            Ok(Event::SnapshotApplied {
+                next,
+                cursor: meta.cursor,
+            })
+        };
+        self.outcome(copied.await)
     }
 
-    async fn report(&self) -> Result<(), SyncError> {
+    /// Sends the replica's report; the answer says whether its digest
+    /// matched.
+    async fn report(&self) -> Event {
         let meta = self.replica.meta();
         let report = StoreReport {
             cursor: meta.cursor.unwrap_or(0),
@@ -349,31 +405,26 @@ impl Syncer {
             software_version: SOFTWARE_VERSION.to_string(),
             locations: self.locations.clone(),
         };
-        match self.call(Request::Report(report)).await {
+        let answer = match self.call(Request::Report(report)).await {
             Ok(Response::ReportAck(ack)) => {
-                let before = self
-                    .progress
-                    .lock()
-                    .map(|mut p| std::mem::replace(&mut p.digest_ok, ack.digest_ok))
-                    .unwrap_or_default();
+                if let Ok(mut p) = self.progress.lock() {
+                    p.digest_ok = ack.digest_ok;
+                }
                 if ack.digest_ok == Some(false) {
                     tracing::warn!("replica digest differs from the coordinator's; resyncing");
-                    let replica = self.replica.clone();
-                    blocking(move || replica.reset_cursor()).await?;
-                    // At once the first time; if a fresh copy differs too,
-                    // at the next interval, not in a tight loop of
-                    // bootstraps against the coordinator.
-                    if before != Some(false) {
-                        self.wake();
-                    }
                 }
-                Ok(())
+                Ok(Event::Reported {
+                    digest_ok: ack.digest_ok,
+                })
             }
             Ok(_) => Err(SyncError::Unexpected),
             // An older coordinator without reports is not a sync failure.
-            Err(SyncError::Refused(err)) if err.code == ErrorCode::BadRequest => Ok(()),
+            Err(SyncError::Refused(err)) if err.code == ErrorCode::BadRequest => {
+                Ok(Event::Reported { digest_ok: None })
+            }
             Err(err) => Err(err),
-        }
+        };
+        self.outcome(answer)
     }
 }
 

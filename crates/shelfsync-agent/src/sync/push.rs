@@ -6,8 +6,9 @@
 //!
 //! The sync interval stays as the fallback: when the subscription breaks
 //! (a restarted coordinator, a lost path), the loop subscribes again with
-//! exponential backoff, capped at the sync interval, and syncs keep their
-//! interval meanwhile.
+//! exponential backoff capped at [`MAX_RETRY`] (or the interval, if
+//! shorter), so that a coordinator back from a restart wakes its agents
+//! within about a second; syncs keep their interval meanwhile.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +17,9 @@ use backoff::backoff::Backoff;
 use shelfsync_proto::{ProtoError, Request, Response, SubscribeRequest};
 
 use super::Syncer;
+
+/// The longest pause between two subscription attempts.
+const MAX_RETRY: Duration = Duration::from_secs(1);
 
 /// Why a subscription ended.
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +40,7 @@ impl Syncer {
         tokio::pin!(shutdown);
         let mut retry = backoff::ExponentialBackoff {
             initial_interval: Duration::from_millis(100),
-            max_interval: self.interval,
+            max_interval: self.interval.min(MAX_RETRY),
             max_elapsed_time: None,
             ..Default::default()
         };
@@ -50,7 +54,7 @@ impl Syncer {
                 PushError::Unsupported => self.interval,
                 other => {
                     tracing::debug!(error = %other, "push subscription ended; subscribing again");
-                    retry.next_backoff().unwrap_or(self.interval)
+                    retry.next_backoff().unwrap_or(MAX_RETRY)
                 }
             };
             tokio::select! {
