@@ -198,6 +198,14 @@ pub fn router(state: Arc<AppState>, cors_origins: &[String]) -> Result<Router, S
     let routes = routes.merge(debug_routes());
     let mut router = routes
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        // axum adds `Allow` to this answer as it does to its own 405.
+        .method_not_allowed_fallback(|| async {
+            Problem::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not serve that method; Allow lists the ones it does",
+            )
+        })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -654,10 +662,11 @@ struct AmountBody {
 
 async fn post_op(
     State(state): State<Arc<AppState>>,
-    Path((location, sku, op)): Path<(String, String, String)>,
+    path: Result<Path<(String, String, String)>, PathRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
+    let Path((location, sku, op)) = path.map_err(|e| Problem::bad_request(e.body_text()))?;
     let key = ItemKey::new(location, sku)?;
     let body: AmountBody = json(body)?;
     let op = Op::with_amount(&op, body.amount).ok_or_else(|| {
