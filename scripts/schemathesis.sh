@@ -9,8 +9,12 @@
 #   content_type_conformance       the Content-Type is the documented one
 #   response_schema_conformance    the body matches the documented schema
 #   response_headers_conformance   documented headers match their schemas
-# and, after it, no ERROR line and no panic in either process's log. Exits
-# non-zero on any failure; the processes are stopped on every exit.
+# and, after it, no ERROR line and no panic in either process's log. Then,
+# on the same processes: `promtool check metrics` on a scrape of the
+# coordinator's and the agent's /metrics, `promtool check rules` on
+# deploy/prometheus/alerts.yml, and that deploy/grafana-dashboard.json is
+# JSON. Exits non-zero on any failure; the processes are stopped on every
+# exit.
 #
 #   scripts/schemathesis.sh            builds the binaries, then runs
 #   SHELFSYNC_BIN_DIR=DIR scripts/schemathesis.sh
@@ -24,8 +28,8 @@
 #
 # schemathesis (pinned, with its dependencies, in scripts/schemathesis.txt)
 # is installed from PyPI into a venv under the target dir. Needed beyond that:
-# python3 with venv, installed with apt-get (through sudo when not root)
-# when missing.
+# python3 with venv, and promtool (Debian's `prometheus` package), installed
+# with apt-get (through sudo when not root) when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -138,6 +142,7 @@ EOF
 "$bin_dir/shelfsync-coordinator" --config "$dir/coordinator.toml" 2>"$dir/coordinator.log" &
 pids+=($!)
 quic="$(bound_addr "$dir/coordinator.log" quic "${pids[-1]}")"
+coordinator_http="$(bound_addr "$dir/coordinator.log" http "${pids[-1]}")"
 
 cat >"$dir/agent.toml" <<EOF
 store_id      = "store-1"
@@ -214,5 +219,22 @@ for log in "$dir"/*.log; do
         exit 1
     fi
 done
-status=0
 echo "== schemathesis: no failures" >&2
+
+# --- promtool: the metrics both processes serve, the alert rules
+if ! command -v promtool >/dev/null; then
+    echo "== installing promtool (Debian package prometheus)" >&2
+    apt_install prometheus
+fi
+for target in "coordinator http://$coordinator_http" "agent $base"; do
+    read -r name url <<<"$target"
+    "$python" -c 'import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())' \
+        "$url/metrics" >"$dir/$name.metrics"
+    echo "== promtool check metrics ($name)" >&2
+    promtool check metrics <"$dir/$name.metrics"
+done
+echo "== promtool check rules deploy/prometheus/alerts.yml" >&2
+promtool check rules deploy/prometheus/alerts.yml
+"$python" -m json.tool deploy/grafana-dashboard.json >/dev/null
+status=0
+echo "== metrics, rules and dashboard: no problems" >&2

@@ -261,9 +261,15 @@ impl Sender {
     /// Sends `request`, retrying transport failures until the deadline.
     async fn send(&self, kind: &str, request: Request) -> Answer {
         self.metrics.pending_forwards.inc();
+        let started = Instant::now();
         let result = self.send_with_retries(request).await;
         self.metrics.pending_forwards.dec();
         self.metrics.forwarded(kind, outcome(&result));
+        let labels = crate::metrics::KindLabels {
+            kind: kind.to_string(),
+        };
+        (self.metrics.forward_seconds.get_or_create(&labels))
+            .observe(started.elapsed().as_secs_f64());
         result
     }
 

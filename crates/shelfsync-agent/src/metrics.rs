@@ -4,6 +4,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 /// Labels of the forwarded-write counter.
@@ -13,6 +14,41 @@ pub struct ForwardLabels {
     pub kind: String,
     /// `accepted`, a refusal code, or `unavailable`.
     pub outcome: String,
+}
+
+/// Labels of a REST request: its method and route (the template, e.g.
+/// `/v1/items/{location}/{sku}`), both from fixed sets.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// `GET`, `PUT`, `POST`, `DELETE` or `OTHER`.
+    pub method: &'static str,
+    /// The route template.
+    pub route: &'static str,
+}
+
+/// Labels of the REST request counter: the route and the answer's status.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// `GET`, `PUT`, `POST`, `DELETE` or `OTHER`.
+    pub method: &'static str,
+    /// The route template.
+    pub route: &'static str,
+    /// The HTTP status answered.
+    pub status: u16,
+}
+
+/// Labels of the forward latency histogram.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    /// What was forwarded: `writes`, `batch`, `read`, `hold`, ...
+    pub kind: String,
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Latency buckets from 100 µs to about 3 s.
+fn latency() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_1, 2.0, 16))
 }
 
 /// All agent metrics.
@@ -38,6 +74,18 @@ pub struct Metrics {
     pub push_connected: Gauge,
     /// Wake-ups the coordinator pushed.
     pub wakeups: Counter,
+    /// REST requests by route and status.
+    pub requests: Family<RequestLabels, Counter>,
+    /// REST request latency by route.
+    pub request_seconds: Histograms<RouteLabels>,
+    /// Time from forwarding a request to the coordinator's answer, retries
+    /// included, by kind.
+    pub forward_seconds: Histograms<KindLabels>,
+    /// Seconds since the last completed sync (set when scraped).
+    pub replica_age: Gauge,
+    /// The coordinator's verdict on the replica's digest at the last
+    /// report: 1 matched, 0 differed, -1 not checked.
+    pub digest_ok: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -67,6 +115,11 @@ impl Metrics {
             pending_forwards: Gauge::default(),
             push_connected: Gauge::default(),
             wakeups: Counter::default(),
+            requests: Family::default(),
+            request_seconds: Family::new_with_constructor(latency),
+            forward_seconds: Family::new_with_constructor(latency),
+            replica_age: Gauge::default(),
+            digest_ok: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -115,6 +168,31 @@ impl Metrics {
             "Wake-ups the coordinator pushed",
             metrics.wakeups.clone(),
         );
+        registry.register(
+            "requests",
+            "REST requests, by method, route and status",
+            metrics.requests.clone(),
+        );
+        registry.register(
+            "request_seconds",
+            "REST request latency, by method and route",
+            metrics.request_seconds.clone(),
+        );
+        registry.register(
+            "forward_seconds",
+            "Time from forwarding a request to the coordinator's answer, retries included",
+            metrics.forward_seconds.clone(),
+        );
+        registry.register(
+            "replica_age_seconds",
+            "Seconds since the replica's last completed sync",
+            metrics.replica_age.clone(),
+        );
+        registry.register(
+            "digest_ok",
+            "Whether the coordinator found the replica's digest equal at the last report (1), different (0) or did not check it (-1)",
+            metrics.digest_ok.clone(),
+        );
         Metrics {
             registry,
             ..metrics
@@ -128,6 +206,19 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+
+    /// Counts one REST request.
+    pub fn request(&self, route: RouteLabels, status: u16, took: std::time::Duration) {
+        let labels = RequestLabels {
+            method: route.method,
+            route: route.route,
+            status,
+        };
+        self.requests.get_or_create(&labels).inc();
+        self.request_seconds
+            .get_or_create(&route)
+            .observe(took.as_secs_f64());
     }
 
     /// Counts one forwarded request.

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -193,7 +193,9 @@ pub fn route_table() -> Vec<(Method, &'static str)> {
 
 /// The routes, with body limit, CORS, rate limit and replica headers.
 pub fn router(state: Arc<AppState>, cors_origins: &[String]) -> Result<Router, String> {
-    let routes = routes().router;
+    let routes = routes()
+        .router
+        .route_layer(middleware::from_fn_with_state(state.clone(), observe));
     #[cfg(feature = "failpoints")]
     let routes = routes.merge(debug_routes());
     let mut router = routes
@@ -742,15 +744,44 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let synced = state.replica.meta().last_sync_ms;
+    let age_ms = synced.map(|t| shelfsync_proto::time::now_ms().saturating_sub(t));
+    (state.metrics.replica_age).set(age_ms.map_or(-1, |ms| crate::metrics::gauge_value(ms / 1000)));
     (
         [(
             header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            shelfsync_runtime::metrics_text::CONTENT_TYPE,
         )],
-        state.metrics.render(),
+        shelfsync_runtime::metrics_text::prometheus_text(&state.metrics.render()),
     )
         .into_response()
 }
+
+/// Counts each request of a route and times it, by its route template.
+async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .and_then(|matched| ROUTES.iter().find(|route| **route == matched.as_str()))
+        .copied()
+        .unwrap_or("other");
+    let method = match *request.method() {
+        Method::GET => "GET",
+        Method::PUT => "PUT",
+        Method::POST => "POST",
+        Method::DELETE => "DELETE",
+        _ => "OTHER",
+    };
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    let labels = crate::metrics::RouteLabels { method, route };
+    (state.metrics).request(labels, response.status().as_u16(), started.elapsed());
+    response
+}
+
+/// The route templates, for the request metrics' labels.
+static ROUTES: std::sync::LazyLock<Vec<&'static str>> =
+    std::sync::LazyLock::new(|| route_table().into_iter().map(|(_, path)| path).collect());
 
 /// Adds `X-Replica-Cursor` and `X-Replica-Age-Ms` to every response.
 async fn replica_headers(

@@ -410,6 +410,8 @@ impl Syncer {
                 if let Ok(mut p) = self.progress.lock() {
                     p.digest_ok = ack.digest_ok;
                 }
+                let verdict = ack.digest_ok.map_or(-1, i64::from);
+                self.metrics.digest_ok.set(verdict);
                 if ack.digest_ok == Some(false) {
                     tracing::warn!("replica digest differs from the coordinator's; resyncing");
                 }

@@ -35,9 +35,9 @@ async fn metrics(State(service): State<Arc<Service>>) -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            shelfsync_runtime::metrics_text::CONTENT_TYPE,
         )],
-        service.metrics().render(),
+        shelfsync_runtime::metrics_text::prometheus_text(&service.metrics().render()),
     )
 }
 

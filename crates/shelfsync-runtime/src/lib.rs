@@ -1,6 +1,7 @@
 //! What shelfsync's processes share beyond the wire:
 //! - [`service`]: the service binaries' start and stop (TOML config, logs,
 //!   SIGINT/SIGTERM into one shutdown), re-exported at the crate root;
+//! - [`metrics_text`]: `/metrics` in the Prometheus text format;
 //! - [`launcher`] (feature `launcher`): running those binaries as child
 //!   processes, for `shelfctl demo` and the end-to-end tests.
 //!
@@ -9,6 +10,7 @@
 
 #[cfg(feature = "launcher")]
 pub mod launcher;
+pub mod metrics_text;
 pub mod service;
 
 pub use service::{

@@ -593,8 +593,7 @@ async fn coordinator_metrics_are_prometheus_text() {
     assert_eq!(metrics.status, 200);
     let content_type = metrics.content_type.clone().unwrap_or_default();
     assert!(
-        content_type.starts_with("text/plain")
-            || content_type.starts_with("application/openmetrics-text"),
+        content_type.starts_with("text/plain; version=0.0.4"),
         "content type {content_type:?}"
     );
     let body = &metrics.body;
