@@ -102,6 +102,12 @@ pub struct StatusArgs {
     /// Refresh every 2 seconds until Ctrl-C; exits with the last refresh's code.
     #[arg(long)]
     pub watch: bool,
+    /// Show only the stores that are not healthy (the summary still counts all).
+    #[arg(long)]
+    pub problems: bool,
+    /// Order of the stores: registry, or lag (most changes behind first).
+    #[arg(long, value_enum, default_value_t = status::Sort::Registry)]
+    pub sort: status::Sort,
 }
 
 /// `shelfctl item ...`.
@@ -297,6 +303,8 @@ impl Invocation {
             Command::Status(args) => Task::Status(status::Settings {
                 json: args.json,
                 watch: args.watch,
+                problems: args.problems,
+                sort: args.sort,
             }),
             Command::Item(ItemCommand::Get(args)) => Task::ItemGet(item::Settings {
                 key: key(&args)?,

@@ -21,6 +21,7 @@
 //! redraws every [`WATCH_INTERVAL`] until Ctrl-C and exits with the code of
 //! the last refresh (2 if that refresh failed).
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
@@ -41,16 +42,30 @@ pub const LAG_LIMIT: u64 = 1000;
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(2);
 
 /// What `shelfctl status` was asked to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Settings {
     /// Print JSON instead of a table.
     pub json: bool,
     /// Refresh until Ctrl-C.
     pub watch: bool,
+    /// Show only the stores that are not healthy.
+    pub problems: bool,
+    /// The order of the stores.
+    pub sort: Sort,
+}
+
+/// The order `shelfctl status` lists stores in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Sort {
+    /// Registry order.
+    #[default]
+    Registry,
+    /// Most changes behind the head first.
+    Lag,
 }
 
 /// The judgement of one store's sync state; see the module docs for the rules.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Health {
     /// Reporting on time, digest not refuted, close to the head, connected.
@@ -155,7 +170,11 @@ pub struct StatusView {
     pub now_ms: u64,
     /// Whether every store is healthy (the exit code is 0 exactly then).
     pub healthy: bool,
-    /// One entry per registered store, in registry order.
+    /// How many registered stores are in each health, all of them counted
+    /// (also with `--problems`).
+    pub summary: BTreeMap<Health, usize>,
+    /// One entry per registered store, in registry order (or as `--sort`
+    /// and `--problems` chose).
     pub stores: Vec<StoreView>,
 }
 
@@ -204,12 +223,39 @@ impl StatusView {
             .iter()
             .map(|store| StoreView::new(store, reply.now_ms))
             .collect();
+        let mut summary = BTreeMap::new();
+        for store in &stores {
+            *summary.entry(store.health).or_insert(0) += 1;
+        }
         StatusView {
             head: reply.head,
             now_ms: reply.now_ms,
             healthy: stores.iter().all(|s| s.health.is_healthy()),
+            summary,
             stores,
         }
+    }
+
+    /// Keeps only the stores that are not healthy (`problems`) and orders
+    /// them as `sort` says; the summary and the verdict stay the chain's.
+    pub fn select(mut self, settings: Settings) -> Self {
+        if settings.problems {
+            self.stores.retain(|store| !store.health.is_healthy());
+        }
+        if settings.sort == Sort::Lag {
+            self.stores
+                .sort_by_key(|store| std::cmp::Reverse(store.lag));
+        }
+        self
+    }
+
+    /// `1000 stores: 990 ok, 6 lagging, 3 STALE, 1 DIVERGED`.
+    pub fn summary_line(&self) -> String {
+        let total: usize = self.summary.values().sum();
+        let counts: Vec<String> = (self.summary.iter())
+            .map(|(health, n)| format!("{n} {}", health.label()))
+            .collect();
+        format!("{total} stores: {}", counts.join(", "))
     }
 
     /// The exit outcome: success exactly when every store is healthy.
@@ -269,9 +315,10 @@ impl StatusView {
             ]);
         }
         let mut text = format!(
-            "coordinator head {} at {}\n{table}\n",
+            "coordinator head {} at {}\n{}\n{table}\n",
             self.head,
-            render::rfc3339(self.now_ms)
+            render::rfc3339(self.now_ms),
+            self.summary_line()
         );
         let unhealthy: Vec<String> = self
             .stores
@@ -333,7 +380,7 @@ pub async fn run(config: &Config, settings: Settings) -> anyhow::Result<Outcome>
     let client = coordinator::connect(config).await?;
     let reply = coordinator::status(&client).await;
     client.close().await;
-    let view = StatusView::new(&reply?);
+    let view = StatusView::new(&reply?).select(settings);
     print!("{}", render_view(&view, settings)?);
     Ok(view.outcome())
 }
@@ -360,7 +407,7 @@ async fn watch(config: &Config, settings: Settings) -> anyhow::Result<Outcome> {
     loop {
         let refreshed = tokio::select! {
             () = &mut ctrl_c => None,
-            result = refresh(&mut client, config) => Some(result),
+            result = refresh(&mut client, config) => Some(result.map(|v| v.select(settings))),
         };
         let Some(result) = refreshed else { break };
         if clear {
@@ -566,6 +613,53 @@ mod tests {
             assert_eq!(classify(&store, NOW), expected, "{what}");
             assert_eq!(expected.is_healthy(), expected == Health::Healthy);
         }
+    }
+
+    #[test]
+    fn problems_and_lag_order_keep_the_chains_summary() {
+        let store = |id: &str, lag: u64, connected: bool| StoreStatus {
+            id: id.into(),
+            lag,
+            connected,
+            ..healthy()
+        };
+        let reply = StatusReply {
+            head: 103,
+            now_ms: NOW,
+            stores: vec![
+                store("a", 0, true),
+                store("b", 5, false),
+                store("c", 1, true),
+                StoreStatus {
+                    id: "d".into(),
+                    ..never_seen()
+                },
+            ],
+        };
+        let ids = |view: &StatusView| -> Vec<String> {
+            view.stores.iter().map(|s| s.id.clone()).collect()
+        };
+        let all = StatusView::new(&reply);
+        assert_eq!(ids(&all), ["a", "b", "c", "d"]);
+        let by_lag = StatusView::new(&reply).select(Settings {
+            sort: Sort::Lag,
+            ..Settings::default()
+        });
+        assert_eq!(ids(&by_lag)[..3], ["d", "b", "c"]);
+        let problems = StatusView::new(&reply).select(Settings {
+            problems: true,
+            ..Settings::default()
+        });
+        assert_eq!(ids(&problems), ["b", "d"]);
+        assert!(!problems.healthy, "the verdict is the chain's");
+        assert_eq!(
+            problems.summary_line(),
+            "4 stores: 2 ok, 1 never seen, 1 disconnected"
+        );
+        let json = serde_json::to_value(&problems).unwrap();
+        assert_eq!(json["summary"]["healthy"], 2);
+        assert_eq!(json["summary"]["disconnected"], 1);
+        assert!(problems.to_text(false).contains("4 stores: 2 ok"));
     }
 
     #[test]

@@ -592,6 +592,7 @@ mod tests {
             head: 80,
             now_ms: 2,
             healthy: true,
+            summary: Default::default(),
             stores: vec![store("store-1", Health::Healthy)],
         };
         assert_eq!(health_line(&view), "status: all 1 stores healthy");
