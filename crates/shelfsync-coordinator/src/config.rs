@@ -40,6 +40,10 @@ pub struct Config {
     /// Log format: `text` or `json`.
     #[serde(default)]
     pub log_format: LogFormat,
+    /// The file this config was read from, for a reload of the store
+    /// registry on SIGHUP (`None` when built in code).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 /// One registered store.
@@ -82,8 +86,9 @@ impl Config {
     /// Reads and checks a config file. Relative paths in it are taken as
     /// relative to the current directory, as a shell would.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let config: Config = load_toml(path)?;
+        let mut config: Config = load_toml(path)?;
         config.validate()?;
+        config.source = Some(path.to_path_buf());
         Ok(config)
     }
 

@@ -120,6 +120,11 @@ impl Coordinator {
             stopped(),
         ));
         let http = tokio::spawn(http::serve(self.http, self.service.clone(), stopped()));
+        let reload = tokio::spawn(reload_on_sighup(
+            self.config.source.clone(),
+            self.service.clone(),
+            stopped(),
+        ));
         let quic = tokio::spawn(server::serve(
             self.endpoint,
             self.service.clone(),
@@ -140,12 +145,56 @@ impl Coordinator {
         let _ = quic.await;
         let _ = http.await;
         let _ = gc.await;
+        let _ = reload.await;
         self.service.pipeline().stop().await;
         if let Some(cause) = failed {
             anyhow::bail!("storage failed: {cause}");
         }
         tracing::info!("bye");
         Ok(())
+    }
+}
+
+/// Reloads the store registry from the config file at `source` on every
+/// SIGHUP until `stop` resolves: `shelfctl certs issue` for a new store and
+/// a reload is the whole onboarding (docs/operations.md). Only `[[stores]]`
+/// is taken from the file; a file that does not load leaves the registry
+/// as it was.
+async fn reload_on_sighup(
+    source: Option<std::path::PathBuf>,
+    service: Arc<Service>,
+    stop: impl Future<Output = ()>,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Some(source) = source else { return };
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot listen for SIGHUP; the store registry reloads only with a restart");
+            return;
+        }
+    };
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            Some(()) = hangups.recv() => {}
+            () = &mut stop => return,
+        }
+        match Config::load(&source) {
+            Ok(config) => {
+                let reloaded = service.reload(config.stores);
+                tracing::info!(
+                    stores = reloaded.stores,
+                    added = ?reloaded.added,
+                    removed = ?reloaded.removed,
+                    changed = ?reloaded.changed,
+                    "store registry reloaded"
+                );
+            }
+            Err(err) => {
+                tracing::error!(config = %source.display(), error = %err, "store registry not reloaded; the previous one stays");
+            }
+        }
     }
 }
 

@@ -68,8 +68,21 @@ async fn serve_connection(conn: quinn::Connection, service: Arc<Service>) {
     let _guard = service.connected(&peer);
     tracing::info!(%remote, peer = peer.name(), "peer connected");
     let peer = Arc::new(peer);
+    let mut reloads = service.reloads();
     loop {
-        let (send, recv) = match conn.accept_bi().await {
+        let accepted = tokio::select! {
+            accepted = conn.accept_bi() => accepted,
+            // A reload that removed this store ends its connection.
+            Ok(()) = reloads.changed() => {
+                if !service.is_registered(&peer) {
+                    tracing::info!(%remote, peer = peer.name(), "store removed from the registry; closing its connection");
+                    conn.close(CLOSE_REFUSED.into(), b"store removed from the registry");
+                    return;
+                }
+                continue;
+            }
+        };
+        let (send, recv) = match accepted {
             Ok(streams) => streams,
             Err(err) => {
                 tracing::info!(%remote, peer = peer.name(), reason = %err, "peer disconnected");

@@ -7,7 +7,7 @@
 //! directly.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use shelfsync_core::digest::Digest;
@@ -19,13 +19,14 @@ use shelfsync_proto::{
     SnapshotRequest, StatusReply, StoreReport, StoreStatus, WireError, WriteRequest,
 };
 
-use crate::FastMap;
+use self::registry::{Registry, Reloaded};
 use crate::config::StoreConfig;
 use crate::digests::Digests;
 use crate::ledger::{Ledger, LedgerError, StoredReport};
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use shelfsync_proto::time::now_ms;
+use tokio::sync::watch;
 
 /// Most changes or snapshot items in one page.
 pub const MAX_PAGE: u32 = 1000;
@@ -60,9 +61,10 @@ pub struct Service {
     pipeline: Pipeline,
     metrics: Arc<Metrics>,
     digests: Arc<Digests>,
-    stores: Vec<StoreConfig>,
-    /// Index into `stores` by id: every request looks its store up.
-    store_index: FastMap<String, usize>,
+    /// The registered stores, swapped whole on a reload.
+    registry: RwLock<Arc<Registry>>,
+    /// Bumped on every reload, for connections to check their store.
+    reloads: watch::Sender<u64>,
     connected: Mutex<HashMap<String, usize>>,
     reports: Mutex<HashMap<String, StoredReport>>,
 }
@@ -70,7 +72,7 @@ pub struct Service {
 impl std::fmt::Debug for Service {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Service")
-            .field("stores", &self.stores.len())
+            .field("stores", &self.registry().stores().len())
             .finish_non_exhaustive()
     }
 }
@@ -85,18 +87,13 @@ impl Service {
         stores: Vec<StoreConfig>,
     ) -> Result<Self, LedgerError> {
         let reports = ledger.reports()?.into_iter().collect();
-        let store_index = stores
-            .iter()
-            .enumerate()
-            .map(|(i, store)| (store.id.clone(), i))
-            .collect();
         Ok(Service {
             ledger,
             pipeline,
             metrics,
             digests,
-            stores,
-            store_index,
+            registry: RwLock::new(Arc::new(Registry::new(stores))),
+            reloads: watch::Sender::new(0),
             connected: Mutex::new(HashMap::new()),
             reports: Mutex::new(reports),
         })
@@ -126,8 +123,46 @@ impl Service {
         ))
     }
 
-    fn store(&self, id: &str) -> Option<&StoreConfig> {
-        self.store_index.get(id).and_then(|&i| self.stores.get(i))
+    /// The store registry as it stands.
+    fn registry(&self) -> Arc<Registry> {
+        match self.registry.read() {
+            Ok(registry) => registry.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn store(&self, id: &str) -> Option<StoreConfig> {
+        self.registry().get(id).cloned()
+    }
+
+    /// Replaces the store registry (the coordinator's config was reloaded):
+    /// new stores may connect at once; a removed store's connections are
+    /// closed ([`Service::reloads`]) and it is refused from then on.
+    pub fn reload(&self, stores: Vec<StoreConfig>) -> Reloaded {
+        let new = Arc::new(Registry::new(stores));
+        let old = {
+            let mut registry = match self.registry.write() {
+                Ok(registry) => registry,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            std::mem::replace(&mut *registry, new.clone())
+        };
+        self.reloads.send_modify(|n| *n += 1);
+        registry::diff(&old, &new)
+    }
+
+    /// Changes on every reload: a connection then checks that its store is
+    /// still registered ([`Service::is_registered`]).
+    pub fn reloads(&self) -> watch::Receiver<u64> {
+        self.reloads.subscribe()
+    }
+
+    /// Whether `peer` may stay connected.
+    pub fn is_registered(&self, peer: &Peer) -> bool {
+        match peer {
+            Peer::Admin => true,
+            Peer::Store(id) => self.registry().get(id).is_some(),
+        }
     }
 
     /// Records that a peer connected; returns a guard that records the close.
@@ -157,8 +192,11 @@ impl Service {
             protocol_version: PROTOCOL_VERSION,
             software_version: SOFTWARE_VERSION.to_string(),
             identity: peer.name().to_string(),
-            writable: store.map(|s| s.writable.clone()).unwrap_or_default(),
-            readable: store.map(|s| s.readable.clone()).unwrap_or_default(),
+            writable: store
+                .as_ref()
+                .map(|s| s.writable.clone())
+                .unwrap_or_default(),
+            readable: store.map(|s| s.readable).unwrap_or_default(),
             head: self.pipeline.read_head(),
         })
     }
@@ -208,7 +246,8 @@ impl Service {
         let Peer::Store(id) = peer else {
             return Ok(());
         };
-        let store = self.store(id);
+        let registry = self.registry();
+        let store = registry.get(id);
         let (verb, allowed) = match access {
             Access::Read => ("read", store.map(|s| &s.readable)),
             Access::Write => ("write", store.map(|s| &s.writable)),
@@ -429,9 +468,8 @@ impl Service {
         let head = self.pipeline.read_head();
         let connected = self.connected.lock().map(|c| c.clone()).unwrap_or_default();
         let reports = self.reports.lock().map(|r| r.clone()).unwrap_or_default();
-        let stores = self
-            .stores
-            .iter()
+        let registry = self.registry();
+        let stores = (registry.stores().iter())
             .map(|store| {
                 let stored = reports.get(&store.id);
                 let (conflicts_5m, rejections_5m) = self.metrics.recent(&store.id);
@@ -613,6 +651,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 mod holds;
+pub mod registry;
 #[cfg(test)]
 mod tests;
 mod transfers;

@@ -66,6 +66,8 @@ pub enum Signal {
     Stop,
     /// SIGCONT: go on after a SIGSTOP.
     Cont,
+    /// SIGHUP: the coordinator reloads its store registry.
+    Hup,
 }
 
 impl Signal {
@@ -75,6 +77,7 @@ impl Signal {
             Signal::Kill => rustix::process::Signal::KILL,
             Signal::Stop => rustix::process::Signal::STOP,
             Signal::Cont => rustix::process::Signal::CONT,
+            Signal::Hup => rustix::process::Signal::HUP,
         }
     }
 }
@@ -86,6 +89,7 @@ impl fmt::Display for Signal {
             Signal::Kill => "SIGKILL",
             Signal::Stop => "SIGSTOP",
             Signal::Cont => "SIGCONT",
+            Signal::Hup => "SIGHUP",
         })
     }
 }

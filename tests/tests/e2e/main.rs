@@ -19,4 +19,5 @@ mod holds;
 mod locks;
 mod push;
 mod recovery;
+mod registry;
 mod transfers;
