@@ -19,7 +19,7 @@ fn store(id: &str) -> StoreSpec {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sighup_adds_and_removes_stores_without_a_restart() {
-    let mut cluster = Cluster::start(vec![store("store-1"), store("store-2")])
+    let cluster = Cluster::start(vec![store("store-1"), store("store-2")])
         .await
         .unwrap();
     let leaving = cluster.connect("store-2").await.unwrap();
