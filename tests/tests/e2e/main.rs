@@ -14,6 +14,7 @@
 
 mod agent;
 mod coordinator;
+mod fleet;
 mod harness;
 mod holds;
 mod locks;
