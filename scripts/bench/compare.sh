@@ -874,7 +874,7 @@ if any(e == AGENT for e, _ in groups):
     legend += ("; on the %s row, its ok/s over PostgreSQL's uniform-optimistic"
                " (srv: the agent's CPU)" % AGENT)
 print(legend)
-print("%-18s %-20s %10s %15s %9s %9s %9s %9s %9s %9s %6s" % (
+print("%-18s %-24s %10s %15s %9s %9s %9s %9s %9s %9s %6s" % (
     "engine", "workload", "ok/s", "ok/s range", "conflict", "p50 ms", "p99 ms", "ratio",
     "srv us/w", "cli us/w", "steal"))
 for (engine, workload), rs in groups.items():
@@ -882,7 +882,7 @@ for (engine, workload), rs in groups.items():
     spread = "%.0f-%.0f" % (min(float(r["ok_per_s"]) for r in rs),
                             max(float(r["ok_per_s"]) for r in rs))
     ratio = fmt(ratio_of(engine, workload, lambda e, w: medians.get((e, w))))
-    print("%-18s %-20s %10.0f %15s %8.1f%% %9.3f %9.3f %9s %9.0f %9.0f %5.1f%%" % (
+    print("%-18s %-24s %10.0f %15s %8.1f%% %9.3f %9.3f %9s %9.0f %9.0f %5.1f%%" % (
         engine, workload, ok, spread, median("conflict_pct", rs),
         median("p50_ms", rs), median("p99_ms", rs), ratio,
         median("server_us", rs), median("client_us", rs), median("steal_pct", rs)))
@@ -898,7 +898,7 @@ for (engine, workload), rs in groups.items():
         if ratio:
             ratios.append(ratio)
     if ratios:
-        lines.append("  %-18s %-20s %s" % (engine, workload, " ".join(ratios)))
+        lines.append("  %-18s %-24s %s" % (engine, workload, " ".join(ratios)))
 if lines:
     print("the ratio column round by round:")
     print("\n".join(lines))
