@@ -123,12 +123,18 @@ pub struct RunArgs {
     /// Key distribution: uniform, hot (always the first key), zipf or zipf:EXPONENT.
     #[arg(long, default_value = "uniform")]
     pub distribution: KeyDistribution,
-    /// Workload: optimistic (add 1 with expected_version), delta (remove 1) or mix.
+    /// Workload: optimistic (add 1 with expected_version), delta (remove 1),
+    /// mix, hold-then-fulfil (a cart held, then fulfilled) or batch (remove 1
+    /// on every line, all or none).
     #[arg(long, default_value = "optimistic")]
     pub workload: String,
     /// Op weights for --workload mix, e.g. add=40,remove=30,reserve=20,release=10.
     #[arg(long)]
     pub mix: Option<Mix>,
+    /// Lines (distinct keys) of each cart or batch for --workload
+    /// hold-then-fulfil or batch, 1..=100 (default 3).
+    #[arg(long)]
+    pub lines: Option<usize>,
     /// How long each measurement lasts, its warmup and timeout.
     #[command(flatten)]
     pub measure: MeasureArgs,
@@ -356,7 +362,16 @@ impl RunArgs {
         if !(1..=MAX_KEYS).contains(&self.keys) {
             return Err(usage(format!("--keys must be between 1 and {MAX_KEYS}")));
         }
-        let workload = Workload::new(&self.workload, self.mix.clone()).map_err(usage)?;
+        let workload =
+            Workload::new(&self.workload, self.mix.clone(), self.lines).map_err(usage)?;
+        if let Some(lines) = workload.lines()
+            && u64::try_from(lines).map_or(true, |lines| lines > self.keys)
+        {
+            return Err(usage(format!(
+                "--lines {lines} needs at least {lines} keys (--keys {}): the lines of an op are distinct keys",
+                self.keys
+            )));
+        }
         let limit = self.measure.limit()?;
         if let Some(rate) = self.rate
             && !(rate.is_finite() && rate > 0.0)
@@ -547,10 +562,21 @@ pub async fn execute(cli: Cli) -> Result<(), LoadError> {
 async fn run_command(args: &RunArgs) -> Result<(), LoadError> {
     let settings = args.settings().await?;
     let json = args.json;
+    let per_op = settings.workload.item_writes_per_op();
+    let noun = settings.workload.op_noun();
     let mut measurements = Vec::new();
     let outcome = crate::driver::run(&settings, |m: &Measurement| {
         if json {
             println!("{}", m.json_line());
+        } else if per_op > 1 {
+            // The counts above are of ops; the item writes they made follow.
+            print!("{}", m.text());
+            println!(
+                "  one op is a {noun} of {per_op} item writes: accepted {noun}s/s {:.1}, item writes/s {:.1}",
+                m.accepted_per_s(),
+                m.accepted_per_s() * per_op as f64
+            );
+            println!();
         } else {
             println!("{}", m.text());
         }
@@ -769,6 +795,23 @@ mod tests {
         assert_eq!(defaults.workload, Workload::Optimistic);
         assert_eq!(defaults.location, "bench");
         assert_eq!(defaults.server_name, "localhost");
+
+        let carts = run_args(&["--workload", "hold-then-fulfil", "--keys", "3"])
+            .unwrap()
+            .settings()
+            .await
+            .unwrap();
+        assert_eq!(carts.workload, Workload::HoldThenFulfil { lines: 3 });
+        assert_eq!(
+            carts.label,
+            "hold-then-fulfil:lines=3 uniform keys=3 in-flight=1"
+        );
+        let batch = run_args(&["--workload", "batch", "--lines", "10"])
+            .unwrap()
+            .settings()
+            .await
+            .unwrap();
+        assert_eq!(batch.workload, Workload::Batch { lines: 10 });
     }
 
     #[tokio::test]
@@ -785,6 +828,20 @@ mod tests {
             (&["--duration", "0s"][..], "--duration"),
             (&["--workload", "delta", "--mix", "add=1"][..], "--mix"),
             (&["--location", "a/b"][..], "--location"),
+            (&["--lines", "2"][..], "--lines applies to"),
+            (&["--workload", "batch", "--lines", "0"][..], "--lines"),
+            (&["--workload", "batch", "--lines", "101"][..], "--lines"),
+            (
+                &[
+                    "--workload",
+                    "hold-then-fulfil",
+                    "--lines",
+                    "5",
+                    "--keys",
+                    "4",
+                ][..],
+                "--lines 5 needs at least 5 keys",
+            ),
         ] {
             let err = run_args(flags).unwrap().settings().await.unwrap_err();
             assert!(err.is_usage(), "{flags:?}: {err}");

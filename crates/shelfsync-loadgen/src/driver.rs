@@ -7,7 +7,10 @@
 //! for a count of `n`. Each connection runs `in_flight` tasks, each sending
 //! one write at a time, all on one stream of its own (a
 //! [`shelfsync_proto::client::Session`], reopened after an error), so
-//! `n * in_flight` writes are outstanding at once.
+//! `n * in_flight` writes are outstanding at once. For carts and batches
+//! ([`crate::cart`]) read "op" for "write": an op is one cart (its hold, then
+//! its fulfil, on the same stream) or one batch, counted once, its latency
+//! from its first request to its last answer.
 //!
 //! The tasks of a connection share its counters and latency histogram
 //! (microseconds, answered writes only, after the warmup); the connections'
@@ -38,15 +41,17 @@ use rand::{Rng, SeedableRng};
 use shelfsync_core::{ItemKey, Op};
 use shelfsync_proto::client::Session;
 use shelfsync_proto::{
-    Client, ErrorCode, ReadRequest, Request, Response, TlsFiles, WireError, WriteRequest,
+    Client, ErrorCode, ProtoError, ReadRequest, Request, Response, TlsFiles, WireError,
+    WriteRequest,
 };
 use tokio::task::JoinSet;
 
+use crate::cart::{Exchange, Next, distinct_keys};
 use crate::error::LoadError;
 use crate::keys::{KeyDistribution, KeyPicker, sku};
 use crate::report::{Measurement, round};
 use crate::setup::{count_store_certs, store_id};
-use crate::workload::Workload;
+use crate::workload::{Outcome, Workload};
 
 /// Quantity each preloaded item is created with: enough that a run of
 /// `remove 1` never empties it, and within the amount limit of the model.
@@ -644,8 +649,8 @@ pub(crate) fn measurement(shape: Shape, elapsed: Duration, total: &Tally) -> Mea
     }
 }
 
-/// One sender: one write at a time on `client`, all on one stream, until
-/// the plan says stop.
+/// One sender: one op at a time on `client`, all on one stream, until the
+/// plan says stop.
 async fn worker(
     plan: Arc<Plan>,
     client: Arc<Client>,
@@ -655,9 +660,8 @@ async fn worker(
     tally: Arc<Mutex<Tally>>,
 ) {
     let mut rng = SmallRng::seed_from_u64(seed);
-    let versions = &plan.shared.versions;
     let mut counter: u64 = 0;
-    // One stream per task, carrying its writes in turn.
+    // One stream per task, carrying its requests in turn.
     let mut session: Option<Session> = None;
     // Under --rate, tasks start at random phases of their period, so the
     // writes arrive spread out rather than in bursts of one per task.
@@ -673,84 +677,148 @@ async fn worker(
         let Some(measured) = plan.gate.admit() else {
             break;
         };
-        let index = plan.picker.pick(&mut rng);
-        let key = plan.shared.key(index);
-        let op = plan.workload.next_op(&mut rng);
-        let expected_version = if plan.workload.is_optimistic() {
-            match known_version(&client, versions, index, &key).await {
-                Ok(version) => Some(version),
-                Err(detail) => {
-                    if measured {
-                        lock(&tally).error(|| detail);
-                    }
-                    if client.is_closed() {
-                        break;
-                    }
-                    continue;
-                }
-            }
-        } else {
-            None
-        };
         counter += 1;
-        let request = Request::Write(WriteRequest {
-            idempotency_key: format!("{}-{conn}-{slot}-{counter}", plan.prefix),
-            key,
-            op,
-            expected_version,
-            lock_token: None,
-        });
+        let idempotency_key = format!("{}-{conn}-{slot}-{counter}", plan.prefix);
         let sent = Instant::now();
-        let answer = match session.as_mut() {
-            Some(open) => open.call(&request).await,
-            None => match client.session().await {
-                Ok(mut open) => {
-                    let answer = open.call(&request).await;
-                    session = Some(open);
-                    answer
-                }
-                Err(err) => Err(err),
-            },
+        let outcome = match plan.workload.lines() {
+            Some(lines) => {
+                let owner = format!("{}-{slot}", store_id(conn));
+                multi_key(
+                    &plan,
+                    &client,
+                    &mut session,
+                    &mut rng,
+                    lines,
+                    owner,
+                    idempotency_key,
+                )
+                .await
+            }
+            None => single_key(&plan, &client, &mut session, &mut rng, idempotency_key).await,
         };
         let latency = sent.elapsed();
-        if answer.is_err() {
-            // The stream's state is unknown after an error: the next write opens another.
-            session = None;
-        }
-        match answer {
-            Ok(Response::Write(ack)) => {
-                versions.observe(index, ack.state.version());
-                if measured {
-                    let mut tally = lock(&tally);
+        let failed = matches!(outcome, Outcome::Failed(_));
+        if measured {
+            let mut tally = lock(&tally);
+            match outcome {
+                Outcome::Accepted => {
                     tally.accepted += 1;
                     tally.record(latency);
                 }
-            }
-            Ok(Response::Error(err)) => {
-                learn_from_refusal(versions, index, &err);
-                if measured {
-                    let mut tally = lock(&tally);
-                    *tally.rejected.entry(err.code.as_str()).or_default() += 1;
+                Outcome::Rejected(code) => {
+                    *tally.rejected.entry(code.as_str()).or_default() += 1;
                     tally.record(latency);
                 }
+                Outcome::Failed(detail) => tally.error(|| detail),
             }
-            Ok(other) => {
-                if measured {
-                    lock(&tally).error(|| format!("unexpected reply to a write: {other:?}"));
-                }
-            }
-            Err(err) => {
-                if measured {
-                    lock(&tally).error(|| err.to_string());
-                }
-                if client.is_closed() {
-                    break;
-                }
-            }
+        }
+        if failed && client.is_closed() {
+            break;
         }
     }
     if let Some(open) = session {
         open.finish();
+    }
+}
+
+/// Sends `request` on the task's stream, opening one when there is none.
+/// After an error the stream's state is unknown: it is dropped, and the
+/// next request opens another.
+async fn call(
+    client: &Client,
+    session: &mut Option<Session>,
+    request: &Request,
+) -> Result<Response, ProtoError> {
+    let answer = match session.as_mut() {
+        Some(open) => open.call(request).await,
+        None => match client.session().await {
+            Ok(mut open) => {
+                let answer = open.call(request).await;
+                *session = Some(open);
+                answer
+            }
+            Err(err) => Err(err),
+        },
+    };
+    if answer.is_err() {
+        *session = None;
+    }
+    answer
+}
+
+/// One write to one key (optimistic, delta, mix), learning versions from
+/// its answer.
+async fn single_key(
+    plan: &Plan,
+    client: &Client,
+    session: &mut Option<Session>,
+    rng: &mut SmallRng,
+    idempotency_key: String,
+) -> Outcome {
+    let versions = &plan.shared.versions;
+    let index = plan.picker.pick(rng);
+    let key = plan.shared.key(index);
+    let Some(op) = plan.workload.next_op(rng) else {
+        return Outcome::Failed(format!("workload {} has no single-key op", plan.workload));
+    };
+    let expected_version = if plan.workload.is_optimistic() {
+        match known_version(client, versions, index, &key).await {
+            Ok(version) => Some(version),
+            Err(detail) => return Outcome::Failed(detail),
+        }
+    } else {
+        None
+    };
+    let request = Request::Write(WriteRequest {
+        idempotency_key,
+        key,
+        op,
+        expected_version,
+        lock_token: None,
+    });
+    match call(client, session, &request).await {
+        Ok(Response::Write(ack)) => {
+            versions.observe(index, ack.state.version());
+            Outcome::Accepted
+        }
+        Ok(Response::Error(err)) => {
+            learn_from_refusal(versions, index, &err);
+            Outcome::Rejected(err.code)
+        }
+        Ok(other) => Outcome::Failed(format!("unexpected reply to a write: {other:?}")),
+        Err(err) => Outcome::Failed(err.to_string()),
+    }
+}
+
+/// One cart or batch of `lines` distinct keys, from its first request to
+/// its outcome ([`Exchange`]).
+async fn multi_key(
+    plan: &Plan,
+    client: &Client,
+    session: &mut Option<Session>,
+    rng: &mut SmallRng,
+    lines: usize,
+    owner: String,
+    idempotency_key: String,
+) -> Outcome {
+    let keys = distinct_keys(&plan.picker, rng, lines)
+        .into_iter()
+        .map(|index| plan.shared.key(index))
+        .collect();
+    let (mut exchange, mut request) = match &plan.workload {
+        Workload::HoldThenFulfil { .. } => Exchange::hold_then_fulfil(keys, owner, idempotency_key),
+        Workload::Batch { .. } => Exchange::batch(keys, idempotency_key),
+        other => return Outcome::Failed(format!("workload {other} writes one key per op")),
+    };
+    loop {
+        let answer = match call(client, session, &request).await {
+            Ok(answer) => answer,
+            Err(err) => return Outcome::Failed(err.to_string()),
+        };
+        match exchange.answer(answer) {
+            Next::Send(next) => request = next,
+            Next::Done(outcome) => return outcome,
+        }
     }
 }
 

@@ -4,15 +4,17 @@
 //! for stores `load-1` .. `load-N` ([`setup`]); `shelfsync-loadgen run` opens
 //! one mutual-TLS QUIC connection per store and drives the coordinator with
 //! a chosen [`workload`] and key distribution ([`keys`]) for a duration or an
-//! op count ([`driver`]), then reports throughput, rejections by reason and
-//! latency percentiles as text, JSON lines, CSV rows ([`report`]) and a PNG
-//! chart ([`chart`]). `shelfsync-loadgen redis` makes the same writes against
+//! op count ([`driver`]); carts and batches, which write several keys per
+//! op, are built by [`cart`]. It then reports throughput, rejections by
+//! reason and latency percentiles as text, JSON lines, CSV rows
+//! ([`report`]) and a PNG chart ([`chart`]). `shelfsync-loadgen redis` makes the same writes against
 //! Redis, each a Lua compare-and-set, for the side by side comparison
 //! ([`redis`]). `shelfsync-loadgen fleet` plays many stores that only sync,
 //! each its own location, to show what idle stores cost the coordinator
 //! ([`fleet`]). [`cli`] turns flags into settings; the binary is a thin shell
 //! over [`cli::execute`], and tests call [`driver::run`] directly.
 
+pub mod cart;
 pub mod chart;
 pub mod cli;
 pub mod driver;

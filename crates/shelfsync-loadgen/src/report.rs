@@ -2,7 +2,9 @@
 //!
 //! A [`Measurement`] is the outcome of driving the coordinator at one
 //! connection count: ops answered and how (accepted, rejected by reason,
-//! failed in transport), throughput and latency percentiles. It is printed
+//! failed in transport), throughput and latency percentiles. An op is one
+//! write, or for carts and batches one cart or batch of several item writes
+//! (the workload names its lines). It is printed
 //! as text for people ([`Measurement::text`]), as one JSON object per line
 //! ([`Measurement::json_line`]), and appended to a CSV file with the same
 //! fields ([`append_csv`]) that [`read_csv`] reads back for the chart.
@@ -28,7 +30,8 @@ pub struct Measurement {
     pub connections: usize,
     /// Requests outstanding per connection.
     pub in_flight: usize,
-    /// The workload (`optimistic`, `delta`, `mix:add=40,...`).
+    /// The workload (`optimistic`, `delta`, `mix:add=40,...`,
+    /// `hold-then-fulfil:lines=3`, `batch:lines=3`).
     pub workload: String,
     /// The key distribution (`uniform`, `hot`, `zipf:0.99`).
     pub distribution: String,

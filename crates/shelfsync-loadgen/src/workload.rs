@@ -1,4 +1,5 @@
-//! What each request does: the three workloads and the op mix.
+//! What each request does: the workloads, the op mix, and how an answered
+//! op counts.
 //!
 //! - [`Workload::Optimistic`]: `add 1` with `expected_version` from the
 //!   client's version cache, as an agent that knows the version from its
@@ -8,15 +9,26 @@
 //! - [`Workload::Mix`]: ops drawn from a weighted [`Mix`] (for example
 //!   `add=40,remove=30,reserve=20,release=10`), amount 1, no
 //!   `expected_version`; stock rules may reject some of them.
+//! - [`Workload::HoldThenFulfil`]: a cart of `lines` distinct keys held
+//!   (1 unit each), then the hold fulfilled: two requests, two commits and
+//!   two item writes per line; the cart is one op.
+//! - [`Workload::Batch`]: one batch of `lines` `remove 1` lines on distinct
+//!   keys, all or none: one commit, one item write per line; the batch is
+//!   one op.
 //!
 //! This module only decides the op; the driver fills in the key, the version
-//! and the idempotency key.
+//! and the idempotency key, and [`crate::cart`] builds the requests of the
+//! multi-key workloads. Every op ends as one [`Outcome`].
 
 use std::fmt;
 use std::str::FromStr;
 
 use rand::Rng;
 use shelfsync_core::Op;
+use shelfsync_proto::{ErrorCode, MAX_BATCH_LINES};
+
+/// Lines per cart or batch when `--lines` is not given.
+pub const DEFAULT_LINES: usize = 3;
 
 /// An amount op a mix may contain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,27 +195,60 @@ pub enum Workload {
     Delta,
     /// Amount-1 ops drawn from the mix, without `expected_version`.
     Mix(Mix),
+    /// A hold of 1 unit on each of `lines` distinct keys, then its fulfil.
+    HoldThenFulfil {
+        /// Lines per cart, 1..=[`MAX_BATCH_LINES`].
+        lines: usize,
+    },
+    /// One batch of `remove 1` on each of `lines` distinct keys.
+    Batch {
+        /// Lines per batch, 1..=[`MAX_BATCH_LINES`].
+        lines: usize,
+    },
 }
 
 impl Workload {
-    /// The workload named `name` (`optimistic`, `delta` or `mix`); `mix` is
-    /// only valid with `mix` (the default mix when absent).
+    /// The workload named `name` (`optimistic`, `delta`, `mix`,
+    /// `hold-then-fulfil` or `batch`); `mix` is only valid with `mix` (the
+    /// default mix when absent), `lines` only with `hold-then-fulfil` and
+    /// `batch` ([`DEFAULT_LINES`] when absent).
     ///
     /// # Errors
-    /// A message for an unknown name, or a mix given to another workload.
-    pub fn new(name: &str, mix: Option<Mix>) -> Result<Self, String> {
+    /// A message for an unknown name, a mix or lines given to a workload
+    /// that takes none, or a line count outside 1..=[`MAX_BATCH_LINES`].
+    pub fn new(name: &str, mix: Option<Mix>, lines: Option<usize>) -> Result<Self, String> {
+        let cart_lines = || {
+            let lines = lines.unwrap_or(DEFAULT_LINES);
+            if (1..=MAX_BATCH_LINES).contains(&lines) {
+                Ok(lines)
+            } else {
+                Err(format!("--lines must be between 1 and {MAX_BATCH_LINES}"))
+            }
+        };
         let workload = match name {
             "optimistic" => Workload::Optimistic,
             "delta" => Workload::Delta,
-            "mix" => return Ok(Workload::Mix(mix.unwrap_or_default())),
+            "mix" => Workload::Mix(mix.clone().unwrap_or_default()),
+            "hold-then-fulfil" => Workload::HoldThenFulfil {
+                lines: cart_lines()?,
+            },
+            "batch" => Workload::Batch {
+                lines: cart_lines()?,
+            },
             other => {
                 return Err(format!(
-                    "unknown workload {other:?}: expected optimistic, delta or mix"
+                    "unknown workload {other:?}: expected optimistic, delta, mix, \
+                     hold-then-fulfil or batch"
                 ));
             }
         };
-        if mix.is_some() {
+        if mix.is_some() && !matches!(workload, Workload::Mix(_)) {
             return Err(format!("--mix applies to --workload mix, not {name}"));
+        }
+        if lines.is_some() && workload.lines().is_none() {
+            return Err(format!(
+                "--lines applies to --workload hold-then-fulfil or batch, not {name}"
+            ));
         }
         Ok(workload)
     }
@@ -213,12 +258,44 @@ impl Workload {
         matches!(self, Workload::Optimistic)
     }
 
-    /// The op of the next write.
-    pub fn next_op<R: Rng + ?Sized>(&self, rng: &mut R) -> Op {
+    /// The lines of each op of a multi-key workload (distinct keys); `None`
+    /// for the workloads that write one key per op.
+    pub fn lines(&self) -> Option<usize> {
         match self {
-            Workload::Optimistic => OpKind::Add.op(),
-            Workload::Delta => OpKind::Remove.op(),
-            Workload::Mix(mix) => mix.pick(rng).op(),
+            Workload::HoldThenFulfil { lines } | Workload::Batch { lines } => Some(*lines),
+            Workload::Optimistic | Workload::Delta | Workload::Mix(_) => None,
+        }
+    }
+
+    /// Item writes an accepted op makes: 1 for a single-key write, 2 per
+    /// line for a cart (its hold and its fulfil), 1 per line for a batch.
+    pub fn item_writes_per_op(&self) -> u64 {
+        // At most MAX_BATCH_LINES lines: the conversion never saturates.
+        let lines = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+        match self {
+            Workload::Optimistic | Workload::Delta | Workload::Mix(_) => 1,
+            Workload::HoldThenFulfil { lines: n } => lines(*n).saturating_mul(2),
+            Workload::Batch { lines: n } => lines(*n),
+        }
+    }
+
+    /// What one op is called in reports: write, cart or batch.
+    pub fn op_noun(&self) -> &'static str {
+        match self {
+            Workload::Optimistic | Workload::Delta | Workload::Mix(_) => "write",
+            Workload::HoldThenFulfil { .. } => "cart",
+            Workload::Batch { .. } => "batch",
+        }
+    }
+
+    /// The op of the next single-key write; `None` for the multi-key
+    /// workloads, whose requests [`crate::cart`] builds.
+    pub fn next_op<R: Rng + ?Sized>(&self, rng: &mut R) -> Option<Op> {
+        match self {
+            Workload::Optimistic => Some(OpKind::Add.op()),
+            Workload::Delta => Some(OpKind::Remove.op()),
+            Workload::Mix(mix) => Some(mix.pick(rng).op()),
+            Workload::HoldThenFulfil { .. } | Workload::Batch { .. } => None,
         }
     }
 }
@@ -229,8 +306,23 @@ impl fmt::Display for Workload {
             Workload::Optimistic => f.write_str("optimistic"),
             Workload::Delta => f.write_str("delta"),
             Workload::Mix(mix) => write!(f, "mix:{mix}"),
+            Workload::HoldThenFulfil { lines } => write!(f, "hold-then-fulfil:lines={lines}"),
+            Workload::Batch { lines } => write!(f, "batch:lines={lines}"),
         }
     }
+}
+
+/// How one answered (or unanswered) op counts in a measurement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Accepted and durable (every step of it).
+    Accepted,
+    /// Refused by the coordinator, with the refusal's code; a multi-key op
+    /// is refused as soon as one of its steps is.
+    Rejected(ErrorCode),
+    /// No usable answer: transport failure, timeout, or a reply of the
+    /// wrong kind; the detail says which.
+    Failed(String),
 }
 
 #[cfg(test)]
@@ -300,19 +392,24 @@ mod tests {
     #[test]
     fn workloads_build_their_ops() {
         let mut rng = SmallRng::seed_from_u64(5);
-        let optimistic = Workload::new("optimistic", None).unwrap();
+        let optimistic = Workload::new("optimistic", None, None).unwrap();
         assert!(optimistic.is_optimistic());
-        assert_eq!(optimistic.next_op(&mut rng), Op::Add { amount: 1 });
-        let delta = Workload::new("delta", None).unwrap();
+        assert_eq!(optimistic.next_op(&mut rng), Some(Op::Add { amount: 1 }));
+        let delta = Workload::new("delta", None, None).unwrap();
         assert!(!delta.is_optimistic());
-        assert_eq!(delta.next_op(&mut rng), Op::Remove { amount: 1 });
-        let mix = Workload::new("mix", Some("release=1".parse().unwrap())).unwrap();
-        assert_eq!(mix.next_op(&mut rng), Op::Release { amount: 1 });
+        assert_eq!(delta.next_op(&mut rng), Some(Op::Remove { amount: 1 }));
+        let mix = Workload::new("mix", Some("release=1".parse().unwrap()), None).unwrap();
+        assert_eq!(mix.next_op(&mut rng), Some(Op::Release { amount: 1 }));
         assert_eq!(mix.to_string(), "mix:release=1");
         assert_eq!(
-            Workload::new("mix", None).unwrap().to_string(),
+            Workload::new("mix", None, None).unwrap().to_string(),
             format!("mix:{DEFAULT_MIX}")
         );
+        for single in [&optimistic, &delta, &mix] {
+            assert_eq!(single.lines(), None, "{single}");
+            assert_eq!(single.item_writes_per_op(), 1, "{single}");
+            assert_eq!(single.op_noun(), "write");
+        }
         for kind in OpKind::ALL {
             kind.op().validate().unwrap();
             assert_eq!(kind.op().kind(), kind.name());
@@ -320,10 +417,51 @@ mod tests {
     }
 
     #[test]
+    fn carts_and_batches_count_their_lines() {
+        let mut rng = SmallRng::seed_from_u64(5);
+        // name, --lines, lines, item writes per op
+        let cases = [
+            ("hold-then-fulfil", None, 3, 6),
+            ("hold-then-fulfil", Some(1), 1, 2),
+            ("batch", None, 3, 3),
+            ("batch", Some(100), 100, 100),
+        ];
+        for (name, lines, want_lines, writes) in cases {
+            let workload = Workload::new(name, None, lines).unwrap();
+            assert_eq!(workload.lines(), Some(want_lines), "{name} {lines:?}");
+            assert_eq!(workload.item_writes_per_op(), writes, "{name} {lines:?}");
+            assert_eq!(workload.to_string(), format!("{name}:lines={want_lines}"));
+            assert!(!workload.is_optimistic());
+            // Their requests are built elsewhere: no single-key op.
+            assert_eq!(workload.next_op(&mut rng), None);
+        }
+        assert_eq!(Workload::HoldThenFulfil { lines: 2 }.op_noun(), "cart");
+        assert_eq!(Workload::Batch { lines: 2 }.op_noun(), "batch");
+    }
+
+    #[test]
     fn bad_workloads_are_refused() {
-        let err = Workload::new("pessimistic", None).unwrap_err();
-        assert!(err.contains("expected optimistic, delta or mix"), "{err}");
-        let err = Workload::new("delta", Some(Mix::default())).unwrap_err();
-        assert!(err.contains("--mix applies to --workload mix"), "{err}");
+        for (name, mix, lines, needle) in [
+            ("pessimistic", None, None, "expected optimistic, delta, mix"),
+            (
+                "delta",
+                Some(Mix::default()),
+                None,
+                "--mix applies to --workload mix",
+            ),
+            (
+                "batch",
+                Some(Mix::default()),
+                None,
+                "--mix applies to --workload mix",
+            ),
+            ("mix", None, Some(3), "--lines applies to"),
+            ("optimistic", None, Some(1), "--lines applies to"),
+            ("batch", None, Some(0), "between 1 and 100"),
+            ("hold-then-fulfil", None, Some(101), "between 1 and 100"),
+        ] {
+            let err = Workload::new(name, mix, lines).unwrap_err();
+            assert!(err.contains(needle), "{name}: {err}");
+        }
     }
 }

@@ -229,12 +229,68 @@ async fn delta_and_mix_count_stock_rejections_by_reason() {
 
     // Nothing is reserved, so every release is refused.
     let mut mix = bench.settings(&[2], 80);
-    mix.workload = Workload::new("mix", Some("release=1".parse().unwrap())).unwrap();
+    mix.workload = Workload::new("mix", Some("release=1".parse().unwrap()), None).unwrap();
     mix.preload = false;
     let m = &shelfsync_loadgen::run(&mix, |_| {}).await.unwrap()[0];
     assert_adds_up(m, 80);
     assert_eq!(m.rejected.get("insufficient_reserved"), Some(&80), "{m:?}");
     bench.stop().await;
+}
+
+/// Units taken from the 20 keys, their reservations and held units, and the
+/// writes made to them, as the ledger says.
+async fn ledger_totals(bench: &Bench) -> (u64, u64, u64, u64) {
+    let (mut taken, mut reserved, mut held, mut writes) = (0, 0, 0, 0);
+    for index in 0..20 {
+        let item = bench.item(index).await;
+        taken += PRELOAD_QUANTITY - item.quantity;
+        reserved += item.reserved;
+        held += item.held;
+        writes += item.version - 1;
+    }
+    (taken, reserved, held, writes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn carts_and_batches_write_every_line_and_count_once() {
+    let bench = Bench::start(2).await;
+    // Every cart holds then fulfils 3 distinct keys: 6 item writes, 3 units
+    // gone, nothing left reserved or held.
+    let mut carts = bench.settings(&[2], 40);
+    carts.workload = Workload::new("hold-then-fulfil", None, None).unwrap();
+    let m = &shelfsync_loadgen::run(&carts, |_| {}).await.unwrap()[0];
+    assert_adds_up(m, 40);
+    assert_eq!(m.accepted, 40, "{m:?}");
+    assert_eq!(m.workload, "hold-then-fulfil:lines=3");
+    assert_eq!(ledger_totals(&bench).await, (120, 0, 0, 240));
+
+    // Every batch removes 1 from 4 distinct keys in one commit.
+    let mut batches = bench.settings(&[2], 30);
+    batches.workload = Workload::new("batch", None, Some(4)).unwrap();
+    batches.distribution = KeyDistribution::Hot;
+    batches.preload = false;
+    let m = &shelfsync_loadgen::run(&batches, |_| {}).await.unwrap()[0];
+    assert_adds_up(m, 30);
+    assert_eq!(m.accepted, 30, "{m:?}");
+    assert_eq!(ledger_totals(&bench).await, (240, 0, 0, 360));
+    // Hot batches are keys 0..=3, every one of them.
+    for index in 0..4 {
+        assert!(bench.item(index).await.version > 30, "key {index}");
+    }
+    bench.stop().await;
+
+    // Keys that do not exist: every cart and batch is refused at its first
+    // step, one rejection each.
+    let empty = Bench::start(2).await;
+    for workload in ["hold-then-fulfil", "batch"] {
+        let mut refused = empty.settings(&[2], 12);
+        refused.workload = Workload::new(workload, None, Some(2)).unwrap();
+        refused.preload = false;
+        let m = &shelfsync_loadgen::run(&refused, |_| {}).await.unwrap()[0];
+        assert_adds_up(m, 12);
+        assert_eq!(m.rejected.get("not_found"), Some(&12), "{workload}: {m:?}");
+    }
+    empty.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
