@@ -1,5 +1,6 @@
-//! Background collection: expired idempotency buckets and change-log
-//! entries beyond `retain_changes`.
+//! Background collection: expired idempotency buckets, holds that ended
+//! longer ago than the idempotency time-to-live (no retry can ask for them
+//! any more), and change-log entries beyond `retain_changes`.
 //!
 //! It runs a round every `gc_interval` on a thread of its own at a low CPU
 //! priority, and compacts in slices, resting after each [`REST_FACTOR`]
@@ -84,8 +85,12 @@ fn collect(ledger: &dyn Ledger, config: &GcConfig, stop: &mpsc::Receiver<()>) {
     loop {
         let started = Instant::now();
         match round(ledger, config, &mut rest) {
-            Ok((expired, compacted)) if expired + compacted > 0 => {
-                tracing::info!(expired, compacted, "garbage collected");
+            Ok(Collected {
+                expired,
+                holds,
+                compacted,
+            }) if expired + holds + compacted > 0 => {
+                tracing::info!(expired, holds, compacted, "garbage collected");
             }
             Ok(_) => {}
             Err(err) => tracing::error!(error = %err, "garbage collection failed"),
@@ -96,28 +101,47 @@ fn collect(ledger: &dyn Ledger, config: &GcConfig, stop: &mpsc::Receiver<()>) {
     }
 }
 
-/// One round: every expired idempotency bucket, then every change past
-/// retention, in slices. After each slice `pace` gets the time it took and
-/// returns whether to go on (false ends the round early; the next resumes).
+/// What one round removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Collected {
+    /// Idempotency buckets dropped.
+    pub expired: usize,
+    /// Ended holds removed.
+    pub holds: usize,
+    /// Changes compacted away.
+    pub compacted: usize,
+}
+
+/// One round: every expired idempotency bucket, then the ended holds and
+/// every change past retention, in slices. After each slice `pace` gets the
+/// time it took and returns whether to go on (false ends the round early;
+/// the next resumes).
 pub fn round(
     ledger: &dyn Ledger,
     config: &GcConfig,
     pace: &mut dyn FnMut(Duration) -> bool,
-) -> Result<(usize, usize), LedgerError> {
+) -> Result<Collected, LedgerError> {
     let ttl = u64::try_from(config.idempotency_ttl.as_millis()).unwrap_or(u64::MAX);
     let before = now_ms().saturating_sub(ttl);
     // Whole buckets: dropping one is a metadata change, not a slice of work.
-    let expired = ledger.expire_idempotency(before)?;
-    let mut compacted = 0;
-    loop {
-        let started = Instant::now();
-        let n = ledger.compact_changes(config.retain_changes, SLICE)?;
-        compacted += n;
-        if n < SLICE || !pace(started.elapsed()) {
-            break;
+    let mut collected = Collected {
+        expired: ledger.expire_idempotency(before)?,
+        ..Collected::default()
+    };
+    let mut sliced = |work: &mut dyn FnMut() -> Result<usize, LedgerError>| {
+        let mut total = 0;
+        loop {
+            let started = Instant::now();
+            let n = work()?;
+            total += n;
+            if n < SLICE || !pace(started.elapsed()) {
+                return Ok::<_, LedgerError>(total);
+            }
         }
-    }
-    Ok((expired, compacted))
+    };
+    collected.holds = sliced(&mut || ledger.forget_holds(before, SLICE))?;
+    collected.compacted = sliced(&mut || ledger.compact_changes(config.retain_changes, SLICE))?;
+    Ok(collected)
 }
 
 #[cfg(test)]
@@ -149,7 +173,7 @@ mod tests {
     fn a_round_is_paced_after_every_slice_and_collects_all() {
         let (_dir, ledger) = ledger_with_changes(5_500);
         let mut slices = Vec::new();
-        let (_, compacted) = round(&ledger, &config(500), &mut |took| {
+        let Collected { compacted, .. } = round(&ledger, &config(500), &mut |took| {
             slices.push(took);
             true
         })
@@ -163,10 +187,12 @@ mod tests {
     #[test]
     fn a_round_told_to_stop_leaves_the_rest_to_the_next() {
         let (_dir, ledger) = ledger_with_changes(5_500);
-        let (_, compacted) = round(&ledger, &config(500), &mut |_| false).unwrap();
+        let Collected { compacted, .. } = round(&ledger, &config(500), &mut |_| false).unwrap();
         assert_eq!(compacted, SLICE);
         assert_eq!(ledger.oldest().unwrap(), SLICE as u64 + 1);
-        let (_, rest) = round(&ledger, &config(500), &mut |_| true).unwrap();
+        let rest = round(&ledger, &config(500), &mut |_| true)
+            .unwrap()
+            .compacted;
         assert_eq!(rest, 4_000);
         assert_eq!(ledger.oldest().unwrap(), 5_001);
     }

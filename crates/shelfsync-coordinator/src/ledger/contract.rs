@@ -431,7 +431,14 @@ fn holds_and_their_deadlines_follow_the_steps(ledger: &dyn Ledger) {
         };
         ledger.commit(group).unwrap();
     };
-    let write = |hold, prior_expiry| HoldWrite { hold, prior_expiry };
+    let write = |hold: Hold, prior_expiry: Option<u64>| {
+        let ended = prior_expiry.is_some() && hold.state != HoldState::Active;
+        HoldWrite {
+            ended_at_ms: ended.then_some(1_000),
+            hold,
+            prior_expiry,
+        }
+    };
     // h1 made until 500 and extended to 900 in one group; h2 until 700.
     commit(vec![
         write(hold("h1", 500, HoldState::Active), None),

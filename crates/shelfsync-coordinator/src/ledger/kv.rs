@@ -11,6 +11,7 @@
 //! | `deadlines` | expiry (8 bytes big-endian) `location \0 sku` | the lock's token |
 //! | `holds` | hold id | [`HoldV`] |
 //! | `hold_deadlines` | expiry (8 bytes big-endian) hold id | empty: the active holds |
+//! | `hold_ends` | end (8 bytes big-endian) hold id | empty: the ended holds, for their removal |
 //! | `transfers` | transfer id | [`TransferV`] |
 //! | `transfer_index` | `location \0 id`, for its `from` and its `to` | empty |
 //! | `reports` | store id | [`ReportV`] |
@@ -51,6 +52,7 @@ pub struct KvLedger<E: Engine> {
     deadlines: E::Space,
     holds: E::Space,
     hold_deadlines: E::Space,
+    hold_ends: E::Space,
     transfers: E::Space,
     transfer_index: E::Space,
     reports: E::Space,
@@ -152,6 +154,7 @@ impl<E: Engine> KvLedger<E> {
             deadlines: engine.space("deadlines")?,
             holds: engine.space("holds")?,
             hold_deadlines: engine.space("hold_deadlines")?,
+            hold_ends: engine.space("hold_ends")?,
             transfers: engine.space("transfers")?,
             transfer_index: engine.space("transfer_index")?,
             reports: engine.space("reports")?,
@@ -266,6 +269,10 @@ impl<E: Engine> Ledger for KvLedger<E> {
             if hold.state == HoldState::Active {
                 hold_deadlines.insert(hold_deadline_key(hold.expires_at_ms, &hold.id), true);
             }
+            if let Some(at_ms) = write.ended_at_ms {
+                let key = hold_deadline_key(at_ms, &hold.id);
+                batch.push(Write::Put(self.hold_ends.clone(), key, Vec::new()));
+            }
         }
         for (id, hold) in holds {
             let value = encode(&HoldV::V1(hold.clone()))?;
@@ -373,6 +380,26 @@ impl<E: Engine> Ledger for KvLedger<E> {
                 Ok(String::from_utf8_lossy(id).into_owned())
             })
             .collect()
+    }
+
+    fn forget_holds(&self, before_ms: u64, limit: usize) -> Result<usize, LedgerError> {
+        let ended = self
+            .engine
+            .range(&self.hold_ends, &[], &before_ms.to_be_bytes(), limit)?;
+        let mut batch = Vec::with_capacity(ended.len() * 2);
+        for (k, _) in ended {
+            let k = k.as_ref();
+            let id = k
+                .get(8..)
+                .ok_or_else(|| LedgerError::corrupt(k, "not a hold end"))?;
+            batch.push(Write::Delete(self.holds.clone(), id.to_vec()));
+            batch.push(Write::Delete(self.hold_ends.clone(), k.to_vec()));
+        }
+        let forgotten = batch.len() / 2;
+        if forgotten > 0 {
+            self.engine.write(batch, false)?;
+        }
+        Ok(forgotten)
     }
 
     fn active_holds(&self, limit: usize) -> Result<Vec<Hold>, LedgerError> {

@@ -345,6 +345,10 @@ pub struct HoldWrite {
     /// The hold's expiry before the step, if it was active then: the
     /// deadline the step moves or ends.
     pub prior_expiry: Option<u64>,
+    /// When the step ended the hold (fulfilled, released or expired), if it
+    /// did: the record goes once that is older than the idempotency
+    /// records that could still ask for it ([`Ledger::forget_holds`]).
+    pub ended_at_ms: Option<u64>,
 }
 
 /// A lock the coordinator must end at `at_ms` unless it is renewed or
@@ -426,6 +430,10 @@ pub trait Ledger: Send + Sync + 'static {
     /// Up to `limit` ids of active holds whose expiry is at or before
     /// `now_ms`, earliest first. A commit keeps them, like lock deadlines.
     fn due_holds(&self, now_ms: u64, limit: usize) -> Result<Vec<String>, LedgerError>;
+
+    /// Removes up to `limit` holds that ended before `before_ms`, oldest
+    /// first; returns how many went.
+    fn forget_holds(&self, before_ms: u64, limit: usize) -> Result<usize, LedgerError>;
 
     /// Up to `limit` active holds, earliest expiry first.
     fn active_holds(&self, limit: usize) -> Result<Vec<Hold>, LedgerError>;

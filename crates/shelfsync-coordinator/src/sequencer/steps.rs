@@ -71,9 +71,11 @@ pub(super) fn step(
                     }
                     _ => None,
                 };
+                let ended = prior_expiry.is_some() && hold.state != HoldState::Active;
                 decision.group.holds.push(HoldWrite {
                     hold: hold.clone(),
                     prior_expiry,
+                    ended_at_ms: ended.then_some(now_ms),
                 });
                 view.holds.insert(hold.id.clone(), Some(hold.clone()));
             }
