@@ -152,6 +152,29 @@ pub enum Op {
         /// The transfer's id.
         transfer: String,
     },
+    /// `POST /v1/holds`: reserve every line or none, for `ttl_ms`. The
+    /// event's `key` is the first line's.
+    HoldCreate {
+        /// The lines, on distinct keys.
+        lines: Vec<HoldLine>,
+        /// The hold's lease, ms.
+        ttl_ms: u64,
+    },
+    /// `POST /v1/holds/{id}/fulfil`: every line leaves stock.
+    HoldFulfil {
+        /// The hold's id.
+        hold: String,
+        /// Its lines, as the client knew them.
+        lines: Vec<HoldLine>,
+    },
+    /// `POST /v1/holds/{id}/release`: every line is given back (204 also
+    /// for a hold already ended, writing nothing).
+    HoldRelease {
+        /// The hold's id.
+        hold: String,
+        /// Its lines, as the client knew them.
+        lines: Vec<HoldLine>,
+    },
 }
 
 impl Op {
@@ -174,6 +197,20 @@ impl Op {
                 | Op::Fulfil { .. }
                 | Op::Delete
                 | Op::Read { .. }
+        )
+    }
+
+    /// Whether the op is a step of a transfer or a hold, which the
+    /// coordinator logs under ops of its own.
+    pub fn is_step(&self) -> bool {
+        matches!(
+            self,
+            Op::TransferCreate { .. }
+                | Op::TransferReceive { .. }
+                | Op::TransferClose { .. }
+                | Op::HoldCreate { .. }
+                | Op::HoldFulfil { .. }
+                | Op::HoldRelease { .. }
         )
     }
 
@@ -228,6 +265,15 @@ pub struct BatchLine {
     pub expected_version: Option<u64>,
 }
 
+/// A line of a hold: an item and the units it takes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldLine {
+    /// The item.
+    pub key: Key,
+    /// The units.
+    pub amount: u64,
+}
+
 /// A sku and a number of units, in a shipment or a receipt.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Units {
@@ -256,6 +302,15 @@ pub enum Reply {
     },
     /// A transfer after the step.
     Transfer(TransferView),
+    /// A hold after the step: its id, state and lines.
+    Hold {
+        /// Its id.
+        id: String,
+        /// `active`, `fulfilled`, `released` or `expired`.
+        state: String,
+        /// Its lines.
+        lines: Vec<HoldLine>,
+    },
     /// A refusal's problem type (the part after `urn:shelfsync:problem:`)
     /// and, for a multi-line request, the line it names.
     Problem {
@@ -384,6 +439,9 @@ impl Event {
             Op::TransferReceive { to, lines, .. } => {
                 lines.iter().map(|l| Key::new(to, &l.sku)).collect()
             }
+            Op::HoldCreate { lines, .. }
+            | Op::HoldFulfil { lines, .. }
+            | Op::HoldRelease { lines, .. } => lines.iter().map(|l| l.key.clone()).collect(),
             _ => vec![self.key.clone()],
         }
     }

@@ -110,16 +110,13 @@ fn args_of(op: &LogOp) -> OpArgs {
     args
 }
 
-/// The coordinator's stored lock of `key`, if it has one.
-pub(crate) async fn stored_lock(admin: &Client, key: &Key) -> anyhow::Result<Option<LockState>> {
+/// Whether the coordinator still has something of `key` to end by
+/// itself: a stored lock, or units held by active holds.
+pub(crate) async fn awaits_expiry(admin: &Client, key: &Key) -> anyhow::Result<bool> {
     let key = ItemKey::new(key.location.clone(), key.sku.clone())?;
     match admin.call(&Request::Read(ReadRequest { key })).await? {
-        Response::Read(reply) => Ok(reply.item.lock.map(|l| LockState {
-            holder: l.holder,
-            token: l.token,
-            expires_at_ms: l.expires_at_ms,
-        })),
-        Response::Error(err) if err.code == shelfsync_proto::ErrorCode::NotFound => Ok(None),
+        Response::Read(reply) => Ok(reply.item.lock.is_some() || reply.item.held > 0),
+        Response::Error(err) if err.code == shelfsync_proto::ErrorCode::NotFound => Ok(false),
         other => anyhow::bail!("strong read: unexpected answer {other:?}"),
     }
 }

@@ -14,17 +14,17 @@ use crate::nemesis::faults::Fault;
 use crate::nemesis::history::{Change, Final, Key};
 use crate::nemesis::proxy::FaultProxy;
 use crate::nemesis::readback::{
-    read_histories, read_replica, read_transfer, stored_lock, strong_read,
+    awaits_expiry, read_histories, read_replica, read_transfer, strong_read,
 };
 use crate::nemesis::run::{CONVERGENCE_PATIENCE, SHARED};
 use crate::nemesis::workload::Targets;
 use crate::rest::item_path;
 use crate::{Cluster, Wait};
 
-/// How long the read-back waits for the coordinator to end the locks the
-/// clients left: the longest lease they take (3 s), a tick, and a margin
-/// for a coordinator that was restarted as the faults ended.
-const LOCK_PATIENCE: Duration = Duration::from_secs(10);
+/// How long the read-back waits for the coordinator to end the locks and
+/// holds the clients left: the longest lease they take (3 s), a tick, and
+/// a margin for a coordinator that was restarted as the faults ended.
+const EXPIRY_PATIENCE: Duration = Duration::from_secs(10);
 
 /// The processes and proxies of a run.
 pub(crate) struct Rig {
@@ -283,8 +283,8 @@ impl Rig {
     }
 
     /// Reads back what the run left, once writes have stopped: waits for
-    /// the coordinator to end every lock of `lock_keys` (at most
-    /// [`LOCK_PATIENCE`]), reads the change log of every location of the
+    /// the coordinator to end every lock and hold on `expiring` (at most
+    /// [`EXPIRY_PATIENCE`]), reads the change log of every location of the
     /// run, then polls until every replica holds what the coordinator holds
     /// for every key (`keys` and every key of the log) and its digest is
     /// confirmed, and reads every transfer the log or `shipped` (id and
@@ -293,14 +293,14 @@ impl Rig {
     pub(crate) async fn read_back(
         &self,
         keys: &[Key],
-        lock_keys: &[Key],
+        expiring: &[Key],
         shipped: &[(String, String)],
         interval: Duration,
     ) -> anyhow::Result<(Duration, Final)> {
         let admin = self.cluster.connect("admin").await?;
-        let deadline = Instant::now() + LOCK_PATIENCE;
-        for key in lock_keys {
-            while stored_lock(&admin, key).await?.is_some() && Instant::now() < deadline {
+        let deadline = Instant::now() + EXPIRY_PATIENCE;
+        for key in expiring {
+            while awaits_expiry(&admin, key).await? && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }

@@ -264,6 +264,10 @@ pub async fn run(spec: &RunSpec) -> anyhow::Result<Report> {
         .map(|i| Key::new(SHARED, &format!("l{i}")))
         .collect();
     let recorder = Arc::new(Recorder::new());
+    let workload_stores = match spec.skus {
+        0 => Vec::new(),
+        _ => stores.clone(),
+    };
     let workload = Workload {
         keys: keys.clone(),
         clients: spec.clients,
@@ -276,10 +280,7 @@ pub async fn run(spec: &RunSpec) -> anyhow::Result<Report> {
         } else {
             spec.lock_clients
         },
-        stores: match spec.skus {
-            0 => Vec::new(),
-            _ => stores.clone(),
-        },
+        stores: workload_stores.clone(),
         skus: (0..spec.skus).map(|i| format!("t{i}")).collect(),
         seed: spec.seed,
     };
@@ -353,8 +354,13 @@ pub async fn run(spec: &RunSpec) -> anyhow::Result<Report> {
             _ => None,
         })
         .collect();
+    // Locks and holds the coordinator ends by itself.
+    let mut expiring = lock_keys.clone();
+    for store in &workload_stores {
+        expiring.extend((0..spec.skus).map(|i| Key::new(store, &format!("t{i}"))));
+    }
     let (converged_after, fin) = rig
-        .read_back(&keys, &lock_keys, &shipped, spec.sync_interval)
+        .read_back(&keys, &expiring, &shipped, spec.sync_interval)
         .await?;
     let limit = spec.sync_interval * 2 + CONVERGENCE_SLACK;
     if converged_after > limit {
@@ -410,7 +416,7 @@ pub async fn run(spec: &RunSpec) -> anyhow::Result<Report> {
 /// acknowledged.
 fn request_counts(events: &[Event]) -> Vec<(String, usize, usize)> {
     let kinds = [
-        "lock", "renew", "release", "batch", "ship", "receive", "close",
+        "lock", "renew", "release", "batch", "ship", "receive", "close", "hold", "fulfil", "unhold",
     ];
     let kind = |op: &Op| match op {
         Op::LockGrant { .. } => Some(0),
@@ -420,9 +426,12 @@ fn request_counts(events: &[Event]) -> Vec<(String, usize, usize)> {
         Op::TransferCreate { .. } => Some(4),
         Op::TransferReceive { .. } => Some(5),
         Op::TransferClose { .. } => Some(6),
+        Op::HoldCreate { .. } => Some(7),
+        Op::HoldFulfil { .. } => Some(8),
+        Op::HoldRelease { .. } => Some(9),
         _ => None,
     };
-    let mut counts = [(0, 0); 7];
+    let mut counts = [(0, 0); 10];
     for e in events {
         if let Some(i) = kind(&e.op) {
             counts[i].0 += 1;

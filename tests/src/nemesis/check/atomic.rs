@@ -11,9 +11,14 @@
 //!   acknowledged, each line's item as answered); a shipment's skus at
 //!   `from` as `transfer_ship` of the amounts asked, all naming one
 //!   transfer (the one answered, when it was); a receipt's skus at `to` as
-//!   `transfer_receive` of the amounts asked, naming the transfer. A close
-//!   writes no item. An indeterminate request may be in the log or not
+//!   `transfer_receive` of the amounts asked, naming the transfer; a hold's
+//!   creation, fulfilment or release as `hold`, `hold_fulfil` or
+//!   `hold_release` of each line's amount, naming the hold. A close writes
+//!   no item. An indeterminate request may be in the log or not
 //!   ([`super::exactly_once`] judges presence), but only whole.
+//! - A hold ends once (guarantee 10): after its creation's commit at most
+//!   one commit fulfils, releases or expires it, on the same keys with the
+//!   same amounts.
 //!
 //! Replicas applying commits whole is judged at the end by
 //! [`super::converged`] (every replica equal to the coordinator).
@@ -29,6 +34,7 @@ const CHECKER: &str = "atomic_commits";
 pub fn atomic_commits(events: &[Event], fin: &Final) -> Vec<Anomaly> {
     let log = fin.log();
     let mut found = whole_commits(&log);
+    found.extend(holds_end_once(&log));
     let mut by_request: HashMap<(&str, &str), Vec<(&Key, &Change)>> = HashMap::new();
     for &(key, c) in &log {
         by_request
@@ -38,13 +44,7 @@ pub fn atomic_commits(events: &[Event], fin: &Final) -> Vec<Anomaly> {
     }
     let mut judged = std::collections::HashSet::new();
     for e in events {
-        let multi = matches!(
-            e.op,
-            Op::Batch { .. }
-                | Op::TransferCreate { .. }
-                | Op::TransferReceive { .. }
-                | Op::TransferClose { .. }
-        );
+        let multi = matches!(e.op, Op::Batch { .. }) || e.op.is_step();
         let Some(idem) = e.idempotency_key.as_deref().filter(|_| multi) else {
             continue;
         };
@@ -159,6 +159,52 @@ fn whole_commits(log: &[(&Key, &Change)]) -> Vec<Anomaly> {
     found
 }
 
+/// Per hold the log names: its creation first, then at most one commit
+/// that ends it, on the creation's keys with its amounts.
+fn holds_end_once(log: &[(&Key, &Change)]) -> Vec<Anomaly> {
+    // Per hold, its commits in order: (kind, commit end, lines).
+    type Lines<'a> = Vec<(&'a Key, Option<u64>)>;
+    let mut holds: BTreeMap<&str, Vec<(&str, u64, Lines<'_>)>> = BTreeMap::new();
+    for &(key, c) in log {
+        let Some(id) = c.args.hold.as_deref() else {
+            continue;
+        };
+        let steps = holds.entry(id).or_default();
+        match steps.last_mut() {
+            Some((kind, end, lines)) if *end == c.commit_end() && *kind == c.op_kind => {
+                lines.push((key, c.args.amount));
+            }
+            _ => steps.push((&c.op_kind, c.commit_end(), vec![(key, c.args.amount)])),
+        }
+    }
+    let mut found = Vec::new();
+    for (id, steps) in holds {
+        let kinds: Vec<String> = steps
+            .iter()
+            .map(|(kind, end, _)| format!("{kind} ..{end}"))
+            .collect();
+        let wrong = match steps.as_slice() {
+            [(created, _, _), rest @ ..] if *created == "hold" => match rest {
+                [] => None,
+                [(_, _, ended)] if ended != &steps[0].2 => {
+                    Some("ended on other keys or amounts than it took")
+                }
+                [_] => None,
+                _ => Some("ended more than once"),
+            },
+            _ => Some("its first change is not its creation"),
+        };
+        if let Some(wrong) = wrong {
+            found.push(Anomaly::new(
+                CHECKER,
+                Some(steps[0].2[0].0),
+                format!("hold {id} {wrong}: {}", kinds.join(", ")),
+            ));
+        }
+    }
+    found
+}
+
 /// What a line of a multi-key request must leave in the log: the key, the
 /// op's name, its amount, and the item answered.
 struct Expected<'a> {
@@ -205,6 +251,24 @@ fn matches_request(e: &Event, changes: &[(&Key, &Change)]) -> Result<(), String>
             })
             .collect(),
         Op::TransferClose { .. } => Vec::new(),
+        Op::HoldCreate { lines, .. }
+        | Op::HoldFulfil { lines, .. }
+        | Op::HoldRelease { lines, .. } => {
+            let kind = match &e.op {
+                Op::HoldCreate { .. } => "hold",
+                Op::HoldFulfil { .. } => "hold_fulfil",
+                _ => "hold_release",
+            };
+            lines
+                .iter()
+                .map(|l| Expected {
+                    key: l.key.clone(),
+                    kind,
+                    amount: Some(l.amount),
+                    item: None,
+                })
+                .collect()
+        }
         _ => return Ok(()),
     };
     if changes.len() != expected.len() {
@@ -256,6 +320,21 @@ fn matches_request(e: &Event, changes: &[(&Key, &Change)]) -> Result<(), String>
                 if shipped != asked {
                     return Err(format!("answered as shipping {shipped:?}"));
                 }
+            }
+        }
+        Op::HoldCreate { .. } | Op::HoldFulfil { .. } | Op::HoldRelease { .. } => {
+            let named: Vec<Option<&String>> =
+                changes.iter().map(|(_, c)| c.args.hold.as_ref()).collect();
+            if named.windows(2).any(|w| w[0] != w[1]) || named.iter().any(Option::is_none) {
+                return Err("the hold's changes do not name one hold".into());
+            }
+            let asked = match (&e.op, &e.reply) {
+                (Op::HoldFulfil { hold, .. } | Op::HoldRelease { hold, .. }, _) => Some(hold),
+                (_, Some(Reply::Hold { id, .. })) => Some(id),
+                _ => None,
+            };
+            if let Some(asked) = asked.filter(|id| named[0] != Some(*id)) {
+                return Err(format!("the changes name another hold than {asked}"));
             }
         }
         Op::TransferReceive { transfer, .. }
@@ -466,5 +545,109 @@ mod tests {
         let found = atomic_commits(&h.events, &l.fin);
         assert_eq!(found.len(), 1, "{}", details(&found));
         assert!(found[0].detail.starts_with("0 lines asked, 1 changes"));
+    }
+
+    /// A hold (k5) of 2 of a and 1 of b, answered as h7, then fulfilled (k6).
+    fn held() -> (H, Log) {
+        use crate::nemesis::history::HoldLine;
+        let (mut h, mut l) = run();
+        let lines = vec![
+            HoldLine {
+                key: a(),
+                amount: 2,
+            },
+            HoldLine {
+                key: b(),
+                amount: 1,
+            },
+        ];
+        let reply = Reply::Hold {
+            id: "h7".into(),
+            state: "active".into(),
+            lines: lines.clone(),
+        };
+        let create = Op::HoldCreate {
+            lines: lines.clone(),
+            ttl_ms: 1_000,
+        };
+        h.write(1, create, 8, 9).on(a()).ok_reply(reply);
+        let fulfil = Op::HoldFulfil {
+            hold: "h7".into(),
+            lines,
+        };
+        h.write(1, fulfil, 10, 11).on(a()).indet();
+        l.commit(
+            "s1",
+            "k4",
+            &[
+                (a(), "hold", hold("h7", 2), Some(4)),
+                (b(), "hold", hold("h7", 1), Some(3)),
+            ],
+        );
+        l.commit(
+            "s1",
+            "k5",
+            &[
+                (a(), "hold_fulfil", hold("h7", 2), Some(2)),
+                (b(), "hold_fulfil", hold("h7", 1), Some(2)),
+            ],
+        );
+        (h, l)
+    }
+
+    #[test]
+    fn a_hold_taken_and_fulfilled_whole_is_accepted() {
+        let (h, l) = held();
+        let found = atomic_commits(&h.events, &l.fin);
+        assert!(found.is_empty(), "{}", details(&found));
+    }
+
+    #[test]
+    fn a_hold_ended_twice_or_otherwise_is_rejected() {
+        let (h, mut l) = held();
+        l.commit(
+            "coordinator",
+            "hold-expiry:h7",
+            &[
+                (a(), "hold_expire", hold("h7", 2), Some(2)),
+                (b(), "hold_expire", hold("h7", 1), Some(2)),
+            ],
+        );
+        let found = atomic_commits(&h.events, &l.fin);
+        assert_eq!(found.len(), 1, "{}", details(&found));
+        assert!(
+            found[0].detail.starts_with(
+                "hold h7 ended more than once: hold ..8, hold_fulfil ..10, hold_expire ..12"
+            ),
+            "{}",
+            found[0]
+        );
+        let (h, mut l) = held();
+        l.fin.histories[1].1[4].args = hold("h7", 2);
+        let found = atomic_commits(&h.events, &l.fin);
+        let text = details(&found);
+        assert!(
+            text.contains("hold h7 ended on other keys or amounts than it took"),
+            "{text}"
+        );
+        assert!(
+            text.contains("line 1 asked Some(1) units, the log moved Some(2)"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_hold_answered_as_another_is_rejected() {
+        let (mut h, l) = held();
+        if let Some(Reply::Hold { id, .. }) = &mut h.events[4].reply {
+            *id = "h8".into();
+        }
+        let found = atomic_commits(&h.events, &l.fin);
+        assert_eq!(found.len(), 1, "{}", details(&found));
+        assert!(
+            found[0]
+                .detail
+                .starts_with("the changes name another hold than h8")
+        );
     }
 }

@@ -9,10 +9,11 @@
 //! client sent (a phantom) or sent for another key. A deliberate replay
 //! must get its original's answer.
 //!
-//! Multi-key requests (batches, transfer steps) are judged here only for
-//! presence; [`super::atomic_commits`] judges what their commits hold. A
-//! lock grant must be in the log with its answered token as version; a
-//! release answered 204 need not be (it is 204 for a lock already gone too).
+//! Multi-key requests (batches, hold and transfer steps) are judged here
+//! only for presence; [`super::atomic_commits`] judges what their commits
+//! hold. A lock grant must be in the log with its answered token as
+//! version; a lock's or a hold's release answered 204 need not be (it is
+//! 204 for one already gone too).
 //! The coordinator's own writes (lock and hold expiries, under the store
 //! `coordinator`) are not the clients' and are judged by the other checkers.
 
@@ -122,8 +123,12 @@ pub fn exactly_once(events: &[Event], fin: &Final) -> Vec<Anomaly> {
             Outcome::Ok { item } => {
                 if applied.is_empty() {
                     // A close writes no item; a release answers 204 for a
-                    // lock already gone, writing nothing.
-                    if !matches!(e.op, Op::TransferClose { .. } | Op::LockRelease { .. }) {
+                    // lock or a hold already gone, writing nothing.
+                    let nothing = matches!(
+                        e.op,
+                        Op::TransferClose { .. } | Op::LockRelease { .. } | Op::HoldRelease { .. }
+                    );
+                    if !nothing {
                         report(
                             &e.key,
                             format!("lost write: acknowledged, not in the log: {}", fmt_event(e)),
@@ -131,10 +136,7 @@ pub fn exactly_once(events: &[Event], fin: &Final) -> Vec<Anomaly> {
                     }
                     continue;
                 }
-                let multi_key = matches!(
-                    e.op,
-                    Op::Batch { .. } | Op::TransferCreate { .. } | Op::TransferReceive { .. }
-                );
+                let multi_key = matches!(e.op, Op::Batch { .. }) || e.op.is_step();
                 let fits = |(k, c): &&(&Key, &Change)| {
                     multi_key
                         || *k == &e.key

@@ -21,9 +21,9 @@
 //!   transfer read back agrees with the log.
 //!
 //! The single-key checkers (the first five) see batches as one op per line
-//! ([`single_key_view`]); [`linearizable`] leaves out the keys that locks
-//! or transfers touch ([`unmodeled_keys`]), whose changes its model cannot
-//! express.
+//! ([`single_key_view`]); [`linearizable`] leaves out the keys that locks,
+//! holds or transfers touch ([`unmodeled_keys`]), whose changes its model
+//! cannot express.
 
 use std::collections::BTreeSet;
 
@@ -142,15 +142,14 @@ pub fn single_key_view(events: &[Event]) -> Vec<Event> {
     view
 }
 
-/// The keys the single-key model cannot judge: those a lock op or a
-/// transfer step of the history asked for, and those whose change log
+/// The keys the single-key model cannot judge: those a lock op or a hold
+/// or transfer step of the history asked for, and those whose change log
 /// holds lock, hold or transfer ops (the coordinator's expiries, steps the
 /// clients never saw answered).
 pub fn unmodeled_keys(events: &[Event], fin: &Final) -> BTreeSet<Key> {
     let mut keys = BTreeSet::new();
     for e in events {
-        let stepped = matches!(e.op, Op::TransferCreate { .. } | Op::TransferReceive { .. });
-        if e.op.is_lock_op() || stepped {
+        if e.op.is_lock_op() || e.op.is_step() {
             keys.extend(e.written_keys());
         }
     }
@@ -228,7 +227,20 @@ fn fmt_op(op: &Op) -> String {
             format!("receive {transfer} at {to} [{}]", fmt_units(lines))
         }
         Op::TransferClose { transfer } => format!("close {transfer}"),
+        Op::HoldCreate { lines, ttl_ms } => {
+            format!("hold [{}] ttl={ttl_ms}ms", fmt_hold_lines(lines))
+        }
+        Op::HoldFulfil { hold, lines } => format!("fulfil {hold} [{}]", fmt_hold_lines(lines)),
+        Op::HoldRelease { hold, lines } => format!("release {hold} [{}]", fmt_hold_lines(lines)),
     }
+}
+
+fn fmt_hold_lines(lines: &[crate::nemesis::history::HoldLine]) -> String {
+    let lines: Vec<String> = lines
+        .iter()
+        .map(|l| format!("{} x{}", l.key, l.amount))
+        .collect();
+    lines.join(", ")
 }
 
 fn fmt_units(lines: &[crate::nemesis::history::Units]) -> String {
@@ -258,6 +270,9 @@ fn fmt_reply(reply: &Reply) -> String {
                 })
                 .collect();
             format!("transfer {} {} [{}]", t.id, t.state, lines.join("; "))
+        }
+        Reply::Hold { id, state, lines } => {
+            format!("hold {id} {state} [{}]", fmt_hold_lines(lines))
         }
         Reply::Problem { kind, line } => match line {
             Some(line) => format!("{kind} at line {line}"),

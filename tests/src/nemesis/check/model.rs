@@ -116,7 +116,10 @@ fn decide(state: &State, op: &Op, if_match: Option<u64>) -> Decision {
         | Op::Batch { .. }
         | Op::TransferCreate { .. }
         | Op::TransferReceive { .. }
-        | Op::TransferClose { .. } => {}
+        | Op::TransferClose { .. }
+        | Op::HoldCreate { .. }
+        | Op::HoldFulfil { .. }
+        | Op::HoldRelease { .. } => {}
         Op::Set { name, quantity } => {
             if let Some(quantity) = *quantity {
                 if quantity < item.reserved {

@@ -6,16 +6,18 @@
 //! the store that writes the destination (now and then asking for more
 //! than is left, which must be refused), and closes them (the rest is
 //! lost) through either end's agent. Between transfers it changes its own
-//! stock with single-key ops (counts, sales, deliveries, deletes) and with
-//! batches, some of whose lines are on hot keys of the shared location, so
-//! that stock moves in every way the conservation checker accounts for.
+//! stock with single-key ops (counts, sales, deliveries, deletes), with
+//! batches, some of whose lines are on hot keys of the shared location, and
+//! with holds of 1–3 s on its own items that it fulfils, releases or lets
+//! the coordinator expire, so that stock moves in every way the
+//! conservation checker accounts for.
 
 use std::sync::atomic::Ordering;
 
 use super::{Client, Control, Recorder, Request, Targets, Workload};
-use crate::nemesis::history::{BatchLine, Event, Key, Op, Outcome, Reply, Units};
+use crate::nemesis::history::{BatchLine, Event, HoldLine, Key, Op, Outcome, Reply, Units};
 
-/// Open transfers a client keeps track of.
+/// Open transfers (and active holds) a client keeps track of.
 const OPEN_MEMORY: usize = 6;
 
 /// A transfer this client shipped and has not seen closed.
@@ -37,6 +39,8 @@ pub(super) struct StockClient {
     /// The last version seen per home key.
     versions: Vec<(Key, u64)>,
     open: Vec<Open>,
+    /// Active holds this client made: id and lines.
+    holds: Vec<(String, Vec<HoldLine>)>,
     /// A home key answered 404: create it next.
     missing: Option<Key>,
 }
@@ -56,6 +60,7 @@ impl StockClient {
             hot_keys: workload.keys.clone(),
             versions: Vec::new(),
             open: Vec::new(),
+            holds: Vec::new(),
             missing: first,
         }
     }
@@ -103,11 +108,13 @@ impl StockClient {
         }
         let roll = self.client.rng.below(100);
         match roll {
-            0..=17 => (self.ship(), home),
-            18..=37 if !self.open.is_empty() => self.receive(),
-            38..=45 if !self.open.is_empty() => self.close(),
-            46..=57 => (self.batch(), home),
-            58..=89 => (self.single(), home),
+            0..=15 => (self.ship(), home),
+            16..=33 if !self.open.is_empty() => self.receive(),
+            34..=40 if !self.open.is_empty() => self.close(),
+            41..=50 => (self.batch(), home),
+            51..=57 => (self.hold(), home),
+            58..=63 if !self.holds.is_empty() => (self.end_hold(), home),
+            64..=89 => (self.single(), home),
             _ => {
                 let key = self.home_key();
                 let strong = self.client.rng.below(2) == 0;
@@ -213,6 +220,35 @@ impl StockClient {
         Request::new(lines[0].key.clone(), Op::Batch { lines })
     }
 
+    /// A hold of one or two home items for 1–3 s.
+    fn hold(&mut self) -> Request {
+        let mut skus = self.skus.clone();
+        let rng = &mut self.client.rng;
+        let n = 1 + rng.below(2).min(skus.len() as u64 - 1);
+        let mut lines = Vec::new();
+        for _ in 0..n {
+            let sku = skus.remove(rng.below(skus.len() as u64) as usize);
+            lines.push(HoldLine {
+                key: Key::new(&self.stores[self.home], &sku),
+                amount: 1 + rng.below(2),
+            });
+        }
+        let ttl_ms = 1_000 + 500 * rng.below(5);
+        Request::new(lines[0].key.clone(), Op::HoldCreate { lines, ttl_ms })
+    }
+
+    /// A fulfilment (two in three) or a release of an active hold.
+    fn end_hold(&mut self) -> Request {
+        let rng = &mut self.client.rng;
+        let (hold, lines) = self.holds[rng.below(self.holds.len() as u64) as usize].clone();
+        let key = lines[0].key.clone();
+        let op = match rng.below(3) {
+            0 => Op::HoldRelease { hold, lines },
+            _ => Op::HoldFulfil { hold, lines },
+        };
+        Request::new(key, op)
+    }
+
     fn single(&mut self) -> Request {
         let key = self.home_key();
         let known = self.version_of(&key);
@@ -303,6 +339,17 @@ impl StockClient {
                 if closed || status == Some(404) {
                     self.open.retain(|o| &o.id != transfer);
                 }
+            }
+            (Op::HoldCreate { .. }, Some(Reply::Hold { id, lines, .. })) if ok => {
+                if self.holds.len() >= OPEN_MEMORY {
+                    self.holds.remove(0);
+                }
+                self.holds.push((id.clone(), lines.clone()));
+            }
+            (Op::HoldFulfil { hold, .. } | Op::HoldRelease { hold, .. }, _)
+                if ok || matches!(status, Some(404 | 410)) =>
+            {
+                self.holds.retain(|(id, _)| id != hold);
             }
             (Op::Batch { lines }, Some(Reply::Items { items })) if ok => {
                 for (line, item) in lines.iter().zip(items) {

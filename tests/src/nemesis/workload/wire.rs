@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use super::{REQUEST_TIMEOUT, Request};
 use crate::nemesis::history::{
-    ItemState, Op, Outcome, Reply, TransferLineView, TransferView, Units,
+    HoldLine, ItemState, Key, Op, Outcome, Reply, TransferLineView, TransferView, Units,
 };
 use crate::rest::{RestClient, RestReply, item_path};
 
@@ -137,6 +137,28 @@ fn http(request: &Request) -> (Method, String, Option<Value>) {
             format!("/v1/transfers/{transfer}/close"),
             Some(json!({})),
         ),
+        Op::HoldCreate { lines, ttl_ms } => {
+            let lines: Vec<Value> = lines
+                .iter()
+                .map(|l| json!({"location": l.key.location, "sku": l.key.sku, "amount": l.amount}))
+                .collect();
+            let owner = format!("cart-{}", request.key.sku);
+            (
+                Method::POST,
+                "/v1/holds".into(),
+                Some(json!({"lines": lines, "ttl": ttl(ttl_ms), "owner": owner})),
+            )
+        }
+        Op::HoldFulfil { hold, .. } => (
+            Method::POST,
+            format!("/v1/holds/{hold}/fulfil"),
+            Some(json!({})),
+        ),
+        Op::HoldRelease { hold, .. } => (
+            Method::POST,
+            format!("/v1/holds/{hold}/release"),
+            Some(json!({})),
+        ),
     }
 }
 
@@ -192,8 +214,28 @@ fn reply_of(op: &Op, json: &Value) -> Option<Reply> {
         Op::TransferCreate { .. } | Op::TransferReceive { .. } | Op::TransferClose { .. } => {
             transfer_view(json).map(Reply::Transfer)
         }
+        Op::HoldCreate { .. } | Op::HoldFulfil { .. } => hold_reply(json),
         _ => None,
     }
+}
+
+/// A hold of the REST API: its id, state and lines.
+fn hold_reply(json: &Value) -> Option<Reply> {
+    let lines = json["lines"]
+        .as_array()?
+        .iter()
+        .map(|l| {
+            Some(HoldLine {
+                key: Key::new(l["location"].as_str()?, l["sku"].as_str()?),
+                amount: l["amount"].as_u64()?,
+            })
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some(Reply::Hold {
+        id: json["id"].as_str()?.to_string(),
+        state: json["state"].as_str()?.to_string(),
+        lines,
+    })
 }
 
 /// A refusal's problem type and line.
