@@ -72,16 +72,38 @@ impl StockClient {
     pub(super) async fn run(mut self, targets: &Targets, recorder: &Recorder, control: &Control) {
         while !control.stop.load(Ordering::Relaxed) {
             let (request, store) = self.next_request();
-            let Some((store, rest)) = targets.get(&store) else {
+            if !self.send(targets, recorder, request, &store).await {
                 return;
-            };
-            let request = self.client.keyed(request);
-            let event = self
-                .client
-                .perform(recorder, &store, &rest, request, None)
-                .await;
-            self.learn(&event);
+            }
         }
+        // What it still holds goes back now, so the run need not wait for
+        // the coordinator to expire it.
+        let home = self.home().to_string();
+        for (hold, lines) in std::mem::take(&mut self.holds) {
+            let key = lines[0].key.clone();
+            let request = Request::new(key, Op::HoldRelease { hold, lines });
+            self.send(targets, recorder, request, &home).await;
+        }
+    }
+
+    /// Sends `request` through `store`'s agent; false when there is none.
+    async fn send(
+        &mut self,
+        targets: &Targets,
+        recorder: &Recorder,
+        request: Request,
+        store: &str,
+    ) -> bool {
+        let Some((store, rest)) = targets.get(store) else {
+            return false;
+        };
+        let request = self.client.keyed(request);
+        let event = self
+            .client
+            .perform(recorder, &store, &rest, request, None)
+            .await;
+        self.learn(&event);
+        true
     }
 
     fn home_key(&mut self) -> Key {
@@ -308,7 +330,11 @@ impl StockClient {
             {
                 self.missing = Some(event.key.clone());
             }
-            (Op::TransferCreate { from, to, .. }, Some(Reply::Transfer(t))) if ok => {
+            // An answer without lines is not kept: it could not be
+            // received, closed or ended by line.
+            (Op::TransferCreate { from, to, .. }, Some(Reply::Transfer(t)))
+                if ok && !t.lines.is_empty() =>
+            {
                 if self.open.len() >= OPEN_MEMORY {
                     self.open.remove(0);
                 }
@@ -340,7 +366,9 @@ impl StockClient {
                     self.open.retain(|o| &o.id != transfer);
                 }
             }
-            (Op::HoldCreate { .. }, Some(Reply::Hold { id, lines, .. })) if ok => {
+            (Op::HoldCreate { .. }, Some(Reply::Hold { id, lines, .. }))
+                if ok && !lines.is_empty() =>
+            {
                 if self.holds.len() >= OPEN_MEMORY {
                     self.holds.remove(0);
                 }
