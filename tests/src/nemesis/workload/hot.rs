@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use super::{Client, Control, REPLAY_MEMORY, Recorder, Request, Targets};
 use crate::nemesis::history::{BatchLine, Event, Key, Op, Outcome, Reply};
 
+/// A hot-key client and what it remembers between ops.
 pub(super) struct HotClient {
     client: Client,
     keys: Vec<Key>,

@@ -18,6 +18,7 @@ use crate::nemesis::history::{Event, Key, Op, Outcome, Reply};
 /// Old tokens a client keeps, to try them again.
 const STALE_MEMORY: usize = 4;
 
+/// A lock client and the lock it believes it holds.
 pub(super) struct LockClient {
     client: Client,
     keys: Vec<Key>,

@@ -30,6 +30,7 @@ struct Open {
     lines: Vec<(String, u64, u64)>,
 }
 
+/// A stock client and the transfers and holds it keeps track of.
 pub(super) struct StockClient {
     client: Client,
     stores: Vec<String>,
