@@ -8,11 +8,11 @@
 //!    takes to get a write-path answer through it again.
 //! 3. Faults stop: the network heals, paused processes go on, crashed ones
 //!    are started again, failpoints are turned off. Once the clients have
-//!    finished and the coordinator has ended the locks they left, the run
-//!    reads back the change log of every location, waits for every replica
-//!    to equal the coordinator's state (SPEC §4.5: within two sync
-//!    intervals), and reads back the coordinator's state, every replica and
-//!    every transfer.
+//!    finished and the coordinator has ended the locks and holds they
+//!    left, the run reads back the change log of every location, waits for
+//!    every replica to equal the coordinator's state (SPEC §4.5: within two
+//!    sync intervals), and reads back the coordinator's state, every
+//!    replica and every transfer.
 //! 4. The checkers ([`check`]) judge the history. The history, the final
 //!    state, the schedule and the report are written to the run's
 //!    directory, which is kept when anything is found.
