@@ -1,6 +1,7 @@
 //! The processes and proxies of a fault run, and how each fault is
 //! injected and healed ([`Rig`]); the run's loop is in [`super::run`].
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,11 +13,18 @@ use crate::nemesis::check;
 use crate::nemesis::faults::Fault;
 use crate::nemesis::history::{Change, Final, Key};
 use crate::nemesis::proxy::FaultProxy;
-use crate::nemesis::readback::{read_histories, read_replica, strong_read};
+use crate::nemesis::readback::{
+    awaits_expiry, read_histories, read_replica, read_transfer, strong_read,
+};
 use crate::nemesis::run::{CONVERGENCE_PATIENCE, SHARED};
 use crate::nemesis::workload::Targets;
 use crate::rest::item_path;
 use crate::{Cluster, Wait};
+
+/// How long the read-back waits for the coordinator to end the locks and
+/// holds the clients left: the longest lease they take (3 s), a tick, and
+/// a margin for a coordinator that was restarted as the faults ended.
+const EXPIRY_PATIENCE: Duration = Duration::from_secs(10);
 
 /// The processes and proxies of a run.
 pub(crate) struct Rig {
@@ -274,25 +282,74 @@ impl Rig {
         Ok(())
     }
 
-    /// Polls until every replica holds what the coordinator holds for
-    /// `keys` and its digest is confirmed; returns how long that took and
-    /// what was read last.
-    pub(crate) async fn wait_converged(
+    /// Reads back what the run left, once writes have stopped: waits for
+    /// the coordinator to end every lock and hold on `expiring` (at most
+    /// [`EXPIRY_PATIENCE`]), reads the change log of every location of the
+    /// run, then polls until every replica holds what the coordinator holds
+    /// for every key (`keys` and every key of the log) and its digest is
+    /// confirmed, and reads every transfer the log or `shipped` (id and
+    /// source, from the clients' answers) names. Returns how long
+    /// convergence took and what was read last.
+    pub(crate) async fn read_back(
         &self,
         keys: &[Key],
+        expiring: &[Key],
+        shipped: &[(String, String)],
         interval: Duration,
     ) -> anyhow::Result<(Duration, Final)> {
         let admin = self.cluster.connect("admin").await?;
-        let histories = read_histories(&admin, keys).await?;
+        let deadline = Instant::now() + EXPIRY_PATIENCE;
+        for key in expiring {
+            while awaits_expiry(&admin, key).await? && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        let mut locations = vec![SHARED.to_string()];
+        locations.extend(self.stores.iter().cloned());
+        let read_at_ms = now_ms();
+        let histories = read_histories(&admin, &locations, keys).await?;
+        let all: Vec<Key> = histories.iter().map(|(k, _)| k.clone()).collect();
         let started = Instant::now();
-        loop {
-            let fin = self.read_final(&admin, keys, &histories).await?;
+        let mut fin = loop {
+            let fin = self.read_final(&admin, &all, &histories).await?;
             let equal = check::converged(&fin).is_empty();
             if equal || started.elapsed() >= CONVERGENCE_PATIENCE {
-                return Ok((started.elapsed(), fin));
+                break fin;
             }
             tokio::time::sleep(interval / 10).await;
+        };
+        let converged_after = started.elapsed();
+        fin.read_at_ms = read_at_ms;
+        let mut transfers: BTreeMap<String, String> = shipped.iter().cloned().collect();
+        for (key, change) in fin.log() {
+            if let (Some(id), "transfer_ship") = (&change.args.transfer, change.op_kind.as_str()) {
+                transfers.insert(id.clone(), key.location.clone());
+            }
         }
+        // Read at once: each read goes through an agent to the coordinator.
+        let reads: Vec<_> = transfers
+            .into_iter()
+            .map(|(id, from)| {
+                // A store's agent may read the transfers of its location.
+                let rest = self
+                    .stores
+                    .iter()
+                    .find(|s| **s == from)
+                    .map(|store| self.cluster.agent(store).rest());
+                tokio::spawn(async move {
+                    let view = match rest {
+                        Some(rest) => read_transfer(&rest, &id).await,
+                        None => Ok(None),
+                    };
+                    (id, view)
+                })
+            })
+            .collect();
+        for read in reads {
+            let (id, view) = read.await?;
+            fin.transfers.push((id, view?));
+        }
+        Ok((converged_after, fin))
     }
 
     async fn read_final(
@@ -308,14 +365,30 @@ impl Rig {
         let mut replicas = Vec::new();
         for store in &self.stores {
             let rest = self.cluster.agent(store).rest();
-            replicas.push(read_replica(store, &rest, keys).await?);
+            // A replica holds its store's location and the shared one.
+            let held: Vec<Key> = keys
+                .iter()
+                .filter(|k| k.location == *store || k.location == SHARED)
+                .cloned()
+                .collect();
+            replicas.push(read_replica(store, &rest, &held).await?);
         }
         Ok(Final {
             histories: histories.to_vec(),
             coordinator,
             replicas,
+            transfers: Vec::new(),
+            read_at_ms: 0,
         })
     }
+}
+
+/// Milliseconds since the Unix epoch on this machine's clock, which the
+/// coordinator shares.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// `/debug/failpoints/{name}`.

@@ -2,15 +2,17 @@
 //!
 //! 1. A coordinator and [`RunSpec::agents`] agents, each agent reaching the
 //!    coordinator through a [`FaultProxy`] of its own.
-//! 2. The hot keys are created, then the clients ([`workload`]) and the
+//! 2. The clients ([`workload`]: hot-key, lock and stock clients) and the
 //!    fault schedule ([`faults`]) run side by side for the run's duration.
 //!    After every coordinator restart the run measures how long each agent
 //!    takes to get a write-path answer through it again.
 //! 3. Faults stop: the network heals, paused processes go on, crashed ones
 //!    are started again, failpoints are turned off. Once the clients have
-//!    finished, the run waits for every replica to equal the coordinator's
-//!    state (SPEC §4.5: within two sync intervals) and reads back the
-//!    coordinator's change log, its state and every replica.
+//!    finished and the coordinator has ended the locks and holds they
+//!    left, the run reads back the change log of every location, waits for
+//!    every replica to equal the coordinator's state (SPEC §4.5: within two
+//!    sync intervals), and reads back the coordinator's state, every
+//!    replica and every transfer.
 //! 4. The checkers ([`check`]) judge the history. The history, the final
 //!    state, the schedule and the report are written to the run's
 //!    directory, which is kept when anything is found.
@@ -25,7 +27,7 @@ use serde::Serialize;
 use crate::coordinator::{CoordinatorSpec, StoreSpec};
 use crate::nemesis::check::{self, Anomaly};
 use crate::nemesis::faults::{self, Mix, Step};
-use crate::nemesis::history::{Event, Key};
+use crate::nemesis::history::{Event, Key, Op, Outcome, Reply};
 use crate::nemesis::proxy::{FaultProxy, ProxyStats};
 use crate::nemesis::readback::compare_shelfctl_history;
 use crate::nemesis::rig::Rig;
@@ -82,6 +84,13 @@ pub struct RunSpec {
     pub clients: u32,
     /// Hot keys, all in [`SHARED`].
     pub keys: usize,
+    /// Concurrent lock clients.
+    pub lock_clients: u32,
+    /// Keys they lock, all in [`SHARED`] (`l0`, `l1`, ...).
+    pub lock_keys: usize,
+    /// Skus each store's stock client keeps at its store's location
+    /// (`t0`, `t1`, ...); 0: no stock clients.
+    pub skus: usize,
     /// The agents' (and the registry's) sync interval.
     pub sync_interval: Duration,
     /// Which faults, how paced.
@@ -95,7 +104,8 @@ pub struct RunSpec {
 
 impl RunSpec {
     /// A run of `duration` from `seed` with every fault, 3 agents, 9
-    /// clients and 4 hot keys, syncing every second.
+    /// hot-key clients on 4 hot keys, 2 lock clients on 2 lock keys and a
+    /// stock client per store on 2 skus, syncing every second.
     pub fn new(seed: u64, duration: Duration) -> Self {
         RunSpec {
             seed,
@@ -103,6 +113,9 @@ impl RunSpec {
             agents: 3,
             clients: 9,
             keys: 4,
+            lock_clients: 2,
+            lock_keys: 2,
+            skus: 2,
             sync_interval: Duration::from_secs(1),
             mix: Mix::default(),
             mutation: None,
@@ -137,6 +150,8 @@ pub struct Report {
     pub writes: usize,
     /// Of which ended indeterminate.
     pub indeterminate: usize,
+    /// Per multi-key or lock request kind: sent, acknowledged.
+    pub requests: Vec<(String, usize, usize)>,
     /// Faults injected.
     pub faults: usize,
     /// Restarts of the coordinator (killed, crashed by a failpoint, or
@@ -159,7 +174,7 @@ impl Report {
     /// One paragraph for a terminal.
     pub fn summary(&self) -> String {
         let mut out = format!(
-            "seed {}{}: {} ops ({} writes, {} indeterminate), {} faults, {} coordinator \
+            "seed {}{}: {} ops ({} writes, {} indeterminate; {}), {} faults, {} coordinator \
              restarts (slowest agent recovery {} ms), converged in {} ms; proxies: {:?}; \
              {} anomalies; history in {}",
             self.seed,
@@ -169,6 +184,11 @@ impl Report {
             self.ops,
             self.writes,
             self.indeterminate,
+            self.requests
+                .iter()
+                .map(|(kind, sent, ok)| format!("{kind} {ok}/{sent}"))
+                .collect::<Vec<_>>()
+                .join(", "),
             self.faults,
             self.coordinator_restarts,
             self.slowest_recovery_ms,
@@ -240,10 +260,28 @@ pub async fn run(spec: &RunSpec) -> anyhow::Result<Report> {
     let keys: Vec<Key> = (0..spec.keys)
         .map(|i| Key::new(SHARED, &format!("k{i}")))
         .collect();
+    let lock_keys: Vec<Key> = (0..spec.lock_keys)
+        .map(|i| Key::new(SHARED, &format!("l{i}")))
+        .collect();
     let recorder = Arc::new(Recorder::new());
+    let workload_stores = match spec.skus {
+        0 => Vec::new(),
+        _ => stores.clone(),
+    };
     let workload = Workload {
         keys: keys.clone(),
         clients: spec.clients,
+        lock_keys: match spec.lock_clients {
+            0 => Vec::new(),
+            _ => lock_keys.clone(),
+        },
+        lock_clients: if lock_keys.is_empty() {
+            0
+        } else {
+            spec.lock_clients
+        },
+        stores: workload_stores.clone(),
+        skus: (0..spec.skus).map(|i| format!("t{i}")).collect(),
         seed: spec.seed,
     };
     let steps = faults::schedule(
@@ -308,7 +346,22 @@ pub async fn run(spec: &RunSpec) -> anyhow::Result<Report> {
     let _ = clients.await;
     rig.heal_all().await?;
 
-    let (converged_after, fin) = rig.wait_converged(&keys, spec.sync_interval).await?;
+    let events = recorder.events();
+    let shipped: Vec<(String, String)> = events
+        .iter()
+        .filter_map(|e| match &e.reply {
+            Some(Reply::Transfer(t)) => Some((t.id.clone(), t.from.clone())),
+            _ => None,
+        })
+        .collect();
+    // Locks and holds the coordinator ends by itself.
+    let mut expiring = lock_keys.clone();
+    for store in &workload_stores {
+        expiring.extend((0..spec.skus).map(|i| Key::new(store, &format!("t{i}"))));
+    }
+    let (converged_after, fin) = rig
+        .read_back(&keys, &expiring, &shipped, spec.sync_interval)
+        .await?;
     let limit = spec.sync_interval * 2 + CONVERGENCE_SLACK;
     if converged_after > limit {
         anomalies.push(Anomaly {
@@ -321,7 +374,6 @@ pub async fn run(spec: &RunSpec) -> anyhow::Result<Report> {
         });
     }
     anomalies.extend(compare_shelfctl_history(&rig.cluster, &fin.histories).await?);
-    let events = recorder.events();
     anomalies.extend(check::check_all(&events, &fin));
 
     let mut proxies = ProxyStats::default();
@@ -334,6 +386,7 @@ pub async fn run(spec: &RunSpec) -> anyhow::Result<Report> {
         ops: events.len(),
         writes: events.iter().filter(|e| e.op.is_write()).count(),
         indeterminate: events.iter().filter(|e| !e.outcome.is_definite()).count(),
+        requests: request_counts(&events),
         faults: records.len(),
         coordinator_restarts: records
             .iter()
@@ -357,6 +410,42 @@ pub async fn run(spec: &RunSpec) -> anyhow::Result<Report> {
         rig.cluster.keep_dir();
     }
     Ok(report)
+}
+
+/// Per lock, batch or transfer request kind: how many were sent, and
+/// acknowledged.
+fn request_counts(events: &[Event]) -> Vec<(String, usize, usize)> {
+    let kinds = [
+        "lock", "renew", "release", "batch", "ship", "receive", "close", "hold", "fulfil", "unhold",
+    ];
+    let kind = |op: &Op| match op {
+        Op::LockGrant { .. } => Some(0),
+        Op::LockRenew { .. } => Some(1),
+        Op::LockRelease { .. } => Some(2),
+        Op::Batch { .. } => Some(3),
+        Op::TransferCreate { .. } => Some(4),
+        Op::TransferReceive { .. } => Some(5),
+        Op::TransferClose { .. } => Some(6),
+        Op::HoldCreate { .. } => Some(7),
+        Op::HoldFulfil { .. } => Some(8),
+        Op::HoldRelease { .. } => Some(9),
+        _ => None,
+    };
+    let mut counts = [(0, 0); 10];
+    for e in events {
+        if let Some(i) = kind(&e.op) {
+            counts[i].0 += 1;
+            if matches!(e.outcome, Outcome::Ok { .. }) {
+                counts[i].1 += 1;
+            }
+        }
+    }
+    kinds
+        .iter()
+        .zip(counts)
+        .filter(|(_, (sent, _))| *sent > 0)
+        .map(|(kind, (sent, ok))| (kind.to_string(), sent, ok))
+        .collect()
 }
 
 fn write_json(path: &Path, value: &impl Serialize) -> anyhow::Result<()> {

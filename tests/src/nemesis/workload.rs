@@ -1,32 +1,46 @@
-//! The clients of a fault run: many tasks sending every op of SPEC §2 to
-//! the agents' REST APIs, on a few hot keys, each op recorded as an
-//! [`Event`].
+//! The clients of a fault run: many tasks sending the ops of SPEC §2 and
+//! §5 to the agents' REST APIs, each op recorded as an [`Event`]. Three
+//! kinds of client share the run:
+//!
+//! - hot-key clients (`hot`): every op of SPEC §2 and batches of them, on a
+//!   few hot keys of the shared location;
+//! - lock clients (`locks`): compete for the locks of a few keys of the
+//!   shared location, write with their token, without one and with stale
+//!   ones, renew and release;
+//! - stock clients (`stock`), one per store: ship transfers from their
+//!   store's location to another store's, receive them at that store's
+//!   agent in parts (over-receiving now and then), close them, and change
+//!   their own stock with single-key ops and batches (some lines on hot
+//!   keys).
 //!
 //! Each client sends one op at a time, chosen by its own generator (seeded
-//! from the run's seed and the client's number), to its home agent mostly
-//! and to another one now and then. A write always carries an
+//! from the run's seed and the client's number). A write always carries an
 //! `Idempotency-Key`; when its answer is indeterminate (a timeout, a
 //! transport error, a 503 or another 5xx) the client sends the very same
 //! request again with the same key, a bounded number of times, and records
-//! one event from the first try to the last answer. Now and then a client
-//! also sends an earlier write that was answered definitely once more, with
-//! its key ([`Event::replay_of`]): a correct system answers it as before and
-//! applies nothing.
+//! one event from the first try to the last answer. Now and then a hot-key
+//! client also sends an earlier write that was answered definitely once
+//! more, with its key ([`Event::replay_of`]): a correct system answers it as
+//! before and applies nothing.
 //!
 //! Which agent a client talks to can change under it (an agent restarted on
 //! another port): [`Targets`] holds the current address of each store's
-//! agent.
+//! agent. How a request becomes HTTP and an answer an outcome is in `wire`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use reqwest::Method;
-use serde_json::{Value, json};
-
-use crate::nemesis::history::{Event, ItemState, Key, Op, Outcome};
-use crate::rest::{RestClient, RestReply, item_path};
+use crate::nemesis::history::{Event, Key, Op};
+use crate::rest::RestClient;
 use crate::rng::Rng;
+
+mod hot;
+mod locks;
+mod stock;
+mod wire;
+
+pub use wire::{classify, item_state, transfer_view};
 
 /// How long a client waits for one answer: the agent's forward timeout
 /// (3 s by default) and a margin.
@@ -68,7 +82,7 @@ impl Targets {
     }
 
     /// The client of `store`'s agent.
-    fn get(&self, store: &str) -> Option<(String, RestClient)> {
+    pub(crate) fn get(&self, store: &str) -> Option<(String, RestClient)> {
         let agents = self.agents.read().ok()?;
         let (store, client) = agents.iter().find(|(s, _)| s == store)?;
         Some((store.clone(), client.clone()))
@@ -132,8 +146,17 @@ impl Default for Recorder {
 pub struct Workload {
     /// The hot keys, all in locations every store may write.
     pub keys: Vec<Key>,
-    /// Concurrent clients.
+    /// Concurrent hot-key clients (numbered from 0).
     pub clients: u32,
+    /// The keys lock clients lock, in locations every store may write.
+    pub lock_keys: Vec<Key>,
+    /// Concurrent lock clients (numbered after the hot-key clients).
+    pub lock_clients: u32,
+    /// The stores; each has a stock client (numbered after the lock
+    /// clients) writing the store's own location.
+    pub stores: Vec<String>,
+    /// The skus stock clients keep at each store's location.
+    pub skus: Vec<String>,
     /// The run's seed; client `i` draws from `seed + i`.
     pub seed: u64,
 }
@@ -145,6 +168,20 @@ struct Request {
     op: Op,
     if_match: Option<u64>,
     idempotency_key: Option<String>,
+    lock_token: Option<u64>,
+}
+
+impl Request {
+    /// A request without `If-Match` or `Lock-Token`.
+    fn new(key: Key, op: Op) -> Self {
+        Request {
+            key,
+            op,
+            if_match: None,
+            idempotency_key: None,
+            lock_token: None,
+        }
+    }
 }
 
 /// What the clients watch: once `stop` is set they start no new op (the
@@ -164,19 +201,35 @@ pub async fn run(
     control: Arc<Control>,
 ) {
     let mut tasks = Vec::new();
-    for client in 0..workload.clients {
-        let state = ClientState {
-            id: client,
-            rng: Rng::seeded(workload.seed.wrapping_add(u64::from(client))),
-            keys: workload.keys.clone(),
-            versions: Vec::new(),
-            answered: Vec::new(),
-            sent: 0,
-        };
-        let (targets, recorder, control) = (targets.clone(), recorder.clone(), control.clone());
+    let base = |id: u32| Client {
+        id,
+        rng: Rng::seeded(workload.seed.wrapping_add(u64::from(id))),
+        sent: 0,
+    };
+    let shared = (targets, recorder, control);
+    for id in 0..workload.clients {
+        let client = hot::HotClient::new(base(id), workload.keys.clone());
+        let (targets, recorder, control) = shared.clone();
         tasks.push(tokio::spawn(async move {
-            state.run(&targets, &recorder, &control).await;
+            client.run(&targets, &recorder, &control).await;
         }));
+    }
+    let mut id = workload.clients;
+    for _ in 0..workload.lock_clients {
+        let client = locks::LockClient::new(base(id), workload.lock_keys.clone());
+        let (targets, recorder, control) = shared.clone();
+        tasks.push(tokio::spawn(async move {
+            client.run(&targets, &recorder, &control).await;
+        }));
+        id += 1;
+    }
+    for home in 0..workload.stores.len() {
+        let client = stock::StockClient::new(base(id), &workload, home);
+        let (targets, recorder, control) = shared.clone();
+        tasks.push(tokio::spawn(async move {
+            client.run(&targets, &recorder, &control).await;
+        }));
+        id += 1;
     }
     for task in tasks {
         // A client task only ends by returning; a panic in one is a bug in
@@ -185,121 +238,32 @@ pub async fn run(
     }
 }
 
-struct ClientState {
+/// What every kind of client has: its number, its generator, and how many
+/// idempotency keys it has made.
+struct Client {
     id: u32,
     rng: Rng,
-    keys: Vec<Key>,
-    /// The last version this client saw per key.
-    versions: Vec<(Key, u64)>,
-    /// Recent definite writes, for replays: (event id, request, store).
-    answered: Vec<(u64, Request, String)>,
     sent: u64,
 }
 
-impl ClientState {
-    async fn run(mut self, targets: &Targets, recorder: &Recorder, control: &Control) {
-        while !control.stop.load(Ordering::Relaxed) {
-            let agents = targets.len();
-            if agents == 0 {
-                return;
-            }
-            // Mostly the home agent, sometimes another.
-            let pick = if self.rng.below(5) == 0 {
-                self.rng.below(agents)
-            } else {
-                u64::from(self.id)
-            };
-            let (request, replay_of, home) = self.next_request();
-            // A replay goes to the store that sent the original: an
-            // idempotency key is that store's.
-            let target = match home {
-                Some(store) => targets.get(&store),
-                None => targets.pick(pick),
-            };
-            let Some((store, rest)) = target else {
-                return;
-            };
-            let event = self
-                .perform(recorder, &store, &rest, request, replay_of)
-                .await;
-            self.learn(&event, &store);
-            recorder.push(event);
-        }
-    }
-
-    fn version_of(&self, key: &Key) -> Option<u64> {
-        self.versions
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| *v)
-    }
-
-    /// The next op: mostly a new one, sometimes an earlier write again.
-    /// Returns the request, and for a replay the id of the original and
-    /// the store that sent it.
-    fn next_request(&mut self) -> (Request, Option<u64>, Option<String>) {
-        if !self.answered.is_empty() && self.rng.below(20) == 0 {
-            let i = self.rng.below(self.answered.len() as u64) as usize;
-            let (id, request, store) = self.answered[i].clone();
-            return (request, Some(id), Some(store));
-        }
-        let key = self.keys[self.rng.below(self.keys.len() as u64) as usize].clone();
-        let known = self.version_of(&key);
-        let amount = 1 + self.rng.below(3);
-        let roll = self.rng.below(100);
-        let op = match roll {
-            0..=14 => Op::Read { strong: false },
-            15..=29 => Op::Read { strong: true },
-            30..=39 => Op::Add {
-                amount: 1 + self.rng.below(5),
-            },
-            40..=49 => Op::Remove { amount },
-            50..=61 => Op::Reserve { amount },
-            62..=69 => Op::Release { amount },
-            70..=75 => Op::Fulfil { amount },
-            76..=83 => {
-                if self.rng.below(2) == 0 {
-                    Op::Set {
-                        name: None,
-                        quantity: Some(5 + self.rng.below(20)),
-                    }
-                } else {
-                    Op::Set {
-                        name: Some(format!("Item {}", self.rng.below(1000))),
-                        quantity: None,
-                    }
-                }
-            }
-            84..=91 => Op::Create {
-                name: format!("Item {}", key.sku),
-                quantity: 10 + self.rng.below(10),
-            },
-            _ => Op::Delete,
-        };
-        let if_match = match op {
-            Op::Set { .. } | Op::Delete => Some(known.unwrap_or(1)),
-            Op::Read { .. } | Op::Create { .. } => None,
-            _ => known.filter(|_| self.rng.below(5) == 0),
-        };
-        let idempotency_key = op.is_write().then(|| {
-            self.sent += 1;
-            format!(
-                "c{}-{}-{}",
-                self.id,
-                self.sent,
-                self.rng.next_u64() % 1_000_000
-            )
-        });
-        (
-            Request {
-                key,
-                op,
-                if_match,
-                idempotency_key,
-            },
-            None,
-            None,
+impl Client {
+    /// A fresh idempotency key of this client.
+    fn idempotency_key(&mut self) -> String {
+        self.sent += 1;
+        format!(
+            "c{}-{}-{}",
+            self.id,
+            self.sent,
+            self.rng.next_u64() % 1_000_000
         )
+    }
+
+    /// `request` with a fresh idempotency key when it is a write.
+    fn keyed(&mut self, mut request: Request) -> Request {
+        if request.op.is_write() {
+            request.idempotency_key = Some(self.idempotency_key());
+        }
+        request
     }
 
     /// Sends `request` (again, with the same idempotency key, while its
@@ -316,20 +280,20 @@ impl ClientState {
         let invoked_ns = recorder.now_ns();
         let mut attempts = 0;
         let mut pause = FIRST_RETRY;
-        let outcome = loop {
+        let (outcome, reply) = loop {
             attempts += 1;
-            let outcome = send(rest, &request).await;
+            let (outcome, reply) = wire::send(rest, &request).await;
             let retry = request.op.is_write()
                 && !outcome.is_definite()
                 && attempts < MAX_ATTEMPTS
                 && replay_of.is_none();
             if !retry {
-                break outcome;
+                break (outcome, reply);
             }
             tokio::time::sleep(pause).await;
             pause = pause.saturating_mul(2);
         };
-        Event {
+        let event = Event {
             id,
             client: self.id,
             store: store.to_string(),
@@ -342,131 +306,10 @@ impl ClientState {
             outcome,
             attempts,
             replay_of,
-        }
-    }
-
-    /// Remembers the version an answer showed, and definite writes for
-    /// replays.
-    fn learn(&mut self, event: &Event, store: &str) {
-        let seen = match &event.outcome {
-            Outcome::Ok { item: Some(item) } => Some(item.version),
-            Outcome::Refused {
-                current: Some(item),
-                ..
-            } => Some(item.version),
-            _ => None,
+            lock_token: request.lock_token,
+            reply,
         };
-        if let Some(version) = seen {
-            match self.versions.iter_mut().find(|(k, _)| *k == event.key) {
-                Some(entry) => entry.1 = version,
-                None => self.versions.push((event.key.clone(), version)),
-            }
-        }
-        if event.op.is_write() && event.outcome.is_definite() && event.replay_of.is_none() {
-            let request = Request {
-                key: event.key.clone(),
-                op: event.op.clone(),
-                if_match: event.if_match,
-                idempotency_key: event.idempotency_key.clone(),
-            };
-            if self.answered.len() >= REPLAY_MEMORY {
-                self.answered.remove(0);
-            }
-            self.answered.push((event.id, request, store.to_string()));
-        }
+        recorder.push(event.clone());
+        event
     }
-}
-
-/// Sends one request and classifies its answer.
-async fn send(rest: &RestClient, request: &Request) -> Outcome {
-    let path = item_path(&request.key.location, &request.key.sku);
-    let if_match = request.if_match.map(|v| format!("\"{v}\""));
-    let mut headers: Vec<(&str, &str)> = Vec::new();
-    if let Some(key) = &request.idempotency_key {
-        headers.push(("Idempotency-Key", key));
-    }
-    if let Some(v) = &if_match {
-        headers.push(("If-Match", v));
-    }
-    let (method, path, body) = match &request.op {
-        Op::Read { strong: true } => (Method::GET, format!("{path}?consistency=strong"), None),
-        Op::Read { strong: false } => (Method::GET, path, None),
-        Op::Create { name, quantity } => (
-            Method::PUT,
-            path,
-            Some(json!({"name": name, "quantity": quantity})),
-        ),
-        Op::Set { name, quantity } => {
-            let mut body = serde_json::Map::new();
-            if let Some(name) = name {
-                body.insert("name".into(), json!(name));
-            }
-            if let Some(quantity) = quantity {
-                body.insert("quantity".into(), json!(quantity));
-            }
-            (Method::PUT, path, Some(Value::Object(body)))
-        }
-        Op::Delete => (Method::DELETE, path, None),
-        Op::Add { amount }
-        | Op::Remove { amount }
-        | Op::Reserve { amount }
-        | Op::Release { amount }
-        | Op::Fulfil { amount } => {
-            let name = match request.op {
-                Op::Add { .. } => "add",
-                Op::Remove { .. } => "remove",
-                Op::Reserve { .. } => "reserve",
-                Op::Release { .. } => "release",
-                _ => "fulfil",
-            };
-            (
-                Method::POST,
-                format!("{path}/{name}"),
-                Some(json!({ "amount": amount })),
-            )
-        }
-    };
-    let body = body.map(|b| b.to_string().into_bytes());
-    match rest
-        .clone()
-        .with_timeout(REQUEST_TIMEOUT)
-        .send(method, &path, &headers, body)
-        .await
-    {
-        Ok(reply) => classify(&reply),
-        Err(err) => Outcome::Indeterminate {
-            reason: format!("{err:#}"),
-        },
-    }
-}
-
-/// The outcome an answer stands for (SPEC §3's status codes).
-pub fn classify(reply: &RestReply) -> Outcome {
-    match reply.status {
-        200 | 201 => Outcome::Ok {
-            item: item_state(&reply.json),
-        },
-        204 => Outcome::Ok { item: None },
-        404 | 409 | 412 | 422 | 428 => Outcome::Refused {
-            status: reply.status,
-            current: item_state(&reply.json["current"]),
-        },
-        _ => Outcome::Indeterminate {
-            reason: format!(
-                "{} {}",
-                reply.status,
-                reply.json["type"].as_str().unwrap_or("")
-            ),
-        },
-    }
-}
-
-/// An item of the REST API as the checkers see it.
-pub fn item_state(json: &Value) -> Option<ItemState> {
-    Some(ItemState {
-        name: json["name"].as_str()?.to_string(),
-        quantity: json["quantity"].as_u64()?,
-        reserved: json["reserved"].as_u64()?,
-        version: json["version"].as_u64()?,
-    })
 }

@@ -3,20 +3,45 @@
 //! clients saw answered.
 //!
 //! A write is identified by its store and idempotency key. The log must
-//! number each key's changes 1, 2, 3, ...; hold each request at most once;
-//! hold every acknowledged write, as acknowledged (else it was lost); hold
-//! no refused write and nothing no client sent (a phantom). A deliberate
-//! replay must get its original's answer.
+//! number each key's changes 1, 2, 3, ...; hold each request at most once
+//! (one commit, each key once); hold every acknowledged write, as
+//! acknowledged (else it was lost); hold no refused write and nothing no
+//! client sent (a phantom) or sent for another key. A deliberate replay
+//! must get its original's answer.
+//!
+//! Multi-key requests (batches, hold and transfer steps) are judged here
+//! only for presence; [`super::atomic_commits`] judges what their commits
+//! hold. A lock grant must be in the log with its answered token as
+//! version; a lock's or a hold's release answered 204 need not be (it is
+//! 204 for one already gone too).
+//! The coordinator's own writes (lock and hold expiries, under the store
+//! `coordinator`) are not the clients' and are judged by the other checkers.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
-use super::{Anomaly, fmt_event, fmt_opt_item};
-use crate::nemesis::history::{Change, Event, Final, Key, Outcome};
+use super::{Anomaly, fmt_change, fmt_event};
+use crate::nemesis::history::{Change, Event, Final, Key, Op, Outcome, Reply};
 
 const CHECKER: &str = "exactly_once";
 
+/// The store name of the coordinator's own writes.
+pub(crate) const COORDINATOR: &str = "coordinator";
+
 /// A request's identity: (store, idempotency key).
 type RequestId<'a> = (&'a str, &'a str);
+
+/// Whether `change` is one of the coordinator's own, as it names them: a
+/// lock's expiry or a hold's.
+pub(crate) fn is_coordinators_own(change: &Change) -> bool {
+    change.store == COORDINATOR
+        && matches!(
+            (
+                change.op_kind.as_str(),
+                change.idempotency_key.split(':').next()
+            ),
+            ("lock_expire", Some("lock-expiry")) | ("hold_expire", Some("hold-expiry"))
+        )
+}
 
 /// Checks the change log in `fin.histories` against the writes in `events`.
 pub fn exactly_once(events: &[Event], fin: &Final) -> Vec<Anomaly> {
@@ -51,16 +76,24 @@ pub fn exactly_once(events: &[Event], fin: &Final) -> Vec<Anomaly> {
             changes.entry(id).or_default().push((key, change));
         }
     }
-    let mut duplicates: Vec<_> = changes.iter().filter(|(_, c)| c.len() > 1).collect();
+    let mut duplicates: Vec<_> = changes
+        .iter()
+        .filter(|(_, c)| {
+            let commits: BTreeSet<u64> = c.iter().map(|(_, c)| c.commit_end()).collect();
+            let keys: BTreeSet<&Key> = c.iter().map(|(k, _)| *k).collect();
+            commits.len() > 1 || keys.len() < c.len()
+        })
+        .collect();
     duplicates.sort_by_key(|(_, c)| c[0].1.seq);
     for ((store, idem), applied) in duplicates {
         let list: Vec<String> = applied
             .iter()
             .map(|(k, c)| format!("\n    {k}: {}", fmt_change(c)))
             .collect();
+        let commits: BTreeSet<u64> = applied.iter().map(|(_, c)| c.commit_end()).collect();
         let detail = format!(
             "request {idem:?} of {store} applied {} times:{}",
-            applied.len(),
+            commits.len().max(2),
             list.concat()
         );
         report(applied[0].0, detail);
@@ -88,17 +121,43 @@ pub fn exactly_once(events: &[Event], fin: &Final) -> Vec<Anomaly> {
             .map_or(&[][..], Vec::as_slice);
         match &e.outcome {
             Outcome::Ok { item } => {
-                let fits = |(k, c): &&(&Key, &Change)| {
-                    *k == &e.key
-                        && c.item == *item
-                        && item.as_ref().is_none_or(|i| i.version == c.version)
-                };
                 if applied.is_empty() {
-                    report(
-                        &e.key,
-                        format!("lost write: acknowledged, not in the log: {}", fmt_event(e)),
+                    // A close writes no item; a release answers 204 for a
+                    // lock or a hold already gone, writing nothing.
+                    let nothing = matches!(
+                        e.op,
+                        Op::TransferClose { .. } | Op::LockRelease { .. } | Op::HoldRelease { .. }
                     );
-                } else if !applied.iter().any(|c| fits(&c)) {
+                    if !nothing {
+                        report(
+                            &e.key,
+                            format!("lost write: acknowledged, not in the log: {}", fmt_event(e)),
+                        );
+                    }
+                    continue;
+                }
+                let multi_key = matches!(e.op, Op::Batch { .. }) || e.op.is_step();
+                let fits = |(k, c): &&(&Key, &Change)| {
+                    multi_key
+                        || *k == &e.key
+                            && match &e.op {
+                                Op::LockGrant { .. } => {
+                                    c.op_kind == "lock_grant"
+                                        && match &e.reply {
+                                            Some(Reply::Lock { token, .. }) => *token == c.version,
+                                            _ => true,
+                                        }
+                                }
+                                Op::LockRenew { .. } | Op::LockRelease { .. } => {
+                                    e.op.log_kind() == Some(c.op_kind.as_str())
+                                }
+                                _ => {
+                                    c.item == *item
+                                        && item.as_ref().is_none_or(|i| i.version == c.version)
+                                }
+                            }
+                };
+                if !applied.iter().any(|c| fits(&c)) {
                     let (k, c) = applied[0];
                     let detail = format!(
                         "acknowledged write differs from the log:\n    {}\n    log of {k}: {}",
@@ -122,16 +181,19 @@ pub fn exactly_once(events: &[Event], fin: &Final) -> Vec<Anomaly> {
         }
     }
 
-    // (e) everything in the log was sent by a client, to that key.
+    // (e) everything in the log was sent by a client, for that key.
     for (key, log) in &fin.histories {
         for change in log {
+            if is_coordinators_own(change) {
+                continue;
+            }
             let id = (change.store.as_str(), change.idempotency_key.as_str());
             match sent.get(&id) {
                 None => report(
                     key,
                     format!("phantom write, sent by no client: {}", fmt_change(change)),
                 ),
-                Some(writes) if !writes.iter().any(|e| e.key == *key) => report(
+                Some(writes) if !writes.iter().any(|e| e.written_keys().contains(key)) => report(
                     key,
                     format!(
                         "change applied to the wrong key: {}\n    sent as {}",
@@ -150,7 +212,9 @@ pub fn exactly_once(events: &[Event], fin: &Final) -> Vec<Anomaly> {
             continue;
         };
         let same = match (&e.outcome, &original.outcome) {
-            (Outcome::Ok { item: a }, Outcome::Ok { item: b }) => a == b,
+            (Outcome::Ok { item: a }, Outcome::Ok { item: b }) => {
+                a == b && e.reply == original.reply
+            }
             (Outcome::Refused { status: a, .. }, Outcome::Refused { status: b, .. }) => a == b,
             (Outcome::Indeterminate { .. }, _) | (_, Outcome::Indeterminate { .. }) => true,
             _ => false,
@@ -165,18 +229,6 @@ pub fn exactly_once(events: &[Event], fin: &Final) -> Vec<Anomaly> {
         }
     }
     found
-}
-
-fn fmt_change(c: &Change) -> String {
-    format!(
-        "seq {} {} {} idempotency-key {:?} v={} -> {}",
-        c.seq,
-        c.store,
-        c.op_kind,
-        c.idempotency_key,
-        c.version,
-        fmt_opt_item(c.item.as_ref())
-    )
 }
 
 #[cfg(test)]
@@ -340,5 +392,128 @@ mod tests {
         let fin = h.final_from_changes(&[0, 1, d]);
         assert_eq!(fin.histories[0].1[2].version, 3);
         assert!(exactly_once(&h.events, &fin).is_empty());
+    }
+
+    #[test]
+    fn a_lock_grant_must_be_logged_with_its_token() {
+        let mut h = H::new();
+        let c = h.write(1, create(10), 0, 10).ok(it(10, 0, 1)).id();
+        let grant = Op::LockGrant {
+            holder: "h1".into(),
+            ttl_ms: 1_000,
+        };
+        let reply = |token| Reply::Lock {
+            token,
+            holder: "h1".into(),
+        };
+        h.write(1, grant, 20, 30).ok_reply(reply(2));
+        let mut fin = h.final_from_changes(&[c]);
+        let mut change = fin.histories[0].1[0].clone();
+        (change.seq, change.version, change.idempotency_key) = (2, 2, "k1".into());
+        change.op_kind = "lock_grant".into();
+        change.item = Some(it(10, 0, 2));
+        fin.histories[0].1.push(change);
+        assert!(exactly_once(&h.events, &fin).is_empty());
+        h.events[1].reply = Some(reply(3));
+        let found = exactly_once(&h.events, &fin);
+        assert_eq!(found.len(), 1, "{}", details(&found));
+        assert!(found[0].detail.starts_with("acknowledged write differs"));
+    }
+
+    #[test]
+    fn releases_and_closes_may_write_nothing() {
+        let (mut h, fin) = run();
+        h.write(1, Op::LockRelease { token: 7 }, 80, 90).deleted();
+        let close = Op::TransferClose {
+            transfer: "t1".into(),
+        };
+        h.write(1, close, 100, 110).deleted();
+        let found = exactly_once(&h.events, &fin);
+        assert!(found.is_empty(), "{}", details(&found));
+    }
+
+    #[test]
+    fn multi_key_requests_are_judged_for_presence() {
+        use crate::nemesis::history::BatchLine;
+        let line = |sku: &str| BatchLine {
+            key: Key::new("loc", sku),
+            op: add(1),
+            expected_version: None,
+        };
+        let batch = Op::Batch {
+            lines: vec![line("a"), line("b")],
+        };
+        // An acknowledged batch must be in the log.
+        let (mut h, fin) = run();
+        let items = vec![Some(it(16, 0, 3)), Some(it(1, 0, 1))];
+        h.write(1, batch.clone(), 80, 90)
+            .ok_reply(Reply::Items { items });
+        let found = exactly_once(&h.events, &fin);
+        assert_eq!(found.len(), 1, "{}", details(&found));
+        assert!(found[0].detail.starts_with("lost write"));
+        // A refused one must not be, on any of its keys; a change of it on
+        // a key it did not name is applied to the wrong key.
+        let (mut h, mut fin) = run();
+        h.write(1, batch, 80, 90).refused(409);
+        let mut change = fin.histories[0].1[1].clone();
+        (change.seq, change.version, change.idempotency_key) = (3, 1, "k4".into());
+        fin.histories
+            .push((Key::new("loc", "b"), vec![change.clone()]));
+        fin.histories.push((Key::new("loc", "c"), vec![change]));
+        let found = exactly_once(&h.events, &fin);
+        let text = details(&found);
+        assert!(text.contains("refused write is in the log"), "{text}");
+        assert!(
+            text.contains("loc/c: change applied to the wrong key"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_batch_in_two_commits_is_applied_twice() {
+        use crate::nemesis::history::BatchLine;
+        let b = Key::new("loc", "b");
+        let line = |key: Key| BatchLine {
+            key,
+            op: add(1),
+            expected_version: None,
+        };
+        let (mut h, mut fin) = run();
+        let items = vec![Some(it(16, 0, 3)), Some(it(1, 0, 1))];
+        let batch = Op::Batch {
+            lines: vec![line(key()), line(b.clone())],
+        };
+        h.write(1, batch, 80, 90).ok_reply(Reply::Items { items });
+        let mut on_a = fin.histories[0].1[1].clone();
+        (on_a.seq, on_a.version, on_a.idempotency_key) = (3, 3, "k4".into());
+        on_a.commit_end = 4;
+        on_a.item = Some(it(16, 0, 3));
+        let mut on_b = on_a.clone();
+        (on_b.seq, on_b.version) = (4, 1);
+        on_b.item = Some(it(1, 0, 1));
+        fin.histories[0].1.push(on_a);
+        fin.histories.push((b, vec![on_b]));
+        let found = exactly_once(&h.events, &fin);
+        assert!(found.is_empty(), "{}", details(&found));
+        fin.histories[0].1[2].commit_end = 3;
+        let found = exactly_once(&h.events, &fin);
+        assert_eq!(found.len(), 1, "{}", details(&found));
+        assert!(found[0].detail.contains("applied 2 times"), "{}", found[0]);
+    }
+
+    #[test]
+    fn only_the_coordinators_expiries_need_no_client() {
+        let (h, mut fin) = run();
+        let mut expiry = fin.histories[0].1[1].clone();
+        (expiry.seq, expiry.version, expiry.store) = (3, 3, COORDINATOR.into());
+        expiry.op_kind = "lock_expire".into();
+        expiry.idempotency_key = "lock-expiry:loc/a:2".into();
+        expiry.item = Some(it(15, 0, 3));
+        fin.histories[0].1.push(expiry.clone());
+        assert!(exactly_once(&h.events, &fin).is_empty());
+        fin.histories[0].1[2].op_kind = "add".into();
+        let found = exactly_once(&h.events, &fin);
+        assert_eq!(found.len(), 1, "{}", details(&found));
+        assert!(found[0].detail.starts_with("phantom write"));
     }
 }

@@ -106,7 +106,20 @@ fn decide(state: &State, op: &Op, if_match: Option<u64>) -> Decision {
     let mut next = item.clone();
     next.version = item.version + 1;
     match op {
-        Op::Create { .. } | Op::Read { .. } => {} // handled above
+        // Handled above, or refused by `validate`: the model knows the
+        // single-key ops only.
+        Op::Create { .. }
+        | Op::Read { .. }
+        | Op::LockGrant { .. }
+        | Op::LockRenew { .. }
+        | Op::LockRelease { .. }
+        | Op::Batch { .. }
+        | Op::TransferCreate { .. }
+        | Op::TransferReceive { .. }
+        | Op::TransferClose { .. }
+        | Op::HoldCreate { .. }
+        | Op::HoldFulfil { .. }
+        | Op::HoldRelease { .. } => {}
         Op::Set { name, quantity } => {
             if let Some(quantity) = *quantity {
                 if quantity < item.reserved {
@@ -175,6 +188,8 @@ fn validate(op: &Op) -> Result<(), u16> {
         | Op::Release { amount }
         | Op::Fulfil { amount } => (1..=MAX_AMOUNT).contains(amount),
         Op::Delete | Op::Read { .. } => true,
+        // Not a single-key op of SPEC §2: the checkers never ask.
+        _ => false,
     };
     refuse_if(!ok, 422)
 }

@@ -1,12 +1,17 @@
 //! Test support for the checkers: a concise builder of histories ([`H`],
 //! [`Ev`]), the end state a correct run would read back from the
-//! acknowledged writes ([`H::final_from_changes`]), and a generator of
-//! random valid histories driven by the model ([`random_history`]).
+//! acknowledged writes ([`H::final_from_changes`]), change logs built
+//! commit by commit ([`Log`]) or as a lock's life on one key ([`LockLog`]),
+//! and a generator of random valid histories driven by the model
+//! ([`random_history`]).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use super::model::{self, Answer, State};
-use crate::nemesis::history::{Change, Event, Final, ItemState, Key, Op, Outcome, Replica};
+use crate::nemesis::history::{
+    Change, Event, Final, ItemState, Key, LockState, Op, OpArgs, Outcome, Replica, Reply,
+    TransferLineView, TransferView,
+};
 use crate::rng::Rng;
 
 /// The default key of a built history.
@@ -105,6 +110,8 @@ impl H {
             },
             attempts: 1,
             replay_of: None,
+            lock_token: None,
+            reply: None,
         });
         Ev(self.events.last_mut().unwrap())
     }
@@ -136,10 +143,22 @@ impl H {
             changes.push(Change {
                 seq: seq as u64 + 1,
                 store: e.store.clone(),
-                op_kind: format!("{:?}", e.op).to_lowercase(),
+                op_kind: e.op.log_kind().unwrap_or("?").to_string(),
                 idempotency_key: e.idempotency_key.clone().unwrap(),
                 version,
                 item: item.clone(),
+                at_ms: 0,
+                commit_end: 0,
+                args: OpArgs {
+                    amount: e.op.amount(),
+                    quantity: match &e.op {
+                        Op::Create { quantity, .. } => Some(*quantity),
+                        Op::Set { quantity, .. } => *quantity,
+                        _ => None,
+                    },
+                    ..OpArgs::default()
+                },
+                lock: None,
             });
             fin.coordinator[pos].1 = item;
         }
@@ -150,6 +169,11 @@ impl H {
 impl Ev<'_> {
     pub fn ok(self, item: ItemState) -> Self {
         self.outcome(Outcome::Ok { item: Some(item) })
+    }
+    /// A 2xx without an item, with what the answer carried.
+    pub fn ok_reply(self, reply: Reply) -> Self {
+        self.0.reply = Some(reply);
+        self.outcome(Outcome::Ok { item: None })
     }
     /// A delete's 204.
     pub fn deleted(self) -> Self {
@@ -190,6 +214,265 @@ impl Ev<'_> {
     }
     pub fn id(&self) -> u64 {
         self.0.id
+    }
+}
+
+/// `OpArgs` with an amount.
+pub fn amt(amount: u64) -> OpArgs {
+    OpArgs {
+        amount: Some(amount),
+        ..OpArgs::default()
+    }
+}
+/// `OpArgs` with a quantity (create, set).
+pub fn qty(quantity: u64) -> OpArgs {
+    OpArgs {
+        quantity: Some(quantity),
+        ..OpArgs::default()
+    }
+}
+/// `OpArgs` of a transfer step.
+pub fn tx(transfer: &str, amount: u64) -> OpArgs {
+    OpArgs {
+        transfer: Some(transfer.into()),
+        ..amt(amount)
+    }
+}
+/// `OpArgs` of a hold step.
+pub fn hold(hold: &str, amount: u64) -> OpArgs {
+    OpArgs {
+        hold: Some(hold.into()),
+        ..amt(amount)
+    }
+}
+
+/// A change log across keys, built commit by commit, and the transfers
+/// read back, in a [`Final`].
+#[derive(Default)]
+pub struct Log {
+    pub fin: Final,
+}
+
+impl Log {
+    pub fn new() -> Self {
+        Log::default()
+    }
+
+    /// Appends one commit of `store` under `idem`: per entry the key, the
+    /// op's name, its fields and the quantity after (`None`: deleted);
+    /// each change gets the next seq and its key's next version.
+    pub fn commit(
+        &mut self,
+        store: &str,
+        idem: &str,
+        entries: &[(Key, &str, OpArgs, Option<u64>)],
+    ) -> &mut Self {
+        let first = self.fin.log().last().map_or(1, |(_, c)| c.seq + 1);
+        let end = first + entries.len() as u64 - 1;
+        for (seq, (key, kind, args, quantity)) in (first..).zip(entries) {
+            let pos = match self.fin.histories.iter().position(|(k, _)| k == key) {
+                Some(pos) => pos,
+                None => {
+                    self.fin.histories.push((key.clone(), Vec::new()));
+                    self.fin.coordinator.push((key.clone(), None));
+                    self.fin.histories.len() - 1
+                }
+            };
+            let changes = &mut self.fin.histories[pos].1;
+            let version = changes.last().map_or(1, |c| c.version + 1);
+            let item = quantity.map(|q| it(q, 0, version));
+            changes.push(Change {
+                seq,
+                store: store.into(),
+                op_kind: kind.to_string(),
+                idempotency_key: idem.into(),
+                version,
+                item: item.clone(),
+                at_ms: seq,
+                commit_end: end,
+                args: args.clone(),
+                lock: None,
+            });
+            self.fin.coordinator[pos].1 = item;
+        }
+        self
+    }
+
+    /// Sets what reading transfer `id` back gave: per line `(sku,
+    /// shipped, received, lost)`.
+    pub fn transfer(
+        &mut self,
+        id: &str,
+        from: &str,
+        to: &str,
+        state: &str,
+        lines: &[(&str, u64, u64, u64)],
+    ) {
+        let view = TransferView {
+            id: id.into(),
+            from: from.into(),
+            to: to.into(),
+            state: state.into(),
+            lines: lines
+                .iter()
+                .map(|&(sku, shipped, received, lost)| TransferLineView {
+                    sku: sku.into(),
+                    shipped,
+                    received,
+                    lost,
+                })
+                .collect(),
+        };
+        self.fin.transfers.retain(|(t, _)| t != id);
+        self.fin.transfers.push((id.into(), Some(view)));
+    }
+}
+
+/// One key's ([`key`]) change log with locks, built in order, and the
+/// events of the requests behind it: each change gets the next seq and
+/// version, the item `n` q=10, and the lock a correct coordinator stores;
+/// each but the coordinator's expiries an acknowledged event of store
+/// `s1` with its idempotency key and `Lock-Token`. Times are ms.
+#[derive(Default)]
+pub struct LockLog {
+    pub events: Vec<Event>,
+    pub changes: Vec<Change>,
+}
+
+impl LockLog {
+    pub fn new() -> Self {
+        LockLog::default()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn push(
+        &mut self,
+        idem: &str,
+        at_ms: u64,
+        kind: &str,
+        args: OpArgs,
+        op: Option<Op>,
+        token: Option<u64>,
+    ) {
+        let version = self.changes.len() as u64 + 1;
+        let before = self.changes.last().and_then(|c| c.lock.clone());
+        let lock = match kind {
+            "lock_grant" => Some(LockState {
+                holder: args.holder.clone().unwrap_or_default(),
+                token: version,
+                expires_at_ms: at_ms + args.ttl_ms.unwrap_or(0),
+            }),
+            "lock_renew" => before.map(|mut l| {
+                if Some(l.token) == args.token {
+                    l.expires_at_ms = at_ms + args.ttl_ms.unwrap_or(0);
+                }
+                l
+            }),
+            "lock_release" | "lock_expire" => None,
+            _ => before,
+        };
+        let item = it(10, 0, version);
+        let store = if op.is_some() { "s1" } else { "coordinator" };
+        self.changes.push(Change {
+            seq: version,
+            store: store.into(),
+            op_kind: kind.into(),
+            idempotency_key: idem.into(),
+            version,
+            item: Some(item.clone()),
+            at_ms,
+            commit_end: version,
+            args,
+            lock,
+        });
+        let Some(op) = op else {
+            return;
+        };
+        let reply = match &op {
+            Op::LockGrant { holder, .. } => Some(Reply::Lock {
+                token: version,
+                holder: holder.clone(),
+            }),
+            _ => None,
+        };
+        let item = (!op.is_lock_op()).then_some(item);
+        self.events.push(Event {
+            id: self.events.len() as u64,
+            client: 1,
+            store: "s1".into(),
+            key: key(),
+            op,
+            if_match: None,
+            idempotency_key: Some(idem.into()),
+            invoked_ns: (at_ms - 1) * 1_000_000,
+            completed_ns: (at_ms + 1) * 1_000_000,
+            outcome: Outcome::Ok { item },
+            attempts: 1,
+            replay_of: None,
+            lock_token: token,
+            reply,
+        });
+    }
+
+    /// A write (`create`, `add` or `remove`) with `token`.
+    pub fn write(&mut self, idem: &str, at_ms: u64, token: Option<u64>, kind: &str) {
+        let (op, args) = match kind {
+            "create" => (create(10), qty(10)),
+            "add" => (add(1), amt(1)),
+            _ => (remove(1), amt(1)),
+        };
+        self.push(idem, at_ms, kind, args, Some(op), token);
+    }
+
+    pub fn grant(&mut self, idem: &str, at_ms: u64, holder: &str, ttl_ms: u64) {
+        let args = OpArgs {
+            holder: Some(holder.into()),
+            ttl_ms: Some(ttl_ms),
+            ..OpArgs::default()
+        };
+        let op = Op::LockGrant {
+            holder: holder.into(),
+            ttl_ms,
+        };
+        self.push(idem, at_ms, "lock_grant", args, Some(op), None);
+    }
+
+    pub fn renew(&mut self, idem: &str, at_ms: u64, token: u64, ttl_ms: u64) {
+        let args = OpArgs {
+            token: Some(token),
+            ttl_ms: Some(ttl_ms),
+            ..OpArgs::default()
+        };
+        let op = Op::LockRenew { token, ttl_ms };
+        self.push(idem, at_ms, "lock_renew", args, Some(op), Some(token));
+    }
+
+    pub fn release(&mut self, idem: &str, at_ms: u64, token: u64) {
+        let args = OpArgs {
+            token: Some(token),
+            ..OpArgs::default()
+        };
+        let op = Op::LockRelease { token };
+        self.push(idem, at_ms, "lock_release", args, Some(op), Some(token));
+    }
+
+    /// The coordinator's expiry of `token`.
+    pub fn expire(&mut self, at_ms: u64, token: u64) {
+        let args = OpArgs {
+            token: Some(token),
+            ..OpArgs::default()
+        };
+        let idem = format!("lock-expiry:{}:{token}", key());
+        self.push(&idem, at_ms, "lock_expire", args, None, None);
+    }
+
+    /// The log as read at its last change's time.
+    pub fn fin(&self) -> Final {
+        Final {
+            histories: vec![(key(), self.changes.clone())],
+            read_at_ms: self.changes.last().map_or(0, |c| c.at_ms),
+            ..Final::default()
+        }
     }
 }
 
