@@ -242,7 +242,12 @@ pub async fn run(spec: &RunSpec) -> anyhow::Result<Report> {
             rig.cluster.coordinator().quic_addr(),
             spec.seed.wrapping_add(1000 + i as u64),
         )?;
-        let agent_spec = AgentSpec::new(store, &[store, SHARED]).sync_interval(spec.sync_interval);
+        // Push on for some agents and off for others, which ones drawn
+        // from the seed: every run checks convergence both ways.
+        let push = (spec.seed.wrapping_add(i as u64)) % 2 == 0;
+        let agent_spec = AgentSpec::new(store, &[store, SHARED])
+            .sync_interval(spec.sync_interval)
+            .push(push);
         let agent = rig
             .cluster
             .start_agent_via(agent_spec, Wait::Ready, proxy.addr())
