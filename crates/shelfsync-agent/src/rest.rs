@@ -439,6 +439,13 @@ fn key(path: Result<Path<(String, String)>, PathRejection>) -> Result<ItemKey> {
     Ok(ItemKey::new(location, sku)?)
 }
 
+/// The id of a hold or transfer from the path: an id like a location's.
+fn object_id(path: Result<Path<String>, PathRejection>) -> Result<String> {
+    let Path(id) = path.map_err(|e| Problem::bad_request(e.body_text()))?;
+    shelfsync_core::item::validate_id("id", &id)?;
+    Ok(id)
+}
+
 fn json<T: for<'de> Deserialize<'de>>(body: Result<Bytes, BytesRejection>) -> Result<T> {
     let bytes = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {

@@ -344,6 +344,23 @@ impl Service {
         Ok(self.pipeline.batch(peer.name(), batch).await)
     }
 
+    /// Decides a step of a hold or a transfer from `peer` (its access
+    /// already checked) under `idempotency_key`.
+    async fn step(
+        &self,
+        peer: &Peer,
+        idempotency_key: String,
+        action: crate::ledger::Action,
+    ) -> Result<crate::sequencer::Answer, WireError> {
+        check_idempotency_key(&idempotency_key)?;
+        let command = crate::sequencer::StepCommand {
+            store: peer.name().to_string(),
+            idempotency_key,
+            action,
+        };
+        Ok(self.pipeline.step(command).await)
+    }
+
     /// A flag raised after every commit that touches one of `locations`,
     /// if the peer may read each one (a [`Request::Subscribe`]); the server
     /// sends a wake-up each time it is raised.

@@ -244,7 +244,7 @@ pub async fn run(spec: &RunSpec) -> anyhow::Result<Report> {
         )?;
         // Push on for some agents and off for others, which ones drawn
         // from the seed: every run checks convergence both ways.
-        let push = (spec.seed.wrapping_add(i as u64)) % 2 == 0;
+        let push = spec.seed.wrapping_add(i as u64).is_multiple_of(2);
         let agent_spec = AgentSpec::new(store, &[store, SHARED])
             .sync_interval(spec.sync_interval)
             .push(push);

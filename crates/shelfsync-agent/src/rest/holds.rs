@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use shelfsync_core::{Hold, HoldLine, Item, ItemKey, KeyState};
 use shelfsync_proto::{HoldAck, HoldAction, HoldRequest, MAX_BATCH_LINES};
 
-use super::{AppState, ItemView, Problem, Result, idempotency_key, json, lock_token};
+use super::{AppState, ItemView, Problem, Result, idempotency_key, json, lock_token, object_id};
 
 /// One line of a new hold.
 #[derive(Deserialize)]
@@ -116,12 +116,6 @@ fn ttl_ms(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)
 }
 
-fn hold_id(path: std::result::Result<Path<String>, PathRejection>) -> Result<String> {
-    let Path(id) = path.map_err(|e| Problem::bad_request(e.body_text()))?;
-    shelfsync_core::item::validate_id("id", &id)?;
-    Ok(id)
-}
-
 /// Forwards `action` and answers with the hold after it.
 async fn step(
     state: &AppState,
@@ -176,7 +170,9 @@ pub(super) async fn get(
 ) -> Result<Response> {
     let request = HoldRequest {
         idempotency_key: String::new(),
-        action: HoldAction::Get { id: hold_id(path)? },
+        action: HoldAction::Get {
+            id: object_id(path)?,
+        },
     };
     let ack = state.forwarder.hold(request).await?;
     Ok((StatusCode::OK, axum::Json(HoldView::from(ack))).into_response())
@@ -188,7 +184,7 @@ pub(super) async fn extend(
     path: std::result::Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
-    let id = hold_id(path)?;
+    let id = object_id(path)?;
     let body: ExtendBody = json(body)?;
     let action = HoldAction::Extend {
         id,
@@ -203,7 +199,7 @@ pub(super) async fn fulfil(
     path: std::result::Result<Path<String>, PathRejection>,
 ) -> Result<Response> {
     let action = HoldAction::Fulfil {
-        id: hold_id(path)?,
+        id: object_id(path)?,
         lock_token: lock_token(&headers)?,
     };
     step(&state, &headers, action, StatusCode::OK).await
@@ -217,7 +213,7 @@ pub(super) async fn release(
     let request = HoldRequest {
         idempotency_key: idempotency_key(&headers)?,
         action: HoldAction::Release {
-            id: hold_id(path)?,
+            id: object_id(path)?,
             lock_token: lock_token(&headers)?,
         },
     };

@@ -22,7 +22,7 @@ use shelfsync_core::transfer::TransferAmount;
 use shelfsync_core::{Transfer, TransferState};
 use shelfsync_proto::{MAX_BATCH_LINES, TransferAction, TransferRequest, TransfersRequest};
 
-use super::{AppState, Problem, Result, idempotency_key, json, lock_token};
+use super::{AppState, Problem, Result, idempotency_key, json, lock_token, object_id};
 use crate::forward::ForwardError;
 
 /// One sku and its units, in a shipment or a receipt.
@@ -86,12 +86,6 @@ fn lines(body: Vec<LineBody>) -> Result<Vec<TransferAmount>> {
     Ok(out)
 }
 
-fn transfer_id(path: std::result::Result<Path<String>, PathRejection>) -> Result<String> {
-    let Path(id) = path.map_err(|e| Problem::bad_request(e.body_text()))?;
-    validate_id("id", &id)?;
-    Ok(id)
-}
-
 /// Forwards `action` and answers with the transfer after it.
 async fn step(
     state: &AppState,
@@ -133,7 +127,7 @@ pub(super) async fn get(
     path: std::result::Result<Path<String>, PathRejection>,
 ) -> Result<Response> {
     let action = TransferAction::Get {
-        id: transfer_id(path)?,
+        id: object_id(path)?,
     };
     step(&state, &headers, action, StatusCode::OK).await
 }
@@ -144,7 +138,7 @@ pub(super) async fn receive(
     path: std::result::Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
-    let id = transfer_id(path)?;
+    let id = object_id(path)?;
     let body: ReceiveBody = json(body)?;
     let action = TransferAction::Receive {
         id,
@@ -160,7 +154,7 @@ pub(super) async fn close(
     path: std::result::Result<Path<String>, PathRejection>,
 ) -> Result<Response> {
     let action = TransferAction::Close {
-        id: transfer_id(path)?,
+        id: object_id(path)?,
     };
     step(&state, &headers, action, StatusCode::OK).await
 }

@@ -11,9 +11,9 @@ use shelfsync_proto::{
     ErrorCode, HoldAck, HoldAction, HoldRequest, HoldsRequest, MAX_BATCH_LINES, Response, WireError,
 };
 
-use super::{Access, Peer, Service, blocking, check_idempotency_key, internal};
+use super::{Access, Peer, Service, blocking, internal};
 use crate::ledger::{Action, Ledger, LedgerError, Object};
-use crate::sequencer::{Answer, StepCommand};
+use crate::sequencer::Answer;
 use shelfsync_proto::time::now_ms;
 
 /// Most holds in one listing.
@@ -75,29 +75,25 @@ impl Service {
                 Action::HoldRelease { id, lock_token }
             }
         };
-        check_idempotency_key(&request.idempotency_key)?;
-        let command = StepCommand {
-            store: peer.name().to_string(),
-            idempotency_key: request.idempotency_key,
-            action,
-        };
-        Ok(match self.pipeline.step(command).await {
-            Answer::Stepped {
-                object: Object::Hold(hold),
-                changes,
-                replayed,
-            } => Response::Hold(HoldAck {
-                expires_in_ms: expires_in_ms(&hold),
-                hold,
-                states: changes,
-                replayed,
-            }),
-            Answer::Refused(err) => Response::Error(err),
-            _ => Response::Error(WireError::new(
-                ErrorCode::Internal,
-                "a hold step went astray",
-            )),
-        })
+        Ok(
+            match self.step(peer, request.idempotency_key, action).await? {
+                Answer::Stepped {
+                    object: Object::Hold(hold),
+                    changes,
+                    replayed,
+                } => Response::Hold(HoldAck {
+                    expires_in_ms: expires_in_ms(&hold),
+                    hold,
+                    states: changes,
+                    replayed,
+                }),
+                Answer::Refused(err) => Response::Error(err),
+                _ => Response::Error(WireError::new(
+                    ErrorCode::Internal,
+                    "a hold step went astray",
+                )),
+            },
+        )
     }
 
     /// The active holds with a line at the request's location (and sku).

@@ -12,9 +12,9 @@ use shelfsync_proto::{
     TransfersRequest, WireError,
 };
 
-use super::{Access, Peer, Service, blocking, check_idempotency_key, internal};
+use super::{Access, Peer, Service, blocking, internal};
 use crate::ledger::{Action, Ledger, LedgerError, Object};
-use crate::sequencer::{Answer, StepCommand};
+use crate::sequencer::Answer;
 
 /// Most transfers in one listing.
 const MAX_LISTED: usize = 1000;
@@ -69,28 +69,24 @@ impl Service {
                 Action::TransferClose { id }
             }
         };
-        check_idempotency_key(&request.idempotency_key)?;
-        let command = StepCommand {
-            store: peer.name().to_string(),
-            idempotency_key: request.idempotency_key,
-            action,
-        };
-        Ok(match self.pipeline.step(command).await {
-            Answer::Stepped {
-                object: Object::Transfer(transfer),
-                changes,
-                replayed,
-            } => Response::Transfer(TransferAck {
-                transfer,
-                states: changes,
-                replayed,
-            }),
-            Answer::Refused(err) => Response::Error(err),
-            _ => Response::Error(WireError::new(
-                ErrorCode::Internal,
-                "a transfer step went astray",
-            )),
-        })
+        Ok(
+            match self.step(peer, request.idempotency_key, action).await? {
+                Answer::Stepped {
+                    object: Object::Transfer(transfer),
+                    changes,
+                    replayed,
+                } => Response::Transfer(TransferAck {
+                    transfer,
+                    states: changes,
+                    replayed,
+                }),
+                Answer::Refused(err) => Response::Error(err),
+                _ => Response::Error(WireError::new(
+                    ErrorCode::Internal,
+                    "a transfer step went astray",
+                )),
+            },
+        )
     }
 
     /// Transfers from or to the request's location (every one for an
