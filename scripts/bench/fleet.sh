@@ -83,7 +83,7 @@ step() {
     start_coordinator "$dir" 1 --fleet "$STORES"
     log "step $name: $STORES stores, interval $INTERVAL, ${DURATION}s: $*"
     "$LOADGEN" fleet --coordinator "$COORD_LISTEN" --certs "$dir" --stores "$STORES" \
-        --interval "$INTERVAL" --duration "${DURATION}s" --coordinator-pid "$COORD_PID" \
+        --interval "$INTERVAL" --duration "${DURATION}s" --timeout 30s --coordinator-pid "$COORD_PID" \
         --csv "$OUT/fleet.csv" --png "$OUT/fleet.png" --json "$@" \
         > "$OUT/$name.json" 2> "$OUT/$name.log" &
     fleet_pid=$!

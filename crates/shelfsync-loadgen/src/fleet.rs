@@ -62,6 +62,9 @@ pub const SKU: &str = "fleet";
 /// Writes one writer connection keeps outstanding at most; a write due
 /// while that many wait is skipped and counted.
 const MAX_WRITES_IN_FLIGHT: usize = 512;
+/// Stores connecting and bootstrapping at once before the run: a thousand
+/// handshakes at once on a small machine outlast any sane timeout.
+const CONNECTING_AT_ONCE: usize = 64;
 /// The longest pause before a store subscribes again after its
 /// subscription ended on a connection that is still open.
 const MAX_RESUBSCRIBE: Duration = Duration::from_secs(1);
@@ -274,8 +277,12 @@ impl FleetReport {
         let syncs = sum(|s| s.syncs);
         let duration_s = elapsed.as_secs_f64();
         let (p50, p99, max) = fleet_report::percentiles_ms(&measured.propagation);
-        let per_store_s =
-            |total| round(fleet_report::per_store_per_s(total, per_store.len(), elapsed), 1);
+        let per_store_s = |total| {
+            round(
+                fleet_report::per_store_per_s(total, per_store.len(), elapsed),
+                1,
+            )
+        };
         let (cpu, rss) = match measured.coordinator {
             Some((before, after)) => (
                 Some(round(
@@ -413,7 +420,11 @@ impl Replica {
     /// later one; returns whether it applied it.
     pub fn apply(&mut self, sku: &str, state: &KeyState) -> bool {
         let version = state.version();
-        if self.items.get(sku).is_some_and(|&(held, _)| held >= version) {
+        if self
+            .items
+            .get(sku)
+            .is_some_and(|&(held, _)| held >= version)
+        {
             return false;
         }
         let quantity = match state {
@@ -632,7 +643,11 @@ pub async fn run(settings: &FleetSettings) -> Result<FleetReport, LoadError> {
             "fleet: {} stores connected and bootstrapped; syncing every {}{} for {}",
             settings.stores,
             humantime::format_duration(settings.interval),
-            if settings.push { " and on wake-ups" } else { "" },
+            if settings.push {
+                " and on wake-ups"
+            } else {
+                ""
+            },
             humantime::format_duration(settings.duration),
         );
     }
@@ -658,12 +673,7 @@ pub async fn run(settings: &FleetSettings) -> Result<FleetReport, LoadError> {
     }
     let mut write_set = JoinSet::new();
     for client in writers.iter().cloned() {
-        write_set.spawn(write_loop(
-            client,
-            shared.clone(),
-            started,
-            write_deadline,
-        ));
+        write_set.spawn(write_loop(client, shared.clone(), started, write_deadline));
     }
     let mut writes = WriteCounts::default();
     while let Some(joined) = write_set.join_next().await {
@@ -904,9 +914,11 @@ fn tally(
     counts.first_error.get_or_insert(failure);
 }
 
-/// Connects every store at once and bootstraps its replica.
+/// Connects every store ([`CONNECTING_AT_ONCE`] at a time) and
+/// bootstraps its replica.
 async fn connect_all(settings: &FleetSettings) -> Result<Vec<Store>, LoadError> {
     let mut set = JoinSet::new();
+    let connecting = Arc::new(Semaphore::new(CONNECTING_AT_ONCE));
     for index in 1..=settings.stores {
         let id = store_id(index);
         let files = TlsFiles {
@@ -920,7 +932,10 @@ async fn connect_all(settings: &FleetSettings) -> Result<Vec<Store>, LoadError> 
             source: Box::new(source),
         })?;
         let settings = settings.clone();
+        let connecting = connecting.clone();
         set.spawn(async move {
+            // Only fails once closed, which it never is.
+            let _turn = connecting.acquire_owned().await;
             let location = location(&settings.locations_prefix, index);
             let connect_error = |source: ProtoError| LoadError::Connect {
                 store: id.clone(),
@@ -1364,7 +1379,10 @@ mod tests {
         assert!(push.due(Wakeup::Push));
         push.pulled(8);
         let again = tokio::time::timeout(Duration::from_millis(20), push.woken()).await;
-        assert!(again.is_err(), "the three wake-ups woke the loop more than once");
+        assert!(
+            again.is_err(),
+            "the three wake-ups woke the loop more than once"
+        );
         // A pull that already covered a later wake-up's head skips it.
         assert!(push.on_wake(9));
         push.pulled(9);

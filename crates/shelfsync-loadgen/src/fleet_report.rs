@@ -253,7 +253,9 @@ pub fn append_csv(path: &Path, row: &FleetRow) -> Result<Vec<FleetRow>, LoadErro
     let mut writer = csv::WriterBuilder::new()
         .has_headers(existing.trim().is_empty())
         .from_writer(Vec::new());
-    writer.serialize(row).map_err(|e| csv_error(e.to_string()))?;
+    writer
+        .serialize(row)
+        .map_err(|e| csv_error(e.to_string()))?;
     let text = writer.into_inner().map_err(|e| csv_error(e.to_string()))?;
     OpenOptions::new()
         .create(true)
@@ -304,8 +306,11 @@ pub fn draw(path: &Path, rows: &[FleetRow]) -> Result<(), LoadError> {
     plot(path, &series(rows)).map_err(fail)
 }
 
-/// `(label, [(stores, cpu %, p99 ms)])` in order of first appearance.
-pub fn series(rows: &[FleetRow]) -> Vec<(String, Vec<(usize, f64, f64)>)> {
+/// One line on the chart: a label and its `(stores, cpu %, p99 ms)` points.
+pub type Series = (String, Vec<(usize, f64, f64)>);
+
+/// The series of `rows`, in order of first appearance.
+pub fn series(rows: &[FleetRow]) -> Vec<Series> {
     let mut order: Vec<String> = Vec::new();
     let mut by_label: BTreeMap<&str, BTreeMap<usize, (f64, f64)>> = BTreeMap::new();
     for row in rows {
@@ -331,8 +336,6 @@ pub fn series(rows: &[FleetRow]) -> Vec<(String, Vec<(usize, f64, f64)>)> {
         })
         .collect()
 }
-
-type Series = (String, Vec<(usize, f64, f64)>);
 
 fn plot(path: &Path, series: &[Series]) -> Result<(), String> {
     const FAMILY: &str = crate::chart::FAMILY;
@@ -364,6 +367,7 @@ fn plot(path: &Path, series: &[Series]) -> Result<(), String> {
         chart
             .configure_mesh()
             .x_desc("stores")
+            .x_label_formatter(&|x| format!("{x:.0}"))
             .y_desc(y_desc)
             .label_style((FAMILY, 16))
             .axis_desc_style((FAMILY, 18))
@@ -487,7 +491,10 @@ mod tests {
         let rows = append_csv(&csv, &row("push", 100, 4.0, 20.0)).unwrap();
         assert_eq!(rows.len(), 1);
         let rows = append_csv(&csv, &row("push", 1000, 30.0, 80.0)).unwrap();
-        assert_eq!(rows, vec![row("push", 100, 4.0, 20.0), row("push", 1000, 30.0, 80.0)]);
+        assert_eq!(
+            rows,
+            vec![row("push", 100, 4.0, 20.0), row("push", 1000, 30.0, 80.0)]
+        );
         let text = fs::read_to_string(&csv).unwrap();
         assert!(text.starts_with(CSV_HEADER), "{text}");
         assert_eq!(text.lines().count(), 3);
