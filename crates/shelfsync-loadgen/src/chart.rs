@@ -22,7 +22,7 @@ use crate::report::{Measurement, create_parent};
 /// The font every text on the chart uses.
 static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
 /// The font family name the chart asks plotters for.
-const FAMILY: &str = "sans-serif";
+pub(crate) const FAMILY: &str = "sans-serif";
 /// Chart size in pixels.
 const SIZE: (u32, u32) = (1200, 900);
 
@@ -62,7 +62,7 @@ pub fn series(rows: &[Measurement]) -> Vec<Series> {
         .collect()
 }
 
-fn register_font() -> Result<(), String> {
+pub(crate) fn register_font() -> Result<(), String> {
     static REGISTERED: OnceLock<Result<(), String>> = OnceLock::new();
     REGISTERED
         .get_or_init(|| {

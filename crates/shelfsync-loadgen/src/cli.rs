@@ -33,6 +33,8 @@ pub const MAX_REDIS_CLIENTS: usize = 10_000;
 /// Most fleet stores (`setup --fleet`, `fleet --stores`): each is a QUIC
 /// connection and a UDP socket of its own.
 pub const MAX_FLEET_STORES: usize = 10_000;
+/// Most writer connections of `fleet --rate`.
+pub const MAX_WRITERS: usize = 64;
 
 /// shelfsync load generator: drives a coordinator as many stores at once.
 #[derive(Debug, Parser)]
@@ -54,7 +56,8 @@ pub enum Command {
     Run(RunArgs),
     /// Drive Redis with the same writes (a Lua compare-and-set per write).
     Redis(RedisArgs),
-    /// Play stores fleet-1..fleet-N that only sync, each its own location.
+    /// Play stores fleet-1..fleet-N, each syncing its own location (and with
+    /// --push woken by the coordinator), while writes go to those locations.
     Fleet(FleetArgs),
 }
 
@@ -229,6 +232,31 @@ pub struct FleetArgs {
     /// Store fleet-i syncs location PREFIXi (the --fleet-locations-prefix of setup).
     #[arg(long, default_value = "idle-")]
     pub locations_prefix: String,
+    /// Each store holds a subscription and pulls at once on a wake-up past
+    /// its cursor; the interval stays as the fallback.
+    #[arg(long)]
+    pub push: bool,
+    /// Writes per second in all (add 1, as admin) spread round robin over
+    /// the stores' locations; none when absent.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Connections the writes go out on.
+    #[arg(long, default_value_t = 2)]
+    pub writers: usize,
+    /// The coordinator's process id: its CPU (% of one core over the run)
+    /// and resident memory are reported.
+    #[arg(long)]
+    pub coordinator_pid: Option<u32>,
+    /// Append one row for this run to this CSV file.
+    #[arg(long)]
+    pub csv: Option<PathBuf>,
+    /// Draw coordinator CPU and propagation p99 against stores (every label
+    /// in --csv) into this PNG.
+    #[arg(long)]
+    pub png: Option<PathBuf>,
+    /// Series name in the CSV and chart (default: push or poll, and the rate).
+    #[arg(long)]
+    pub label: Option<String>,
     /// How long the stores sync once all are connected, e.g. 30s.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub duration: Duration,
@@ -471,6 +499,16 @@ impl FleetArgs {
                 return Err(usage(format!("{flag} must be above 0")));
             }
         }
+        if let Some(rate) = self.rate
+            && !(rate.is_finite() && rate > 0.0)
+        {
+            return Err(usage("--rate must be a number of writes/s above 0".into()));
+        }
+        if !(1..=MAX_WRITERS).contains(&self.writers) {
+            return Err(usage(format!(
+                "--writers must be between 1 and {MAX_WRITERS}"
+            )));
+        }
         // The first and the last location bound the rest: the pattern
         // allows digits anywhere, and the last one is the longest.
         for i in [1, self.stores] {
@@ -485,9 +523,20 @@ impl FleetArgs {
             certs: self.certs.clone(),
             stores: self.stores,
             interval: self.interval,
+            push: self.push,
+            rate: self.rate,
+            writers: self.writers,
             locations_prefix: self.locations_prefix.clone(),
             duration: self.duration,
             timeout: self.timeout,
+            coordinator_pid: self.coordinator_pid,
+            label: self.label.clone().unwrap_or_else(|| {
+                let mode = if self.push { "push" } else { "poll" };
+                match self.rate {
+                    Some(rate) => format!("{mode} {rate} writes/s"),
+                    None => format!("{mode} no writes"),
+                }
+            }),
             progress: true,
         })
     }
@@ -547,16 +596,30 @@ pub async fn execute(cli: Cli) -> Result<(), LoadError> {
             }
             Ok(())
         }
-        Command::Fleet(args) => {
-            let report = crate::fleet::run(&args.settings().await?).await?;
-            if args.json {
-                println!("{}", report.json_line());
-            } else {
-                print!("{}", report.text());
-            }
-            Ok(())
-        }
+        Command::Fleet(args) => fleet_command(&args).await,
     }
+}
+
+async fn fleet_command(args: &FleetArgs) -> Result<(), LoadError> {
+    let report = crate::fleet::run(&args.settings().await?).await?;
+    if args.json {
+        println!("{}", report.json_line());
+    } else {
+        print!("{}", report.text());
+    }
+    let rows = match &args.csv {
+        Some(csv) => {
+            let rows = crate::fleet_report::append_csv(csv, &report.row())?;
+            eprintln!("appended a row to {}", csv.display());
+            rows
+        }
+        None => vec![report.row()],
+    };
+    if let Some(png) = &args.png {
+        crate::fleet_report::draw(png, &rows)?;
+        eprintln!("chart written to {}", png.display());
+    }
+    Ok(())
 }
 
 async fn run_command(args: &RunArgs) -> Result<(), LoadError> {
@@ -672,6 +735,32 @@ mod tests {
         assert_eq!(defaults.duration, Duration::from_secs(10));
         assert_eq!(defaults.locations_prefix, "idle-");
         assert_eq!(defaults.server_name, "localhost");
+        assert!(!defaults.push);
+        assert_eq!(defaults.rate, None);
+        assert_eq!(defaults.writers, 2);
+        assert_eq!(defaults.coordinator_pid, None);
+        assert_eq!(defaults.label, "poll no writes");
+
+        let push = fleet_args(&[
+            "--stores",
+            "1000",
+            "--push",
+            "--rate",
+            "2000",
+            "--writers",
+            "4",
+            "--coordinator-pid",
+            "4242",
+        ])
+        .unwrap()
+        .settings()
+        .await
+        .unwrap();
+        assert!(push.push);
+        assert_eq!(push.rate, Some(2000.0));
+        assert_eq!(push.writers, 4);
+        assert_eq!(push.coordinator_pid, Some(4242));
+        assert_eq!(push.label, "push 2000 writes/s");
     }
 
     #[tokio::test]
@@ -681,7 +770,7 @@ mod tests {
         assert!(fleet_args(&["--stores", "x"]).is_err());
         assert!(fleet_args(&["--stores", "-1"]).is_err());
         assert!(fleet_args(&["--stores", "2", "--interval", "soon"]).is_err());
-        assert!(fleet_args(&["--stores", "2", "--rate", "5"]).is_err());
+        assert!(fleet_args(&["--stores", "2", "--rate", "fast"]).is_err());
         // Refused by the checks, naming the flag, as usage errors (exit 2).
         let long_prefix = "p".repeat(63);
         for (flags, needle) in [
@@ -690,6 +779,9 @@ mod tests {
             (&["--stores", "2", "--interval", "0s"][..], "--interval"),
             (&["--stores", "2", "--duration", "0s"][..], "--duration"),
             (&["--stores", "2", "--timeout", "0s"][..], "--timeout"),
+            (&["--stores", "2", "--rate", "0"][..], "--rate"),
+            (&["--stores", "2", "--rate", "NaN"][..], "--rate"),
+            (&["--stores", "2", "--writers", "0"][..], "--writers"),
             (
                 &["--stores", "2", "--locations-prefix", "a/b"][..],
                 "--locations-prefix",

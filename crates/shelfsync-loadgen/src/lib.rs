@@ -9,9 +9,10 @@
 //! reason and latency percentiles as text, JSON lines, CSV rows
 //! ([`report`]) and a PNG chart ([`chart`]). `shelfsync-loadgen redis` makes the same writes against
 //! Redis, each a Lua compare-and-set, for the side by side comparison
-//! ([`redis`]). `shelfsync-loadgen fleet` plays many stores that only sync,
-//! each its own location, to show what idle stores cost the coordinator
-//! ([`fleet`]). [`cli`] turns flags into settings; the binary is a thin shell
+//! ([`redis`]). `shelfsync-loadgen fleet` plays many stores that sync
+//! (and with push are woken by the coordinator), each its own location,
+//! while writes go to those locations: what a fleet costs the coordinator
+//! and how fast a write reaches a store ([`fleet`], [`fleet_report`]). [`cli`] turns flags into settings; the binary is a thin shell
 //! over [`cli::execute`], and tests call [`driver::run`] directly.
 
 pub mod cart;
@@ -20,6 +21,7 @@ pub mod cli;
 pub mod driver;
 pub mod error;
 pub mod fleet;
+pub mod fleet_report;
 pub mod keys;
 pub mod redis;
 pub mod report;

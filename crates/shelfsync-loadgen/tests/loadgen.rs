@@ -395,9 +395,14 @@ async fn a_fleet_of_three_stores_syncs_each_its_own_location() {
         certs: bench.certs(),
         stores: 3,
         interval: Duration::from_millis(200),
+        push: false,
+        rate: None,
+        writers: 1,
         locations_prefix: "idle-".into(),
         duration: Duration::from_secs(2),
         timeout: Duration::from_secs(10),
+        coordinator_pid: None,
+        label: "poll".into(),
         progress: false,
     };
     let report = shelfsync_loadgen::fleet::run(&settings).await.unwrap();
@@ -446,5 +451,53 @@ async fn a_fleet_of_three_stores_syncs_each_its_own_location() {
     .unwrap_err();
     assert!(matches!(err, LoadError::NotReadable { .. }), "{err:?}");
     assert!(err.is_usage());
+    bench.stop().await;
+}
+
+/// `fleet --push --rate`: with an interval far longer than the run, every
+/// write reaches its store's replica by a wake-up, and the report carries
+/// the propagation, the bytes and (this process standing in for the
+/// coordinator's pid) CPU and memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushed_writes_reach_the_fleet_replicas_before_any_poll() {
+    let bench = Bench::start_with_fleet(1, 3).await;
+    let settings = FleetSettings {
+        coordinator: bench.addr,
+        server_name: "localhost".into(),
+        certs: bench.certs(),
+        stores: 3,
+        interval: Duration::from_secs(60),
+        push: true,
+        rate: Some(60.0),
+        writers: 2,
+        locations_prefix: "idle-".into(),
+        duration: Duration::from_secs(3),
+        timeout: Duration::from_secs(10),
+        coordinator_pid: Some(std::process::id()),
+        label: "push".into(),
+        progress: false,
+    };
+    let report = shelfsync_loadgen::fleet::run(&settings).await.unwrap();
+    assert!(report.writes.acked >= 30, "{report:?}");
+    assert_eq!(report.writes.acked, report.writes.sent, "{report:?}");
+    assert_eq!(report.propagated, report.writes.acked, "{report:?}");
+    assert_eq!(report.not_propagated, 0, "{report:?}");
+    // The first tick of a 60 s interval lies past the run for every store
+    // but the first, whose first tick is at once.
+    assert!(report.push_pulls > 0, "{report:?}");
+    assert!(report.tick_pulls <= 1, "{report:?}");
+    assert!(report.propagation_max_ms < 2_000.0, "{report:?}");
+    assert_eq!(report.errors + report.subscription_errors, 0, "{report:?}");
+    assert!(report.tx_bytes_per_store_s > 0.0, "{report:?}");
+    assert!(report.rx_bytes_per_store_s > 0.0, "{report:?}");
+    assert!(report.coordinator_cpu_pct.is_some(), "{report:?}");
+    assert!(
+        report.coordinator_rss_mib.unwrap_or(0.0) > 0.0,
+        "{report:?}"
+    );
+    for store in &report.per_store {
+        // The item `fleet` its location was created with.
+        assert_eq!(store.items, 1, "{store:?}");
+    }
     bench.stop().await;
 }

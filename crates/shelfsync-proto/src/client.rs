@@ -107,6 +107,12 @@ impl Client {
         self.conn.rtt()
     }
 
+    /// The connection's transport counters (UDP datagrams and bytes sent
+    /// and received, frames, paths) since it opened.
+    pub fn stats(&self) -> quinn::ConnectionStats {
+        self.conn.stats()
+    }
+
     /// Closes the connection at once, without waiting for the peer: calls
     /// in flight on it fail with a connection error.
     pub fn abandon(&self) {
