@@ -394,6 +394,18 @@ impl Service {
         let locations = self.readable(peer, req.locations)?;
         let head = self.pipeline.read_head();
         let transfers_at = self.pipeline.transfers_at(&locations);
+        if req.after == head {
+            // A replica at the head (most syncs of an idle chain): no change
+            // can follow it and the cursor cannot have expired (the oldest
+            // retained seq is at most head + 1), so answer without a
+            // ledger read or a hop to the blocking pool.
+            return Ok(Response::Changes(ChangesPage {
+                changes: Vec::new(),
+                next: head,
+                head,
+                transfers_at,
+            }));
+        }
         let ledger = self.ledger.clone();
         let limit = page_limit(req.limit);
         let after = req.after;
