@@ -99,6 +99,17 @@ pub struct Bootstrap {
     pub start_head: u64,
     /// The last key copied; the next page starts after it.
     pub after: Option<ItemKey>,
+    /// Whether the replica held records when the bootstrap began, so that
+    /// the last page must sweep the keys it did not confirm; a bootstrap
+    /// into an empty replica has nothing to sweep and skips reading every
+    /// record again.
+    #[serde(default = "sweep_by_default")]
+    pub sweep: bool,
+}
+
+/// Bootstraps recorded before `sweep` existed sweep, to be safe.
+fn sweep_by_default() -> bool {
+    true
 }
 
 /// Version envelope of stored values.
@@ -416,6 +427,7 @@ impl Replica {
         let bootstrap = Bootstrap {
             start_head,
             after: None,
+            sweep: self.tree.scan_prefix(b"i").next().is_some(),
         };
         pending.meta.epoch += 1;
         pending.meta.bootstrap = Some(bootstrap.clone());
@@ -456,7 +468,9 @@ impl Replica {
                 pending.meta.bootstrap = Some(bootstrap);
             }
             None => {
-                self.sweep(&mut pending, epoch)?;
+                if bootstrap.sweep {
+                    self.sweep(&mut pending, epoch)?;
+                }
                 pending.meta.bootstrap = None;
                 pending.meta.cursor = Some(bootstrap.start_head);
                 pending.meta.last_sync_ms = Some(now_ms);
@@ -703,14 +717,15 @@ mod tests {
     fn bootstrap_sweeps_keys_the_snapshot_did_not_mention() {
         let dir = tempfile::tempdir().unwrap();
         let replica = Replica::open(dir.path()).unwrap();
-        replica.begin_bootstrap(5).unwrap();
+        // Into an empty replica: nothing to sweep at the end.
+        assert!(!replica.begin_bootstrap(5).unwrap().sweep);
         replica
             .apply_snapshot_page(vec![item("a", 1, 1), item("b", 1, 1)], None, 1)
             .unwrap();
         assert_eq!(replica.meta().cursor, Some(5));
         // A second bootstrap (say the cursor expired) where b is gone.
         replica.reset_cursor().unwrap();
-        replica.begin_bootstrap(9).unwrap();
+        assert!(replica.begin_bootstrap(9).unwrap().sweep);
         replica
             .apply_snapshot_page(
                 vec![item("a", 3, 2)],

@@ -115,7 +115,16 @@ pub struct Syncer {
     wake: Notify,
     /// Snapshot pages applied in the bootstrap under way, for its progress log.
     bootstrap_pages: AtomicU64,
+    /// The snapshot page asked for while the one before it is applied, and
+    /// the key it starts after.
+    prefetched: Mutex<Option<Prefetch>>,
 }
+
+/// A snapshot page on its way.
+type Prefetch = (
+    Option<ItemKey>,
+    tokio::task::JoinHandle<Result<Response, SyncError>>,
+);
 
 impl std::fmt::Debug for Syncer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -147,6 +156,7 @@ impl Syncer {
             progress: Mutex::new(Progress::default()),
             wake: Notify::new(),
             bootstrap_pages: AtomicU64::new(0),
+            prefetched: Mutex::new(None),
         }
     }
 
@@ -359,12 +369,7 @@ impl Syncer {
                 let resuming = meta.bootstrap.is_some();
                 tracing::info!(resuming, locations = ?self.locations, "bootstrapping the replica from a snapshot");
             }
-            let request = Request::Snapshot(SnapshotRequest {
-                locations: self.locations.clone(),
-                after,
-                limit: PAGE,
-            });
-            let Response::Snapshot(page) = self.call(request).await? else {
+            let Response::Snapshot(page) = self.snapshot_request(after).await? else {
                 return Err(SyncError::Unexpected);
             };
             let replica = self.replica.clone();
@@ -373,6 +378,10 @@ impl Syncer {
                 blocking(move || replica.begin_bootstrap(head).map(|_| ())).await?;
             }
             let next = page.next.clone();
+            if next.is_some() {
+                // The next page travels while this one is applied.
+                self.prefetch(next.clone());
+            }
             let replica = self.replica.clone();
             blocking(move || replica.apply_snapshot_page(page.items, page.next, now_ms())).await?;
             let pages = self.bootstrap_pages.fetch_add(1, Ordering::Relaxed) + 1;
@@ -390,6 +399,47 @@ impl Syncer {
             })
         };
         self.outcome(copied.await)
+    }
+
+    /// The snapshot page after `after`: the one prefetched for it, or a
+    /// request now (a prefetch for another key is dropped).
+    async fn snapshot_request(&self, after: Option<ItemKey>) -> Result<Response, SyncError> {
+        let prefetched = self.prefetched.lock().ok().and_then(|mut p| p.take());
+        match prefetched {
+            Some((key, page)) if key == after => page.await.map_err(|_| SyncError::Unexpected)?,
+            other => {
+                if let Some((_, stale)) = other {
+                    stale.abort();
+                }
+                let request = Request::Snapshot(SnapshotRequest {
+                    locations: self.locations.clone(),
+                    after,
+                    limit: PAGE,
+                });
+                self.call(request).await
+            }
+        }
+    }
+
+    /// Asks for the snapshot page after `after` in the background.
+    fn prefetch(&self, after: Option<ItemKey>) {
+        let (link, timeout) = (self.link.clone(), self.timeout);
+        let request = Request::Snapshot(SnapshotRequest {
+            locations: self.locations.clone(),
+            after: after.clone(),
+            limit: PAGE,
+        });
+        let page = tokio::spawn(async move {
+            match link.call(&request, timeout).await? {
+                Response::Error(err) => Err(SyncError::Refused(err)),
+                other => Ok(other),
+            }
+        });
+        if let Ok(mut slot) = self.prefetched.lock()
+            && let Some((_, stale)) = slot.replace((after, page))
+        {
+            stale.abort();
+        }
     }
 
     /// Sends the replica's report; the answer says whether its digest
