@@ -47,6 +47,11 @@ pub struct Config {
     /// Log format: `text` or `json`.
     #[serde(default)]
     pub log_format: LogFormat,
+    /// Worker threads of the async runtime that serves REST and talks to
+    /// the coordinator; one per core by default. Replica writes run on
+    /// the runtime's blocking pool on top.
+    #[serde(default = "default_worker_threads")]
+    pub worker_threads: usize,
     /// Client certificate of this store and the chain's CA.
     pub tls: TlsFiles,
 }
@@ -67,6 +72,10 @@ fn default_server_name() -> String {
 
 fn default_push() -> bool {
     true
+}
+
+fn default_worker_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
 fn default_sync_interval() -> Duration {
@@ -100,6 +109,11 @@ impl Config {
         if self.sync_interval.is_zero() || self.forward_timeout.is_zero() {
             return Err(ConfigError::Invalid(
                 "sync_interval and forward_timeout must be above zero".into(),
+            ));
+        }
+        if self.worker_threads == 0 {
+            return Err(ConfigError::Invalid(
+                "worker_threads must be at least 1".into(),
             ));
         }
         if let Some(limit) = self.rate_limit

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use shelfsync_agent::Config;
-use shelfsync_runtime::run_service;
+use shelfsync_runtime::{ProcessSettings, run_service};
 
 /// The shelfsync store agent.
 #[derive(Parser)]
@@ -27,7 +27,10 @@ fn main() -> ExitCode {
     run_service(
         "agent",
         Config::load(&args.config),
-        |config| config.log_format,
+        |config| ProcessSettings {
+            log_format: config.log_format,
+            worker_threads: config.worker_threads,
+        },
         shelfsync_agent::run,
     )
 }

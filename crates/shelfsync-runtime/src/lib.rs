@@ -14,6 +14,6 @@ pub mod metrics_text;
 pub mod service;
 
 pub use service::{
-    ConfigError, LogFormat, Stop, StopHandle, init_tracing, load_toml, run_service,
-    shutdown_signal, stop_pair,
+    ConfigError, LogFormat, ProcessSettings, Stop, StopHandle, init_tracing, load_toml,
+    run_service, shutdown_signal, stop_pair,
 };

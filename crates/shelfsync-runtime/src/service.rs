@@ -113,14 +113,25 @@ impl Stop {
     }
 }
 
+/// How a service's process is set up, read from its config.
+#[derive(Debug, Clone, Copy)]
+pub struct ProcessSettings {
+    /// Format of the log lines.
+    pub log_format: LogFormat,
+    /// Worker threads of the async runtime (at least 1); threads of the
+    /// service's own and the runtime's blocking pool come on top.
+    pub worker_threads: usize,
+}
+
 /// The body of a service binary's `main` after argument parsing: a config
-/// that failed to load exits 2 with its message; otherwise logging starts in
-/// `log_format`, a multi-threaded runtime runs `service` until SIGINT or
-/// SIGTERM, and a failure is logged and printed with its whole chain (exit 1).
+/// that failed to load exits 2 with its message; otherwise logging starts as
+/// `settings` says, a runtime with its worker threads runs `service` until
+/// SIGINT or SIGTERM, and a failure is logged and printed with its whole
+/// chain (exit 1).
 pub fn run_service<C, E, F>(
     name: &str,
     config: Result<C, ConfigError>,
-    log_format: impl FnOnce(&C) -> LogFormat,
+    settings: impl FnOnce(&C) -> ProcessSettings,
     service: impl FnOnce(C, std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) -> F,
 ) -> std::process::ExitCode
 where
@@ -135,8 +146,13 @@ where
             return ExitCode::from(2);
         }
     };
-    init_tracing(log_format(&config));
-    let runtime = match tokio::runtime::Runtime::new() {
+    let settings = settings(&config);
+    init_tracing(settings.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(settings.worker_threads.max(1))
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("error: cannot start the runtime: {err}");
