@@ -9,9 +9,10 @@
 # time between its `bootstrapping the replica` and `bootstrap complete` log
 # lines (target: under 5 s for 1,000,000 items); the agent is stopped and its
 # data removed before the next one. With AGENT_BIN_B set to another agent
-# binary, each round runs that one too, right after the current build, so the
+# binary, each round runs that one too (first in every other round), so the
 # two are compared side by side against the same coordinator. Everything it
-# started is stopped and removed on exit, Ctrl-C included.
+# started is stopped and removed on exit, Ctrl-C included; the agents' logs
+# and the table are kept in target/bench/bootstrap-<time>.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -21,6 +22,8 @@ ROUNDS=${2:-3}
     { echo "usage: $0 [ITEMS] [ROUNDS]" >&2; exit 2; }
 
 build shelfsync-coordinator shelfsync-agent shelfsync-loadgen
+OUT="$REPO/target/bench/bootstrap-$(date +%Y%m%d-%H%M%S)"
+mkdir -p "$OUT"
 WORK="$(mktemp -d /tmp/shelfsync-bootstrap.XXXXXX)"
 track_dir "$WORK"
 start_coordinator "$WORK/c" 16
@@ -37,6 +40,7 @@ import re, sys
 from datetime import datetime
 stamps = {}
 for line in open(sys.argv[1]):
+    line = re.sub(r"\x1b\[[0-9;]*m", "", line)
     for mark in ("bootstrapping the replica", "bootstrap complete"):
         if mark in line and mark not in stamps:
             stamp = re.match(r"\s*(\S+)", line).group(1)
@@ -52,16 +56,25 @@ one() {
     rm -rf "$dir"
     AGENT_BIN="$bin" start_agent "$WORK/c" load-1 bench
     kill -TERM "$AGENT_PID"; wait "$AGENT_PID" 2>/dev/null || true
+    cp "$dir/agent.log" "$OUT/agent-$name-$round.log"
     took=$(seconds "$dir/agent.log")
     log "$name: $took s"
-    printf '%-12s %s\n' "$name" "$took" >> "$WORK/times.txt"
+    printf '%-12s %s\n' "$name" "$took" >> "$OUT/times.txt"
 }
 
 for round in $(seq "$ROUNDS"); do
     log "round $round of $ROUNDS"
-    one current "$BIN/shelfsync-agent"
-    [[ -n "${AGENT_BIN_B:-}" ]] && one B "$AGENT_BIN_B"
+    if [[ -n "${AGENT_BIN_B:-}" ]] && ((round % 2 == 0)); then
+        one B "$AGENT_BIN_B"
+        one current "$BIN/shelfsync-agent"
+    else
+        one current "$BIN/shelfsync-agent"
+        [[ -z "${AGENT_BIN_B:-}" ]] || one B "$AGENT_BIN_B"
+    fi
 done
 
-echo "bootstrap of $ITEMS items, $(nproc) cores, $(uname -m); seconds per round:"
-awk '{ t[$1] = t[$1] " " $2 } END { for (n in t) printf "%-12s%s\n", n, t[n] }' "$WORK/times.txt" | sort
+{
+    echo "bootstrap of $ITEMS items, $(nproc) cores, $(uname -m); seconds per round:"
+    awk '{ t[$1] = t[$1] " " $2 } END { for (n in t) printf "%-12s%s\n", n, t[n] }' "$OUT/times.txt" | sort
+} | tee "$OUT/table.txt"
+log "results in $OUT"

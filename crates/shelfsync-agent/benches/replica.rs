@@ -1,7 +1,13 @@
-//! Replica page apply: one sync page of 1000 changes into sled, and a local read.
+//! Replica page apply: one sync page of 1000 changes into sled, a bootstrap
+//! of 200 snapshot pages of 1,000 items into an empty replica, and a local
+//! read.
 #![allow(missing_docs, clippy::unwrap_used)]
 
 use std::hint::black_box;
+
+/// The agent's allocator, so that allocation costs as in the agent.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use shelfsync_agent::replica::Replica;
@@ -34,6 +40,51 @@ fn page(round: u64) -> Vec<Change> {
         .collect()
 }
 
+fn snapshot_page(page: u64) -> (Vec<Item>, Option<ItemKey>) {
+    let items: Vec<Item> = (0..1000)
+        .map(|i| Item {
+            location: "store-1".into(),
+            sku: format!("sku-{:08}", page * 1000 + i),
+            name: "Whole milk 1l".into(),
+            quantity: 100,
+            version: 1,
+            ..Default::default()
+        })
+        .collect();
+    let next = items.last().map(Item::key);
+    (items, next)
+}
+
+/// 200,000 items in 200 pages into an empty replica, as an agent's first
+/// bootstrap applies them (every page a batch of its own).
+fn bootstrap(c: &mut Criterion) {
+    const PAGES: u64 = 200;
+    let mut group = c.benchmark_group("replica");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(PAGES * 1000));
+    group.bench_function("bootstrap_200_pages_of_1000", |b| {
+        b.iter_batched(
+            || {
+                let dir = tempfile::tempdir().unwrap();
+                let replica = Replica::open(dir.path()).unwrap();
+                let pages: Vec<_> = (0..PAGES).map(snapshot_page).collect();
+                (dir, replica, pages)
+            },
+            |(dir, replica, pages)| {
+                replica.begin_bootstrap(1).unwrap();
+                let last = pages.len() - 1;
+                for (i, (items, next)) in pages.into_iter().enumerate() {
+                    let next = if i == last { None } else { next };
+                    replica.apply_snapshot_page(items, next, 1).unwrap();
+                }
+                (dir, replica)
+            },
+            criterion::BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+}
+
 fn replica(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let replica = Replica::open(dir.path()).unwrap();
@@ -55,5 +106,5 @@ fn replica(c: &mut Criterion) {
     c.bench_function("replica_get", |b| b.iter(|| replica.get(black_box(&key))));
 }
 
-criterion_group!(benches, replica);
+criterion_group!(benches, replica, bootstrap);
 criterion_main!(benches);

@@ -175,12 +175,19 @@ struct Pending<'a> {
     meta: Meta,
     /// Keys written in this batch, so a later write in the same batch sees them.
     written: std::collections::HashMap<ItemKey, Record>,
+    /// Whether no key of this batch can be on disk yet (a page of a
+    /// bootstrap into an empty replica, whose keys are distinct), so that
+    /// none is looked up or kept in `written`.
+    unseen: bool,
 }
 
 impl Pending<'_> {
     fn load(&self, key: &ItemKey) -> Result<Option<Record>, ReplicaError> {
         if let Some(record) = self.written.get(key) {
             return Ok(Some(record.clone()));
+        }
+        if self.unseen {
+            return Ok(None);
         }
         self.replica.record(key)
     }
@@ -224,7 +231,9 @@ impl Pending<'_> {
             }
         };
         self.batch.insert(item_key(key), encode(&record)?);
-        self.written.insert(key.clone(), record);
+        if !self.unseen {
+            self.written.insert(key.clone(), record);
+        }
         Ok(())
     }
 
@@ -324,6 +333,7 @@ impl Replica {
             meta: guard.clone(),
             guard,
             written: Default::default(),
+            unseen: false,
         })
     }
 
@@ -458,6 +468,11 @@ impl Replica {
             ));
         };
         let epoch = pending.meta.epoch;
+        // The replica was empty when this bootstrap began (else it sweeps
+        // at the end), its pages are disjoint ranges of keys, and nothing
+        // else writes items before the bootstrap completes: no key of this
+        // page is stored yet.
+        pending.unseen = !bootstrap.sweep;
         for item in items {
             let key = item.key();
             pending.merge(&key, KeyState::Live(item), epoch, true)?;
@@ -738,6 +753,37 @@ mod tests {
         assert_eq!(items, vec![item("a", 3, 2)]);
         assert_eq!(replica.meta().digest(), digest_of(&items));
         assert_eq!(replica.meta().cursor, Some(9));
+    }
+
+    #[test]
+    fn a_bootstrap_into_an_empty_replica_resumed_after_a_crash_counts_every_item_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = |sku: &str| Some(ItemKey::new("s1", sku).unwrap());
+        {
+            let replica = Replica::open(dir.path()).unwrap();
+            assert!(!replica.begin_bootstrap(7).unwrap().sweep);
+            replica
+                .apply_snapshot_page(vec![item("a", 1, 1), item("b", 2, 1)], key("b"), 1)
+                .unwrap();
+            // Dropped without `close`, as in a crash.
+        }
+        let replica = reopen(dir.path());
+        let bootstrap = replica.begin_bootstrap(9).unwrap();
+        assert_eq!(
+            (bootstrap.start_head, bootstrap.sweep),
+            (7, false),
+            "resumed"
+        );
+        replica
+            .apply_snapshot_page(vec![item("c", 3, 1)], key("c"), 2)
+            .unwrap();
+        replica
+            .apply_snapshot_page(vec![item("d", 4, 2)], None, 3)
+            .unwrap();
+        let items = replica.items().unwrap();
+        assert_eq!(items.len(), 4);
+        assert_eq!(replica.meta().digest(), digest_of(&items));
+        assert_eq!(replica.meta().cursor, Some(7));
     }
 
     #[test]
