@@ -9,9 +9,9 @@ use std::sync::Mutex;
 
 use shelfsync_core::KeyState;
 use shelfsync_core::digest::Digest;
+use shelfsync_ledger::{Ledger, LedgerError};
 
 use crate::FastMap;
-use crate::ledger::{Ledger, LedgerError};
 
 /// Page size when building the digests at start.
 const SCAN_PAGE: usize = 10_000;

@@ -12,10 +12,11 @@ use std::future::Future;
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
-use crate::config::Config;
-use crate::ledger::{Ledger, LedgerError};
-use crate::pipeline::{BACKGROUND_NICE, set_nice};
+use shelfsync_ledger::{Ledger, LedgerError};
 use shelfsync_proto::time::now_ms;
+
+use crate::config::Config;
+use crate::pipeline::{BACKGROUND_NICE, set_nice};
 
 /// Entries handled per slice.
 const SLICE: usize = 1000;
@@ -147,8 +148,8 @@ pub fn round(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger::contract::{commit_puts, key, put};
-    use crate::ledger::{FjallLedger, contract};
+    use shelfsync_ledger::contract::{commit_puts, key, put};
+    use shelfsync_ledger::{FjallLedger, contract};
 
     /// A ledger holding `n` changes, each a new key.
     fn ledger_with_changes(n: u64) -> (tempfile::TempDir, FjallLedger) {

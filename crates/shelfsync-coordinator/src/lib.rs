@@ -1,17 +1,16 @@
 //! shelfsync's coordinator: the chain's single authority for every item.
 //!
-//! Read in this order: [`config`] (what it is told), [`ledger`] (what it
-//! keeps), [`sequencer`] (how a group of writes is decided), [`pipeline`]
-//! (the thread that decides and commits), [`service`] (what it answers),
-//! [`server`] and [`http`] (how it listens), and [`run`], which wires them
-//! together.
+//! Read in this order: [`config`] (what it is told), [`shelfsync_ledger`]
+//! (what it keeps), [`sequencer`] (how a group of writes is decided),
+//! [`pipeline`] (the thread that decides and commits), [`service`] (what it
+//! answers), [`server`] and [`http`] (how it listens), and [`run`], which
+//! wires them together.
 
 pub mod config;
 pub mod digests;
 pub mod failpoints;
 pub mod gc;
 pub mod http;
-pub mod ledger;
 pub mod metrics;
 pub mod pipeline;
 pub mod sequencer;
@@ -25,11 +24,11 @@ use std::sync::Arc;
 
 use anyhow::Context;
 pub use config::Config;
+use shelfsync_ledger::{Buckets, FjallLedger, Ledger, LedgerError};
 
 use crate::digests::Digests;
-use crate::ledger::{Buckets, FjallLedger, Ledger};
 use crate::metrics::Metrics;
-use crate::pipeline::Pipeline;
+use crate::pipeline::{BACKGROUND_NICE, Pipeline, set_nice};
 use crate::service::Service;
 
 /// A hash map for the short names on every write's path (keys, locations,
@@ -60,10 +59,7 @@ pub struct Coordinator {
 impl Coordinator {
     /// Opens the ledger, starts the pipeline and binds both listeners.
     pub async fn bind(config: Config) -> anyhow::Result<Self> {
-        let ledger: Arc<dyn Ledger> = Arc::new(FjallLedger::open(
-            &config.data_dir.join(LEDGER_DIR),
-            Buckets::for_ttl(config.idempotency_ttl),
-        )?);
+        let ledger: Arc<dyn Ledger> = Arc::new(open_ledger(&config)?);
         tracing::info!(data_dir = %config.data_dir.display(), head = ledger.head()?, "ledger opened");
         let metrics = Arc::new(Metrics::new());
         let digests = Arc::new(Digests::load(ledger.as_ref())?);
@@ -153,6 +149,23 @@ impl Coordinator {
         tracing::info!("bye");
         Ok(())
     }
+}
+
+/// Opens the ledger in `data_dir` from a thread at [`BACKGROUND_NICE`]: the
+/// engine's flush and compaction threads inherit the priority of the thread
+/// that opens it, so they give way to the sequencer and the network tasks.
+fn open_ledger(config: &Config) -> Result<FjallLedger, LedgerError> {
+    let dir = config.data_dir.join(LEDGER_DIR);
+    let buckets = Buckets::for_ttl(config.idempotency_ttl);
+    let opened = std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                set_nice(BACKGROUND_NICE);
+                FjallLedger::open(&dir, buckets)
+            })
+            .join()
+    });
+    opened.map_err(|_| LedgerError::Storage("the thread opening the ledger panicked".into()))?
 }
 
 /// Reloads the store registry from the config file at `source` on every

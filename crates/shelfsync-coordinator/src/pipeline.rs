@@ -16,6 +16,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use shelfsync_core::{ItemKey, KeyState};
+use shelfsync_ledger::{Action, CommitGroup, Ledger, LedgerError, Line, Object, Recorded};
 use shelfsync_proto::{
     BatchAck, BatchRequest, ErrorCode, ReadReply, Response, WireError, WriteAck, WriteRequest,
 };
@@ -23,7 +24,6 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::digests::Digests;
 use crate::failpoints;
-use crate::ledger::{Action, CommitGroup, Ledger, LedgerError, Line, Object, Recorded};
 use crate::metrics::Metrics;
 use crate::sequencer::{self, Answer, Command, Request, StepCommand, View};
 use crate::wake::{Subscribers, TransferMarks};

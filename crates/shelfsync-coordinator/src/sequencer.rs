@@ -11,13 +11,13 @@
 //! commits the [`CommitGroup`] it returns and delivers the answers.
 
 use shelfsync_core::{Hold, ItemKey, KeyState, Op, Precondition, Transfer, apply};
-use shelfsync_proto::{Change, ErrorCode, WireError};
-
-use crate::FastMap;
-use crate::ledger::{
+use shelfsync_ledger::{
     Action, CommitGroup, CommittedWrite, Deadline, IdempotencyEntry, IdempotencyRecord, ItemRecord,
     Line, Object, Recorded,
 };
+use shelfsync_proto::{Change, ErrorCode, WireError};
+
+use crate::FastMap;
 
 mod holds;
 mod steps;

@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use shelfsync_core::digest::Digest;
 use shelfsync_core::{Item, ItemKey, Op};
+use shelfsync_ledger::{Ledger, LedgerError, StoredReport};
 use shelfsync_proto::{
     ADMIN_IDENTITY, BatchRequest, Change, ChangesPage, ChangesRequest, ErrorCode, Hello,
     HelloReply, HistoryReply, HistoryRequest, MAX_BATCH_LINES, MAX_WRITES, PROTOCOL_VERSION,
@@ -22,7 +23,6 @@ use shelfsync_proto::{
 use self::registry::{Registry, Reloaded};
 use crate::config::StoreConfig;
 use crate::digests::Digests;
-use crate::ledger::{Ledger, LedgerError, StoredReport};
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use shelfsync_proto::time::now_ms;
@@ -350,7 +350,7 @@ impl Service {
         &self,
         peer: &Peer,
         idempotency_key: String,
-        action: crate::ledger::Action,
+        action: shelfsync_ledger::Action,
     ) -> Result<crate::sequencer::Answer, WireError> {
         check_idempotency_key(&idempotency_key)?;
         let command = crate::sequencer::StepCommand {

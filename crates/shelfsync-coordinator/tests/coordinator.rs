@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use shelfsync_coordinator::config::StoreConfig;
 use shelfsync_coordinator::digests::Digests;
-use shelfsync_coordinator::ledger::{Buckets, FjallLedger, Ledger};
 use shelfsync_coordinator::metrics::Metrics;
 use shelfsync_coordinator::pipeline::Pipeline;
 use shelfsync_coordinator::service::{Peer, Service};
 use shelfsync_core::{Item, ItemKey, KeyState, Op, Precondition, apply};
+use shelfsync_ledger::{Buckets, FjallLedger, Ledger};
 use shelfsync_proto::{
     ChangesRequest, ErrorCode, ReadRequest, Request, Response, SnapshotRequest, WriteAck,
     WriteRequest,
@@ -527,8 +527,8 @@ async fn snapshot_plus_later_changes_equals_the_state() {
 /// REST surfaces.)
 #[tokio::test]
 async fn a_multi_key_commit_is_whole_in_the_log_and_in_every_page() {
-    use shelfsync_coordinator::ledger::Line;
     use shelfsync_coordinator::sequencer::{Answer, Command};
+    use shelfsync_ledger::Line;
     let fx = Fixture::new();
     ack(fx
         .write("store-1", "c", &key("store-1", "a"), create(5))

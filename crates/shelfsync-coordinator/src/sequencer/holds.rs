@@ -5,11 +5,11 @@
 
 use shelfsync_core::hold::{self, HoldStep, NewHold};
 use shelfsync_core::{Hold, KeyState, Op};
+use shelfsync_ledger::{Action, Object};
 use shelfsync_proto::WireError;
 
 use super::steps::{Outcome, not_found, refused, tokens};
 use super::{Entry, View, state_of};
-use crate::ledger::{Action, Object};
 
 /// Decides a hold step at `now_ms`, the group's head at `head`.
 pub(super) fn decide(
@@ -133,7 +133,7 @@ mod tests {
 
     use super::super::{Answer, Request, StepCommand, decide};
     use super::*;
-    use crate::ledger::{ItemRecord, Recorded};
+    use shelfsync_ledger::{ItemRecord, Recorded};
 
     const NOW: u64 = 1_000_000;
     const TTL: u64 = 60_000;

@@ -10,12 +10,12 @@
 //! decision is replayed.
 
 use shelfsync_core::{HoldState, KeyState, LockTokens, Rejection};
+use shelfsync_ledger::{Action, HoldWrite, IdempotencyRecord, Object, Recorded};
 use shelfsync_proto::{ErrorCode, WireError};
 
 use super::{
     Answer, Decision, Entry, Stamp, StepCommand, View, add_commit, holds, reused, transfers,
 };
-use crate::ledger::{Action, HoldWrite, IdempotencyRecord, Object, Recorded};
 
 /// What a step does: the hold or transfer before and after it, and the
 /// lines it writes.

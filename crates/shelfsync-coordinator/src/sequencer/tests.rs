@@ -2,9 +2,9 @@
 //! one group, and what every request must get and the group must commit.
 
 use shelfsync_core::{Item, Op};
+use shelfsync_ledger::Refusal;
 
 use super::*;
-use crate::ledger::Refusal;
 
 const NOW: u64 = 1_000_000;
 const TTL: u64 = 10_000;

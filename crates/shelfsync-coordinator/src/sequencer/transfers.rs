@@ -5,11 +5,11 @@
 
 use shelfsync_core::transfer::{self, NewTransfer, TransferAmount, TransferStep};
 use shelfsync_core::{ItemKey, KeyState, Op, Transfer};
+use shelfsync_ledger::{Action, Object};
 use shelfsync_proto::{ErrorCode, WireError};
 
 use super::steps::{Outcome, not_found, refused, tokens};
 use super::{Entry, View, state_of};
-use crate::ledger::{Action, Object};
 
 /// The keys of `lines` at `location`, in line order.
 pub(crate) fn keys(location: &str, lines: &[TransferAmount]) -> Vec<ItemKey> {
@@ -136,7 +136,7 @@ mod tests {
 
     use super::super::{Answer, Request, StepCommand, decide};
     use super::*;
-    use crate::ledger::ItemRecord;
+    use shelfsync_ledger::ItemRecord;
 
     const NOW: u64 = 1_000_000;
 

@@ -7,12 +7,12 @@
 
 use shelfsync_core::item::validate_id;
 use shelfsync_core::{Hold, HoldState, KeyState};
+use shelfsync_ledger::{Action, Ledger, LedgerError, Object};
 use shelfsync_proto::{
     ErrorCode, HoldAck, HoldAction, HoldRequest, HoldsRequest, MAX_BATCH_LINES, Response, WireError,
 };
 
 use super::{Access, Peer, Service, blocking, internal};
-use crate::ledger::{Action, Ledger, LedgerError, Object};
 use crate::sequencer::Answer;
 use shelfsync_proto::time::now_ms;
 

@@ -1,8 +1,9 @@
 //! Tests of the read side's paging.
 
+use shelfsync_ledger::contract;
+use shelfsync_ledger::engine::MemoryLedger;
+
 use super::*;
-use crate::ledger::contract;
-use crate::ledger::engine::MemoryLedger;
 
 /// s1 and s2 written at seqs 1..=6, with 3..=5 one commit over both.
 fn ledger() -> MemoryLedger {

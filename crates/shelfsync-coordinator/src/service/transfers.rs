@@ -7,13 +7,13 @@
 
 use shelfsync_core::Transfer;
 use shelfsync_core::item::validate_id;
+use shelfsync_ledger::{Action, Ledger, LedgerError, Object};
 use shelfsync_proto::{
     ErrorCode, MAX_BATCH_LINES, Response, TransferAck, TransferAction, TransferRequest,
     TransfersRequest, WireError,
 };
 
 use super::{Access, Peer, Service, blocking, internal};
-use crate::ledger::{Action, Ledger, LedgerError, Object};
 use crate::sequencer::Answer;
 
 /// Most transfers in one listing.

@@ -60,25 +60,18 @@ fn refuse_older(dir: &Path) -> Result<(), LedgerError> {
 impl KvLedger<FjallEngine> {
     /// Opens (or creates) the ledger in `dir`, bucketing idempotency records
     /// as `buckets` says.
+    ///
+    /// The engine's flush and compaction threads inherit the priority of
+    /// the thread that opens it: opened from a background-priority one
+    /// (as the coordinator does), they give way to the threads that
+    /// requests wait for.
     pub fn open(dir: &Path, buckets: Buckets) -> Result<Self, LedgerError> {
         refuse_older(dir)?;
-        // The engine's flush and compaction threads inherit the priority of
-        // the thread that opens it: opened from a background-priority one,
-        // they give way to the sequencer and the network tasks.
-        let opened = std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    crate::pipeline::set_nice(crate::pipeline::BACKGROUND_NICE);
-                    Database::builder(dir)
-                        .cache_size(CACHE_BYTES)
-                        .max_journaling_size(JOURNAL_BYTES)
-                        .manual_journal_persist(true)
-                        .open()
-                })
-                .join()
-        });
-        let opened = opened.map_err(|_| storage("the thread opening the ledger panicked"))?;
-        let db = opened
+        let db = Database::builder(dir)
+            .cache_size(CACHE_BYTES)
+            .max_journaling_size(JOURNAL_BYTES)
+            .manual_journal_persist(true)
+            .open()
             .map_err(|e| storage(format!("cannot open the ledger in {}: {e}", dir.display())))?;
         let ledger = KvLedger::with_engine(FjallEngine { db }, buckets);
         ledger.map_err(|e| storage(format!("the ledger in {}: {e}", dir.display())))
@@ -147,7 +140,7 @@ impl Engine for FjallEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger::{Ledger, contract};
+    use crate::{Ledger, contract};
 
     #[test]
     fn keeps_the_contract() {

@@ -2,8 +2,9 @@
 //! point reads, range reads and atomic batches, nothing more. The ledger's
 //! logic is written once over this trait; an engine is only glue.
 //!
-//! Engines: [`super::fjall::FjallEngine`] on disk and, for the crate's
-//! tests, `MemoryEngine` below, a `BTreeMap` per keyspace.
+//! Engines: [`super::fjall::FjallEngine`] on disk and, for tests (this
+//! crate's, and others' with the `testing` feature), `MemoryEngine` below,
+//! a `BTreeMap` per keyspace.
 
 use super::LedgerError;
 
@@ -52,34 +53,34 @@ pub trait Engine: Send + Sync + 'static {
     fn write(&self, batch: Vec<Write<Self::Space>>, durable: bool) -> Result<(), LedgerError>;
 }
 
-#[cfg(test)]
-pub(crate) use memory::{MemoryEngine, MemoryLedger};
+#[cfg(any(test, feature = "testing"))]
+pub use memory::{MemoryEngine, MemoryLedger};
 
-/// The twin of the fjall engine that the crate's tests run the ledger on.
-#[cfg(test)]
+/// The twin of the fjall engine that tests run the ledger on.
+#[cfg(any(test, feature = "testing"))]
 mod memory {
     use std::collections::BTreeMap;
     use std::ops::Bound;
     use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
     use super::{Engine, Entries, Write};
-    use crate::ledger::{Buckets, KvLedger, LedgerError};
+    use crate::{Buckets, KvLedger, LedgerError};
 
     /// An engine in memory: nothing is durable.
     #[derive(Debug, Default)]
-    pub(crate) struct MemoryEngine {
+    pub struct MemoryEngine {
         spaces: RwLock<Spaces>,
     }
 
     type Spaces = BTreeMap<String, BTreeMap<Vec<u8>, Vec<u8>>>;
 
-    /// A ledger in memory: the same contract as [`crate::ledger::FjallLedger`],
+    /// A ledger in memory: the same contract as [`crate::FjallLedger`],
     /// nothing durable.
-    pub(crate) type MemoryLedger = KvLedger<MemoryEngine>;
+    pub type MemoryLedger = KvLedger<MemoryEngine>;
 
     impl MemoryLedger {
         /// An empty ledger bucketing idempotency records as `buckets` says.
-        pub(crate) fn new(buckets: Buckets) -> Result<Self, LedgerError> {
+        pub fn new(buckets: Buckets) -> Result<Self, LedgerError> {
             KvLedger::with_engine(MemoryEngine::default(), buckets)
         }
     }

@@ -585,8 +585,8 @@ impl<E: Engine> Ledger for KvLedger<E> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger::contract;
-    use crate::ledger::engine::{MemoryEngine, MemoryLedger};
+    use crate::contract;
+    use crate::engine::{MemoryEngine, MemoryLedger};
 
     #[test]
     fn keeps_the_contract_in_memory() {

@@ -200,7 +200,7 @@ mod tests {
     use shelfsync_proto::ErrorCode;
 
     use super::*;
-    use crate::ledger::{Line, Recorded, Refusal};
+    use crate::{Line, Recorded, Refusal};
 
     fn rejection() -> IdempotencyRecord {
         IdempotencyRecord {

@@ -1,15 +1,16 @@
 //! The ledger: where the coordinator keeps items, the change log,
 //! idempotency records and store reports.
 //!
-//! [`Ledger`] is the seam between the sequencer and storage: the sequencer
-//! decides a group ([`crate::sequencer`]) and [`Ledger::commit`] applies its
+//! [`Ledger`] is the seam between the sequencer and storage: the
+//! coordinator's sequencer decides a group and [`Ledger::commit`] applies its
 //! [`CommitGroup`] atomically, returning once it is durable. That return is
 //! the one point of durability; readers only ever see committed groups.
 //!
 //! [`KvLedger`] is written once over an ordered key-value
 //! [`engine::Engine`]; the coordinator runs it on fjall ([`FjallLedger`]).
 //! Every backend passes the contract suite ([`contract`], public behind the
-//! `testing` feature so that a backend in another crate runs it too).
+//! `testing` feature so that a backend in another crate runs it too; the
+//! feature also makes the in-memory `engine::MemoryLedger` public).
 
 use std::time::Duration;
 
@@ -28,6 +29,12 @@ pub mod contract;
 
 pub use self::fjall::FjallLedger;
 pub use self::kv::KvLedger;
+
+/// A hash map for the short names a commit goes through (keys,
+/// locations): foldhash is several times faster than std's SipHash, and
+/// like std's it seeds each map at random, so a store cannot aim its keys
+/// at one map's buckets.
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::quality::RandomState>;
 
 /// The storage layout this code writes and reads, kept under `meta/layout`.
 pub const LAYOUT: u64 = 7;
