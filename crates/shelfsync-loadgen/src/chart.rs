@@ -162,39 +162,49 @@ fn plot(path: &Path, series: &[Series]) -> Result<(), String> {
             .axis_desc_style((FAMILY, 18))
             .draw()
             .map_err(|e| err(&e))?;
-        for (i, s) in series.iter().enumerate() {
-            let color = Palette99::pick(i).to_rgba();
-            let points: Vec<(f64, f64)> = s
-                .points
-                .iter()
-                .map(|p| (p.0 as f64, if field == 1 { p.1 } else { p.2 }))
-                .collect();
-            chart
-                .draw_series(LineSeries::new(points.clone(), color.stroke_width(3)))
-                .map_err(|e| err(&e))?
-                .label(s.label.clone())
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(3))
-                });
-            chart
-                .draw_series(
-                    points
-                        .iter()
-                        .map(|&(x, y)| Circle::new((x, y), 5, color.filled())),
-                )
-                .map_err(|e| err(&e))?;
-        }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font((FAMILY, 16))
-            .draw()
-            .map_err(|e| err(&e))?;
+        let lines = series.iter().map(|s| {
+            let points = s.points.iter();
+            let points = points.map(|p| (p.0 as f64, if field == 1 { p.1 } else { p.2 }));
+            (s.label.clone(), points.collect())
+        });
+        draw_lines(&mut chart, lines)?;
     }
     root.present().map_err(|e| err(&e))?;
     Ok(())
+}
+
+/// Draws each `(label, points)` as a line with a dot at every point, in a
+/// color of its own, and the legend of them all in the upper left.
+pub(crate) fn draw_lines<'a, DB, CT>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    lines: impl Iterator<Item = (String, Vec<(f64, f64)>)>,
+) -> Result<(), String>
+where
+    DB: DrawingBackend + 'a,
+    CT: CoordTranslate<From = (f64, f64)>,
+{
+    let err = |e: &dyn std::fmt::Display| e.to_string();
+    for (i, (label, points)) in lines.enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        chart
+            .draw_series(LineSeries::new(points.clone(), color.stroke_width(3)))
+            .map_err(|e| err(&e))?
+            .label(label)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(3))
+            });
+        chart
+            .draw_series(points.iter().map(|&p| Circle::new(p, 5, color.filled())))
+            .map_err(|e| err(&e))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font((FAMILY, 16))
+        .draw()
+        .map_err(|e| err(&e))
 }
 
 #[cfg(test)]

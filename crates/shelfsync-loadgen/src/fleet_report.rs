@@ -373,31 +373,12 @@ fn plot(path: &Path, series: &[Series]) -> Result<(), String> {
             .axis_desc_style((FAMILY, 18))
             .draw()
             .map_err(|e| err(&e))?;
-        for (i, (label, points)) in series.iter().enumerate() {
-            let color = Palette99::pick(i).to_rgba();
-            let points: Vec<(f64, f64)> = points
-                .iter()
-                .map(|p| (p.0 as f64, if second { p.2 } else { p.1 }))
-                .collect();
-            chart
-                .draw_series(LineSeries::new(points.clone(), color.stroke_width(3)))
-                .map_err(|e| err(&e))?
-                .label(label.clone())
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(3))
-                });
-            chart
-                .draw_series(points.iter().map(|&p| Circle::new(p, 5, color.filled())))
-                .map_err(|e| err(&e))?;
-        }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font((FAMILY, 16))
-            .draw()
-            .map_err(|e| err(&e))?;
+        let lines = series.iter().map(|(label, points)| {
+            let points = points.iter();
+            let points = points.map(|p| (p.0 as f64, if second { p.2 } else { p.1 }));
+            (label.clone(), points.collect())
+        });
+        crate::chart::draw_lines(&mut chart, lines)?;
     }
     root.present().map_err(|e| err(&e))
 }
