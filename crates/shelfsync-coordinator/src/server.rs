@@ -1,13 +1,20 @@
 //! The QUIC side of the coordinator: accept connections, identify the peer
 //! from its certificate, require a hello, then serve one request per stream.
 //!
-//! Every stream is served on its own task, so a slow snapshot page never
-//! holds up a write on the same connection. The server stops accepting when
-//! the shutdown future resolves and closes open connections.
+//! A connection's streams are served concurrently inside the connection's
+//! task, not on a task each: with more than one worker thread, a task
+//! spawned per request woke an idle worker for most requests of an idle
+//! fleet (docs/decisions.md). Ledger reads run on blocking threads, so a
+//! snapshot page does not hold up a write on the same connection. The
+//! server stops accepting when the shutdown future resolves and closes open
+//! connections.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 
 use shelfsync_proto::codec::{FrameReader, FrameWriter, read_frame, write_frame};
 use shelfsync_proto::{ErrorCode, ProtoError, Request, Response, SubscribeRequest, WireError, tls};
@@ -67,11 +74,18 @@ async fn serve_connection(conn: quinn::Connection, service: Arc<Service>) {
     }
     let _guard = service.connected(&peer);
     tracing::info!(%remote, peer = peer.name(), "peer connected");
-    let peer = Arc::new(peer);
     let mut reloads = service.reloads();
+    // The connection's streams, served concurrently inside this task.
+    let mut streams = FuturesUnordered::new();
     loop {
         let accepted = tokio::select! {
             accepted = conn.accept_bi() => accepted,
+            Some(served) = streams.next() => {
+                if let Err(err) = served {
+                    tracing::debug!(peer = peer.name(), error = %err, "stream failed");
+                }
+                continue;
+            }
             // A reload that removed this store ends its connection.
             Ok(()) = reloads.changed() => {
                 if !service.is_registered(&peer) {
@@ -89,13 +103,7 @@ async fn serve_connection(conn: quinn::Connection, service: Arc<Service>) {
                 return;
             }
         };
-        let service = service.clone();
-        let peer = peer.clone();
-        tokio::spawn(async move {
-            if let Err(err) = serve_stream(send, recv, &service, &peer).await {
-                tracing::debug!(peer = peer.name(), error = %err, "stream failed");
-            }
-        });
+        streams.push(serve_stream(send, recv, &service, &peer));
     }
 }
 
