@@ -418,6 +418,12 @@ fn internal(err: &LedgerError) -> WireError {
     WireError::new(ErrorCode::Internal, "the coordinator's storage failed")
 }
 
+/// Most holds or transfers in one listing.
+const MAX_LISTED: usize = 1000;
+/// Most holds or transfers read for one listing before its filter (by sku,
+/// by state).
+const MAX_SCANNED: usize = 100_000;
+
 /// A request's page size, within `1..=MAX_PAGE`.
 fn page_limit(limit: u32) -> usize {
     limit.clamp(1, MAX_PAGE) as usize

@@ -412,16 +412,17 @@ fn lock_deadlines_follow_the_writes(ledger: &dyn Ledger) {
 
 fn holds_and_their_deadlines_follow_the_steps(ledger: &dyn Ledger) {
     use shelfsync_core::{Hold, HoldLine, HoldState};
-    let hold = |id: &str, expires_at_ms, state| Hold {
+    let at = |location: &str, id: &str, expires_at_ms, state| Hold {
         id: id.into(),
         owner: "cart-1".into(),
         lines: vec![HoldLine {
-            key: key("s1", "a"),
+            key: key(location, "a"),
             amount: 1,
         }],
         expires_at_ms,
         state,
     };
+    let hold = |id: &str, expires_at_ms, state| at("s1", id, expires_at_ms, state);
     let commit = |holds: Vec<HoldWrite>| {
         let head = ledger.head().unwrap();
         let group = CommitGroup {
@@ -454,16 +455,33 @@ fn holds_and_their_deadlines_follow_the_steps(ledger: &dyn Ledger) {
     assert_eq!(ledger.due_holds(700, 10).unwrap(), ["h2"]);
     assert_eq!(ledger.due_holds(u64::MAX, 10).unwrap(), ["h2", "h1"]);
     assert_eq!(ledger.due_holds(u64::MAX, 1).unwrap(), ["h2"], "limit");
-    let active: Vec<String> = ledger
-        .active_holds(10)
-        .unwrap()
-        .into_iter()
-        .map(|h| h.id)
-        .collect();
-    assert_eq!(active, ["h2", "h1"]);
-    // h2 ends: its record stays, its deadline goes.
+    // h3 holds a unit at s2 and at s1.
+    let mut h3 = at("s2", "h3", 800, HoldState::Active);
+    h3.lines.push(HoldLine {
+        key: key("s1", "b"),
+        amount: 1,
+    });
+    commit(vec![write(h3, None)]);
+    let active = |location: &str, limit| -> Vec<String> {
+        let holds = ledger.active_holds(location, limit).unwrap();
+        holds.into_iter().map(|h| h.id).collect()
+    };
+    assert_eq!(
+        active("s1", 10),
+        ["h1", "h2", "h3"],
+        "by location, in id order"
+    );
+    assert_eq!(active("s1", 2), ["h1", "h2"], "limit");
+    assert_eq!(active("s2", 10), ["h3"]);
+    assert!(active("s", 10).is_empty(), "a location, not a prefix");
+    // h2 ends: its record stays, its deadline and its index entry go.
     commit(vec![write(hold("h2", 700, HoldState::Released), Some(700))]);
-    assert_eq!(ledger.due_holds(u64::MAX, 10).unwrap(), ["h1"]);
+    assert_eq!(active("s1", 10), ["h1", "h3"]);
+    assert_eq!(
+        ledger.due_holds(u64::MAX, 10).unwrap(),
+        ["h3", "h1"],
+        "by deadline"
+    );
     assert_eq!(
         ledger.hold("h2").unwrap().unwrap().state,
         HoldState::Released

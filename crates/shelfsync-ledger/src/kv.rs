@@ -12,6 +12,7 @@
 //! | `holds` | hold id | [`HoldV`] |
 //! | `hold_deadlines` | expiry (8 bytes big-endian) hold id | empty: the active holds |
 //! | `hold_ends` | end (8 bytes big-endian) hold id | empty: the ended holds, for their removal |
+//! | `hold_index` | `location \0 hold id`, for each location of its lines | empty: the active holds by location |
 //! | `transfers` | transfer id | [`TransferV`] |
 //! | `transfer_index` | `location \0 id`, for its `from` and its `to` | empty |
 //! | `reports` | store id | [`ReportV`] |
@@ -53,6 +54,7 @@ pub struct KvLedger<E: Engine> {
     holds: E::Space,
     hold_deadlines: E::Space,
     hold_ends: E::Space,
+    hold_index: E::Space,
     transfers: E::Space,
     transfer_index: E::Space,
     reports: E::Space,
@@ -96,6 +98,17 @@ fn after_location(location: &str) -> Vec<u8> {
     [location.as_bytes(), &[1]].concat()
 }
 
+/// The distinct locations of a hold's lines.
+fn hold_locations(hold: &Hold) -> Vec<&str> {
+    let mut locations: Vec<&str> = hold.lines.iter().map(|l| l.key.location.as_str()).collect();
+    locations.sort_unstable();
+    locations.dedup();
+    locations
+}
+
+/// The layout this build upgrades at open: the one before `hold_index`.
+const UPGRADED: u64 = 7;
+
 /// A `meta` entry holding `value`.
 fn meta_put<S: Clone>(meta: &S, name: &str, value: u64) -> Write<S> {
     Write::Put(meta.clone(), name.into(), value.to_be_bytes().into())
@@ -129,9 +142,11 @@ impl<E: Engine> KvLedger<E> {
                 .map(|v| seq_of(v.as_ref()).ok_or_else(corrupt))
                 .transpose()
         };
+        let mut upgrade = false;
         match read_u64("layout")? {
             None => engine.write(vec![meta_put(&meta, "layout", LAYOUT)], true)?,
             Some(LAYOUT) => {}
+            Some(UPGRADED) => upgrade = true,
             Some(other) => {
                 return Err(LedgerError::Storage(format!(
                     "it has layout {other} and this build reads layout {LAYOUT} only. Start \
@@ -146,7 +161,7 @@ impl<E: Engine> KvLedger<E> {
                 idempotency.insert(bucket, engine.space(&name)?);
             }
         }
-        Ok(KvLedger {
+        let ledger = KvLedger {
             head: AtomicU64::new(read_u64("head")?.unwrap_or(0)),
             oldest: AtomicU64::new(read_u64("oldest")?.unwrap_or(1)),
             items: engine.space("items")?,
@@ -155,6 +170,7 @@ impl<E: Engine> KvLedger<E> {
             holds: engine.space("holds")?,
             hold_deadlines: engine.space("hold_deadlines")?,
             hold_ends: engine.space("hold_ends")?,
+            hold_index: engine.space("hold_index")?,
             transfers: engine.space("transfers")?,
             transfer_index: engine.space("transfer_index")?,
             reports: engine.space("reports")?,
@@ -162,7 +178,27 @@ impl<E: Engine> KvLedger<E> {
             buckets,
             idempotency: Mutex::new(idempotency),
             engine,
-        })
+        };
+        if upgrade {
+            ledger.index_active_holds()?;
+        }
+        Ok(ledger)
+    }
+
+    /// Upgrades a ledger of layout [`UPGRADED`]: indexes its active holds
+    /// by location, then marks it [`LAYOUT`], in one batch.
+    fn index_active_holds(&self) -> Result<(), LedgerError> {
+        let mut batch = Vec::new();
+        for id in self.due_holds(u64::MAX - 1, usize::MAX)? {
+            if let Some(hold) = self.hold(&id)? {
+                for location in hold_locations(&hold) {
+                    let key = pair_key(location, &hold.id);
+                    batch.push(Write::Put(self.hold_index.clone(), key, Vec::new()));
+                }
+            }
+        }
+        batch.push(meta_put(&self.meta, "layout", LAYOUT));
+        self.engine.write(batch, true)
     }
 
     /// The engine under the ledger.
@@ -275,6 +311,13 @@ impl<E: Engine> Ledger for KvLedger<E> {
             }
         }
         for (id, hold) in holds {
+            for location in hold_locations(hold) {
+                let key = pair_key(location, id);
+                batch.push(match hold.state {
+                    HoldState::Active => Write::Put(self.hold_index.clone(), key, Vec::new()),
+                    _ => Write::Delete(self.hold_index.clone(), key),
+                });
+            }
             let value = encode(&HoldV::V1(hold.clone()))?;
             batch.push(Write::Put(
                 self.holds.clone(),
@@ -402,10 +445,14 @@ impl<E: Engine> Ledger for KvLedger<E> {
         Ok(forgotten)
     }
 
-    fn active_holds(&self, limit: usize) -> Result<Vec<Hold>, LedgerError> {
-        let active = self.due_holds(u64::MAX - 1, limit)?;
-        let mut out = Vec::with_capacity(active.len());
-        for id in active {
+    fn active_holds(&self, location: &str, limit: usize) -> Result<Vec<Hold>, LedgerError> {
+        let prefix = pair_key(location, "");
+        let index =
+            self.engine
+                .range(&self.hold_index, &prefix, &after_location(location), limit)?;
+        let mut out = Vec::with_capacity(index.len());
+        for (k, _) in index {
+            let id = String::from_utf8_lossy(&k.as_ref()[prefix.len()..]).into_owned();
             if let Some(hold) = self.hold(&id)? {
                 out.push(hold);
             }
@@ -605,6 +652,47 @@ mod tests {
         let message = err.to_string();
         assert!(message.contains("layout 6"), "{message}");
         assert!(message.contains("empty data_dir"), "{message}");
+    }
+
+    #[test]
+    fn a_ledger_of_the_layout_before_gets_its_active_holds_indexed() {
+        use shelfsync_core::{HoldLine, ItemKey};
+        let hold = |id: &str, state| Hold {
+            id: id.into(),
+            owner: "cart-1".into(),
+            lines: vec![HoldLine {
+                key: ItemKey::new("s1", "a").unwrap(),
+                amount: 1,
+            }],
+            expires_at_ms: 900,
+            state,
+        };
+        // What layout 7 kept: the holds and the active ones' deadlines.
+        let engine = MemoryEngine::default();
+        let space = |name: &str| engine.space(name).unwrap();
+        let put = |name: &str, key: Vec<u8>, value: Vec<u8>| Write::Put(space(name), key, value);
+        let stored = |h: Hold| encode(&HoldV::V1(h)).unwrap();
+        let batch = vec![
+            put("meta", b"layout".to_vec(), UPGRADED.to_be_bytes().to_vec()),
+            put(
+                "holds",
+                b"h1".to_vec(),
+                stored(hold("h1", HoldState::Active)),
+            ),
+            put(
+                "holds",
+                b"h2".to_vec(),
+                stored(hold("h2", HoldState::Released)),
+            ),
+            put("hold_deadlines", hold_deadline_key(900, "h1"), Vec::new()),
+        ];
+        engine.write(batch, true).unwrap();
+
+        let ledger = KvLedger::with_engine(engine, contract::BUCKETS).unwrap();
+        let active = ledger.active_holds("s1", 10).unwrap();
+        assert_eq!(active.into_iter().map(|h| h.id).collect::<Vec<_>>(), ["h1"]);
+        let layout = ledger.engine().get(&ledger.meta, b"layout").unwrap();
+        assert_eq!(layout.as_deref().and_then(seq_of), Some(LAYOUT));
     }
 
     #[test]

@@ -37,7 +37,7 @@ pub use self::kv::KvLedger;
 pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::quality::RandomState>;
 
 /// The storage layout this code writes and reads, kept under `meta/layout`.
-pub const LAYOUT: u64 = 7;
+pub const LAYOUT: u64 = 8;
 
 /// Storage failures. None of them is the client's fault.
 #[derive(Debug, thiserror::Error)]
@@ -442,8 +442,8 @@ pub trait Ledger: Send + Sync + 'static {
     /// first; returns how many went.
     fn forget_holds(&self, before_ms: u64, limit: usize) -> Result<usize, LedgerError>;
 
-    /// Up to `limit` active holds, earliest expiry first.
-    fn active_holds(&self, limit: usize) -> Result<Vec<Hold>, LedgerError>;
+    /// Up to `limit` active holds with a line at `location`, in id order.
+    fn active_holds(&self, location: &str, limit: usize) -> Result<Vec<Hold>, LedgerError>;
 
     /// The transfer `id`, if there is one.
     fn transfer(&self, id: &str) -> Result<Option<Transfer>, LedgerError>;

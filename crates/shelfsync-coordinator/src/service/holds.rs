@@ -12,12 +12,9 @@ use shelfsync_proto::{
     ErrorCode, HoldAck, HoldAction, HoldRequest, HoldsRequest, MAX_BATCH_LINES, Response, WireError,
 };
 
-use super::{Access, Peer, Service, blocking, internal};
+use super::{Access, MAX_LISTED, MAX_SCANNED, Peer, Service, blocking, internal};
 use crate::sequencer::Answer;
 use shelfsync_proto::time::now_ms;
-
-/// Most holds in one listing.
-const MAX_LISTED: usize = 1000;
 
 impl Service {
     /// Answers a step of a hold or a read of one.
@@ -96,7 +93,9 @@ impl Service {
         )
     }
 
-    /// The active holds with a line at the request's location (and sku).
+    /// The active holds with a line at the request's location (and sku),
+    /// earliest expiry first: of the first `MAX_SCANNED` by id, the
+    /// `MAX_LISTED` that end first.
     pub(super) async fn holds(
         &self,
         peer: &Peer,
@@ -105,16 +104,18 @@ impl Service {
         self.check(peer, Access::Read, &request.location)?;
         let ledger = self.ledger.clone();
         blocking(move || {
-            let mut out = Vec::new();
-            for hold in ledger.active_holds(usize::MAX)? {
-                let matches = hold.lines.iter().any(|line| {
-                    line.key.location == request.location
-                        && request.sku.as_ref().is_none_or(|sku| *sku == line.key.sku)
+            let mut found = ledger.active_holds(&request.location, MAX_SCANNED)?;
+            if let Some(sku) = &request.sku {
+                found.retain(|hold| {
+                    (hold.lines.iter())
+                        .any(|l| l.key.location == request.location && l.key.sku == *sku)
                 });
-                if matches && out.len() < MAX_LISTED {
-                    out.push(ack(ledger.as_ref(), hold)?);
-                }
             }
+            found.sort_by_key(|hold| hold.expires_at_ms);
+            found.truncate(MAX_LISTED);
+            let out = (found.into_iter())
+                .map(|hold| ack(ledger.as_ref(), hold))
+                .collect::<Result<_, _>>()?;
             Ok(Response::Holds(out))
         })
         .await

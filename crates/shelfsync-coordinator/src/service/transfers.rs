@@ -13,13 +13,8 @@ use shelfsync_proto::{
     TransfersRequest, WireError,
 };
 
-use super::{Access, Peer, Service, blocking, internal};
+use super::{Access, MAX_LISTED, MAX_SCANNED, Peer, Service, blocking, internal};
 use crate::sequencer::Answer;
-
-/// Most transfers in one listing.
-const MAX_LISTED: usize = 1000;
-/// Most transfers read for one listing before the filter by state.
-const MAX_SCANNED: usize = 100_000;
 
 impl Service {
     /// Answers a step of a transfer or a read of one.
