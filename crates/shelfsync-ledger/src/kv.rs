@@ -149,9 +149,9 @@ impl<E: Engine> KvLedger<E> {
             Some(UPGRADED) => upgrade = true,
             Some(other) => {
                 return Err(LedgerError::Storage(format!(
-                    "it has layout {other} and this build reads layout {LAYOUT} only. Start \
-                     from an empty data_dir and reload the catalog (shelfctl import), or run \
-                     the build that wrote it"
+                    "it has layout {other} and this build reads layout {LAYOUT} (and upgrades \
+                     layout {UPGRADED}) only. Start from an empty data_dir and reload the \
+                     catalog (shelfctl import), or run the build that wrote it"
                 )));
             }
         }
