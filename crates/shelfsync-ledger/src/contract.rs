@@ -516,10 +516,11 @@ fn transfers_are_kept_and_listed_by_location(ledger: &dyn Ledger) {
         transfer("t2", "s2", "s3", TransferState::InTransit),
     ]);
     commit(vec![transfer("t1", "s1", "s2", TransferState::Closed)]);
-    let ids = |location: Option<&str>| -> Vec<(String, TransferState)> {
-        let found = ledger.transfers(location, 10).unwrap();
+    let listed = |location: Option<&str>, open_only| -> Vec<(String, TransferState)> {
+        let found = ledger.transfers(location, open_only, 10).unwrap();
         found.into_iter().map(|t| (t.id, t.state)).collect()
     };
+    let ids = |location| listed(location, false);
     let (closed, open) = (TransferState::Closed, TransferState::InTransit);
     assert_eq!(ids(Some("s1")), [("t1".to_string(), closed)]);
     assert_eq!(
@@ -532,6 +533,14 @@ fn transfers_are_kept_and_listed_by_location(ledger: &dyn Ledger) {
         "a prefix of a location is not it"
     );
     assert_eq!(ids(None).len(), 2);
+    // In transit only: t1 closed leaves its ends' open lists.
+    assert!(listed(Some("s1"), true).is_empty());
+    assert_eq!(listed(Some("s2"), true), [("t2".to_string(), open)]);
+    assert_eq!(
+        listed(None, true),
+        [("t2".to_string(), open)],
+        "once, not per end"
+    );
     assert_eq!(ledger.transfer("t2").unwrap().unwrap().to, "s3");
     assert!(ledger.transfer("t3").unwrap().is_none());
 }

@@ -15,6 +15,7 @@
 //! | `hold_index` | `location \0 hold id`, for each location of its lines | empty: the active holds by location |
 //! | `transfers` | transfer id | [`TransferV`] |
 //! | `transfer_index` | `location \0 id`, for its `from` and its `to` | empty |
+//! | `open_transfers` | the same, while the transfer is in transit | empty |
 //! | `reports` | store id | [`ReportV`] |
 //! | `meta` | `layout`, `head`, `oldest` | u64, big-endian |
 //!
@@ -23,12 +24,12 @@
 //! state. Idempotency records go to the keyspace of their time bucket, and
 //! expiry deletes whole keyspaces.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use serde::de::DeserializeOwned;
-use shelfsync_core::{Hold, HoldState, ItemKey, Transfer};
+use shelfsync_core::{Hold, HoldState, ItemKey, Transfer, TransferState};
 use shelfsync_proto::Change;
 
 use super::engine::{Engine, Write};
@@ -57,6 +58,7 @@ pub struct KvLedger<E: Engine> {
     hold_index: E::Space,
     transfers: E::Space,
     transfer_index: E::Space,
+    open_transfers: E::Space,
     reports: E::Space,
     meta: E::Space,
     buckets: Buckets,
@@ -106,8 +108,11 @@ fn hold_locations(hold: &Hold) -> Vec<&str> {
     locations
 }
 
-/// The layout this build upgrades at open: the one before `hold_index`.
+/// The oldest layout this build upgrades at open: the one before
+/// `hold_index` (layout 8) and `open_transfers` (layout 9).
 const UPGRADED: u64 = 7;
+/// Transfers read at a time by an upgrade.
+const UPGRADE_SLICE: usize = 10_000;
 
 /// A `meta` entry holding `value`.
 fn meta_put<S: Clone>(meta: &S, name: &str, value: u64) -> Write<S> {
@@ -142,16 +147,16 @@ impl<E: Engine> KvLedger<E> {
                 .map(|v| seq_of(v.as_ref()).ok_or_else(corrupt))
                 .transpose()
         };
-        let mut upgrade = false;
+        let mut upgrade = None;
         match read_u64("layout")? {
             None => engine.write(vec![meta_put(&meta, "layout", LAYOUT)], true)?,
             Some(LAYOUT) => {}
-            Some(UPGRADED) => upgrade = true,
+            Some(from @ UPGRADED..LAYOUT) => upgrade = Some(from),
             Some(other) => {
                 return Err(LedgerError::Storage(format!(
                     "it has layout {other} and this build reads layout {LAYOUT} (and upgrades \
-                     layout {UPGRADED}) only. Start from an empty data_dir and reload the \
-                     catalog (shelfctl import), or run the build that wrote it"
+                     layouts {UPGRADED} and up) only. Start from an empty data_dir and reload \
+                     the catalog (shelfctl import), or run the build that wrote it"
                 )));
             }
         }
@@ -173,32 +178,60 @@ impl<E: Engine> KvLedger<E> {
             hold_index: engine.space("hold_index")?,
             transfers: engine.space("transfers")?,
             transfer_index: engine.space("transfer_index")?,
+            open_transfers: engine.space("open_transfers")?,
             reports: engine.space("reports")?,
             meta,
             buckets,
             idempotency: Mutex::new(idempotency),
             engine,
         };
-        if upgrade {
-            ledger.index_active_holds()?;
+        if let Some(from) = upgrade {
+            ledger.upgrade(from)?;
         }
         Ok(ledger)
     }
 
-    /// Upgrades a ledger of layout [`UPGRADED`]: indexes its active holds
-    /// by location, then marks it [`LAYOUT`], in one batch.
-    fn index_active_holds(&self) -> Result<(), LedgerError> {
-        let mut batch = Vec::new();
-        for id in self.due_holds(u64::MAX - 1, usize::MAX)? {
-            if let Some(hold) = self.hold(&id)? {
-                for location in hold_locations(&hold) {
-                    let key = pair_key(location, &hold.id);
-                    batch.push(Write::Put(self.hold_index.clone(), key, Vec::new()));
+    /// Writes the indexes that layouts after `from` added, then marks the
+    /// ledger [`LAYOUT`]. Interrupted, it runs again at the next open:
+    /// what it writes is written the same again.
+    fn upgrade(&self, from: u64) -> Result<(), LedgerError> {
+        if from < 8 {
+            // Layout 8: the active holds by location.
+            let mut batch = Vec::new();
+            for id in self.due_holds(u64::MAX - 1, usize::MAX)? {
+                if let Some(hold) = self.hold(&id)? {
+                    for location in hold_locations(&hold) {
+                        let key = pair_key(location, &hold.id);
+                        batch.push(Write::Put(self.hold_index.clone(), key, Vec::new()));
+                    }
                 }
             }
+            self.engine.write(batch, false)?;
         }
-        batch.push(meta_put(&self.meta, "layout", LAYOUT));
-        self.engine.write(batch, true)
+        // Layout 9: the transfers in transit by location, read in slices.
+        let mut after: Vec<u8> = Vec::new();
+        loop {
+            let slice = self
+                .engine
+                .range(&self.transfers, &after, &[0xff], UPGRADE_SLICE)?;
+            let mut batch = Vec::new();
+            for (k, v) in &slice {
+                let transfer: Transfer = decode::<TransferV>(k.as_ref(), v.as_ref())?.into();
+                if transfer.state == TransferState::InTransit {
+                    for location in [&transfer.from, &transfer.to] {
+                        let key = pair_key(location, &transfer.id);
+                        batch.push(Write::Put(self.open_transfers.clone(), key, Vec::new()));
+                    }
+                }
+            }
+            self.engine.write(batch, false)?;
+            match slice.last() {
+                Some((k, _)) if slice.len() == UPGRADE_SLICE => after = [k.as_ref(), &[0]].concat(),
+                _ => break,
+            }
+        }
+        self.engine
+            .write(vec![meta_put(&self.meta, "layout", LAYOUT)], true)
     }
 
     /// The engine under the ledger.
@@ -343,7 +376,17 @@ impl<E: Engine> Ledger for KvLedger<E> {
             // The same keys for every step of a transfer: written again, no harm.
             for location in [&transfer.from, &transfer.to] {
                 let key = pair_key(location, id);
-                batch.push(Write::Put(self.transfer_index.clone(), key, Vec::new()));
+                batch.push(Write::Put(
+                    self.transfer_index.clone(),
+                    key.clone(),
+                    Vec::new(),
+                ));
+                batch.push(match transfer.state {
+                    TransferState::InTransit => {
+                        Write::Put(self.open_transfers.clone(), key, Vec::new())
+                    }
+                    TransferState::Closed => Write::Delete(self.open_transfers.clone(), key),
+                });
             }
         }
         for entry in group.idempotency {
@@ -469,26 +512,41 @@ impl<E: Engine> Ledger for KvLedger<E> {
     fn transfers(
         &self,
         location: Option<&str>,
+        open_only: bool,
         limit: usize,
     ) -> Result<Vec<Transfer>, LedgerError> {
-        let Some(location) = location else {
-            let all = self.engine.range(&self.transfers, &[], &[0xff], limit)?;
-            return all
-                .into_iter()
-                .map(|(k, v)| Ok(decode::<TransferV>(k.as_ref(), v.as_ref())?.into()))
-                .collect();
+        let index = match (location, open_only) {
+            (None, false) => {
+                let all = self.engine.range(&self.transfers, &[], &[0xff], limit)?;
+                return all
+                    .into_iter()
+                    .map(|(k, v)| Ok(decode::<TransferV>(k.as_ref(), v.as_ref())?.into()))
+                    .collect();
+            }
+            (Some(location), false) => self.engine.range(
+                &self.transfer_index,
+                &pair_key(location, ""),
+                &after_location(location),
+                limit,
+            )?,
+            (Some(location), true) => self.engine.range(
+                &self.open_transfers,
+                &pair_key(location, ""),
+                &after_location(location),
+                limit,
+            )?,
+            (None, true) => self
+                .engine
+                .range(&self.open_transfers, &[], &[0xff], limit)?,
         };
-        let prefix = pair_key(location, "");
-        let index = self.engine.range(
-            &self.transfer_index,
-            &prefix,
-            &after_location(location),
-            limit,
-        )?;
-        let mut out = Vec::with_capacity(index.len());
-        for (k, _) in index {
-            let id = String::from_utf8_lossy(&k.as_ref()[prefix.len()..]).into_owned();
-            if let Some(transfer) = self.transfer(&id)? {
+        // Keys are `location \0 id`; without a location, each transfer is
+        // there for both of its ends.
+        let ids: BTreeSet<&[u8]> = (index.iter())
+            .filter_map(|(k, _)| k.as_ref().splitn(2, |b| *b == 0).nth(1))
+            .collect();
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(transfer) = self.transfer(&String::from_utf8_lossy(id))? {
                 out.push(transfer);
             }
         }
@@ -691,6 +749,52 @@ mod tests {
         let ledger = KvLedger::with_engine(engine, contract::BUCKETS).unwrap();
         let active = ledger.active_holds("s1", 10).unwrap();
         assert_eq!(active.into_iter().map(|h| h.id).collect::<Vec<_>>(), ["h1"]);
+        let layout = ledger.engine().get(&ledger.meta, b"layout").unwrap();
+        assert_eq!(layout.as_deref().and_then(seq_of), Some(LAYOUT));
+    }
+
+    #[test]
+    fn a_ledger_of_layout_8_gets_its_transfers_in_transit_indexed() {
+        use shelfsync_core::TransferLine;
+        let transfer = |id: &str, state| Transfer {
+            id: id.into(),
+            from: "s1".into(),
+            to: "s2".into(),
+            lines: vec![TransferLine {
+                sku: "a".into(),
+                name: "A".into(),
+                shipped: 3,
+                received: 0,
+                lost: 0,
+            }],
+            state,
+        };
+        let engine = MemoryEngine::default();
+        let space = |name: &str| engine.space(name).unwrap();
+        let put = |name: &str, key: Vec<u8>, value: Vec<u8>| Write::Put(space(name), key, value);
+        let stored = |t: Transfer| encode(&TransferV::V1(t)).unwrap();
+        // More transfers than one slice of the upgrade reads, one in transit.
+        let mut batch = vec![put("meta", b"layout".to_vec(), 8u64.to_be_bytes().to_vec())];
+        for n in 0..UPGRADE_SLICE + 5 {
+            let id = format!("t{n:06}");
+            let state = match n {
+                n if n == UPGRADE_SLICE + 2 => TransferState::InTransit,
+                _ => TransferState::Closed,
+            };
+            batch.push(put(
+                "transfers",
+                id.clone().into_bytes(),
+                stored(transfer(&id, state)),
+            ));
+        }
+        engine.write(batch, true).unwrap();
+
+        let ledger = KvLedger::with_engine(engine, contract::BUCKETS).unwrap();
+        for location in [Some("s1"), Some("s2"), None] {
+            let open = ledger.transfers(location, true, 10).unwrap();
+            let ids: Vec<String> = open.into_iter().map(|t| t.id).collect();
+            assert_eq!(ids, [format!("t{:06}", UPGRADE_SLICE + 2)], "{location:?}");
+        }
         let layout = ledger.engine().get(&ledger.meta, b"layout").unwrap();
         assert_eq!(layout.as_deref().and_then(seq_of), Some(LAYOUT));
     }

@@ -37,7 +37,7 @@ pub use self::kv::KvLedger;
 pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::quality::RandomState>;
 
 /// The storage layout this code writes and reads, kept under `meta/layout`.
-pub const LAYOUT: u64 = 8;
+pub const LAYOUT: u64 = 9;
 
 /// Storage failures. None of them is the client's fault.
 #[derive(Debug, thiserror::Error)]
@@ -448,10 +448,15 @@ pub trait Ledger: Send + Sync + 'static {
     /// The transfer `id`, if there is one.
     fn transfer(&self, id: &str) -> Result<Option<Transfer>, LedgerError>;
 
-    /// Up to `limit` transfers from or to `location` (every transfer when
-    /// `None`), newest first.
-    fn transfers(&self, location: Option<&str>, limit: usize)
-    -> Result<Vec<Transfer>, LedgerError>;
+    /// Transfers from or to `location` (every transfer when `None`), only
+    /// those in transit with `open_only`, in id order; at most `limit` are
+    /// read.
+    fn transfers(
+        &self,
+        location: Option<&str>,
+        open_only: bool,
+        limit: usize,
+    ) -> Result<Vec<Transfer>, LedgerError>;
 
     /// The sequence number of the last committed change (0 when none).
     fn head(&self) -> Result<u64, LedgerError>;

@@ -5,8 +5,8 @@
 //! Shipping needs `from` writable by the store, receiving `to`; closing
 //! needs either end writable, reading either end readable.
 
-use shelfsync_core::Transfer;
 use shelfsync_core::item::validate_id;
+use shelfsync_core::{Transfer, TransferState};
 use shelfsync_ledger::{Action, Ledger, LedgerError, Object};
 use shelfsync_proto::{
     ErrorCode, MAX_BATCH_LINES, Response, TransferAck, TransferAction, TransferRequest,
@@ -103,7 +103,9 @@ impl Service {
         }
         let ledger = self.ledger.clone();
         blocking(move || {
-            let mut found = ledger.transfers(request.location.as_deref(), MAX_SCANNED)?;
+            let open_only = request.state == Some(TransferState::InTransit);
+            let location = request.location.as_deref();
+            let mut found = ledger.transfers(location, open_only, MAX_SCANNED)?;
             found.retain(|t| request.state.is_none_or(|state| t.state == state));
             // Ids are `t` and the seq of the transfer's first change.
             let seq = |t: &Transfer| t.id.strip_prefix('t').and_then(|n| n.parse::<u64>().ok());
