@@ -488,13 +488,18 @@ fn holds_and_their_deadlines_follow_the_steps(ledger: &dyn Ledger) {
     );
 }
 
-fn transfers_are_kept_and_listed_by_location(ledger: &dyn Ledger) {
-    use shelfsync_core::{Transfer, TransferLine, TransferState};
-    let transfer = |id: &str, from: &str, to: &str, state| Transfer {
+/// A transfer of 3 units of sku `a`, none received yet.
+pub(crate) fn transfer(
+    id: &str,
+    from: &str,
+    to: &str,
+    state: shelfsync_core::TransferState,
+) -> shelfsync_core::Transfer {
+    shelfsync_core::Transfer {
         id: id.into(),
         from: from.into(),
         to: to.into(),
-        lines: vec![TransferLine {
+        lines: vec![shelfsync_core::TransferLine {
             sku: "a".into(),
             name: "A".into(),
             shipped: 3,
@@ -502,7 +507,11 @@ fn transfers_are_kept_and_listed_by_location(ledger: &dyn Ledger) {
             lost: 0,
         }],
         state,
-    };
+    }
+}
+
+fn transfers_are_kept_and_listed_by_location(ledger: &dyn Ledger) {
+    use shelfsync_core::{Transfer, TransferState};
     let commit = |transfers: Vec<Transfer>| {
         let group = CommitGroup {
             transfers,

@@ -755,20 +755,7 @@ mod tests {
 
     #[test]
     fn a_ledger_of_layout_8_gets_its_transfers_in_transit_indexed() {
-        use shelfsync_core::TransferLine;
-        let transfer = |id: &str, state| Transfer {
-            id: id.into(),
-            from: "s1".into(),
-            to: "s2".into(),
-            lines: vec![TransferLine {
-                sku: "a".into(),
-                name: "A".into(),
-                shipped: 3,
-                received: 0,
-                lost: 0,
-            }],
-            state,
-        };
+        let transfer = |id: &str, state| contract::transfer(id, "s1", "s2", state);
         let engine = MemoryEngine::default();
         let space = |name: &str| engine.space(name).unwrap();
         let put = |name: &str, key: Vec<u8>, value: Vec<u8>| Write::Put(space(name), key, value);
