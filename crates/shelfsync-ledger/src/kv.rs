@@ -248,6 +248,26 @@ impl<E: Engine> KvLedger<E> {
         bytes.map(|bytes| decode(key, bytes.as_ref())).transpose()
     }
 
+    /// The distinct ids in an index keyed `location \0 id`: under
+    /// `location`, or under every location (in id order) for `None`; at
+    /// most `limit` entries are read.
+    fn ids_by_location(
+        &self,
+        index: &E::Space,
+        location: Option<&str>,
+        limit: usize,
+    ) -> Result<BTreeSet<String>, LedgerError> {
+        let (from, to) = match location {
+            Some(location) => (pair_key(location, ""), after_location(location)),
+            None => (Vec::new(), vec![0xff]),
+        };
+        let entries = self.engine.range(index, &from, &to, limit)?;
+        Ok((entries.iter())
+            .filter_map(|(k, _)| k.as_ref().splitn(2, |b| *b == 0).nth(1))
+            .map(|id| String::from_utf8_lossy(id).into_owned())
+            .collect())
+    }
+
     fn buckets(&self) -> Result<MutexGuard<'_, BucketMap<E::Space>>, LedgerError> {
         self.idempotency
             .lock()
@@ -489,13 +509,9 @@ impl<E: Engine> Ledger for KvLedger<E> {
     }
 
     fn active_holds(&self, location: &str, limit: usize) -> Result<Vec<Hold>, LedgerError> {
-        let prefix = pair_key(location, "");
-        let index =
-            self.engine
-                .range(&self.hold_index, &prefix, &after_location(location), limit)?;
-        let mut out = Vec::with_capacity(index.len());
-        for (k, _) in index {
-            let id = String::from_utf8_lossy(&k.as_ref()[prefix.len()..]).into_owned();
+        let ids = self.ids_by_location(&self.hold_index, Some(location), limit)?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
             if let Some(hold) = self.hold(&id)? {
                 out.push(hold);
             }
@@ -515,38 +531,21 @@ impl<E: Engine> Ledger for KvLedger<E> {
         open_only: bool,
         limit: usize,
     ) -> Result<Vec<Transfer>, LedgerError> {
-        let index = match (location, open_only) {
-            (None, false) => {
-                let all = self.engine.range(&self.transfers, &[], &[0xff], limit)?;
-                return all
-                    .into_iter()
-                    .map(|(k, v)| Ok(decode::<TransferV>(k.as_ref(), v.as_ref())?.into()))
-                    .collect();
-            }
-            (Some(location), false) => self.engine.range(
-                &self.transfer_index,
-                &pair_key(location, ""),
-                &after_location(location),
-                limit,
-            )?,
-            (Some(location), true) => self.engine.range(
-                &self.open_transfers,
-                &pair_key(location, ""),
-                &after_location(location),
-                limit,
-            )?,
-            (None, true) => self
-                .engine
-                .range(&self.open_transfers, &[], &[0xff], limit)?,
+        if location.is_none() && !open_only {
+            let all = self.engine.range(&self.transfers, &[], &[0xff], limit)?;
+            return all
+                .into_iter()
+                .map(|(k, v)| Ok(decode::<TransferV>(k.as_ref(), v.as_ref())?.into()))
+                .collect();
+        }
+        let index = match open_only {
+            true => &self.open_transfers,
+            false => &self.transfer_index,
         };
-        // Keys are `location \0 id`; without a location, each transfer is
-        // there for both of its ends.
-        let ids: BTreeSet<&[u8]> = (index.iter())
-            .filter_map(|(k, _)| k.as_ref().splitn(2, |b| *b == 0).nth(1))
-            .collect();
+        let ids = self.ids_by_location(index, location, limit)?;
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
-            if let Some(transfer) = self.transfer(&String::from_utf8_lossy(id))? {
+            if let Some(transfer) = self.transfer(&id)? {
                 out.push(transfer);
             }
         }
