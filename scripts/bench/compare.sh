@@ -40,7 +40,11 @@
 #     delta:      the script with `remove` and no version (one round trip);
 #     no hold-then-fulfil or batch rows (no script of that shape).
 #   shelfsync: a fresh release coordinator, driven by shelfsync-loadgen over
-#     mutual-TLS QUIC, one connection per client, each a registered store;
+#     mutual-TLS QUIC, one connection per client, each a registered store
+#     with a UDP socket of its own (--sockets = --clients: as pgbench's and
+#     Redis's connections are a TCP socket each, and as stores are hosts of
+#     their own; one shared socket made the kernel queue every client's
+#     datagrams on one socket each way);
 #     hold-then-fulfil: `--workload hold-then-fulfil --lines L` (a Hold
 #     request creating a hold of 1 unit per line, then a Hold request
 #     fulfilling it), batch: `--workload batch --lines L` (one Batch request
@@ -618,7 +622,7 @@ declare -A SS_DIR=() SS_PID=() SS_LISTEN=()
 # for ENGINE's coordinator.
 shelfsync_common() {
     SHELFSYNC_COMMON=(--coordinator "${SS_LISTEN[$1]}" --certs "${SS_DIR[$1]}"
-                      --connections "$CLIENTS" --keys "$KEYS" --json)
+                      --connections "$CLIENTS" --sockets "$CLIENTS" --keys "$KEYS" --json)
 }
 
 start_shelfsync() {
