@@ -410,19 +410,28 @@ fn lock_deadlines_follow_the_writes(ledger: &dyn Ledger) {
     assert_eq!(due(u64::MAX), [(900, "a".to_string(), 2)]);
 }
 
-fn holds_and_their_deadlines_follow_the_steps(ledger: &dyn Ledger) {
-    use shelfsync_core::{Hold, HoldLine, HoldState};
-    let at = |location: &str, id: &str, expires_at_ms, state| Hold {
+/// A hold of cart-1 on one unit of sku `a` at `location`.
+pub(crate) fn hold_at(
+    location: &str,
+    id: &str,
+    expires_at_ms: u64,
+    state: shelfsync_core::HoldState,
+) -> shelfsync_core::Hold {
+    shelfsync_core::Hold {
         id: id.into(),
         owner: "cart-1".into(),
-        lines: vec![HoldLine {
+        lines: vec![shelfsync_core::HoldLine {
             key: key(location, "a"),
             amount: 1,
         }],
         expires_at_ms,
         state,
-    };
-    let hold = |id: &str, expires_at_ms, state| at("s1", id, expires_at_ms, state);
+    }
+}
+
+fn holds_and_their_deadlines_follow_the_steps(ledger: &dyn Ledger) {
+    use shelfsync_core::{HoldLine, HoldState};
+    let hold = |id: &str, expires_at_ms, state| hold_at("s1", id, expires_at_ms, state);
     let commit = |holds: Vec<HoldWrite>| {
         let head = ledger.head().unwrap();
         let group = CommitGroup {
@@ -456,7 +465,7 @@ fn holds_and_their_deadlines_follow_the_steps(ledger: &dyn Ledger) {
     assert_eq!(ledger.due_holds(u64::MAX, 10).unwrap(), ["h2", "h1"]);
     assert_eq!(ledger.due_holds(u64::MAX, 1).unwrap(), ["h2"], "limit");
     // h3 holds a unit at s2 and at s1.
-    let mut h3 = at("s2", "h3", 800, HoldState::Active);
+    let mut h3 = hold_at("s2", "h3", 800, HoldState::Active);
     h3.lines.push(HoldLine {
         key: key("s1", "b"),
         amount: 1,

@@ -713,17 +713,7 @@ mod tests {
 
     #[test]
     fn a_ledger_of_the_layout_before_gets_its_active_holds_indexed() {
-        use shelfsync_core::{HoldLine, ItemKey};
-        let hold = |id: &str, state| Hold {
-            id: id.into(),
-            owner: "cart-1".into(),
-            lines: vec![HoldLine {
-                key: ItemKey::new("s1", "a").unwrap(),
-                amount: 1,
-            }],
-            expires_at_ms: 900,
-            state,
-        };
+        let hold = |id: &str, state| contract::hold_at("s1", id, 900, state);
         // What layout 7 kept: the holds and the active ones' deadlines.
         let engine = MemoryEngine::default();
         let space = |name: &str| engine.space(name).unwrap();
