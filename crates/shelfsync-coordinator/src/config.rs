@@ -115,7 +115,7 @@ impl Config {
             if id == shelfsync_proto::ADMIN_IDENTITY {
                 return invalid("`admin` is reserved for the admin certificate".into());
             }
-            if id == crate::sequencer::COORDINATOR {
+            if id == shelfsync_sequencer::COORDINATOR {
                 return invalid(
                     "`coordinator` is reserved for the coordinator's own writes".into(),
                 );

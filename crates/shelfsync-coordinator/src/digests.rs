@@ -11,7 +11,7 @@ use shelfsync_core::KeyState;
 use shelfsync_core::digest::Digest;
 use shelfsync_ledger::{Ledger, LedgerError};
 
-use crate::FastMap;
+use shelfsync_core::FastMap;
 
 /// Page size when building the digests at start.
 const SCAN_PAGE: usize = 10_000;

@@ -1,7 +1,7 @@
 //! shelfsync's coordinator: the chain's single authority for every item.
 //!
 //! Read in this order: [`config`] (what it is told), [`shelfsync_ledger`]
-//! (what it keeps), [`sequencer`] (how a group of writes is decided),
+//! (what it keeps), [`shelfsync_sequencer`] (how a group of writes is decided),
 //! [`pipeline`] (the thread that decides and commits), [`service`] (what it
 //! answers), [`server`] and [`http`] (how it listens), and [`run`], which
 //! wires them together.
@@ -13,7 +13,6 @@ pub mod gc;
 pub mod http;
 pub mod metrics;
 pub mod pipeline;
-pub mod sequencer;
 pub mod server;
 pub mod service;
 pub mod wake;
@@ -30,12 +29,6 @@ use crate::digests::Digests;
 use crate::metrics::Metrics;
 use crate::pipeline::{BACKGROUND_NICE, Pipeline, set_nice};
 use crate::service::Service;
-
-/// A hash map for the short names on every write's path (keys, locations,
-/// store ids): foldhash is several times faster than std's SipHash
-/// (docs/performance.md), and like std's it seeds each map at random, so a
-/// store cannot aim its keys at one map's buckets.
-pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::quality::RandomState>;
 
 /// The file in `data_dir` that keeps the QUIC stateless-reset key across
 /// restarts, so agents learn of a restart at their next packet.

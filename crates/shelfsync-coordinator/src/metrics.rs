@@ -15,8 +15,7 @@ use prometheus_client::registry::Registry;
 
 use shelfsync_proto::ErrorCode;
 use shelfsync_proto::time::now_ms;
-
-use crate::sequencer::{Answer, Request};
+use shelfsync_sequencer::{Answer, Request};
 
 /// Labels of the write counter: both from fixed sets (op kinds, outcomes
 /// and wire codes), so counting a write allocates nothing.

@@ -3,7 +3,7 @@
 //!
 //! It takes every job queued so far as one group; fetches what deciding it
 //! reads (item states from its cache or the ledger, idempotency records and
-//! the changes they point to); decides it with [`sequencer::decide`];
+//! the changes they point to); decides it with [`shelfsync_sequencer::decide`];
 //! commits it with one [`Ledger::commit`], durable on return; then raises
 //! the head readers see and answers the jobs. Jobs that arrive during a
 //! commit form the next group, so many writes share one `fdatasync`.
@@ -16,16 +16,16 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use shelfsync_core::{ItemKey, KeyState};
-use shelfsync_ledger::{Ledger, LedgerError, Line};
+use shelfsync_ledger::{Ledger, LedgerError};
 use shelfsync_proto::{
     BatchAck, BatchRequest, ErrorCode, ReadReply, Response, WireError, WriteAck, WriteRequest,
 };
+use shelfsync_sequencer::{Answer, Command, Request, StepCommand, View};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use self::thread::Sequencer;
 use crate::digests::Digests;
 use crate::metrics::Metrics;
-use crate::sequencer::{Answer, Command, Request, StepCommand, View};
 use crate::wake::{Subscribers, TransferMarks};
 
 /// Most jobs decided in one group.
@@ -138,7 +138,10 @@ impl Pipeline {
 
     /// Decides a write from `store` and answers once it is durable.
     pub async fn write(&self, store: &str, request: WriteRequest) -> Response {
-        write_response(self.submit(Request::Write(command(store, request))).await)
+        write_response(
+            self.submit(Request::Write(Command::write(store, request)))
+                .await,
+        )
     }
 
     /// Decides several writes from `store`, each on its own, and answers
@@ -147,7 +150,8 @@ impl Pipeline {
     pub async fn write_many(&self, store: &str, requests: Vec<WriteRequest>) -> Vec<Response> {
         let mut pending = Vec::with_capacity(requests.len());
         for request in requests {
-            pending.push(self.enqueue(Request::Write(command(store, request))).await);
+            let request = Request::Write(Command::write(store, request));
+            pending.push(self.enqueue(request).await);
         }
         let mut responses = Vec::with_capacity(pending.len());
         for answer in pending {
@@ -170,18 +174,7 @@ impl Pipeline {
     /// Decides a batch from `store` as one commit, all lines or none, and
     /// answers once it is durable.
     pub async fn batch(&self, store: &str, batch: BatchRequest) -> Response {
-        let lines = batch.lines.into_iter().map(|line| Line {
-            key: line.key,
-            op: line.op,
-            expected_version: line.expected_version,
-            lock_token: line.lock_token,
-        });
-        let command = Command {
-            store: store.to_string(),
-            idempotency_key: batch.idempotency_key,
-            lines: lines.collect(),
-        };
-        match self.commit(command).await {
+        match self.commit(Command::batch(store, batch)).await {
             Answer::Accepted { changes, replayed } => Response::Batch(BatchAck {
                 seq: changes.first().map_or(0, |(seq, _)| *seq),
                 states: changes.into_iter().map(|(_, state)| state).collect(),
@@ -303,19 +296,6 @@ impl Failure {
 
     fn is_set(&self) -> bool {
         self.cause.get().is_some()
-    }
-}
-
-fn command(store: &str, request: WriteRequest) -> Command {
-    Command {
-        store: store.to_string(),
-        idempotency_key: request.idempotency_key,
-        lines: vec![Line {
-            key: request.key,
-            op: request.op,
-            expected_version: request.expected_version,
-            lock_token: request.lock_token,
-        }],
     }
 }
 

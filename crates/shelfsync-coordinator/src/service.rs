@@ -348,9 +348,9 @@ impl Service {
         peer: &Peer,
         idempotency_key: String,
         action: shelfsync_ledger::Action,
-    ) -> Result<crate::sequencer::Answer, WireError> {
+    ) -> Result<shelfsync_sequencer::Answer, WireError> {
         check_idempotency_key(&idempotency_key)?;
-        let command = crate::sequencer::StepCommand {
+        let command = shelfsync_sequencer::StepCommand {
             store: peer.name().to_string(),
             idempotency_key,
             action,

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use tokio::sync::Notify;
 
-use crate::FastMap;
+use shelfsync_core::FastMap;
 use shelfsync_proto::time::now_ms;
 
 /// The subscriptions to each location.

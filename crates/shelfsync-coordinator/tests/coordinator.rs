@@ -527,8 +527,8 @@ async fn snapshot_plus_later_changes_equals_the_state() {
 /// REST surfaces.)
 #[tokio::test]
 async fn a_multi_key_commit_is_whole_in_the_log_and_in_every_page() {
-    use shelfsync_coordinator::sequencer::{Answer, Command};
     use shelfsync_ledger::Line;
+    use shelfsync_sequencer::{Answer, Command};
     let fx = Fixture::new();
     ack(fx
         .write("store-1", "c", &key("store-1", "a"), create(5))

@@ -24,3 +24,9 @@ pub use item::{Item, ItemKey, KeyState};
 pub use lock::{Lock, LockTokens};
 pub use op::{Op, Precondition, apply};
 pub use transfer::{Transfer, TransferLine, TransferState};
+
+/// A hash map for the short names on every write's path (keys, locations,
+/// store ids): foldhash is several times faster than std's SipHash
+/// (docs/performance.md), and like std's it seeds each map at random, so a
+/// store cannot aim its keys at one map's buckets.
+pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::quality::RandomState>;

@@ -38,7 +38,7 @@ use super::{
     Buckets, CommitGroup, Deadline, IdempotencyRecord, ItemRecord, LAYOUT, Ledger, LedgerError,
     StoredReport,
 };
-use crate::FastMap;
+use shelfsync_core::FastMap;
 
 /// Idempotency bucket keyspaces by (start, width).
 type BucketMap<S> = BTreeMap<(u64, u64), S>;

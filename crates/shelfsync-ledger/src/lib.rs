@@ -30,12 +30,6 @@ pub mod contract;
 pub use self::fjall::FjallLedger;
 pub use self::kv::KvLedger;
 
-/// A hash map for the short names a commit goes through (keys,
-/// locations): foldhash is several times faster than std's SipHash, and
-/// like std's it seeds each map at random, so a store cannot aim its keys
-/// at one map's buckets.
-pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::quality::RandomState>;
-
 /// The storage layout this code writes and reads, kept under `meta/layout`.
 pub const LAYOUT: u64 = 9;
 
@@ -397,6 +391,36 @@ pub struct CommitGroup {
     pub head: u64,
 }
 
+impl CommitGroup {
+    /// Whether the group writes nothing (strong reads only, say).
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty()
+            && self.idempotency.is_empty()
+            && self.holds.is_empty()
+            && self.transfers.is_empty()
+    }
+
+    /// The ends of its transfers, sorted and distinct.
+    pub fn transfer_ends(&self) -> Vec<String> {
+        let ends = (self.transfers.iter()).flat_map(|t| [t.from.as_str(), t.to.as_str()]);
+        sorted_distinct(ends)
+    }
+
+    /// Every location its changes and transfers touch, sorted and distinct.
+    pub fn locations(&self) -> Vec<String> {
+        let changed = (self.writes.iter()).map(|w| w.change.key.location.as_str());
+        let ends = (self.transfers.iter()).flat_map(|t| [t.from.as_str(), t.to.as_str()]);
+        sorted_distinct(changed.chain(ends))
+    }
+}
+
+fn sorted_distinct<'a>(names: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let mut names: Vec<&str> = names.collect();
+    names.sort_unstable();
+    names.dedup();
+    names.into_iter().map(str::to_owned).collect()
+}
+
 /// A store report as remembered across restarts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredReport {
@@ -522,5 +546,31 @@ impl Buckets {
         Buckets {
             width_ms: (ttl_ms / 8).max(1),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use shelfsync_core::TransferState;
+
+    use super::CommitGroup;
+    use crate::contract::{key, put, transfer};
+
+    #[test]
+    fn a_group_names_the_locations_it_touches() {
+        let empty = CommitGroup::default();
+        assert!(empty.is_empty());
+        assert!(empty.locations().is_empty());
+        let group = CommitGroup {
+            writes: vec![put(1, &key("s2", "a"), 1, 5), put(2, &key("s1", "b"), 1, 5)],
+            transfers: vec![
+                transfer("t1", "w1", "s2", TransferState::InTransit),
+                transfer("t2", "s3", "w1", TransferState::Closed),
+            ],
+            ..CommitGroup::default()
+        };
+        assert!(!group.is_empty());
+        assert_eq!(group.transfer_ends(), ["s2", "s3", "w1"]);
+        assert_eq!(group.locations(), ["s1", "s2", "s3", "w1"]);
     }
 }

@@ -6,9 +6,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use shelfsync_core::ItemKey;
-use shelfsync_ledger::{Action, CommitGroup, Ledger, LedgerError, Object, Recorded};
+use shelfsync_ledger::{CommitGroup, Ledger, LedgerError};
 use shelfsync_proto::time::now_ms;
+use shelfsync_sequencer::{self as sequencer, Answer, Request, View};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
@@ -18,7 +18,6 @@ use super::{
 use crate::digests::Digests;
 use crate::failpoints;
 use crate::metrics::Metrics;
-use crate::sequencer::{self, Answer, Request, View};
 
 pub(super) struct Sequencer {
     pub(super) ledger: Arc<dyn Ledger>,
@@ -116,7 +115,9 @@ impl Sequencer {
         if requests.is_empty() {
             return Ok(());
         }
-        self.fetch(&requests)?;
+        // A deliberate bug for the fault suite: a retry is decided anew.
+        let lookup = !failpoints::triggered(failpoints::SKIP_IDEMPOTENCY_LOOKUP);
+        (self.view).fetch(self.ledger.as_ref(), &requests, lookup)?;
         let sequencer::Decision {
             group,
             replaced,
@@ -132,11 +133,8 @@ impl Sequencer {
                 .apply(&change.key.location, change.seq, before, &change.state);
         }
         let head = group.head;
-        let (touched, transfer_ends) = touched(&group);
-        let has_writes = !(group.writes.is_empty()
-            && group.idempotency.is_empty()
-            && group.holds.is_empty()
-            && group.transfers.is_empty());
+        let (touched, transfer_ends) = (group.locations(), group.transfer_ends());
+        let has_writes = !group.is_empty();
         if has_writes && failpoints::triggered(failpoints::ACK_BEFORE_DURABLE) {
             // A deliberate bug for the fault suite: answered before the
             // commit, which comes a moment later.
@@ -188,119 +186,4 @@ impl Sequencer {
             let _ = reply.send(answer);
         }
     }
-
-    /// Brings into the view what deciding `requests` reads.
-    fn fetch(&mut self, requests: &[Request]) -> Result<(), LedgerError> {
-        self.view.idempotency.clear();
-        self.view.changes.clear();
-        self.view.holds.clear();
-        self.view.transfers.clear();
-        for request in requests {
-            let (store, idempotency_key) = match request {
-                Request::Read(key) => {
-                    self.load(key)?;
-                    continue;
-                }
-                Request::Write(command) => {
-                    for line in &command.lines {
-                        self.load(&line.key)?;
-                    }
-                    (&command.store, &command.idempotency_key)
-                }
-                Request::Step(step) => {
-                    let new_keys = match &step.action {
-                        Action::HoldCreate { lines, .. } => {
-                            lines.iter().map(|l| l.key.clone()).collect()
-                        }
-                        Action::TransferCreate { from, lines, .. } => {
-                            sequencer::transfers::keys(from, lines)
-                        }
-                        _ => Vec::new(),
-                    };
-                    for key in &new_keys {
-                        self.load(key)?;
-                    }
-                    if let Some(id) = step.action.id() {
-                        self.load_object(step.action.is_transfer(), id)?;
-                    }
-                    (&step.store, &step.idempotency_key)
-                }
-            };
-            // A deliberate bug for the fault suite: a retry is decided anew.
-            if failpoints::triggered(failpoints::SKIP_IDEMPOTENCY_LOOKUP) {
-                continue;
-            }
-            let id = (store.clone(), idempotency_key.clone());
-            if self.view.idempotency.contains_key(&id) {
-                continue;
-            }
-            let Some(record) = self.ledger.idempotency(&id.0, &id.1)? else {
-                continue;
-            };
-            match &record.outcome {
-                Recorded::Accepted { seq, locations, .. } => {
-                    for (location, seq) in locations.iter().zip(*seq..) {
-                        if let Some(change) = self.ledger.change(location, seq)? {
-                            self.view.changes.insert(seq, change);
-                        }
-                    }
-                }
-                Recorded::Step { action, id } => self.load_object(action.is_transfer(), id)?,
-                Recorded::Rejected { .. } | Recorded::StepRejected { .. } => {}
-            }
-            self.view.idempotency.insert(id, record);
-        }
-        Ok(())
-    }
-
-    /// Brings a hold (or a transfer) and the states of the keys it writes
-    /// into the view, unless it is there.
-    fn load_object(&mut self, transfer: bool, id: &str) -> Result<(), LedgerError> {
-        let object = match transfer {
-            false if !self.view.holds.contains_key(id) => {
-                let hold = self.ledger.hold(id)?;
-                self.view.holds.insert(id.to_string(), hold.clone());
-                hold.map(Object::Hold)
-            }
-            true if !self.view.transfers.contains_key(id) => {
-                let found = self.ledger.transfer(id)?;
-                self.view.transfers.insert(id.to_string(), found.clone());
-                found.map(Object::Transfer)
-            }
-            _ => None,
-        };
-        for key in object.iter().flat_map(Object::keys) {
-            self.load(&key)?;
-        }
-        Ok(())
-    }
-
-    /// Brings a key's state into the view, unless it is there.
-    fn load(&mut self, key: &ItemKey) -> Result<(), LedgerError> {
-        if !self.view.items.contains_key(key) {
-            let record = self.ledger.load(key)?;
-            self.view.items.insert(key.clone(), record);
-        }
-        Ok(())
-    }
-}
-
-/// The locations a group's changes and transfers touch, and the ends of
-/// its transfers, each list sorted and distinct.
-fn touched(group: &CommitGroup) -> (Vec<String>, Vec<String>) {
-    let mut ends: Vec<&str> = (group.transfers.iter())
-        .flat_map(|t| [t.from.as_str(), t.to.as_str()])
-        .collect();
-    ends.sort_unstable();
-    ends.dedup();
-    let mut all: Vec<&str> = group
-        .writes
-        .iter()
-        .map(|w| w.change.key.location.as_str())
-        .collect();
-    all.extend(&ends);
-    all.sort_unstable();
-    all.dedup();
-    let owned = |list: Vec<&str>| list.into_iter().map(str::to_owned).collect();
-    (owned(all), owned(ends))
 }

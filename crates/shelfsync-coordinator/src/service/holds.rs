@@ -8,13 +8,13 @@
 use shelfsync_core::item::validate_id;
 use shelfsync_core::{Hold, HoldState, KeyState};
 use shelfsync_ledger::{Action, Ledger, LedgerError, Object};
+use shelfsync_proto::time::now_ms;
 use shelfsync_proto::{
     ErrorCode, HoldAck, HoldAction, HoldRequest, HoldsRequest, MAX_BATCH_LINES, Response, WireError,
 };
+use shelfsync_sequencer::Answer;
 
 use super::{Access, MAX_LISTED, MAX_SCANNED, Peer, Service, blocking, internal};
-use crate::sequencer::Answer;
-use shelfsync_proto::time::now_ms;
 
 impl Service {
     /// Answers a step of a hold or a read of one.

@@ -3,8 +3,8 @@
 //! swaps it whole when the coordinator reloads its config on SIGHUP
 //! ([`super::Service::reload`]); [`diff`] says what a reload changed.
 
-use crate::FastMap;
 use crate::config::StoreConfig;
+use shelfsync_core::FastMap;
 
 /// The registered stores, indexed by id.
 #[derive(Debug, Default)]

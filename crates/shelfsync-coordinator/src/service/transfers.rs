@@ -12,9 +12,9 @@ use shelfsync_proto::{
     ErrorCode, MAX_BATCH_LINES, Response, TransferAck, TransferAction, TransferRequest,
     TransfersRequest, WireError,
 };
+use shelfsync_sequencer::Answer;
 
 use super::{Access, MAX_LISTED, MAX_SCANNED, Peer, Service, blocking, internal};
-use crate::sequencer::Answer;
 
 impl Service {
     /// Answers a step of a transfer or a read of one.

@@ -7,21 +7,28 @@
 //! the key was used for another request); otherwise its lines are decided
 //! with [`shelfsync_core::apply`], all or none, numbered with consecutive
 //! seqs as one commit, and the outcome is recorded. A strong read answers
-//! the state as decided so far. [`crate::pipeline`] fetches what it needs,
-//! commits the [`CommitGroup`] it returns and delivers the answers.
+//! the state as decided so far. The coordinator's pipeline has
+//! [`View::fetch`] bring from the ledger what the decision reads, commits
+//! the [`CommitGroup`] it returns and delivers the answers.
+//!
+//! The crate does no I/O of its own and knows no thread, socket or clock:
+//! its only way to the ledger is [`View::fetch`] through the
+//! [`Ledger`](shelfsync_ledger::Ledger) trait, so the rules are tested in
+//! tables without a coordinator.
 
 use shelfsync_core::{Hold, ItemKey, KeyState, Op, Precondition, Transfer, apply};
 use shelfsync_ledger::{
     Action, CommitGroup, CommittedWrite, Deadline, IdempotencyEntry, IdempotencyRecord, ItemRecord,
     Line, Object, Recorded,
 };
-use shelfsync_proto::{Change, ErrorCode, WireError};
+use shelfsync_proto::{BatchRequest, Change, ErrorCode, WireError, WriteRequest};
 
-use crate::FastMap;
+use shelfsync_core::FastMap;
 
+mod fetch;
 mod holds;
 mod steps;
-pub(crate) mod transfers;
+mod transfers;
 
 /// A write request: one or more lines from one store under one idempotency
 /// key, applied whole or not at all.
@@ -33,6 +40,38 @@ pub struct Command {
     pub idempotency_key: String,
     /// The lines, on distinct keys.
     pub lines: Vec<Line>,
+}
+
+impl Command {
+    /// A single-key write from `store`, as the wire carries it.
+    pub fn write(store: &str, request: WriteRequest) -> Command {
+        Command {
+            store: store.to_string(),
+            idempotency_key: request.idempotency_key,
+            lines: vec![Line {
+                key: request.key,
+                op: request.op,
+                expected_version: request.expected_version,
+                lock_token: request.lock_token,
+            }],
+        }
+    }
+
+    /// A batch from `store` (several keys, one commit), as the wire
+    /// carries it.
+    pub fn batch(store: &str, batch: BatchRequest) -> Command {
+        let lines = batch.lines.into_iter().map(|line| Line {
+            key: line.key,
+            op: line.op,
+            expected_version: line.expected_version,
+            lock_token: line.lock_token,
+        });
+        Command {
+            store: store.to_string(),
+            idempotency_key: batch.idempotency_key,
+            lines: lines.collect(),
+        }
+    }
 }
 
 /// A step of a hold or a transfer from one store under one idempotency key.
@@ -88,9 +127,9 @@ pub enum Answer {
     },
 }
 
-/// What the decision reads. The caller fetches, before deciding, every key
-/// the requests name, the idempotency record of every write that has one,
-/// and the changes those records point to.
+/// What the decision reads: [`View::fetch`] brings, before deciding, every
+/// key the requests name, the idempotency record of every write that has
+/// one, and the changes those records point to.
 #[derive(Debug, Default)]
 pub struct View {
     /// Keys' records (`None`: never written); the decision updates them

@@ -409,7 +409,7 @@ mod tests {
     fn the_coordinators_expiry_is_not_recorded_and_moves_the_deadline() {
         let stocked = [("milk", 10, 2, 2)];
         let mut view = view(&stocked, vec![hold("h3", &[("milk", 2)], NOW)]);
-        let requests = [Request::Step(crate::sequencer::hold_expiry("h3".into()))];
+        let requests = [Request::Step(crate::hold_expiry("h3".into()))];
         let decision = decide(&requests, &mut view, 7, NOW, 10_000);
         assert!(decision.group.idempotency.is_empty());
         let written = &decision.group.holds[0];
