@@ -10,6 +10,11 @@
 //! that seq the entry goes ([`Overlay::settle`]). Local reads take, per key,
 //! the newer of the overlay's state and the replica's ([`newest`]).
 //!
+//! The states of pages of changes the replica applied in memory and has not
+//! written to sled yet ([`crate::replica::Flush`]) are kept here too, as
+//! synced states, until the write ([`Overlay::settle`]); they are not
+//! counted as remembered.
+//!
 //! Nothing here is durable: after a crash the replica may be older than what
 //! clients were told, so it answers no local read until a sync has caught
 //! it up ([`crate::replica::Replica::caught_up`]).
@@ -24,12 +29,40 @@ use shelfsync_core::{Item, ItemKey, KeyState};
 struct Entry {
     state: KeyState,
     seq: u64,
+    /// Brought by the sync and applied in memory (not a client's answer).
+    synced: bool,
+}
+
+/// The entries by key, and how many are remembered (not synced).
+#[derive(Debug, Default)]
+struct Entries {
+    by_key: BTreeMap<ItemKey, Entry>,
+    remembered: usize,
+}
+
+impl Entries {
+    fn put(&mut self, key: ItemKey, state: KeyState, seq: u64, synced: bool) {
+        match self.by_key.get(&key) {
+            Some(kept) if kept.state.version() > state.version() => {}
+            _ => {
+                let entry = Entry { state, seq, synced };
+                let old = self.by_key.insert(key, entry);
+                self.remembered += usize::from(!synced);
+                self.remembered -= usize::from(old.is_some_and(|old| !old.synced));
+            }
+        }
+    }
+
+    fn retain(&mut self, keep: impl Fn(&Entry) -> bool) {
+        self.by_key.retain(|_, entry| keep(entry));
+        self.remembered = self.by_key.values().filter(|e| !e.synced).count();
+    }
 }
 
 /// The states clients saw that the replica may not have yet, by key.
 #[derive(Debug, Default)]
 pub struct Overlay {
-    entries: RwLock<BTreeMap<ItemKey, Entry>>,
+    entries: RwLock<Entries>,
 }
 
 impl Overlay {
@@ -37,23 +70,28 @@ impl Overlay {
     /// replica having the state (or a newer one) once its cursor is at `seq`.
     /// A state older than the one kept for its key is ignored.
     pub fn put(&self, states: impl IntoIterator<Item = (ItemKey, KeyState, u64)>) {
+        self.put_as(states, false);
+    }
+
+    /// Keeps the states of a page of changes applied in memory: `(key,
+    /// state, seq)` of each change, until the replica has written them.
+    pub fn put_synced(&self, states: impl IntoIterator<Item = (ItemKey, KeyState, u64)>) {
+        self.put_as(states, true);
+    }
+
+    fn put_as(&self, states: impl IntoIterator<Item = (ItemKey, KeyState, u64)>, synced: bool) {
         let Ok(mut entries) = self.entries.write() else {
             return;
         };
         for (key, state, seq) in states {
-            match entries.get(&key) {
-                Some(kept) if kept.state.version() > state.version() => {}
-                _ => {
-                    entries.insert(key, Entry { state, seq });
-                }
-            }
+            entries.put(key, state, seq, synced);
         }
     }
 
     /// The state kept for `key`.
     pub fn get(&self, key: &ItemKey) -> Option<KeyState> {
         let entries = self.entries.read().ok()?;
-        entries.get(key).map(|entry| entry.state.clone())
+        entries.by_key.get(key).map(|entry| entry.state.clone())
     }
 
     /// The states of `location` with skus after `after_sku`, in sku order
@@ -67,6 +105,7 @@ impl Overlay {
             sku: after_sku.unwrap_or_default().to_string(),
         };
         entries
+            .by_key
             .range(from..)
             .take_while(|(key, _)| key.location == location)
             .filter(|(key, _)| after_sku.is_none_or(|after| key.sku.as_str() > after))
@@ -74,19 +113,28 @@ impl Overlay {
             .collect()
     }
 
-    /// Drops the states a replica at `cursor` has (or has newer ones of).
+    /// Drops the states a replica that has written everything up to
+    /// `cursor` has (or has newer ones of).
     pub fn settle(&self, cursor: u64) {
         if let Ok(mut entries) = self.entries.write() {
-            entries.retain(|_, entry| entry.seq > cursor);
+            entries.retain(|entry| entry.seq > cursor);
         }
     }
 
-    /// How many states are kept.
-    pub fn len(&self) -> usize {
-        self.entries.read().map_or(0, |entries| entries.len())
+    /// Drops the remembered states a replica at `cursor` has (or has newer
+    /// ones of), in memory or written; synced states wait for the write.
+    pub fn settle_remembered(&self, cursor: u64) {
+        if let Ok(mut entries) = self.entries.write() {
+            entries.retain(|entry| entry.synced || entry.seq > cursor);
+        }
     }
 
-    /// Whether no state is kept.
+    /// How many remembered states are kept.
+    pub fn len(&self) -> usize {
+        self.entries.read().map_or(0, |entries| entries.remembered)
+    }
+
+    /// Whether no remembered state is kept.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -162,6 +210,25 @@ mod tests {
         assert_eq!(overlay.get(&key("b")), Some(live("b", 1)));
         overlay.settle(31);
         assert!(overlay.is_empty());
+    }
+
+    #[test]
+    fn synced_states_are_read_uncounted_and_stay_until_written() {
+        let overlay = Overlay::default();
+        overlay.put([(key("a"), live("a", 1), 10), (key("b"), live("b", 1), 11)]);
+        // A page brings a newer `a` and a `c`: it replaces the remembered
+        // `a`, and neither counts as remembered.
+        overlay.put_synced([(key("a"), live("a", 2), 12), (key("c"), live("c", 1), 12)]);
+        assert_eq!(overlay.len(), 1);
+        assert_eq!(overlay.get(&key("a")), Some(live("a", 2)));
+        // In memory at 12: `b` (11) is passed, the page's states stay.
+        overlay.settle_remembered(12);
+        assert_eq!((overlay.len(), overlay.get(&key("b"))), (0, None));
+        assert_eq!(overlay.get(&key("c")), Some(live("c", 1)));
+        // Written at 12: they go.
+        overlay.settle(12);
+        assert_eq!(overlay.get(&key("a")), None);
+        assert_eq!(overlay.get(&key("c")), None);
     }
 
     #[test]

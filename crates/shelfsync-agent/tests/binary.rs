@@ -246,6 +246,43 @@ mod failpoints {
         assert_eq!(replica.get(&key).unwrap(), Some(item("a", 1)));
     }
 
+    /// A page of changes kept in memory is not written; the page whose
+    /// flush fails is not applied, and the next page writes them all.
+    #[test]
+    fn a_flush_that_fails_changes_nothing() {
+        use shelfsync_agent::replica::Flush;
+        use shelfsync_core::{KeyState, Op};
+        use shelfsync_proto::Change;
+        let _scenario = fail::FailScenario::setup();
+        let dir = tempfile::tempdir().unwrap();
+        let flush = Flush {
+            after: std::time::Duration::from_secs(3600),
+            keys: 2,
+        };
+        let replica = Replica::open_with(dir.path(), flush).unwrap();
+        let change = |seq: u64, sku: &str| Change {
+            seq,
+            key: ItemKey::new("store-1", sku).unwrap(),
+            state: KeyState::Live(item(sku, 1)),
+            op: Op::Add { amount: 1 },
+            store: "store-1".into(),
+            idempotency_key: format!("k{seq}"),
+            at_ms: 0,
+            commit_end: seq,
+        };
+        fail::cfg(points::REPLICA_WRITE, "return").unwrap();
+        replica.apply_changes(&[change(1, "a")], 1, None).unwrap();
+        let err = replica.apply_changes(&[change(2, "b")], 2, None);
+        assert!(matches!(err, Err(ReplicaError::Storage(_))), "{err:?}");
+        let b = ItemKey::new("store-1", "b").unwrap();
+        assert_eq!(replica.get(&b).unwrap(), None);
+        assert_eq!(replica.meta().cursor, Some(1));
+        fail::cfg(points::REPLICA_WRITE, "off").unwrap();
+        replica.apply_changes(&[change(2, "b")], 2, None).unwrap();
+        assert_eq!(replica.items().unwrap(), [item("a", 1), item("b", 1)]);
+        assert_eq!(replica.meta().cursor, Some(2));
+    }
+
     #[test]
     fn a_failpoints_variable_that_does_not_parse_stops_the_agent() {
         let dir = tempfile::tempdir().unwrap();
