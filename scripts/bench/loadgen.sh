@@ -5,8 +5,9 @@
 #
 # Builds the release binaries, writes certificates for 64 stores and a
 # coordinator config into a temp dir, starts the coordinator, waits for its
-# /readyz, runs the sweep (1, 8, 32 and 64 connections; optimistic adds over
-# 10,000 uniformly drawn keys) and appends the results to
+# /readyz, runs the sweep (1, 8, 32 and 64 connections, each on a UDP socket
+# of its own as in compare.sh; optimistic adds over 10,000 uniformly drawn
+# keys) and appends the results to
 # RESULTS_DIR/loadgen.csv, redrawing RESULTS_DIR/loadgen.png from every run
 # in that CSV. The coordinator is stopped and the temp dir removed on exit,
 # Ctrl-C included.
@@ -83,6 +84,7 @@ mkdir -p "$results"
     --coordinator "$listen" \
     --certs "$work" \
     --connections 1,8,32,64 \
+    --sockets 64 \
     --keys 10000 \
     --distribution uniform \
     --workload optimistic \

@@ -41,9 +41,14 @@ struct Entries {
 }
 
 impl Entries {
+    /// Keeps `state` unless the kept one is newer. A remembered state
+    /// never takes the place of a synced one of the same version: the
+    /// synced entry is what reads of an unwritten page go through, and a
+    /// remembered one goes as soon as the sync passes its seq.
     fn put(&mut self, key: ItemKey, state: KeyState, seq: u64, synced: bool) {
         match self.by_key.get(&key) {
             Some(kept) if kept.state.version() > state.version() => {}
+            Some(kept) if kept.synced && !synced && kept.state.version() == state.version() => {}
             _ => {
                 let entry = Entry { state, seq, synced };
                 let old = self.by_key.insert(key, entry);
@@ -225,6 +230,12 @@ mod tests {
         overlay.settle_remembered(12);
         assert_eq!((overlay.len(), overlay.get(&key("b"))), (0, None));
         assert_eq!(overlay.get(&key("c")), Some(live("c", 1)));
+        // A client's answer that comes after the page (its cursor read
+        // before the page moved it) leaves the synced `a` as it is, so
+        // passing its seq does not drop what reads of `a` go through.
+        overlay.put([(key("a"), live("a", 2), 12)]);
+        overlay.settle_remembered(12);
+        assert_eq!(overlay.get(&key("a")), Some(live("a", 2)));
         // Written at 12: they go.
         overlay.settle(12);
         assert_eq!(overlay.get(&key("a")), None);

@@ -110,9 +110,10 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 1)]
     pub in_flight: usize,
     /// UDP sockets the connections are spread over (connection i uses socket
-    /// i mod N). The default 1 sends every connection through one socket;
-    /// `scripts/bench/compare.sh` gives each connection its own, as each of
-    /// pgbench's connections is a TCP socket and each store a host. The
+    /// i mod N, N at most the connections). The default 1 sends every
+    /// connection through one socket; `scripts/bench/compare.sh` and
+    /// `loadgen.sh` give each connection its own, as each of pgbench's
+    /// connections is a TCP socket and each store a host. The
     /// coordinator sees N distinct connections either way, but one socket
     /// queues every connection's datagrams on one socket each way.
     #[arg(long, default_value_t = 1)]
