@@ -225,8 +225,8 @@ struct Pending<'a> {
     /// none is looked up or kept in `written`.
     unseen: bool,
     /// Whether the batch may stay in memory ([`Flush`]): a page of changes,
-    /// whose states (`key, state, seq`) go to the overlay meanwhile.
-    deferred: Option<Vec<(ItemKey, KeyState, u64)>>,
+    /// whose records' states go to the overlay meanwhile.
+    deferred: bool,
 }
 
 impl Pending<'_> {
@@ -281,7 +281,7 @@ impl Pending<'_> {
                 Record { state, epoch }
             }
         };
-        if self.deferred.is_none() {
+        if !self.deferred {
             self.batch.insert(item_key(key), encode(&record)?);
         }
         if !self.unseen {
@@ -304,14 +304,18 @@ impl Pending<'_> {
             ..
         } = self;
         let flush = replica.flush;
-        if let Some(states) = deferred {
+        if deferred {
             let waiting = guard.unflushed.len() + written.len();
             let since = guard.since.unwrap_or_else(Instant::now);
             if waiting < flush.keys && since.elapsed() < flush.after {
+                // Readable through the overlay until written: each entry
+                // goes at the first write at or past this page's cursor.
+                let cursor = meta.cursor.unwrap_or_default();
+                let states = written
+                    .iter()
+                    .map(|(k, r)| (k.clone(), r.state.clone(), cursor));
                 replica.overlay.put_synced(states);
-                if let Some(cursor) = meta.cursor {
-                    replica.overlay.settle_remembered(cursor);
-                }
+                replica.overlay.settle_remembered(cursor);
                 guard.unflushed.extend(written);
                 guard.since = Some(since);
                 replica.publish(&meta);
@@ -434,7 +438,7 @@ impl Replica {
             guard,
             written: Default::default(),
             unseen: false,
-            deferred: None,
+            deferred: false,
         })
     }
 
@@ -644,10 +648,7 @@ impl Replica {
         for change in changes {
             pending.merge(&change.key, change.state.clone(), epoch, false)?;
         }
-        let states = changes
-            .iter()
-            .map(|c| (c.key.clone(), c.state.clone(), c.seq));
-        pending.deferred = Some(states.collect());
+        pending.deferred = true;
         if pending.meta.cursor.is_none_or(|cursor| next > cursor) {
             pending.meta.cursor = Some(next);
         }
@@ -700,9 +701,14 @@ mod tests {
     /// threads have let go of the directory's lock (they may outlive the
     /// drop by a moment; sled offers no event to wait for).
     fn reopen(dir: &Path) -> Replica {
+        reopen_with(dir, Flush::default())
+    }
+
+    /// [`reopen`] with pages of changes written as `flush` says.
+    fn reopen_with(dir: &Path, flush: Flush) -> Replica {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
-            match Replica::open(dir) {
+            match Replica::open_with(dir, flush) {
                 Ok(replica) => return replica,
                 Err(err) if err.to_string().contains("could not acquire lock") => {
                     assert!(std::time::Instant::now() < deadline, "{err}");
@@ -975,18 +981,8 @@ mod tests {
     /// Opens `dir` (again, once sled lets go of it) keeping pages of
     /// changes in memory until `keys` keys wait, however long.
     fn reopen_deferring(dir: &Path, keys: usize) -> Replica {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let flush = Flush {
-            after: Duration::from_secs(3600),
-            keys,
-        };
-        loop {
-            match Replica::open_with(dir, flush) {
-                Ok(replica) => return replica,
-                Err(err) => assert!(std::time::Instant::now() < deadline, "{err}"),
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+        let after = Duration::from_secs(3600);
+        reopen_with(dir, Flush { after, keys })
     }
 
     fn live(seq: u64, sku: &str, version: u64) -> Change {
