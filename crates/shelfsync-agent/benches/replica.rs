@@ -1,6 +1,6 @@
 //! Replica page apply: one sync page of 1000 changes into sled, a bootstrap
 //! of 200 snapshot pages of 1,000 items into an empty replica, and a local
-//! read.
+//! read of a key with a record of its own and of one a chunk holds.
 #![allow(missing_docs, clippy::unwrap_used)]
 
 use std::hint::black_box;
@@ -104,6 +104,22 @@ fn replica(c: &mut Criterion) {
     group.finish();
     let key = ItemKey::new("store-1", "sku-000500").unwrap();
     c.bench_function("replica_get", |b| b.iter(|| replica.get(black_box(&key))));
+
+    // A key no change has written since the bootstrap: its chunk's item.
+    let dir = tempfile::tempdir().unwrap();
+    let chunked = Replica::open(dir.path()).unwrap();
+    chunked.begin_bootstrap(1).unwrap();
+    for page in 0..10 {
+        let (items, next) = snapshot_page(page);
+        chunked
+            .apply_snapshot_page(items, next.filter(|_| page < 9), 1)
+            .unwrap();
+    }
+    let key = ItemKey::new("store-1", "sku-00005017").unwrap();
+    assert!(chunked.get(&key).unwrap().is_some());
+    c.bench_function("replica_get_chunked", |b| {
+        b.iter(|| chunked.get(black_box(&key)))
+    });
 }
 
 criterion_group!(benches, replica, bootstrap);

@@ -6,6 +6,7 @@
 //! | prefix | key | value |
 //! |---|---|---|
 //! | `i` | location `\0` sku | [`Record`]: the key's state and the bootstrap epoch that last saw it |
+//! | `c` | location `\0` last sku | up to 32 live items a bootstrap into an empty replica copied ([chunks]); a key's `i` record, if any, takes precedence |
 //! | `m` | `meta` | [`Meta`]: cursor, bootstrap progress, epoch, digest, last sync time |
 //!
 //! Every write to sled is one `sled::Batch` that writes the items and the
@@ -44,6 +45,8 @@ use shelfsync_proto::Change;
 
 use crate::overlay::{self, Overlay};
 use crate::transfers::OpenTransfers;
+
+mod chunks;
 
 const META: &[u8] = b"mmeta";
 /// Most states remembered for clients before the sync brings them (a
@@ -171,6 +174,9 @@ pub struct Replica {
     flush: Flush,
     /// See [`Replica::caught_up`].
     caught_up: AtomicBool,
+    /// Whether the tree may hold [chunks]: keys without a per-key record
+    /// are looked up in them.
+    chunked: AtomicBool,
     /// What clients were answered with that the sync has not brought yet.
     overlay: Overlay,
     /// The open transfers of the replica's locations.
@@ -201,9 +207,8 @@ fn item_key(key: &ItemKey) -> Vec<u8> {
     k
 }
 
-/// The item key of a stored `i` entry.
-fn parse_key(stored: &[u8]) -> Option<ItemKey> {
-    let rest = stored.strip_prefix(b"i")?;
+/// The item key of `location \0 sku` bytes.
+fn parse_key(rest: &[u8]) -> Option<ItemKey> {
     let split = rest.iter().position(|b| *b == 0)?;
     Some(ItemKey {
         location: String::from_utf8(rest[..split].to_vec()).ok()?,
@@ -379,6 +384,7 @@ impl Replica {
         }
         Ok(Replica {
             caught_up: AtomicBool::new(clean || meta.cursor.is_none()),
+            chunked: AtomicBool::new(chunks::any(&tree)),
             overlay: Overlay::default(),
             transfers,
             db,
@@ -418,12 +424,21 @@ impl Replica {
         self.db.flush().map(|_| ()).map_err(storage)
     }
 
+    /// The key's per-key record, else its chunk's item.
     fn record(&self, key: &ItemKey) -> Result<Option<Record>, ReplicaError> {
-        self.tree
-            .get(item_key(key))
-            .map_err(storage)?
-            .map(|bytes| decode(&bytes))
-            .transpose()
+        if let Some(bytes) = self.tree.get(item_key(key)).map_err(storage)? {
+            return decode(&bytes).map(Some);
+        }
+        if self.chunked.load(Ordering::Acquire) {
+            return chunks::lookup(&self.tree, key);
+        }
+        Ok(None)
+    }
+
+    /// Every key from `start` (`location \0 sku` bytes or a prefix of
+    /// them) on, in key order.
+    fn entries(&self, start: &[u8]) -> chunks::Merged {
+        chunks::entries(&self.tree, b'i', start)
     }
 
     fn pending(&self) -> Result<Pending<'_>, ReplicaError> {
@@ -514,21 +529,18 @@ impl Replica {
         after_sku: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Item>, ReplicaError> {
-        let mut prefix = vec![b'i'];
-        prefix.extend_from_slice(location.as_bytes());
-        prefix.push(0);
+        let prefix = chunks::key_bytes(location, "");
         let start = match after_sku {
             Some(sku) => [prefix.as_slice(), sku.as_bytes(), &[0]].concat(),
             None => prefix.clone(),
         };
         let mut items = Vec::new();
-        for entry in self.tree.range(start..) {
-            let (k, v) = entry.map_err(storage)?;
-            if !k.starts_with(&prefix) || items.len() >= limit {
+        for entry in self.entries(&start) {
+            let entry = entry?;
+            if !entry.key.starts_with(&prefix) || items.len() >= limit {
                 break;
             }
-            let record: Record = decode(&v)?;
-            items.extend(record.state.item().cloned());
+            items.extend(entry.record.state.item().cloned());
         }
         Ok(items)
     }
@@ -537,10 +549,8 @@ impl Replica {
     pub fn items(&self) -> Result<Vec<Item>, ReplicaError> {
         self.flush()?;
         let mut items = Vec::new();
-        for entry in self.tree.scan_prefix(b"i") {
-            let (_, v) = entry.map_err(storage)?;
-            let record: Record = decode(&v)?;
-            items.extend(record.state.item().cloned());
+        for entry in self.entries(&[]) {
+            items.extend(entry?.record.state.item().cloned());
         }
         Ok(items)
     }
@@ -557,7 +567,7 @@ impl Replica {
         let bootstrap = Bootstrap {
             start_head,
             after: None,
-            sweep: held || self.tree.scan_prefix(b"i").next().is_some(),
+            sweep: held || self.tree.scan_prefix(b"i").next().is_some() || chunks::any(&self.tree),
         };
         pending.meta.epoch += 1;
         pending.meta.bootstrap = Some(bootstrap.clone());
@@ -588,14 +598,26 @@ impl Replica {
             ));
         };
         let epoch = pending.meta.epoch;
+        let mut swept = false;
         // The replica was empty when this bootstrap began (else it sweeps
         // at the end), its pages are disjoint ranges of keys, and nothing
         // else writes items before the bootstrap completes: no key of this
-        // page is stored yet.
-        pending.unseen = !bootstrap.sweep;
-        for item in items {
-            let key = item.key();
-            pending.merge(&key, KeyState::Live(item), epoch, true)?;
+        // page is stored yet, and the page goes into chunks.
+        if !bootstrap.sweep && chunks::in_order(&items, bootstrap.after.as_ref()) {
+            let mut digest = pending.meta.digest();
+            items.iter().for_each(|item| digest.add(item));
+            pending.meta.digest_sum = digest.sum;
+            pending.meta.item_count = digest.count;
+            for (key, value) in chunks::chunks(items, epoch)? {
+                pending.batch.insert(key, value);
+            }
+            self.chunked.store(true, Ordering::Release);
+        } else {
+            pending.unseen = !bootstrap.sweep;
+            for item in items {
+                let key = item.key();
+                pending.merge(&key, KeyState::Live(item), epoch, true)?;
+            }
         }
         match next {
             Some(after) => {
@@ -605,6 +627,7 @@ impl Replica {
             None => {
                 if bootstrap.sweep {
                     self.sweep(&mut pending, epoch)?;
+                    swept = true;
                 }
                 pending.meta.bootstrap = None;
                 pending.meta.cursor = Some(bootstrap.start_head);
@@ -612,24 +635,35 @@ impl Replica {
             }
         }
         crate::failpoints::crash_point(crate::failpoints::MID_REPLICA_PAGE);
-        pending.commit()
+        pending.commit()?;
+        if swept {
+            self.chunked.store(false, Ordering::Release);
+        }
+        Ok(())
     }
 
-    /// Removes every key not confirmed in `epoch`.
+    /// Removes every key not confirmed in `epoch`, and every chunk: a
+    /// bootstrap that sweeps writes per-key records, so each key a chunk
+    /// holds was either confirmed as one or is gone.
     fn sweep(&self, pending: &mut Pending<'_>, epoch: u64) -> Result<(), ReplicaError> {
         let mut digest = pending.meta.digest();
-        for entry in self.tree.scan_prefix(b"i") {
-            let (k, v) = entry.map_err(storage)?;
-            let record: Record = decode(&v)?;
-            let stale = record.epoch < epoch;
+        for entry in self.entries(&[]) {
+            let entry = entry?;
+            let stale = entry.record.epoch < epoch;
             // Keys confirmed by this very page are not on disk yet.
-            let in_batch = parse_key(&k).is_some_and(|key| pending.written.contains_key(&key));
+            let in_batch =
+                parse_key(&entry.key).is_some_and(|key| pending.written.contains_key(&key));
             if stale && !in_batch {
-                if let Some(item) = record.state.item() {
+                if let Some(item) = entry.record.state.item() {
                     digest.remove(item);
                 }
-                pending.batch.remove(k);
+                if !entry.chunked {
+                    pending.batch.remove([b"i".as_slice(), &entry.key].concat());
+                }
             }
+        }
+        for key in chunks::keys(&self.tree) {
+            pending.batch.remove(key?);
         }
         pending.meta.digest_sum = digest.sum;
         pending.meta.item_count = digest.count;
@@ -879,6 +913,122 @@ mod tests {
         assert_eq!(items, vec![item("a", 3, 2)]);
         assert_eq!(replica.meta().digest(), digest_of(&items));
         assert_eq!(replica.meta().cursor, Some(9));
+    }
+
+    /// An item of `location`.
+    fn at(location: &str, sku: &str, quantity: u64, version: u64) -> Item {
+        Item {
+            location: location.into(),
+            ..item(sku, quantity, version)
+        }
+    }
+
+    /// Every live item and the digest, as a reader sees them: by key, by
+    /// listing (`limit` at a time) and all at once.
+    fn seen(replica: &Replica, locations: &[&str], keys: &[ItemKey]) -> Vec<Item> {
+        let all = replica.items().unwrap();
+        assert_eq!(replica.meta().digest(), digest_of(&all));
+        let mut listed = Vec::new();
+        for location in locations {
+            let mut after = None;
+            loop {
+                let (page, next) = replica.list(location, after.as_deref(), 7).unwrap();
+                listed.extend(page);
+                match next {
+                    Some(sku) => after = Some(sku),
+                    None => break,
+                }
+            }
+        }
+        assert_eq!(listed, all, "listings and items() agree");
+        let got: Vec<Item> = keys
+            .iter()
+            .filter_map(|k| replica.get(k).unwrap())
+            .collect();
+        assert_eq!(got, all, "reads by key and items() agree");
+        all
+    }
+
+    #[test]
+    fn a_bootstrap_into_an_empty_replica_keeps_chunks_under_later_states() {
+        let dir = tempfile::tempdir().unwrap();
+        let skus: Vec<String> = (0..70).map(|i| format!("k{i:03}")).collect();
+        let mut expected: Vec<Item> = skus.iter().map(|s| at("s1", s, 1, 1)).collect();
+        expected.extend(["x", "y"].map(|s| at("s2", s, 2, 1)));
+        let mut keys: Vec<ItemKey> = expected.iter().map(Item::key).collect();
+        {
+            let replica = Replica::open(dir.path()).unwrap();
+            replica.begin_bootstrap(3).unwrap();
+            let (first, rest) = expected.split_at(40);
+            let after = first.last().map(Item::key);
+            replica
+                .apply_snapshot_page(first.to_vec(), after, 1)
+                .unwrap();
+            replica.apply_snapshot_page(rest.to_vec(), None, 1).unwrap();
+            // 40 items in chunks of 32 and 8, then 30 and 2 (a chunk
+            // holds one location).
+            assert_eq!(chunks::keys(&replica.tree).count(), 4);
+            assert_eq!(replica.tree.scan_prefix(b"i").count(), 0);
+            assert_eq!(seen(&replica, &["s1", "s2"], &keys), expected);
+            // Past the last chunk of s1 comes s2's, which has a "y".
+            assert_eq!(
+                replica.get(&ItemKey::new("s1", "y").unwrap()).unwrap(),
+                None
+            );
+
+            // Later states are records of their own, over the chunks': an
+            // update, a delete, a new key between chunked ones, and an
+            // older version that changes nothing.
+            let changes = [
+                change(4, KeyState::Live(at("s1", "k005", 9, 2)), "k005"),
+                change(5, KeyState::Deleted { version: 2 }, "k033"),
+                change(6, KeyState::Live(at("s1", "k0335", 1, 1)), "k0335"),
+                change(7, KeyState::Live(at("s1", "k040", 0, 1)), "k040"),
+            ];
+            replica.apply_changes(&changes, 7, None).unwrap();
+            replica.flush().unwrap();
+            expected[5] = at("s1", "k005", 9, 2);
+            expected.remove(33);
+            expected.insert(33, at("s1", "k0335", 1, 1));
+            keys.push(ItemKey::new("s1", "k0335").unwrap());
+            keys.sort();
+            assert_eq!(seen(&replica, &["s1", "s2"], &keys), expected);
+            replica.close().unwrap();
+        }
+        let replica = reopen(dir.path());
+        assert_eq!(seen(&replica, &["s1", "s2"], &keys), expected);
+
+        // A bootstrap again (the cursor expired): k000 is gone at the
+        // coordinator, k001 changed. It writes records and ends with no
+        // chunk left.
+        replica.reset_cursor().unwrap();
+        assert!(replica.begin_bootstrap(9).unwrap().sweep);
+        let mut snapshot = expected[1..].to_vec();
+        snapshot[0] = at("s1", "k001", 4, 3);
+        replica
+            .apply_snapshot_page(snapshot.clone(), None, 2)
+            .unwrap();
+        assert_eq!(chunks::keys(&replica.tree).count(), 0);
+        assert!(!replica.chunked.load(Ordering::Acquire));
+        assert_eq!(seen(&replica, &["s1", "s2"], &keys), snapshot);
+    }
+
+    #[test]
+    fn a_page_out_of_order_is_written_key_by_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let replica = Replica::open(dir.path()).unwrap();
+        replica.begin_bootstrap(1).unwrap();
+        let page = vec![item("b", 1, 1), item("a", 2, 1)];
+        replica.apply_snapshot_page(page, None, 1).unwrap();
+        assert_eq!(chunks::keys(&replica.tree).count(), 0);
+        let keys = [
+            ItemKey::new("s1", "a").unwrap(),
+            ItemKey::new("s1", "b").unwrap(),
+        ];
+        assert_eq!(
+            seen(&replica, &["s1"], &keys),
+            vec![item("a", 2, 1), item("b", 1, 1)]
+        );
     }
 
     #[test]
