@@ -6,7 +6,7 @@
 //! | prefix | key | value |
 //! |---|---|---|
 //! | `i` | location `\0` sku | [`Record`]: the key's state and the bootstrap epoch that last saw it |
-//! | `c` | location `\0` last sku | up to 32 live items a bootstrap into an empty replica copied ([chunks]); a key's `i` record, if any, takes precedence |
+//! | `c` | epoch, location `\0` last sku | up to 32 live items a bootstrap copied ([chunks]); of a key's record and chunked items the latest epoch counts, the record on a tie |
 //! | `m` | `meta` | [`Meta`]: cursor, bootstrap progress, epoch, digest, last sync time |
 //!
 //! Every write to sled is one `sled::Batch` that writes the items and the
@@ -26,10 +26,11 @@
 //! Applying a state never moves a key to a lower version, so replayed or
 //! overlapping pages are harmless.
 //!
-//! A bootstrap copies a snapshot page by page under a new epoch; when the
-//! last page is in, keys the snapshot did not mention (deleted at the
-//! coordinator meanwhile) are swept and the cursor is set to the head of the
-//! first page, from which changes resume.
+//! A bootstrap copies a snapshot page by page, as chunks, under a new
+//! epoch; when the last page is in, keys the snapshot did not mention
+//! (deleted at the coordinator meanwhile) are swept with every record and
+//! chunk of earlier epochs, and the cursor is set to the head of the first
+//! page, from which changes resume.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -174,9 +175,8 @@ pub struct Replica {
     flush: Flush,
     /// See [`Replica::caught_up`].
     caught_up: AtomicBool,
-    /// Whether the tree may hold [chunks]: keys without a per-key record
-    /// are looked up in them.
-    chunked: AtomicBool,
+    /// The epochs whose bootstraps left [chunks], latest first.
+    epochs: RwLock<Vec<u64>>,
     /// What clients were answered with that the sync has not brought yet.
     overlay: Overlay,
     /// The open transfers of the replica's locations.
@@ -207,15 +207,6 @@ fn item_key(key: &ItemKey) -> Vec<u8> {
     k
 }
 
-/// The item key of `location \0 sku` bytes.
-fn parse_key(rest: &[u8]) -> Option<ItemKey> {
-    let split = rest.iter().position(|b| *b == 0)?;
-    Some(ItemKey {
-        location: String::from_utf8(rest[..split].to_vec()).ok()?,
-        sku: String::from_utf8(rest[split + 1..].to_vec()).ok()?,
-    })
-}
-
 /// Pending writes of one batch, with the digest kept in step.
 struct Pending<'a> {
     replica: &'a Replica,
@@ -225,10 +216,6 @@ struct Pending<'a> {
     meta: Meta,
     /// Keys written in this batch, so a later write in the same batch sees them.
     written: HashMap<ItemKey, Record>,
-    /// Whether no key of this batch can be on disk yet (a page of a
-    /// bootstrap into an empty replica, whose keys are distinct), so that
-    /// none is looked up or kept in `written`.
-    unseen: bool,
     /// Whether the batch may stay in memory ([`Flush`]): a page of changes,
     /// whose records' states go to the overlay meanwhile.
     deferred: bool,
@@ -238,9 +225,6 @@ impl Pending<'_> {
     fn load(&self, key: &ItemKey) -> Result<Option<Record>, ReplicaError> {
         if let Some(record) = self.written.get(key) {
             return Ok(Some(record.clone()));
-        }
-        if self.unseen {
-            return Ok(None);
         }
         if let Some(record) = self.guard.unflushed.get(key) {
             return Ok(Some(record.clone()));
@@ -289,9 +273,7 @@ impl Pending<'_> {
         if !self.deferred {
             self.batch.insert(item_key(key), encode(&record)?);
         }
-        if !self.unseen {
-            self.written.insert(key.clone(), record);
-        }
+        self.written.insert(key.clone(), record);
         Ok(())
     }
 
@@ -384,7 +366,7 @@ impl Replica {
         }
         Ok(Replica {
             caught_up: AtomicBool::new(clean || meta.cursor.is_none()),
-            chunked: AtomicBool::new(chunks::any(&tree)),
+            epochs: RwLock::new(chunks::epochs(&tree)?),
             overlay: Overlay::default(),
             transfers,
             db,
@@ -424,21 +406,28 @@ impl Replica {
         self.db.flush().map(|_| ()).map_err(storage)
     }
 
-    /// The key's per-key record, else its chunk's item.
+    /// The key's state that counts: its per-key record or a chunk's item,
+    /// whichever has the later epoch, the record on a tie.
     fn record(&self, key: &ItemKey) -> Result<Option<Record>, ReplicaError> {
-        if let Some(bytes) = self.tree.get(item_key(key)).map_err(storage)? {
-            return decode(&bytes).map(Some);
+        let keyed: Option<Record> = match self.tree.get(item_key(key)).map_err(storage)? {
+            Some(bytes) => Some(decode(&bytes)?),
+            None => None,
+        };
+        for epoch in self.epochs() {
+            if keyed.as_ref().is_some_and(|r| r.epoch >= epoch) {
+                break;
+            }
+            if let Some(chunked) = chunks::lookup(&self.tree, epoch, key)? {
+                return Ok(Some(chunked));
+            }
         }
-        if self.chunked.load(Ordering::Acquire) {
-            return chunks::lookup(&self.tree, key);
-        }
-        Ok(None)
+        Ok(keyed)
     }
 
     /// Every key from `start` (`location \0 sku` bytes or a prefix of
     /// them) on, in key order.
     fn entries(&self, start: &[u8]) -> chunks::Merged {
-        chunks::entries(&self.tree, b'i', start)
+        chunks::entries(&self.tree, b'i', &self.epochs(), start)
     }
 
     fn pending(&self) -> Result<Pending<'_>, ReplicaError> {
@@ -452,7 +441,6 @@ impl Replica {
             meta: guard.meta.clone(),
             guard,
             written: Default::default(),
-            unseen: false,
             deferred: false,
         })
     }
@@ -567,7 +555,9 @@ impl Replica {
         let bootstrap = Bootstrap {
             start_head,
             after: None,
-            sweep: held || self.tree.scan_prefix(b"i").next().is_some() || chunks::any(&self.tree),
+            sweep: held
+                || self.tree.scan_prefix(b"i").next().is_some()
+                || !self.epochs().is_empty(),
         };
         pending.meta.epoch += 1;
         pending.meta.bootstrap = Some(bootstrap.clone());
@@ -598,76 +588,104 @@ impl Replica {
             ));
         };
         let epoch = pending.meta.epoch;
-        let mut swept = false;
-        // The replica was empty when this bootstrap began (else it sweeps
-        // at the end), its pages are disjoint ranges of keys, and nothing
-        // else writes items before the bootstrap completes: no key of this
-        // page is stored yet, and the page goes into chunks.
-        if !bootstrap.sweep && chunks::in_order(&items, bootstrap.after.as_ref()) {
-            let mut digest = pending.meta.digest();
-            items.iter().for_each(|item| digest.add(item));
-            pending.meta.digest_sum = digest.sum;
-            pending.meta.item_count = digest.count;
+        let last = items.last().map(Item::key);
+        if chunks::in_order(&items, bootstrap.after.as_ref()) {
+            // Into an empty replica the digest grows page by page; a
+            // bootstrap that sweeps counts it again at the end.
+            if !bootstrap.sweep {
+                let mut digest = pending.meta.digest();
+                items.iter().for_each(|item| digest.add(item));
+                pending.meta.digest_sum = digest.sum;
+                pending.meta.item_count = digest.count;
+            }
             for (key, value) in chunks::chunks(items, epoch)? {
                 pending.batch.insert(key, value);
             }
-            self.chunked.store(true, Ordering::Release);
+            self.add_epoch(epoch);
         } else {
-            pending.unseen = !bootstrap.sweep;
             for item in items {
                 let key = item.key();
                 pending.merge(&key, KeyState::Live(item), epoch, true)?;
             }
         }
+        let (more, sweep) = (next.is_some(), next.is_none() && bootstrap.sweep);
         match next {
-            Some(after) => {
-                bootstrap.after = Some(after);
-                pending.meta.bootstrap = Some(bootstrap);
-            }
-            None => {
-                if bootstrap.sweep {
-                    self.sweep(&mut pending, epoch)?;
-                    swept = true;
-                }
-                pending.meta.bootstrap = None;
-                pending.meta.cursor = Some(bootstrap.start_head);
-                pending.meta.last_sync_ms = Some(now_ms);
-            }
+            Some(after) => bootstrap.after = Some(after),
+            // The sweep reads this page from sled: it is written first, as
+            // a page to resume after.
+            None if sweep => bootstrap.after = last.or(bootstrap.after),
+            None => {}
+        }
+        if more || sweep {
+            pending.meta.bootstrap = Some(bootstrap);
+        } else {
+            pending.meta.bootstrap = None;
+            pending.meta.cursor = Some(bootstrap.start_head);
+            pending.meta.last_sync_ms = Some(now_ms);
         }
         crate::failpoints::crash_point(crate::failpoints::MID_REPLICA_PAGE);
         pending.commit()?;
-        if swept {
-            self.chunked.store(false, Ordering::Release);
+        if sweep {
+            self.sweep(now_ms)?;
         }
         Ok(())
     }
 
-    /// Removes every key not confirmed in `epoch`, and every chunk: a
-    /// bootstrap that sweeps writes per-key records, so each key a chunk
-    /// holds was either confirmed as one or is gone.
-    fn sweep(&self, pending: &mut Pending<'_>, epoch: u64) -> Result<(), ReplicaError> {
-        let mut digest = pending.meta.digest();
+    /// Completes a bootstrap into a replica that held records: removes
+    /// every key the bootstrap's epoch did not confirm, with the records
+    /// and chunks of earlier epochs, and counts the digest anew.
+    fn sweep(&self, now_ms: u64) -> Result<(), ReplicaError> {
+        let mut pending = self.pending()?;
+        let Some(bootstrap) = pending.meta.bootstrap.clone() else {
+            return Err(ReplicaError::Storage("sweep without a bootstrap".into()));
+        };
+        let epoch = pending.meta.epoch;
+        let mut digest = Digest::default();
         for entry in self.entries(&[]) {
             let entry = entry?;
-            let stale = entry.record.epoch < epoch;
-            // Keys confirmed by this very page are not on disk yet.
-            let in_batch =
-                parse_key(&entry.key).is_some_and(|key| pending.written.contains_key(&key));
-            if stale && !in_batch {
-                if let Some(item) = entry.record.state.item() {
-                    digest.remove(item);
-                }
-                if !entry.chunked {
-                    pending.batch.remove([b"i".as_slice(), &entry.key].concat());
-                }
+            if entry.record.epoch == epoch
+                && let Some(item) = entry.record.state.item()
+            {
+                digest.add(item);
             }
         }
-        for key in chunks::keys(&self.tree) {
+        // A record of an earlier epoch is either unconfirmed or under this
+        // epoch's chunk.
+        for entry in self.tree.scan_prefix(b"i") {
+            let (k, v) = entry.map_err(storage)?;
+            if decode::<Record>(&v)?.epoch < epoch {
+                pending.batch.remove(k);
+            }
+        }
+        for key in chunks::keys_before(&self.tree, epoch) {
             pending.batch.remove(key?);
         }
         pending.meta.digest_sum = digest.sum;
         pending.meta.item_count = digest.count;
+        pending.meta.bootstrap = None;
+        pending.meta.cursor = Some(bootstrap.start_head);
+        pending.meta.last_sync_ms = Some(now_ms);
+        pending.commit()?;
+        if let Ok(mut epochs) = self.epochs.write() {
+            epochs.retain(|e| *e >= epoch);
+        }
         Ok(())
+    }
+
+    /// Notes that `epoch` has chunks, before they are written: a reader
+    /// that looks for them early finds none.
+    fn add_epoch(&self, epoch: u64) {
+        if let Ok(mut epochs) = self.epochs.write()
+            && !epochs.contains(&epoch)
+        {
+            epochs.push(epoch);
+            epochs.sort_unstable_by(|a, b| b.cmp(a));
+        }
+    }
+
+    /// The epochs that have chunks, latest first.
+    fn epochs(&self) -> Vec<u64> {
+        self.epochs.read().map(|e| e.clone()).unwrap_or_default()
     }
 
     /// Applies a page of changes and moves the cursor to `next`.
@@ -967,7 +985,7 @@ mod tests {
             replica.apply_snapshot_page(rest.to_vec(), None, 1).unwrap();
             // 40 items in chunks of 32 and 8, then 30 and 2 (a chunk
             // holds one location).
-            assert_eq!(chunks::keys(&replica.tree).count(), 4);
+            assert_eq!(replica.tree.scan_prefix(b"c").count(), 4);
             assert_eq!(replica.tree.scan_prefix(b"i").count(), 0);
             assert_eq!(seen(&replica, &["s1", "s2"], &keys), expected);
             // Past the last chunk of s1 comes s2's, which has a "y".
@@ -999,18 +1017,33 @@ mod tests {
         assert_eq!(seen(&replica, &["s1", "s2"], &keys), expected);
 
         // A bootstrap again (the cursor expired): k000 is gone at the
-        // coordinator, k001 changed. It writes records and ends with no
-        // chunk left.
+        // coordinator, k001 changed, k005 went back to version 1 (a restored
+        // backup). Its chunks count over the records and chunks of the
+        // epoch before, which go when it completes.
         replica.reset_cursor().unwrap();
         assert!(replica.begin_bootstrap(9).unwrap().sweep);
         let mut snapshot = expected[1..].to_vec();
         snapshot[0] = at("s1", "k001", 4, 3);
+        snapshot[4] = at("s1", "k005", 1, 1);
+        let (first, rest) = snapshot.split_at(50);
+        let after = first.last().map(Item::key);
         replica
-            .apply_snapshot_page(snapshot.clone(), None, 2)
+            .apply_snapshot_page(first.to_vec(), after, 2)
             .unwrap();
-        assert_eq!(chunks::keys(&replica.tree).count(), 0);
-        assert!(!replica.chunked.load(Ordering::Acquire));
+        assert_eq!(chunks::epochs(&replica.tree).unwrap(), vec![2, 1]);
+        assert_eq!(replica.get(&keys[1]).unwrap(), Some(snapshot[0].clone()));
+        assert_eq!(replica.get(&keys[5]).unwrap(), Some(snapshot[4].clone()));
+        assert_eq!(
+            replica.get(&keys[0]).unwrap(),
+            Some(expected[0].clone()),
+            "until the sweep"
+        );
+        replica.apply_snapshot_page(rest.to_vec(), None, 2).unwrap();
+        assert_eq!(chunks::epochs(&replica.tree).unwrap(), vec![2]);
+        assert_eq!(replica.epochs(), vec![2]);
+        assert_eq!(replica.tree.scan_prefix(b"i").count(), 0, "all older");
         assert_eq!(seen(&replica, &["s1", "s2"], &keys), snapshot);
+        assert_eq!(replica.meta().cursor, Some(9));
     }
 
     #[test]
@@ -1020,7 +1053,7 @@ mod tests {
         replica.begin_bootstrap(1).unwrap();
         let page = vec![item("b", 1, 1), item("a", 2, 1)];
         replica.apply_snapshot_page(page, None, 1).unwrap();
-        assert_eq!(chunks::keys(&replica.tree).count(), 0);
+        assert_eq!(replica.tree.scan_prefix(b"c").count(), 0);
         let keys = [
             ItemKey::new("s1", "a").unwrap(),
             ItemKey::new("s1", "b").unwrap(),

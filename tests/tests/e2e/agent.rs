@@ -13,13 +13,15 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use shelfsync_core::digest::Digest;
-use shelfsync_core::{Item, ItemKey, Op};
+use shelfsync_core::{Item, ItemKey, KeyState, Op};
 use shelfsync_proto::{
-    Client, HistoryRequest, ReadRequest, Request, Response, WriteAck, WriteRequest,
+    ChangesRequest, Client, HistoryRequest, ReadRequest, Request, Response, WriteAck, WriteRequest,
 };
 use shelfsync_tests::poll::{self, Check};
 use shelfsync_tests::rest::item_path;
-use shelfsync_tests::{AgentSpec, Cluster, RestClient, RestReply, StoreSpec, Wait};
+use shelfsync_tests::{
+    AgentSpec, Cluster, CoordinatorSpec, RestClient, RestReply, StoreSpec, Wait,
+};
 
 pub(crate) const STORE_1: &str = "store-1";
 pub(crate) const STORE_2: &str = "store-2";
@@ -718,23 +720,7 @@ async fn agent_killed_mid_bootstrap_resumes_to_an_equal_replica() {
 
     // Every item, through the API, page by page.
     let rest = agent.rest();
-    let mut listed = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let query = match &after {
-            Some(sku) => format!("/v1/items?location={STORE_1}&limit=1000&after={sku}"),
-            None => format!("/v1/items?location={STORE_1}&limit=1000"),
-        };
-        let page = rest.get(&query).await.unwrap();
-        expect(&page, 200);
-        let items = page.json["items"].as_array().unwrap();
-        assert!(items.len() <= 1000, "{} items in a page", items.len());
-        listed.extend(items.iter().cloned());
-        match page.json["next"].as_str() {
-            Some(next) => after = Some(next.to_string()),
-            None => break,
-        }
-    }
+    let listed = list_all(&rest, STORE_1).await;
     assert_eq!(listed.len(), PRELOAD, "items listed");
     for (i, item) in listed.iter().enumerate() {
         assert_eq!(*item, item_json(&preloaded(i)), "item {i} of the listing");
@@ -746,6 +732,162 @@ async fn agent_killed_mid_bootstrap_resumes_to_an_equal_replica() {
         "bootstrap test: {:?} from the agent's first start",
         started.elapsed()
     );
+}
+
+/// Every item of `location` through an agent's API, 1,000 a page.
+async fn list_all(rest: &RestClient, location: &str) -> Vec<Value> {
+    let mut listed = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let query = match &after {
+            Some(sku) => format!("/v1/items?location={location}&limit=1000&after={sku}"),
+            None => format!("/v1/items?location={location}&limit=1000"),
+        };
+        let page = rest.get(&query).await.unwrap();
+        expect(&page, 200);
+        let items = page.json["items"].as_array().unwrap();
+        assert!(items.len() <= 1000, "{} items in a page", items.len());
+        listed.extend(items.iter().cloned());
+        match page.json["next"].as_str() {
+            Some(next) => after = Some(next.to_string()),
+            None => break,
+        }
+    }
+    listed
+}
+
+/// Writes `op` to `key` (at `expected_version`, if given) through the
+/// admin connection; the new state.
+async fn admin_write(
+    admin: &Client,
+    idempotency_key: String,
+    key: ItemKey,
+    op: Op,
+    expected_version: Option<u64>,
+) -> KeyState {
+    let request = Request::Write(WriteRequest {
+        idempotency_key,
+        key,
+        op,
+        expected_version,
+        lock_token: None,
+    });
+    match admin.call(&request).await {
+        Ok(Response::Write(WriteAck { state, .. })) => state,
+        other => panic!("{request:?}: {other:?}"),
+    }
+}
+
+/// A store away for longer than the coordinator keeps its log: its agent's
+/// cursor has expired, so it bootstraps again over the replica it holds
+/// (into chunks of a new epoch over those of the first bootstrap) and ends
+/// equal to the coordinator: items changed meanwhile are new, deleted ones
+/// gone, created ones there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_whose_cursor_expired_bootstraps_again_to_an_equal_replica() {
+    const ITEMS: usize = 300;
+    let mut spec = CoordinatorSpec::new(stores());
+    spec.retain_changes = Some(10);
+    spec.gc_interval = Some(Duration::from_millis(50));
+    let mut cluster = Cluster::start_with(spec).await.unwrap();
+    let admin = cluster.connect("admin").await.unwrap();
+    let mut expected = std::collections::BTreeMap::new();
+    for i in 0..ITEMS {
+        let item = preloaded(i);
+        let op = Op::Create {
+            name: item.name.clone(),
+            quantity: item.quantity,
+        };
+        let state = admin_write(&admin, format!("create-{i}"), item.key(), op, None).await;
+        expected.insert(item.sku, state);
+    }
+    let spec = AgentSpec::new(STORE_1, &[STORE_1]).sync_interval(SYNC);
+    cluster.start_agent_with(spec, Wait::Ready).await.unwrap();
+    let agent = cluster.agent_mut(STORE_1);
+    let status = agent
+        .wait_sync("is at the head with its digest confirmed", PATIENCE, |s| {
+            s["cursor"] == ITEMS as u64 && s["digest_ok"] == true
+        })
+        .await
+        .unwrap();
+    let cursor = status["cursor"].as_u64().unwrap();
+    agent.kill9();
+
+    // While it is away: 40 items change, 20 go, 20 are new.
+    for i in 0..60 {
+        let key = preloaded(i).key();
+        let op = match i {
+            0..40 => Op::Set {
+                name: None,
+                quantity: Some(5_000 + i as u64),
+            },
+            _ => Op::Delete,
+        };
+        let state = admin_write(&admin, format!("away-{i}"), key.clone(), op, Some(1)).await;
+        expected.insert(key.sku, state);
+    }
+    for i in ITEMS..ITEMS + 20 {
+        let item = preloaded(i);
+        let op = Op::Create {
+            name: item.name.clone(),
+            quantity: item.quantity,
+        };
+        let state = admin_write(&admin, format!("create-{i}"), item.key(), op, None).await;
+        expected.insert(item.sku, state);
+    }
+    let head = (ITEMS + 80) as u64;
+    // The coordinator's log no longer reaches back to the agent's cursor.
+    let request = Request::Changes(ChangesRequest {
+        after: cursor,
+        locations: vec![STORE_1.into()],
+        limit: 1,
+    });
+    poll::until("the agent's cursor to expire", PATIENCE, || async {
+        Ok(match admin.call(&request).await? {
+            Response::CursorExpired { .. } => Check::Done(()),
+            other => Check::NotYet(format!("{other:?}")),
+        })
+    })
+    .await
+    .unwrap();
+
+    let agent = cluster.agent_mut(STORE_1);
+    agent.restart().await.unwrap();
+    let status = agent
+        .wait_sync("is at the head with its digest confirmed", PATIENCE, |s| {
+            s["cursor"] == head && s["digest_ok"] == true
+        })
+        .await
+        .unwrap();
+    let log = agent.log_since_start();
+    assert!(
+        log.contains("cursor older than the coordinator's log"),
+        "the restarted agent did not bootstrap again:\n{log}"
+    );
+    let live: Vec<Value> = (expected.values())
+        .filter_map(|state| state.item().map(item_json))
+        .collect();
+    assert_eq!(live.len(), ITEMS);
+    assert_eq!(status["item_count"], live.len() as u64, "{status}");
+    // The same from what it stored: after a restart too.
+    for restarted in [false, true] {
+        if restarted {
+            agent.restart().await.unwrap();
+        }
+        let rest = agent.rest();
+        assert_eq!(
+            list_all(&rest, STORE_1).await,
+            live,
+            "restarted: {restarted}"
+        );
+        for i in [0, 39, 40, 59, 60, ITEMS + 19] {
+            let reply = rest.get_item(STORE_1, &preloaded(i).sku).await.unwrap();
+            match expected[&preloaded(i).sku].item() {
+                Some(item) => assert_eq!(reply.json, item_json(item), "item {i}"),
+                None => expect(&reply, 404),
+            }
+        }
+    }
 }
 
 /// Guarantee 8 on the REST API: bad input gets the right 4xx as a problem

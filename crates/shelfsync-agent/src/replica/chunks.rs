@@ -1,20 +1,22 @@
-//! A bootstrap into an empty replica keeps its items a run at a time.
+//! A bootstrap keeps the items it copies a run at a time.
 //!
 //! sled 0.34 splits a leaf every 16 keys and walks the tree for every key,
 //! so a bootstrap of 1,000,000 items written one key per item spent most
-//! of its time in sled. A snapshot page into an empty replica is written
-//! as chunks instead: up to [`CHUNK_ITEMS`] live items of one location in
-//! sku order per sled value, under `c` location `\0` the chunk's last sku.
-//! A chunk's items are never rewritten: every later state of a key (a
-//! change, a tombstone, a page of a later bootstrap) is a per-key record
-//! (`i`), which takes precedence over the chunk's item. That holds because
-//! chunks are only written while the replica has no per-key record at all,
-//! and a bootstrap into a replica that holds anything writes per-key
-//! records and removes every chunk when it completes.
+//! of its time in sled. A snapshot page is written as chunks instead: up to
+//! [`CHUNK_ITEMS`] live items of one location in sku order per sled value,
+//! under `c`, the bootstrap's epoch (8 bytes, big-endian), location `\0`
+//! the chunk's last sku. A chunk is never rewritten: every later state of
+//! a key (a change, a tombstone) is a per-key record (`i`).
+//!
+//! Which state of a key counts: of its per-key record and the items the
+//! chunks of each epoch hold for it, the one of the latest epoch; on a tie
+//! the per-key record, since changes are applied (and stamped with the
+//! epoch) only after that epoch's bootstrap completed. A bootstrap that
+//! completes removes the chunks and records of earlier epochs.
 //!
 //! The pages of one bootstrap are disjoint ranges of keys in key order, so
-//! chunks are too, and the chunk that can hold a key is the first whose
-//! last sku is not below it.
+//! an epoch's chunks are too, and the chunk of an epoch that can hold a key
+//! is the first whose last sku is not below it.
 
 use std::iter::Peekable;
 
@@ -23,12 +25,11 @@ use shelfsync_core::{Item, ItemKey, KeyState};
 
 use super::{Record, ReplicaError, decode, storage};
 
-/// Most items in one chunk: a local read of a chunked key decodes at most
-/// this many, and 32 per value made the bootstrap of 1,000,000 items
-/// about ten times faster than one per value (docs/decisions.md).
+/// Most items in one chunk: a local read of a chunked key decodes the
+/// skus of at most this many and one item (docs/decisions.md).
 pub(super) const CHUNK_ITEMS: usize = 32;
 /// The prefix of chunks in the replica's tree.
-pub(super) const PREFIX: u8 = b'c';
+const PREFIX: u8 = b'c';
 
 /// Live items of one location, in sku order, as a bootstrap copied them.
 /// Each item is encoded on its own, so that a read decodes the skus and
@@ -79,9 +80,12 @@ pub(super) fn key_bytes(location: &str, sku: &str) -> Vec<u8> {
     k
 }
 
-fn prefixed(prefix: u8, key: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(1 + key.len());
-    k.push(prefix);
+/// The sled key of epoch `epoch`'s chunks from `key` (`location \0 sku`
+/// bytes, or a prefix of them) on.
+fn chunk_key(epoch: u64, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9 + key.len());
+    k.push(PREFIX);
+    k.extend_from_slice(&epoch.to_be_bytes());
     k.extend_from_slice(key);
     k
 }
@@ -89,7 +93,7 @@ fn prefixed(prefix: u8, key: &[u8]) -> Vec<u8> {
 /// Whether `items` can go into chunks after `after`, the last key of the
 /// bootstrap's previous page: in strictly increasing key order, all past
 /// it. A page out of order (which the coordinator does not send) is
-/// written key by key instead, so no chunk ever overlaps another.
+/// written key by key instead, so no chunk overlaps another of its epoch.
 pub(super) fn in_order(items: &[Item], after: Option<&ItemKey>) -> bool {
     let first_after = match (items.first(), after) {
         (Some(first), Some(after)) => {
@@ -128,7 +132,7 @@ pub(super) fn chunks(items: Vec<Item>, epoch: u64) -> Result<Vec<KeyValue>, Repl
 
 fn chunk_entry(items: Vec<Item>, epoch: u64) -> Result<KeyValue, ReplicaError> {
     let last = items.last().map(|i| key_bytes(&i.location, &i.sku));
-    let key = prefixed(PREFIX, &last.unwrap_or_default());
+    let key = chunk_key(epoch, &last.unwrap_or_default());
     let encoded = items
         .iter()
         .map(encode_compact)
@@ -141,10 +145,14 @@ fn chunk_entry(items: Vec<Item>, epoch: u64) -> Result<KeyValue, ReplicaError> {
     Ok((key, encode_compact(&Versioned::V1(chunk))?))
 }
 
-/// The record a chunk holds for `key`, if one does.
-pub(super) fn lookup(tree: &sled::Tree, key: &ItemKey) -> Result<Option<Record>, ReplicaError> {
-    let location = prefixed(PREFIX, &key_bytes(&key.location, ""));
-    let start = prefixed(PREFIX, &key_bytes(&key.location, &key.sku));
+/// The record epoch `epoch`'s chunks hold for `key`, if one does.
+pub(super) fn lookup(
+    tree: &sled::Tree,
+    epoch: u64,
+    key: &ItemKey,
+) -> Result<Option<Record>, ReplicaError> {
+    let location = chunk_key(epoch, &key_bytes(&key.location, ""));
+    let start = chunk_key(epoch, &key_bytes(&key.location, &key.sku));
     let Some(entry) = tree.range(start..).next() else {
         return Ok(None);
     };
@@ -162,14 +170,36 @@ pub(super) fn lookup(tree: &sled::Tree, key: &ItemKey) -> Result<Option<Record>,
     }))
 }
 
-/// Whether the tree holds any chunk.
-pub(super) fn any(tree: &sled::Tree) -> bool {
-    tree.scan_prefix([PREFIX]).next().is_some()
+/// The epochs that have chunks in the tree, latest first.
+pub(super) fn epochs(tree: &sled::Tree) -> Result<Vec<u64>, ReplicaError> {
+    let mut epochs = Vec::new();
+    let mut from = vec![PREFIX];
+    while let Some(entry) = tree.range(from..).next() {
+        let (k, _) = entry.map_err(storage)?;
+        let Some(epoch) = k
+            .strip_prefix(&[PREFIX])
+            .and_then(|rest| rest.get(..8))
+            .and_then(|bytes| <[u8; 8]>::try_from(bytes).ok())
+            .map(u64::from_be_bytes)
+        else {
+            break;
+        };
+        epochs.push(epoch);
+        let Some(next) = epoch.checked_add(1) else {
+            break;
+        };
+        from = chunk_key(next, &[]);
+    }
+    epochs.reverse();
+    Ok(epochs)
 }
 
-/// The sled keys of every chunk.
-pub(super) fn keys(tree: &sled::Tree) -> impl Iterator<Item = Result<sled::IVec, ReplicaError>> {
-    tree.scan_prefix([PREFIX])
+/// The sled keys of every chunk of an epoch before `epoch`.
+pub(super) fn keys_before(
+    tree: &sled::Tree,
+    epoch: u64,
+) -> impl Iterator<Item = Result<sled::IVec, ReplicaError>> {
+    tree.range(vec![PREFIX]..chunk_key(epoch, &[]))
         .keys()
         .map(|k| k.map_err(storage))
 }
@@ -183,14 +213,24 @@ pub(super) struct Entry {
     pub chunked: bool,
 }
 
+impl Entry {
+    /// Whether this state of a key counts over `other`, of the same key.
+    fn wins_over(&self, other: &Entry) -> bool {
+        (self.record.epoch, !self.chunked) > (other.record.epoch, !other.chunked)
+    }
+}
+
 type Stored = Box<dyn Iterator<Item = Result<Entry, ReplicaError>>>;
 
 /// The replica's keys from `start` (`location \0 sku` bytes, or a prefix
-/// of them) on, in key order: per-key records (`prefix` `i`) over the
-/// chunks' items of the same key.
-pub(super) fn entries(tree: &sled::Tree, keyed: u8, start: &[u8]) -> Merged {
+/// of them) on, in key order, each in the state that counts: per-key
+/// records (prefix `keyed`) merged with the items of the chunks of each of
+/// `epochs`.
+pub(super) fn entries(tree: &sled::Tree, keyed: u8, epochs: &[u64], start: &[u8]) -> Merged {
+    let mut from = vec![keyed];
+    from.extend_from_slice(start);
     let records = tree
-        .range(prefixed(keyed, start)..)
+        .range(from..)
         .take_while(move |e| e.as_ref().map_or(true, |(k, _)| k.first() == Some(&keyed)))
         .map(|entry| {
             let (k, v) = entry.map_err(storage)?;
@@ -200,21 +240,25 @@ pub(super) fn entries(tree: &sled::Tree, keyed: u8, start: &[u8]) -> Merged {
                 chunked: false,
             })
         });
-    let chunked = ChunkItems {
-        chunks: tree.range(prefixed(PREFIX, start)..),
-        items: Vec::new().into_iter(),
-        epoch: 0,
-        start: start.to_vec(),
-    };
-    Merged {
-        records: (Box::new(records) as Stored).peekable(),
-        chunked: (Box::new(chunked) as Stored).peekable(),
+    let mut streams = vec![(Box::new(records) as Stored).peekable()];
+    for &epoch in epochs {
+        let chunked = ChunkItems {
+            chunks: tree.range(chunk_key(epoch, start)..),
+            prefix: chunk_key(epoch, &[]),
+            items: Vec::new().into_iter(),
+            epoch,
+            start: start.to_vec(),
+        };
+        streams.push((Box::new(chunked) as Stored).peekable());
     }
+    Merged { streams }
 }
 
-/// The items of the chunks from a key on, one by one.
+/// The items of one epoch's chunks from a key on, one by one.
 struct ChunkItems {
     chunks: sled::Iter,
+    /// The sled keys of this epoch's chunks start with it.
+    prefix: Vec<u8>,
     items: std::vec::IntoIter<Result<Item, ReplicaError>>,
     epoch: u64,
     /// Items before it (in the first chunk) are skipped.
@@ -249,7 +293,7 @@ impl Iterator for ChunkItems {
                 Ok(entry) => entry,
                 Err(err) => return Some(Err(storage(err))),
             };
-            if k.first() != Some(&PREFIX) {
+            if !k.starts_with(&self.prefix) {
                 return None;
             }
             match decode_chunk(&v) {
@@ -264,30 +308,51 @@ impl Iterator for ChunkItems {
     }
 }
 
-/// Two stored iterators merged by key, the per-key record winning a tie.
+/// Stored iterators merged by key: per key, the state that counts
+/// ([`Entry::wins_over`]); an error as soon as one stream has one.
 pub(super) struct Merged {
-    records: Peekable<Stored>,
-    chunked: Peekable<Stored>,
+    streams: Vec<Peekable<Stored>>,
 }
 
 impl Iterator for Merged {
     type Item = Result<Entry, ReplicaError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let order = match (self.records.peek(), self.chunked.peek()) {
-            (None, None) => return None,
-            (Some(Err(_)), _) | (Some(_), None) => std::cmp::Ordering::Less,
-            (_, Some(Err(_))) | (None, Some(_)) => std::cmp::Ordering::Greater,
-            (Some(Ok(r)), Some(Ok(c))) => r.key.cmp(&c.key),
-        };
-        match order {
-            std::cmp::Ordering::Less => self.records.next(),
-            std::cmp::Ordering::Greater => self.chunked.next(),
-            std::cmp::Ordering::Equal => {
-                self.chunked.next();
-                self.records.next()
+        let heads: Vec<Option<&Result<Entry, ReplicaError>>> =
+            self.streams.iter_mut().map(|s| s.peek()).collect();
+        let mut best: Option<(usize, &Entry)> = None;
+        for (at, head) in heads.iter().enumerate() {
+            match head {
+                Some(Err(_)) => {
+                    drop(heads);
+                    return self.streams[at].next();
+                }
+                Some(Ok(entry)) => {
+                    let better = best.is_none_or(|(_, b)| {
+                        entry.key < b.key || (entry.key == b.key && entry.wins_over(b))
+                    });
+                    if better {
+                        best = Some((at, entry));
+                    }
+                }
+                None => {}
             }
         }
+        let at = best?.0;
+        drop(heads);
+        let chosen = self.streams[at].next();
+        if let Some(Ok(entry)) = &chosen {
+            // The same key in the other streams does not count.
+            for stream in &mut self.streams {
+                if stream
+                    .peek()
+                    .is_some_and(|h| h.as_ref().is_ok_and(|e| e.key == entry.key))
+                {
+                    stream.next();
+                }
+            }
+        }
+        chosen
     }
 }
 
@@ -343,7 +408,7 @@ mod tests {
             .collect();
         assert_eq!(sizes, vec![CHUNK_ITEMS, 3, 1]);
         let last = format!("k{:03}", CHUNK_ITEMS - 1);
-        assert_eq!(chunks[0].0, prefixed(PREFIX, &key_bytes("s1", &last)));
+        assert_eq!(chunks[0].0, chunk_key(4, &key_bytes("s1", &last)));
         let chunk = decode_chunk(&chunks[1].1).unwrap();
         assert_eq!(chunk.epoch, 4);
         assert_eq!(decode_item(chunk.items[2]).unwrap(), items[CHUNK_ITEMS + 2]);
@@ -355,10 +420,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let tree = sled::open(dir.path()).unwrap().open_tree("t").unwrap();
         let key = ItemKey::new("s1", "a").unwrap();
-        tree.insert(prefixed(PREFIX, &key_bytes("s1", "b")), &[0xc1])
+        tree.insert(chunk_key(3, &key_bytes("s1", "b")), &[0xc1])
             .unwrap();
-        assert!(matches!(lookup(&tree, &key), Err(ReplicaError::Corrupt(_))));
-        let listed: Vec<_> = entries(&tree, b'i', b"").collect();
+        assert!(matches!(
+            lookup(&tree, 3, &key),
+            Err(ReplicaError::Corrupt(_))
+        ));
+        assert_eq!(epochs(&tree).unwrap(), vec![3]);
+        let listed: Vec<_> = entries(&tree, b'i', &[3], b"").collect();
         assert!(matches!(listed[..], [Err(ReplicaError::Corrupt(_))]));
     }
 }
