@@ -778,6 +778,18 @@ async fn admin_write(
     }
 }
 
+/// Creates the `i`th preloaded item through the admin connection; its sku
+/// and state.
+async fn admin_create(admin: &Client, i: usize) -> (String, KeyState) {
+    let item = preloaded(i);
+    let op = Op::Create {
+        name: item.name.clone(),
+        quantity: item.quantity,
+    };
+    let state = admin_write(admin, format!("create-{i}"), item.key(), op, None).await;
+    (item.sku, state)
+}
+
 /// A store away for longer than the coordinator keeps its log: its agent's
 /// cursor has expired, so it bootstraps again over the replica it holds
 /// (into chunks of a new epoch over those of the first bootstrap) and ends
@@ -793,13 +805,8 @@ async fn an_agent_whose_cursor_expired_bootstraps_again_to_an_equal_replica() {
     let admin = cluster.connect("admin").await.unwrap();
     let mut expected = std::collections::BTreeMap::new();
     for i in 0..ITEMS {
-        let item = preloaded(i);
-        let op = Op::Create {
-            name: item.name.clone(),
-            quantity: item.quantity,
-        };
-        let state = admin_write(&admin, format!("create-{i}"), item.key(), op, None).await;
-        expected.insert(item.sku, state);
+        let (sku, state) = admin_create(&admin, i).await;
+        expected.insert(sku, state);
     }
     let spec = AgentSpec::new(STORE_1, &[STORE_1]).sync_interval(SYNC);
     cluster.start_agent_with(spec, Wait::Ready).await.unwrap();
@@ -827,13 +834,8 @@ async fn an_agent_whose_cursor_expired_bootstraps_again_to_an_equal_replica() {
         expected.insert(key.sku, state);
     }
     for i in ITEMS..ITEMS + 20 {
-        let item = preloaded(i);
-        let op = Op::Create {
-            name: item.name.clone(),
-            quantity: item.quantity,
-        };
-        let state = admin_write(&admin, format!("create-{i}"), item.key(), op, None).await;
-        expected.insert(item.sku, state);
+        let (sku, state) = admin_create(&admin, i).await;
+        expected.insert(sku, state);
     }
     let head = (ITEMS + 80) as u64;
     // The coordinator's log no longer reaches back to the agent's cursor.
