@@ -413,7 +413,10 @@ impl Replica {
             Some(bytes) => Some(decode(&bytes)?),
             None => None,
         };
-        for epoch in self.epochs() {
+        // Read in place: this runs for every local read and every change.
+        let epochs = (self.epochs.read())
+            .map_err(|_| ReplicaError::Storage("replica lock poisoned".into()))?;
+        for &epoch in epochs.iter() {
             if keyed.as_ref().is_some_and(|r| r.epoch >= epoch) {
                 break;
             }
