@@ -98,7 +98,8 @@ pub struct RunSpec {
     /// A broken coordinator, if any.
     pub mutation: Option<Mutation>,
     /// Where to write the history and report; `None`: inside the
-    /// cluster's temp dir, kept when the run finds anything.
+    /// cluster's temp dir, kept when a run without a mutation finds
+    /// anything (a mutated run is meant to).
     pub out_dir: Option<PathBuf>,
 }
 
@@ -411,7 +412,7 @@ pub async fn run(spec: &RunSpec) -> anyhow::Result<Report> {
     write_json(&dir.join("final.json"), &fin)?;
     write_json(&dir.join("faults.json"), &records)?;
     write_json(&dir.join("report.json"), &report)?;
-    if !report.anomalies.is_empty() && spec.out_dir.is_none() {
+    if !report.anomalies.is_empty() && spec.out_dir.is_none() && spec.mutation.is_none() {
         rig.cluster.keep_dir();
     }
     Ok(report)
